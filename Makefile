@@ -1,0 +1,28 @@
+# `make lab` and `make test` each set up .venv first when it is missing or stale.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vitkit-installed
+PYTEST_ARGS ?=
+
+.PHONY: lab test bench env clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_torch.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	sh scripts/install_torch.sh $(PY)
+	$(PY) -m pip install -e ".[dev,notebooks]"
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(PY) -m jupyter lab notebooks/
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m vitkit.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts

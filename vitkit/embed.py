@@ -1,0 +1,239 @@
+"""One scheduler step: look up every window's items, encode the misses, assemble the chunks.
+
+``mode="per_request"`` is SGLang's legacy path (one encoder call per request that has misses,
+requests handled one after another); ``mode="batched"`` is PR 25910's cross-request path (the
+misses of all requests in the step, de-duplicated by content hash, in one encoder call, or in a
+few when ``max_tokens_per_call`` caps a call like vLLM's encoder budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from vitkit.cache import EmbeddingCache
+from vitkit.chunk import ChunkEntry, assemble_chunk, check_window, find_chunk_items
+from vitkit.item import MultimodalItem
+from vitkit.request import Request
+from vitkit.span import Span
+
+Encoder = Callable[[list[MultimodalItem]], Sequence[torch.Tensor]]
+MODES = ("batched", "per_request")
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What a step produced: one chunk embedding (or None) per batch entry, and what it cost."""
+
+    embeddings: list[torch.Tensor | None]
+    encoder_calls: int
+    encoded_items: int
+    encoded_tokens: int
+    cache_hits: int
+    cache_misses: int  # lookups that missed, before de-duplication
+    call_tokens: tuple[int, ...] = field(default=())  # embedding rows per encoder call
+
+
+def plan_calls(items: Sequence[MultimodalItem], max_tokens_per_call: int | None) -> list[list[MultimodalItem]]:
+    """Split ``items`` greedily, in order, into calls of at most ``max_tokens_per_call`` tokens.
+
+    A new call starts only when the next item would push the current one over the budget; an
+    item larger than the budget goes alone.
+    """
+    if max_tokens_per_call is None:
+        return [list(items)] if items else []
+    calls: list[list[MultimodalItem]] = []
+    current: list[MultimodalItem] = []
+    used = 0
+    for item in items:
+        if current and used + item.num_tokens > max_tokens_per_call:
+            calls.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += item.num_tokens
+    if current:
+        calls.append(current)
+    return calls
+
+
+def run_encoder(encoder: Encoder, items: list[MultimodalItem]) -> list[torch.Tensor]:
+    """Call ``encoder`` and check it returned one ``(num_tokens, hidden)`` tensor per item."""
+    outputs = encoder(items)
+    if not isinstance(outputs, (list, tuple)):
+        raise TypeError(f"encoder must return a list of tensors, got {type(outputs).__name__}")
+    if len(outputs) != len(items):
+        raise ValueError(f"encoder returned {len(outputs)} tensors for {len(items)} items")
+    hidden = None
+    for k, (item, out) in enumerate(zip(items, outputs)):
+        name = f"encoder output {k} (item {item.hash[:12]})"
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{name} is a {type(out).__name__}, not a tensor")
+        if out.ndim != 2 or out.shape[0] != item.num_tokens:
+            raise ValueError(f"{name} has shape {tuple(out.shape)}, expected ({item.num_tokens}, hidden)")
+        if hidden is not None and out.shape[1] != hidden:
+            raise ValueError(f"{name} has hidden size {out.shape[1]}, earlier outputs had {hidden}")
+        hidden = out.shape[1]
+    return list(outputs)
+
+
+def _unique_misses(entries_per_window: Sequence[Sequence[ChunkEntry]]) -> list[MultimodalItem]:
+    """Missed items, first occurrence first, one per content hash."""
+    seen: dict[str, MultimodalItem] = {}
+    for entries in entries_per_window:
+        for e in entries:
+            if e.embedding is not None:
+                continue
+            first = seen.setdefault(e.item.hash, e.item)
+            if first.num_tokens != e.item.num_tokens:
+                raise ValueError(
+                    f"items with hash {e.item.hash[:12]} disagree on num_tokens: "
+                    f"{first.num_tokens} vs {e.item.num_tokens}"
+                )
+    return list(seen.values())
+
+
+@dataclass
+class _Tally:
+    calls: list[int] = field(default_factory=list)
+    items: int = 0
+    hits: int = 0
+    misses: int = 0
+
+
+def _encode_and_store(
+    encoder: Encoder,
+    cache: EmbeddingCache,
+    misses: list[MultimodalItem],
+    max_tokens_per_call: int | None,
+    pin_owners: dict[str, list[Hashable]],
+    tally: _Tally,
+) -> dict[str, torch.Tensor]:
+    """Encode ``misses`` in planned calls, then put them (pinned for their later windows)."""
+    encoded: dict[str, torch.Tensor] = {}
+    for call in plan_calls(misses, max_tokens_per_call):
+        for item, emb in zip(call, run_encoder(encoder, call)):
+            encoded[item.hash] = emb
+        tally.calls.append(sum(item.num_tokens for item in call))
+        tally.items += len(call)
+    for key, emb in encoded.items():
+        owners = pin_owners.get(key, [])
+        if cache.put(key, emb, pin_owner=owners[0] if owners else None):
+            for owner in owners[1:]:
+                cache.pin(key, owner)
+    return encoded
+
+
+def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry]) -> set[str]:
+    """Hashes of entries whose tokens run past the window: the request's next window needs them."""
+    return {e.item.hash for e in entries if e.span.stop > window.stop}
+
+
+def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries: Sequence[ChunkEntry]) -> None:
+    if window.stop >= request.prompt_len:
+        cache.release(request.rid)  # prompt done: nothing of this request is needed again
+        return
+    later = _needed_later(request, window, entries)
+    for e in entries:
+        key = e.item.hash
+        if key in later:
+            if key in cache and not cache.is_pinned(key, request.rid):
+                cache.pin(key, request.rid)
+        else:
+            cache.unpin(key, request.rid)
+
+
+def _fill(entries: Sequence[ChunkEntry], encoded: dict[str, torch.Tensor]) -> list[ChunkEntry]:
+    return [e if e.embedding is not None else replace(e, embedding=encoded[e.item.hash]) for e in entries]
+
+
+def _lookup(batch: Sequence[tuple[Request, Span]], cache: EmbeddingCache, tally: _Tally) -> list[list[ChunkEntry]]:
+    found = [find_chunk_items(request, window, cache) for request, window in batch]
+    for entries in found:
+        hits = sum(e.embedding is not None for e in entries)
+        tally.hits += hits
+        tally.misses += len(entries) - hits
+    return found
+
+
+def _pin_owners(batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]]) -> dict[str, list[Hashable]]:
+    owners: dict[str, list[Hashable]] = {}
+    for (request, window), entries in zip(batch, found):
+        if window.stop < request.prompt_len:
+            for key in _needed_later(request, window, entries):
+                owners.setdefault(key, []).append(request.rid)
+    return owners
+
+
+def _step_batched(batch, encoder, cache, max_tokens_per_call, tally) -> list[torch.Tensor | None]:
+    found = _lookup(batch, cache, tally)
+    owners = _pin_owners(batch, found)
+    for key, rids in owners.items():  # pin hits first, so this step's puts cannot evict them
+        if key in cache:
+            for rid in rids:
+                if not cache.is_pinned(key, rid):
+                    cache.pin(key, rid)
+    encoded = _encode_and_store(encoder, cache, _unique_misses(found), max_tokens_per_call, owners, tally)
+    out = []
+    for (request, window), entries in zip(batch, found):
+        out.append(assemble_chunk(_fill(entries, encoded), window))
+        _update_pins(cache, request, window, entries)
+    return out
+
+
+def _step_per_request(batch, encoder, cache, max_tokens_per_call, tally) -> list[torch.Tensor | None]:
+    out = []
+    for request, window in batch:  # a later request sees an earlier one's puts, as in SGLang
+        out.extend(_step_batched([(request, window)], encoder, cache, max_tokens_per_call, tally))
+    return out
+
+
+def _check_batch(batch: Sequence[tuple[Request, Span | tuple[int, int]]]) -> list[tuple[Request, Span]]:
+    checked, rids = [], set()
+    for k, pair in enumerate(batch):
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], Request)):
+            raise TypeError(f"batch entry {k} must be a (Request, window) pair, got {pair!r}")
+        request, window = pair
+        if request.rid in rids:
+            raise ValueError(f"request {request.rid!r} appears twice in one step (batch entry {k})")
+        rids.add(request.rid)
+        checked.append((request, check_window(request, window)))
+    return checked
+
+
+def embed_chunks(
+    batch: Sequence[tuple[Request, Span | tuple[int, int]]],
+    encoder: Encoder,
+    cache: EmbeddingCache,
+    *,
+    mode: str = "batched",
+    max_tokens_per_call: int | None = None,
+) -> EmbedResult:
+    """Embed each request's window for one scheduler step.
+
+    ``batch`` holds ``(request, window)`` pairs, one per request. Items whose tokens run past
+    their window are pinned in the cache for the request until a later window has used them;
+    a request's pins are released when its window reaches the end of its prompt. If the
+    encoder raises or returns bad shapes, the cache is left exactly as it was.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if max_tokens_per_call is not None and (
+        isinstance(max_tokens_per_call, bool) or not isinstance(max_tokens_per_call, int) or max_tokens_per_call <= 0
+    ):
+        raise ValueError(f"max_tokens_per_call must be a positive int or None, got {max_tokens_per_call!r}")
+    checked = _check_batch(batch)
+    step = _step_batched if mode == "batched" else _step_per_request
+    tally = _Tally()
+    with cache.transaction():
+        embeddings = step(checked, encoder, cache, max_tokens_per_call, tally)
+    return EmbedResult(
+        embeddings=embeddings,
+        encoder_calls=len(tally.calls),
+        encoded_items=tally.items,
+        encoded_tokens=sum(tally.calls),
+        cache_hits=tally.hits,
+        cache_misses=tally.misses,
+        call_tokens=tuple(tally.calls),
+    )

@@ -1,0 +1,104 @@
+"""One image (or video) of a prompt: its processor output, token count and content hash."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import xxhash
+
+MODALITIES = ("image", "video")
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """Raw bytes of a CPU tensor without a copy (when already contiguous)."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _hash_tensor(hasher: xxhash.xxh3_128, tensor: torch.Tensor) -> None:
+    # dtype and shape go in too: the same bytes read as another dtype or shape are another input.
+    hasher.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    hasher.update(_tensor_bytes(tensor.cpu()))
+
+
+def content_hash(feature: torch.Tensor, meta: Mapping[str, Any] | None = None) -> str:
+    """128-bit content hash (hex) of a feature tensor and its meta.
+
+    xxh3-128 runs at memory speed (about 60 us per 4 MB on one CPU core) where SHA-256 takes
+    ~2.3 ms; nano-vllm makes the same choice for its prefix cache. It is not a cryptographic
+    hash: a deployment that caches across mutually untrusting tenants should pass ``hash=``
+    computed with one (e.g. hashlib.sha256).
+    Every meta entry is hashed, so meta must hold only what changes the embedding (e.g. grid).
+    """
+    hasher = xxhash.xxh3_128()
+    _hash_tensor(hasher, feature)
+    for key in sorted(meta or {}):
+        value = meta[key]
+        hasher.update(f"|{key}=".encode())
+        if isinstance(value, torch.Tensor):
+            _hash_tensor(hasher, value)
+        else:
+            hasher.update(repr(value).encode())
+    return hasher.hexdigest()
+
+
+@dataclass(eq=False)
+class MultimodalItem:
+    """One image or video: processor output ``feature`` that encodes to ``num_tokens`` rows.
+
+    ``cpu_feature`` keeps the host tensor while ``feature`` lives on an accelerator, so that
+    offloading is a pointer swap instead of a device-to-host copy (SGLang's ``_cpu_feature``,
+    PR 25910). Items compare by identity; equal content is what ``hash`` is for.
+    """
+
+    feature: torch.Tensor
+    num_tokens: int
+    modality: str = "image"
+    hash: str | None = None
+    meta: Mapping[str, Any] | None = None
+    cpu_feature: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.feature, torch.Tensor):
+            raise TypeError(f"MultimodalItem feature must be a torch.Tensor, got {type(self.feature).__name__}")
+        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
+            raise ValueError(f"MultimodalItem num_tokens must be a positive int, got {self.num_tokens!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"MultimodalItem modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.feature.device.type == "cpu" and self.cpu_feature is None:
+            self.cpu_feature = self.feature
+        if self.hash is None:
+            self.hash = content_hash(self.cpu_feature if self.cpu_feature is not None else self.feature, self.meta)
+
+    @property
+    def feature_nbytes(self) -> int:
+        return self.feature.numel() * self.feature.element_size()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MultimodalItem:
+        """Move ``feature`` to ``device`` in place, keeping the CPU reference (returns self)."""
+        device = torch.device(device)
+        if self.feature.device.type == "cpu":
+            self.cpu_feature = self.feature
+        self.feature = self.feature.to(device, non_blocking=non_blocking)
+        return self
+
+    def offload(self) -> MultimodalItem:
+        """Point ``feature`` back at the CPU copy; copies device-to-host only if none was kept."""
+        if self.cpu_feature is None:
+            self.cpu_feature = self.feature.cpu()
+        self.feature = self.cpu_feature
+        return self
+
+
+def move_items_to_device(items: Iterable[MultimodalItem], device: torch.device | str) -> None:
+    """Mirror of SGLang's ``_move_items_to_device``: move each item, keeping its CPU feature."""
+    for item in items:
+        item.to(device, non_blocking=True)
+
+
+def offload_items(items: Iterable[MultimodalItem]) -> None:
+    for item in items:
+        item.offload()

@@ -1,0 +1,86 @@
+"""A prompt's multimodal layout: which items it holds and where their placeholder tokens sit."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from vitkit.item import MultimodalItem
+from vitkit.span import Span
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request's items and their placeholder spans (``spans[i]`` holds ``items[i]``'s tokens).
+
+    ``prompt_len`` (tokens) defaults to the end of the last span; windows may not run past it.
+    """
+
+    rid: Hashable
+    items: tuple[MultimodalItem, ...]
+    spans: tuple[Span, ...]
+    prompt_len: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items", tuple(self.items))
+        object.__setattr__(self, "spans", tuple(Span.coerce(s) for s in self.spans))
+        for item in self.items:
+            if not isinstance(item, MultimodalItem):
+                raise TypeError(f"request {self.rid!r}: items must be MultimodalItem, got {type(item).__name__}")
+        if len(self.items) != len(self.spans):
+            raise ValueError(f"request {self.rid!r}: {len(self.items)} items but {len(self.spans)} spans")
+        self._check_spans()
+        self._check_prompt_len()
+
+    def _check_spans(self) -> None:
+        for i, (item, span) in enumerate(zip(self.items, self.spans)):
+            if len(span) != item.num_tokens:
+                raise ValueError(
+                    f"request {self.rid!r} item {i} (hash {item.hash[:12]}): span {span} holds "
+                    f"{len(span)} tokens but the item has num_tokens={item.num_tokens}"
+                )
+        for i in range(1, len(self.spans)):
+            prev, cur = self.spans[i - 1], self.spans[i]
+            if cur.start < prev.stop:
+                what = "overlaps" if cur.start >= prev.start else "comes before"
+                raise ValueError(
+                    f"request {self.rid!r}: span of item {i} {cur} {what} span of item {i - 1} {prev}; "
+                    "spans must be sorted and must not overlap"
+                )
+
+    def _check_prompt_len(self) -> None:
+        if self.prompt_len is None:
+            object.__setattr__(self, "prompt_len", self.spans[-1].stop if self.spans else 0)
+            return
+        if isinstance(self.prompt_len, bool) or not isinstance(self.prompt_len, int) or self.prompt_len < 0:
+            raise ValueError(f"request {self.rid!r}: prompt_len must be a non-negative int, got {self.prompt_len!r}")
+        if self.spans and self.spans[-1].stop > self.prompt_len:
+            raise ValueError(
+                f"request {self.rid!r}: last span {self.spans[-1]} ends past prompt_len={self.prompt_len}"
+            )
+
+    @property
+    def image_tokens(self) -> int:
+        """Placeholder tokens over all items."""
+        return sum(len(s) for s in self.spans)
+
+    @classmethod
+    def from_segments(cls, rid: Hashable, segments: Sequence[int | MultimodalItem]) -> Request:
+        """Lay out a prompt from segments in order: an int is that many text tokens, an item
+        is its run of placeholder tokens."""
+        items: list[MultimodalItem] = []
+        spans: list[Span] = []
+        pos = 0
+        for k, seg in enumerate(segments):
+            if isinstance(seg, MultimodalItem):
+                items.append(seg)
+                spans.append(Span(pos, pos + seg.num_tokens))
+                pos += seg.num_tokens
+            elif isinstance(seg, int) and not isinstance(seg, bool) and seg >= 0:
+                pos += seg
+            else:
+                raise TypeError(
+                    f"request {rid!r} segment {k}: expected a text token count (int >= 0) or a "
+                    f"MultimodalItem, got {seg!r}"
+                )
+        return cls(rid, tuple(items), tuple(spans), prompt_len=pos)
