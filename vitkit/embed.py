@@ -34,6 +34,7 @@ class EmbedResult:
     cache_hits: int
     cache_misses: int  # lookups that missed, before de-duplication
     call_tokens: tuple[int, ...] = field(default=())  # embedding rows per encoder call
+    encoded_hashes: tuple[str, ...] = field(default=())  # content hashes encoded, in call order
 
 
 def plan_calls(items: Sequence[MultimodalItem], max_tokens_per_call: int | None) -> list[list[MultimodalItem]]:
@@ -98,6 +99,7 @@ def _unique_misses(entries_per_window: Sequence[Sequence[ChunkEntry]]) -> list[M
 class _Tally:
     calls: list[int] = field(default_factory=list)
     items: int = 0
+    hashes: list[str] = field(default_factory=list)
     hits: int = 0
     misses: int = 0
 
@@ -115,6 +117,7 @@ def _encode_and_store(
     for call in plan_calls(misses, max_tokens_per_call):
         for item, emb in zip(call, run_encoder(encoder, call)):
             encoded[item.hash] = emb
+            tally.hashes.append(item.hash)
         tally.calls.append(sum(item.num_tokens for item in call))
         tally.items += len(call)
     for key, emb in encoded.items():
@@ -166,9 +169,9 @@ def _pin_owners(batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[
     return owners
 
 
-def _step_batched(batch, encoder, cache, max_tokens_per_call, tally) -> list[torch.Tensor | None]:
+def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
     found = _lookup(batch, cache, tally)
-    owners = _pin_owners(batch, found)
+    owners = _pin_owners(batch, found) if pin else {}
     for key, rids in owners.items():  # pin hits first, so this step's puts cannot evict them
         if key in cache:
             for rid in rids:
@@ -178,14 +181,15 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally) -> list[tor
     out = []
     for (request, window), entries in zip(batch, found):
         out.append(assemble_chunk(_fill(entries, encoded), window))
-        _update_pins(cache, request, window, entries)
+        if pin:
+            _update_pins(cache, request, window, entries)
     return out
 
 
-def _step_per_request(batch, encoder, cache, max_tokens_per_call, tally) -> list[torch.Tensor | None]:
+def _step_per_request(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
     out = []
     for request, window in batch:  # a later request sees an earlier one's puts, as in SGLang
-        out.extend(_step_batched([(request, window)], encoder, cache, max_tokens_per_call, tally))
+        out.extend(_step_batched([(request, window)], encoder, cache, max_tokens_per_call, tally, pin))
     return out
 
 
@@ -209,13 +213,15 @@ def embed_chunks(
     *,
     mode: str = "batched",
     max_tokens_per_call: int | None = None,
+    pin: bool = True,
 ) -> EmbedResult:
     """Embed each request's window for one scheduler step.
 
     ``batch`` holds ``(request, window)`` pairs, one per request. Items whose tokens run past
     their window are pinned in the cache for the request until a later window has used them;
-    a request's pins are released when its window reaches the end of its prompt. If the
-    encoder raises or returns bad shapes, the cache is left exactly as it was.
+    a request's pins are released when its window reaches the end of its prompt
+    (``pin=False`` turns pinning off, to measure what it saves). If the encoder raises or
+    returns bad shapes, the cache is left exactly as it was.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -227,7 +233,7 @@ def embed_chunks(
     step = _step_batched if mode == "batched" else _step_per_request
     tally = _Tally()
     with cache.transaction():
-        embeddings = step(checked, encoder, cache, max_tokens_per_call, tally)
+        embeddings = step(checked, encoder, cache, max_tokens_per_call, tally, pin)
     return EmbedResult(
         embeddings=embeddings,
         encoder_calls=len(tally.calls),
@@ -236,4 +242,5 @@ def embed_chunks(
         cache_hits=tally.hits,
         cache_misses=tally.misses,
         call_tokens=tuple(tally.calls),
+        encoded_hashes=tuple(tally.hashes),
     )
