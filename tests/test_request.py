@@ -1,0 +1,91 @@
+"""Request: span/item validation and prompt layout from segments."""
+
+import pytest
+import torch
+
+from vitkit import MultimodalItem, Request, Span
+
+
+def _item(n, seed=0):
+    return MultimodalItem(torch.full((2,), float(seed)), n)
+
+
+def test_spans_are_coerced_and_prompt_len_defaults_to_last_stop():
+    req = Request("r", [_item(3), _item(2, 1)], [(1, 4), Span(6, 8)])
+    assert req.spans == (Span(1, 4), Span(6, 8))
+    assert isinstance(req.items, tuple)
+    assert req.prompt_len == 8
+    assert req.image_tokens == 5
+
+
+def test_empty_request():
+    req = Request("t", [], [])
+    assert req.prompt_len == 0 and req.image_tokens == 0
+
+
+def test_span_length_must_match_num_tokens():
+    item = _item(4)
+    with pytest.raises(ValueError, match=rf"request 'r1' item 0 \(hash {item.hash[:12]}\): span Span\(0, 3\) holds 3 tokens but the item has num_tokens=4"):
+        Request("r1", [item], [(0, 3)])
+
+
+def test_overlapping_spans_rejected_naming_request_and_items():
+    with pytest.raises(ValueError, match=r"request 'r2': span of item 1 Span\(3, 5\) overlaps span of item 0 Span\(0, 4\)"):
+        Request("r2", [_item(4), _item(2, 1)], [(0, 4), (3, 5)])
+
+
+def test_unsorted_spans_rejected():
+    with pytest.raises(ValueError, match=r"request 7: span of item 1 Span\(0, 2\) comes before span of item 0 Span\(5, 9\)"):
+        Request(7, [_item(4), _item(2, 1)], [(5, 9), (0, 2)])
+
+
+def test_adjacent_spans_are_fine():
+    req = Request("r", [_item(4), _item(2, 1)], [(0, 4), (4, 6)])
+    assert req.prompt_len == 6
+
+
+def test_items_and_spans_count_must_match():
+    with pytest.raises(ValueError, match="request 'r3': 2 items but 1 spans"):
+        Request("r3", [_item(1), _item(1)], [(0, 1)])
+
+
+def test_items_must_be_items():
+    with pytest.raises(TypeError, match="request 'r4': items must be MultimodalItem, got Tensor"):
+        Request("r4", [torch.zeros(2)], [(0, 1)])
+
+
+def test_bad_span_value_is_a_type_error():
+    with pytest.raises(TypeError):
+        Request("r5", [_item(2)], [[0, 2]])
+
+
+def test_prompt_len_must_cover_the_spans():
+    with pytest.raises(ValueError, match=r"request 'r6': last span Span\(2, 6\) ends past prompt_len=5"):
+        Request("r6", [_item(4)], [(2, 6)], prompt_len=5)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_prompt_len_must_be_non_negative_int(bad):
+    with pytest.raises(ValueError, match=f"request 'r7': prompt_len must be a non-negative int, got {bad!r}"):
+        Request("r7", [], [], prompt_len=bad)
+
+
+def test_from_segments_lays_out_text_and_items():
+    a, b = _item(3), _item(5, 1)
+    req = Request.from_segments("s", [2, a, 0, 4, b, 1])
+    assert req.items == (a, b)
+    assert req.spans == (Span(2, 5), Span(9, 14))
+    assert req.prompt_len == 15
+
+
+def test_from_segments_rejects_bad_segment():
+    with pytest.raises(TypeError, match="request 's' segment 1: expected a text token count"):
+        Request.from_segments("s", [2, -1])
+    with pytest.raises(TypeError, match="segment 0"):
+        Request.from_segments("s", ["hello"])
+
+
+def test_request_is_frozen():
+    req = Request("r", [], [])
+    with pytest.raises(AttributeError):
+        req.rid = "other"
