@@ -1,0 +1,167 @@
+"""Model FLOPs of a vision tower for one image, counted from the HF config and the image geometry.
+
+What is counted: every matrix multiply of the forward pass, at 2 FLOPs per multiply-add (the
+convention of ``torch.utils.flop_counter`` and of MFU figures in the literature):
+
+- patch embedding: the conv is a matmul of each patch's ``channels * [temporal *] p * p`` pixels
+  with the ``hidden`` filters;
+- per layer: the Q/K/V projections (``3 * d * d`` per token), the output projection (``d * d``),
+  the attention scores ``Q @ K^T`` and the weighted sum ``P @ V`` (``2 * S^2 * d`` multiply-adds
+  per sequence of ``S`` tokens, over all heads), and the MLP: two matrices for CLIP/SigLIP's
+  GELU MLP, three for Qwen's SwiGLU;
+- attention is per image: a batched (stacked or packed) call does no cross-image attention, so
+  the count does not depend on how images are batched. Qwen2.5-VL's window layers attend within
+  windows of ``window_size`` pixels (``sum over windows of w^2``), its ``fullatt_block_indexes``
+  layers over the whole image (per frame);
+- Qwen's patch merger: two linears on ``S / merge^2`` rows of width ``hidden * merge^2``;
+- SigLIP's attention-pooling head, only when asked (``include_head``), since LLaVA-style
+  consumers use the patch tokens and skip it.
+
+Not counted: norms, activations, softmax, rotary embeddings, residual adds, position-embedding
+adds (all elementwise, O(S * d), under 1% of the total for these towers). Bias adds are not
+counted either (``flop_counter`` counts ``addmm`` as its matmul alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+FIXED_RESOLUTION = ("clip_vision_model", "siglip_vision_model")
+QWEN_VISION = ("qwen2_5_vl_vision",)
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """FLOPs (2 per multiply-add) of one forward, by term."""
+
+    patch_embed: int = 0
+    qkv: int = 0
+    attn_out: int = 0
+    attn_scores: int = 0  # Q @ K^T and P @ V
+    mlp: int = 0
+    merger: int = 0
+    head: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    def __add__(self, other: FlopCount) -> FlopCount:
+        return FlopCount(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"total": self.total}
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _layer_count(config: Any, num_layers: int | None) -> int:
+    total = getattr(config, "num_hidden_layers", None) or getattr(config, "depth")
+    if num_layers is None:
+        return total
+    _positive("num_layers", num_layers)
+    if num_layers > total:
+        raise ValueError(f"num_layers={num_layers} exceeds the config's {total} layers")
+    return num_layers
+
+
+def vit_flops(config: Any, *, num_layers: int | None = None, include_head: bool = False) -> FlopCount:
+    """FLOPs of one image through a fixed-resolution CLIP or SigLIP vision tower.
+
+    ``num_layers`` counts only the first layers (LLaVA takes CLIP's penultimate layer, so an
+    encoder may stop early); the sequence is the patches plus CLIP's class token.
+    """
+    if config.model_type not in FIXED_RESOLUTION:
+        raise ValueError(f"vit_flops expects one of {FIXED_RESOLUTION}, got model_type {config.model_type!r}")
+    d, inter, p = config.hidden_size, config.intermediate_size, config.patch_size
+    patches = (config.image_size // p) ** 2
+    seq = patches + (1 if config.model_type == "clip_vision_model" else 0)
+    layers = _layer_count(config, num_layers)
+    head = _siglip_head_flops(config, patches) if include_head else 0
+    return FlopCount(
+        patch_embed=2 * patches * config.num_channels * p * p * d,
+        qkv=layers * 2 * seq * d * 3 * d,
+        attn_out=layers * 2 * seq * d * d,
+        attn_scores=layers * 4 * seq * seq * d,
+        mlp=layers * 2 * seq * d * inter * 2,
+        head=head,
+    )
+
+
+def _siglip_head_flops(config: Any, patches: int) -> int:
+    """SigLIP's multihead attention pooling: one probe query over all patches, then an MLP."""
+    if config.model_type != "siglip_vision_model":
+        raise ValueError(f"include_head applies to SigLIP only, got model_type {config.model_type!r}")
+    d, inter = config.hidden_size, config.intermediate_size
+    q, kv = 2 * d * d, 2 * patches * d * 2 * d  # probe projection; K and V of every patch
+    scores = 4 * patches * d
+    return q + kv + scores + 2 * d * d + 2 * d * inter * 2  # + out projection + MLP on one token
+
+
+def qwen_window_lengths(config: Any, grid_thw: tuple[int, int, int]) -> list[int]:
+    """Patch counts of Qwen2.5-VL's attention windows for one image of ``grid_thw`` patches.
+
+    Mirrors ``transformers.vision_utils.get_vision_window_index``: windows of
+    ``window_size // patch_size`` patches per side, tiled from the top-left corner of each frame,
+    the last row and column of windows cut short by the image edge.
+    """
+    t, h, w = (_positive(f"grid_thw[{k}]", int(v)) for k, v in enumerate(grid_thw))
+    merge = config.spatial_merge_size
+    if h % merge or w % merge:
+        raise ValueError(f"grid_thw {grid_thw}: height and width must be multiples of spatial_merge_size={merge}")
+    cells = config.window_size // merge // config.patch_size  # window side in merged cells
+    rows = _tiles(h // merge, cells)
+    cols = _tiles(w // merge, cells)
+    return [r * c * merge * merge for _ in range(t) for r in rows for c in cols]
+
+
+def _tiles(length: int, size: int) -> list[int]:
+    return [min(size, length - start) for start in range(0, length, size)]
+
+
+def qwen_vision_flops(config: Any, grid_thw: tuple[int, int, int], *, num_layers: int | None = None) -> FlopCount:
+    """FLOPs of one image (or video) of ``grid_thw = (t, h, w)`` patches through a Qwen2.5-VL tower."""
+    if config.model_type not in QWEN_VISION:
+        raise ValueError(f"qwen_vision_flops expects {QWEN_VISION}, got model_type {config.model_type!r}")
+    t, h, w = (int(v) for v in grid_thw)
+    d, inter, out = config.hidden_size, config.intermediate_size, config.out_hidden_size
+    seq = t * h * w
+    layers = _layer_count(config, num_layers)
+    full = [k for k in config.fullatt_block_indexes if k < layers]
+    window_sq = sum(n * n for n in qwen_window_lengths(config, (t, h, w)))
+    frame_sq = t * (h * w) ** 2  # full attention is per frame (transformers' cu_seqlens)
+    pixels = config.in_channels * config.temporal_patch_size * config.patch_size**2
+    merged, wide = seq // config.spatial_merge_size**2, d * config.spatial_merge_size**2
+    return FlopCount(
+        patch_embed=2 * seq * pixels * d,
+        qkv=layers * 2 * seq * d * 3 * d,
+        attn_out=layers * 2 * seq * d * d,
+        attn_scores=4 * d * (len(full) * frame_sq + (layers - len(full)) * window_sq),
+        mlp=layers * 2 * seq * d * inter * 3,
+        merger=2 * merged * wide * (wide + out),
+    )
+
+
+def item_flops(config: Any, item: Any, *, num_layers: int | None = None) -> FlopCount:
+    """FLOPs to encode one ``MultimodalItem``: Qwen reads ``item.meta["image_grid_thw"]``."""
+    if config.model_type in FIXED_RESOLUTION:
+        return vit_flops(config, num_layers=num_layers)
+    if config.model_type in QWEN_VISION:
+        meta = item.meta or {}
+        if "image_grid_thw" not in meta:
+            raise ValueError(f"item {item.hash[:12]}: Qwen FLOPs need meta['image_grid_thw'], meta has {sorted(meta)}")
+        grid = meta["image_grid_thw"]
+        grid = grid.reshape(-1).tolist() if hasattr(grid, "reshape") else list(grid)
+        return qwen_vision_flops(config, tuple(grid), num_layers=num_layers)
+    raise ValueError(f"no FLOP model for model_type {config.model_type!r}")
+
+
+def items_flops(config: Any, items: Iterable[Any], *, num_layers: int | None = None) -> int:
+    """Total FLOPs to encode ``items`` (attention is per image, so batching changes nothing)."""
+    return sum(item_flops(config, item, num_layers=num_layers).total for item in items)

@@ -1,0 +1,111 @@
+"""The machine a benchmark ran on: device, driver, versions, and the measured matmul peak."""
+
+from __future__ import annotations
+
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    """Measured dense matmul rate: median over timed repeats of an ``n x n @ n x n`` product."""
+
+    tflops: float  # TFLOP/s, 2 FLOPs per multiply-add
+    n: int
+    dtype: str
+    repeats: int
+    device: str
+    label: str  # "cuda-bf16" or "cpu-float32": a CPU figure is no GPU peak
+
+
+def device_slug(name: str) -> str:
+    """Folder-safe short name: "NVIDIA H100 80GB HBM3" -> "h100", "cpu" -> "cpu"."""
+    match = re.search(r"\b([AHBL]\d{2,3}|GH\d{3}|GB\d{3}|RTX\s?\d{4})\b", name, re.IGNORECASE)
+    if match:
+        return match.group(1).replace(" ", "").lower()
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver version from nvidia-smi, when present (torch does not expose it)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+def machine_info(device: torch.device | str | None = None) -> dict:
+    """Device name, memory, capability and driver (GPU), or the CPU model and core count."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # deliberately no host name: these files are committed
+    info = {"device_type": device.type, "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {
+            "device_name": props.name,
+            "device_memory_bytes": props.total_memory,
+            "cuda_capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count,
+            "driver_version": _driver_version(),
+        }
+    else:
+        info |= {"device_name": "cpu", "device_memory_bytes": None, "cuda_capability": None, "driver_version": None}
+    info["slug"] = device_slug(info["device_name"])
+    return info
+
+
+def versions() -> dict:
+    """Versions of the stack that changes the numbers."""
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "transformers": transformers.__version__,
+        "vitkit": _vitkit_version(),
+    }
+
+
+def _vitkit_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vitkit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def measure_matmul_peak(device: torch.device | str | None = None, *, n: int | None = None, repeats: int = 30) -> MatmulPeak:
+    """Median rate of a dense matmul: bf16 8192^3 timed with CUDA events on a GPU, a small
+    float32 one with perf_counter on CPU (labelled "cpu-float32"; no GPU figure)."""
+    from vitkit.bench.timing import time_callable
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    n = n or (8192 if on_gpu else 512)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    stats = time_callable(lambda: torch.mm(a, b, out=out), device=device, warmup=max(3, repeats // 3), repeats=repeats)
+    tflops = 2 * n**3 / (stats.median_ms * 1e-3) / 1e12
+    label = f"{device.type}-{str(dtype).removeprefix('torch.').replace('bfloat16', 'bf16')}"
+    return MatmulPeak(tflops=tflops, n=n, dtype=str(dtype).removeprefix("torch."), repeats=repeats, device=str(device), label=label)
+
+
+def peak_as_dict(peak: MatmulPeak) -> dict:
+    return asdict(peak)
