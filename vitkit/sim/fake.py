@@ -1,0 +1,78 @@
+"""Model-free stand-ins: items whose content is an image id, and an encoder that fakes embeddings.
+
+They let the simulator run on a laptop with no model: the same image id gives the same feature,
+so the same content hash (the cache sees a repeated product photo as a repeat), and the fake
+encoder's output depends only on that hash, so every path returns bit-identical embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import xxhash
+
+from vitkit.item import MultimodalItem
+
+QWEN_MERGED_PATCH = 28  # Qwen2.5-VL: 14-pixel patches, 2x2 merged into one token
+
+
+def qwen_like_tokens(height: int, width: int, patch: int = QWEN_MERGED_PATCH) -> int:
+    """Placeholder tokens of an image of ``height`` x ``width`` pixels, Qwen2.5-VL style.
+
+    Qwen's ``smart_resize`` rounds each side to a multiple of 28 pixels; each 28x28 block is one
+    token after the 2x2 patch merge. Minimum/maximum pixel limits are not modelled.
+    """
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"image {name} must be a positive int (pixels), got {value!r}")
+    return max(1, round(height / patch)) * max(1, round(width / patch))
+
+
+def image_seed(image_id: str) -> int:
+    """A stable 63-bit seed from an image id (same id, same seed, on every machine)."""
+    return xxhash.xxh64_intdigest(image_id.encode()) >> 1
+
+
+def fake_item(image_id: str, height: int, width: int) -> MultimodalItem:
+    """An item standing for image ``image_id``: tiny feature, Qwen-like token count.
+
+    The feature holds the id's seed and the size, so its content hash changes with either.
+    """
+    num_tokens = qwen_like_tokens(height, width)
+    feature = torch.tensor([image_seed(image_id), height, width], dtype=torch.int64)
+    return MultimodalItem(feature, num_tokens)
+
+
+class FakeEncoder:
+    """Deterministic encoder: item -> ``(num_tokens, hidden)`` rows drawn from its content hash.
+
+    Costs what a random-number draw costs; use ``ModelledEncoder`` for an H100-like time.
+    """
+
+    def __init__(self, hidden: int = 32, dtype: torch.dtype = torch.float32) -> None:
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
+            raise ValueError(f"FakeEncoder hidden must be a positive int, got {hidden!r}")
+        self.hidden_size = hidden
+        self.dtype = dtype
+        self.name = "fake"
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one embedding row takes in the cache."""
+        return self.hidden_size * torch.empty((), dtype=self.dtype).element_size()
+
+    def embed(self, item: MultimodalItem) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(int(item.hash[:15], 16))
+        return torch.randn(item.num_tokens, self.hidden_size, generator=generator).to(self.dtype)
+
+    def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
+        return [self.embed(item) for item in items]
+
+
+def cache_bytes_for_tokens(tokens: int, bytes_per_token: int) -> int:
+    """Capacity (bytes) that holds ``tokens`` embedding rows of ``bytes_per_token`` each."""
+    if tokens <= 0 or bytes_per_token <= 0:
+        raise ValueError(f"tokens and bytes_per_token must be positive, got {tokens} and {bytes_per_token}")
+    return math.ceil(tokens * bytes_per_token)

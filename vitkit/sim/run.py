@@ -1,0 +1,355 @@
+"""Replay a request stream through the scheduler, driving ``embed_chunks`` step by step.
+
+The schedule is planned once (``plan_steps``) and replayed for each configuration (embedding
+mode, cache size, pinning), so every configuration sees exactly the same windows. Each step
+yields one ``StepRow`` (a tidy table: one row per step) and one ``WindowRow`` per window; the
+``RunSummary`` is computed from the rows, so the two always agree.
+
+Two re-encoding counts are kept. ``re_encodings``: encodes of a content hash that had been
+encoded before in the run (evicted, or never stored, in between). ``request_re_encodings``:
+encodes of an item of a request that had already been encoded for that same item of that
+request, i.e. an image straddling a window boundary lost between its windows; pinning exists to
+make this zero.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vitkit.cache import CacheStats, EmbeddingCache
+from vitkit.chunk import overlapping
+from vitkit.embed import Encoder, embed_chunks
+from vitkit.request import Request
+from vitkit.sim.fake import FakeEncoder
+from vitkit.sim.scheduler import Step, plan_steps
+from vitkit.sim.timing import as_timed
+from vitkit.sim.trace import Trace, load_trace
+from vitkit.sim.workload import ItemFactory, build_requests, fake_item
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """What one scheduler step did and cost (tokens, items, bytes, ms)."""
+
+    step: int
+    time_ms: float  # scheduler clock at the step
+    mode: str
+    pin: bool
+    capacity_bytes: int
+    windows: tuple[tuple[Hashable, int, int], ...]  # (rid, start, stop) in step order
+    tokens: int  # prompt tokens scheduled
+    items_touched: int  # item lookups (one per item overlapping a window)
+    hits: int
+    misses: int
+    encoder_calls: int
+    encoded_items: int
+    encoded_tokens: int
+    re_encodings: int
+    request_re_encodings: int
+    evictions: int
+    rejected: int  # cache puts that did not fit
+    cache_bytes: int  # after the step
+    pinned_bytes: int  # after the step
+    encoder_ms: float  # measured, or modelled by a cost model
+    bookkeeping_ms: float  # wall time of the step minus wall time inside the encoder
+    admitted: tuple[Hashable, ...]
+    finished: tuple[Hashable, ...]
+    aborted: tuple[Hashable, ...]
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.items_touched if self.items_touched else 0.0
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """One request's window in a step: the items it touched and which of them hit the cache."""
+
+    step: int
+    rid: Hashable
+    start: int
+    stop: int
+    items: tuple[int, ...]  # indices into the request's items, prompt order
+    hit: tuple[bool, ...]  # per touched item
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Totals of one run; every field follows from the ``StepRow`` list (see ``summarize``)."""
+
+    mode: str
+    pin: bool
+    capacity_bytes: int
+    steps: int
+    windows: int
+    tokens: int
+    items_touched: int
+    hits: int
+    misses: int
+    hit_rate: float
+    encoder_calls: int
+    encoded_items: int
+    encoded_tokens: int
+    re_encodings: int
+    request_re_encodings: int
+    evictions: int
+    rejected: int
+    peak_cache_bytes: int
+    peak_pinned_bytes: int
+    encoder_ms: float
+    bookkeeping_ms: float
+
+
+@dataclass(frozen=True)
+class SimRun:
+    """One replay: per-step rows, per-window rows, summary, the cache's own final counters,
+    and (with ``keep_embeddings``) each window's embedding keyed by ``(step, rid)``."""
+
+    rows: tuple[StepRow, ...]
+    window_rows: tuple[WindowRow, ...]
+    summary: RunSummary
+    cache_stats: CacheStats
+    embeddings: Mapping[tuple[int, Hashable], torch.Tensor | None] = field(default_factory=dict)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The step rows as plain dicts (one per step), e.g. for ``pandas.DataFrame``."""
+        return to_records(self.rows)
+
+
+def to_records(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """Frozen dataclass rows (``StepRow``, ``WindowRow``, ``RunSummary``) as plain dicts."""
+    return [asdict(row) for row in rows]
+
+
+def summarize(rows: Sequence[StepRow], mode: str, pin: bool, capacity_bytes: int) -> RunSummary:
+    """Totals over ``rows`` (peaks for the byte columns)."""
+
+    def total(name: str) -> Any:
+        return sum(getattr(r, name) for r in rows)
+
+    touched = total("items_touched")
+    return RunSummary(
+        mode=mode,
+        pin=pin,
+        capacity_bytes=capacity_bytes,
+        steps=len(rows),
+        windows=sum(len(r.windows) for r in rows),
+        tokens=total("tokens"),
+        items_touched=touched,
+        hits=total("hits"),
+        misses=total("misses"),
+        hit_rate=total("hits") / touched if touched else 0.0,
+        encoder_calls=total("encoder_calls"),
+        encoded_items=total("encoded_items"),
+        encoded_tokens=total("encoded_tokens"),
+        re_encodings=total("re_encodings"),
+        request_re_encodings=total("request_re_encodings"),
+        evictions=total("evictions"),
+        rejected=total("rejected"),
+        peak_cache_bytes=max((r.cache_bytes for r in rows), default=0),
+        peak_pinned_bytes=max((r.pinned_bytes for r in rows), default=0),
+        encoder_ms=total("encoder_ms"),
+        bookkeeping_ms=total("bookkeeping_ms"),
+    )
+
+
+class _LoggedCache(EmbeddingCache):
+    """An ``EmbeddingCache`` that logs whether each lookup hit, so the runner can tell which
+    window missed which item (``find_chunk_items`` looks items up in batch, then prompt order)."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        super().__init__(capacity_bytes)
+        self.lookups: list[bool] = []
+
+    def get(self, key: str) -> torch.Tensor | None:
+        embedding = super().get(key)
+        self.lookups.append(embedding is not None)
+        return embedding
+
+
+@dataclass
+class _Ledger:
+    """Encode counts across steps: per content hash and per (rid, item index)."""
+
+    by_hash: Counter = field(default_factory=Counter)
+    by_item: Counter = field(default_factory=Counter)
+
+    def count_hashes(self, hashes: Iterable[str]) -> int:
+        again = 0
+        for key in hashes:
+            again += self.by_hash[key] > 0
+            self.by_hash[key] += 1
+        return again
+
+    def count_items(self, window_rows: Iterable[WindowRow]) -> int:
+        again = 0
+        for w in window_rows:  # every missed lookup is encoded in its step, in both modes
+            for index, hit in zip(w.items, w.hit):
+                if not hit:
+                    again += self.by_item[(w.rid, index)] > 0
+                    self.by_item[(w.rid, index)] += 1
+        return again
+
+
+def _window_rows(step: Step, requests: Mapping[Hashable, Request], lookups: Sequence[bool]) -> list[WindowRow]:
+    out, pos = [], 0
+    for w in step.windows:
+        request = requests[w.rid]
+        touched = [k for k, span in enumerate(request.spans) if span.overlaps(w.span)]
+        out.append(WindowRow(step.index, w.rid, w.start, w.stop, tuple(touched), tuple(lookups[pos : pos + len(touched)])))
+        pos += len(touched)
+    if pos != len(lookups):  # would mean embed_chunks looked items up in another order
+        raise RuntimeError(f"step {step.index}: {len(lookups)} cache lookups for {pos} touched items")
+    return out
+
+
+def replay(
+    requests: Mapping[Hashable, Request],
+    steps: Sequence[Step],
+    encoder: Encoder,
+    capacity_bytes: int,
+    *,
+    mode: str = "batched",
+    pin: bool = True,
+    max_tokens_per_call: int | None = None,
+    keep_embeddings: bool = False,
+    progress: bool = False,
+) -> SimRun:
+    """Run planned ``steps`` over ``requests`` with a fresh cache of ``capacity_bytes``."""
+    cache = _LoggedCache(capacity_bytes)
+    timed = as_timed(encoder)
+    ledger = _Ledger()
+    rows, window_rows, embeddings = [], [], {}
+    for step in tqdm(steps, desc=f"{mode} pin={pin}", disable=not progress, leave=False):
+        for rid in step.aborted:  # an aborted request's next window will never come
+            cache.release(rid)
+        before = cache.stats()
+        cache.lookups.clear()
+        batch = [(requests[w.rid], w.span) for w in step.windows]
+        start = time.perf_counter()
+        result = embed_chunks(batch, timed, cache, mode=mode, max_tokens_per_call=max_tokens_per_call, pin=pin)
+        wall_ms = (time.perf_counter() - start) * 1e3
+        for rid in step.finished:  # embed_chunks already released them; this only makes sure
+            cache.release(rid)
+        spent = timed.take_time()
+        windows = _window_rows(step, requests, cache.lookups)
+        window_rows += windows
+        after = cache.stats()
+        rows.append(
+            StepRow(
+                step=step.index,
+                time_ms=step.time_ms,
+                mode=mode,
+                pin=pin,
+                capacity_bytes=capacity_bytes,
+                windows=tuple((w.rid, w.start, w.stop) for w in step.windows),
+                tokens=step.tokens,
+                items_touched=result.cache_hits + result.cache_misses,
+                hits=result.cache_hits,
+                misses=result.cache_misses,
+                encoder_calls=result.encoder_calls,
+                encoded_items=result.encoded_items,
+                encoded_tokens=result.encoded_tokens,
+                re_encodings=ledger.count_hashes(result.encoded_hashes),
+                request_re_encodings=ledger.count_items(windows),
+                evictions=after.evictions - before.evictions,
+                rejected=after.rejected - before.rejected,
+                cache_bytes=after.bytes,
+                pinned_bytes=after.pinned_bytes,
+                encoder_ms=spent.reported_ms,
+                bookkeeping_ms=max(0.0, wall_ms - spent.measured_ms),
+                admitted=step.admitted,
+                finished=step.finished,
+                aborted=step.aborted,
+            )
+        )
+        if keep_embeddings:
+            for w, emb in zip(step.windows, result.embeddings):
+                embeddings[(step.index, w.rid)] = emb
+    summary = summarize(rows, mode, pin, capacity_bytes)
+    return SimRun(tuple(rows), tuple(window_rows), summary, cache.stats(), embeddings)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A trace made ready to replay: its requests (items built, hashed) and its planned steps."""
+
+    trace: Trace
+    requests: Mapping[Hashable, Request]
+    steps: tuple[Step, ...]
+
+
+def prepare(
+    trace: Trace | str | Path,
+    *,
+    chunked_prefill_size: int = 2048,
+    max_running: int | None = None,
+    step_ms: float = 50.0,
+    make_item: ItemFactory = fake_item,
+) -> Stream:
+    """Load (a path or an example name), build the requests and plan the schedule, once."""
+    if not isinstance(trace, Trace):
+        trace = load_trace(trace)
+    requests = build_requests(trace, make_item)
+    arrivals = trace.arrivals({rid: r.prompt_len for rid, r in requests.items()})
+    steps = plan_steps(arrivals, chunked_prefill_size, max_running=max_running, step_ms=step_ms)
+    return Stream(trace, requests, tuple(steps))
+
+
+def simulate(
+    stream: Stream,
+    capacity_bytes: int,
+    *,
+    encoder: Encoder | None = None,
+    mode: str = "batched",
+    pin: bool = True,
+    max_tokens_per_call: int | None = None,
+    keep_embeddings: bool = False,
+    progress: bool = False,
+) -> SimRun:
+    """Replay a prepared stream once (default encoder: ``FakeEncoder()``)."""
+    return replay(
+        stream.requests,
+        stream.steps,
+        FakeEncoder() if encoder is None else encoder,
+        capacity_bytes,
+        mode=mode,
+        pin=pin,
+        max_tokens_per_call=max_tokens_per_call,
+        keep_embeddings=keep_embeddings,
+        progress=progress,
+    )
+
+
+def compare(
+    stream: Stream,
+    capacities_bytes: Sequence[int],
+    *,
+    modes: Sequence[str] = ("batched", "per_request"),
+    pins: Sequence[bool] = (True, False),
+    encoder: Encoder | None = None,
+    max_tokens_per_call: int | None = None,
+    progress: bool = True,
+) -> list[SimRun]:
+    """Replay the same stream for every mode x capacity x pin setting (a fresh cache each)."""
+    configs = [(m, c, p) for m in modes for c in capacities_bytes for p in pins]
+    runs = []
+    for mode, capacity, pin in tqdm(configs, desc="sim configs", disable=not progress):
+        runs.append(simulate(stream, capacity, encoder=encoder, mode=mode, pin=pin, max_tokens_per_call=max_tokens_per_call))
+    return runs
+
+
+def summary_records(runs: Iterable[SimRun]) -> list[dict[str, Any]]:
+    """One dict per run: its summary fields."""
+    return to_records(run.summary for run in runs)
+
+
+STEP_FIELDS = tuple(f.name for f in fields(StepRow))

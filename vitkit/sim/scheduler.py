@@ -1,0 +1,184 @@
+"""Chunked-prefill scheduler model: which window of which prompt runs in each step.
+
+The scheduler only decides (nano-vllm's split): it hands out token windows and never encodes.
+Each step has a token budget, ``chunked_prefill_size``. Running requests take it first, in
+arrival order; then waiting requests that have arrived join, in arrival order, while budget is
+left (and, optionally, while fewer than ``max_running`` run). A request granted ``g`` tokens runs
+the window ``[done, done + g)`` and leaves when its prompt is done. This is SGLang's
+``PrefillAdder`` (the chunked request continues first, then new requests; only the last one
+admitted can be cut, so at most one request is part-way through its prompt between steps) and
+vLLM v1's order (running before waiting, ``max_num_batched_tokens``, ``max_num_seqs``), for the
+prefill phase only: decode tokens are not modelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+from vitkit.span import Span
+
+
+@dataclass(frozen=True)
+class Window:
+    """Request ``rid`` runs prompt tokens ``[start, stop)`` in a step."""
+
+    rid: Hashable
+    start: int
+    stop: int
+
+    @property
+    def span(self) -> Span:
+        return Span(self.start, self.stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Step:
+    """One scheduler decision at ``time_ms``: the windows it runs and who joined or left."""
+
+    index: int
+    time_ms: float
+    windows: tuple[Window, ...]
+    admitted: tuple[Hashable, ...]  # joined the running set this step
+    finished: tuple[Hashable, ...]  # prompt done by the end of this step
+    aborted: tuple[Hashable, ...]  # aborted before this step ran (their pins must be released)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(w) for w in self.windows)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A request as the scheduler sees it: id, prompt length (tokens), arrival and abort times (ms)."""
+
+    rid: Hashable
+    prompt_len: int
+    arrival_ms: float = 0.0
+    abort_ms: float | None = None
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Scheduler:
+    """Prefill scheduler state: waiting queue, running set (both in arrival order), progress."""
+
+    def __init__(self, chunked_prefill_size: int, max_running: int | None = None) -> None:
+        self.chunked_prefill_size = _check_positive_int("chunked_prefill_size", chunked_prefill_size)
+        self.max_running = None if max_running is None else _check_positive_int("max_running", max_running)
+        self.waiting: list[Arrival] = []  # sorted by arrival time, ties in add order
+        self.running: list[Arrival] = []
+        self.done_tokens: dict[Hashable, int] = {}
+        self._seen: set[Hashable] = set()
+        self._steps = 0
+
+    def add(self, arrival: Arrival) -> None:
+        """Queue a request; it may join from the first step at or after ``arrival_ms``."""
+        if arrival.rid in self._seen:
+            raise ValueError(f"request {arrival.rid!r} was already added")
+        if isinstance(arrival.prompt_len, bool) or not isinstance(arrival.prompt_len, int) or arrival.prompt_len <= 0:
+            raise ValueError(f"request {arrival.rid!r}: prompt_len must be a positive int, got {arrival.prompt_len!r}")
+        self._seen.add(arrival.rid)
+        # insert after every request arriving at the same time or earlier: stable arrival order
+        k = len(self.waiting)
+        while k > 0 and self.waiting[k - 1].arrival_ms > arrival.arrival_ms:
+            k -= 1
+        self.waiting.insert(k, arrival)
+
+    def abort(self, rid: Hashable) -> bool:
+        """Drop a waiting or running request; False when it is not queued (unknown or finished)."""
+        for queue in (self.waiting, self.running):
+            for k, arrival in enumerate(queue):
+                if arrival.rid == rid:
+                    del queue[k]
+                    self.done_tokens.pop(rid, None)
+                    return True
+        return False
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    def next_arrival_ms(self) -> float | None:
+        return self.waiting[0].arrival_ms if self.waiting else None
+
+    def schedule(self, now_ms: float, aborted: Iterable[Hashable] = ()) -> Step:
+        """Decide one step at ``now_ms`` and advance every granted request by its window."""
+        budget = self.chunked_prefill_size
+        windows: list[Window] = []
+        for arrival in self.running:
+            if budget == 0:
+                break
+            budget -= self._grant(arrival, budget, windows)
+        admitted = []
+        while budget > 0 and self.waiting and self.waiting[0].arrival_ms <= now_ms:
+            if self.max_running is not None and len(self.running) >= self.max_running:
+                break
+            arrival = self.waiting.pop(0)
+            self.running.append(arrival)
+            self.done_tokens[arrival.rid] = 0
+            admitted.append(arrival.rid)
+            budget -= self._grant(arrival, budget, windows)
+        finished = tuple(a.rid for a in self.running if self.done_tokens[a.rid] == a.prompt_len)
+        self.running = [a for a in self.running if a.rid not in finished]
+        for rid in finished:
+            del self.done_tokens[rid]
+        step = Step(self._steps, now_ms, tuple(windows), tuple(admitted), finished, tuple(aborted))
+        self._steps += 1
+        return step
+
+    def _grant(self, arrival: Arrival, budget: int, windows: list[Window]) -> int:
+        start = self.done_tokens[arrival.rid]
+        granted = min(arrival.prompt_len - start, budget)
+        windows.append(Window(arrival.rid, start, start + granted))
+        self.done_tokens[arrival.rid] = start + granted
+        return granted
+
+
+def plan_steps(
+    arrivals: Iterable[Arrival],
+    chunked_prefill_size: int,
+    *,
+    max_running: int | None = None,
+    step_ms: float = 50.0,
+) -> list[Step]:
+    """The whole schedule of a stream: steps every ``step_ms`` until every request is done.
+
+    The clock is open-loop: a step lasts ``step_ms`` whatever the encoder costs, so both
+    embedding modes replay the very same windows (the encoder time is reported, not fed back).
+    When nothing runs, the clock jumps to the next arrival. A request is aborted before the
+    first step at or after its ``abort_ms``.
+    """
+    if not step_ms > 0:
+        raise ValueError(f"step_ms must be > 0, got {step_ms!r}")
+    scheduler = Scheduler(chunked_prefill_size, max_running)
+    pending_aborts: list[Arrival] = []
+    for arrival in arrivals:
+        scheduler.add(arrival)
+        if arrival.abort_ms is not None:
+            pending_aborts.append(arrival)
+    steps: list[Step] = []
+    now = scheduler.next_arrival_ms() or 0.0
+    while not scheduler.idle:
+        due = [a for a in pending_aborts if a.abort_ms <= now]
+        pending_aborts = [a for a in pending_aborts if a.abort_ms > now]
+        aborted = tuple(a.rid for a in due if scheduler.abort(a.rid))
+        if not scheduler.running and scheduler.waiting and scheduler.waiting[0].arrival_ms > now:
+            if aborted:  # record the aborts even though nothing runs until the next arrival
+                steps.append(scheduler.schedule(now, aborted))
+            now = scheduler.next_arrival_ms()
+            continue
+        if scheduler.idle:
+            if aborted:
+                steps.append(scheduler.schedule(now, aborted))
+            break
+        steps.append(scheduler.schedule(now, aborted))
+        now += step_ms
+    return steps

@@ -1,0 +1,210 @@
+"""Request streams as data: the ``Trace`` value and its JSON file format.
+
+Trace file format (``vitkit.sim.trace/1``), one JSON object::
+
+    {
+      "schema": "vitkit.sim.trace/1",
+      "name": "product-catalog",
+      "description": "free text",
+      "images": {"sku-17": {"height": 448, "width": 448}, ...},
+      "requests": [
+        {"rid": "q0", "arrival_ms": 0.0,
+         "segments": [{"text": 24}, {"image": "sku-17"}, {"text": 40}],
+         "abort_ms": 350.0},
+        ...
+      ]
+    }
+
+``images`` names each distinct picture once with its pixel size: two segments naming the same
+image are the same content (a product photo shown to many users, or a conversation resending an
+earlier turn's picture), so they hash alike and can hit the embedding cache. ``segments`` lay
+out the prompt in order: ``{"text": n}`` is ``n`` text tokens, ``{"image": id}`` that image's
+placeholder tokens (how many depends on the item factory: Qwen-like ``(h/28)*(w/28)`` by
+default). ``arrival_ms`` is when the request reaches the scheduler; ``abort_ms`` (optional) when
+the client gives up. Request ids are unique strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitkit.sim.scheduler import Arrival
+
+SCHEMA = "vitkit.sim.trace/1"
+TRACES_DIR = Path(__file__).resolve().parents[2] / "data" / "traces"
+
+Segment = int | str  # text token count, or an image id
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """A distinct picture's size in pixels."""
+
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """One request of a trace: its prompt layout and its times (ms)."""
+
+    rid: str
+    arrival_ms: float
+    segments: tuple[Segment, ...]
+    abort_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A request stream plus the pictures it refers to; checked on construction."""
+
+    name: str
+    requests: tuple[TraceRequest, ...]
+    images: Mapping[str, ImageSpec] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requests", tuple(self.requests))
+        object.__setattr__(self, "images", dict(self.images))
+        for image_id, spec in self.images.items():
+            for name in ("height", "width"):
+                value = getattr(spec, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"trace {self.name!r}: image {image_id!r} {name} must be a positive int, got {value!r}")
+        seen: set[str] = set()
+        for k, req in enumerate(self.requests):
+            _check_request(self, k, req, seen)
+
+    def arrivals(self, prompt_lens: Mapping[str, int]) -> list[Arrival]:
+        """Scheduler arrivals, with prompt lengths (tokens) from the built requests."""
+        return [Arrival(r.rid, prompt_lens[r.rid], r.arrival_ms, r.abort_ms) for r in self.requests]
+
+
+def _check_request(trace: Trace, k: int, req: TraceRequest, seen: set[str]) -> None:
+    where = f"trace {trace.name!r} request {k} ({req.rid!r})"
+    if not isinstance(req.rid, str) or not req.rid:
+        raise ValueError(f"trace {trace.name!r} request {k}: rid must be a non-empty string, got {req.rid!r}")
+    if req.rid in seen:
+        raise ValueError(f"{where}: rid is used twice")
+    seen.add(req.rid)
+    if not _is_time(req.arrival_ms):
+        raise ValueError(f"{where}: arrival_ms must be a number >= 0, got {req.arrival_ms!r}")
+    if req.abort_ms is not None and not (_is_time(req.abort_ms) and req.abort_ms >= req.arrival_ms):
+        raise ValueError(f"{where}: abort_ms must be a number >= arrival_ms ({req.arrival_ms}), got {req.abort_ms!r}")
+    for j, seg in enumerate(req.segments):
+        if isinstance(seg, str):
+            if seg not in trace.images:
+                raise ValueError(f"{where}: segments[{j}] names unknown image {seg!r}")
+        elif isinstance(seg, bool) or not isinstance(seg, int) or seg < 0:
+            raise ValueError(f"{where}: segments[{j}] must be a text token count >= 0 or an image id, got {seg!r}")
+    if not any(isinstance(s, str) or s > 0 for s in req.segments):
+        raise ValueError(f"{where}: the prompt is empty (no text tokens and no image)")
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+# ---------------------------------------------------------------- JSON
+
+def trace_to_json(trace: Trace) -> dict[str, Any]:
+    def segment(seg: Segment) -> dict[str, Any]:
+        return {"image": seg} if isinstance(seg, str) else {"text": seg}
+
+    def request(r: TraceRequest) -> dict[str, Any]:
+        out = {"rid": r.rid, "arrival_ms": r.arrival_ms, "segments": [segment(s) for s in r.segments]}
+        if r.abort_ms is not None:
+            out["abort_ms"] = r.abort_ms
+        return out
+
+    return {
+        "schema": SCHEMA,
+        "name": trace.name,
+        "description": trace.description,
+        "images": {k: {"height": v.height, "width": v.width} for k, v in trace.images.items()},
+        "requests": [request(r) for r in trace.requests],
+    }
+
+
+def trace_from_json(data: Mapping[str, Any]) -> Trace:
+    """Parse a trace object; a ValueError names the field (and request) that is wrong."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"trace must be a JSON object, got {type(data).__name__}")
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"trace field 'schema' must be {SCHEMA!r}, got {data.get('schema')!r}")
+    name = data.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"trace field 'name' must be a string, got {name!r}")
+    images = _parse_images(name, data.get("images", {}))
+    raw = data.get("requests")
+    if not isinstance(raw, list):
+        raise ValueError(f"trace {name!r}: field 'requests' must be a list, got {type(raw).__name__}")
+    requests = [_parse_request(name, k, r) for k, r in enumerate(raw)]
+    return Trace(name, tuple(requests), images, str(data.get("description", "")))
+
+
+def _parse_images(name: str, raw: object) -> dict[str, ImageSpec]:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"trace {name!r}: field 'images' must be an object of id -> size")
+    images = {}
+    for image_id, size in raw.items():
+        if not isinstance(size, Mapping) or set(size) != {"height", "width"}:
+            raise ValueError(f"trace {name!r}: images[{image_id!r}] must be {{'height': int, 'width': int}}, got {size!r}")
+        images[image_id] = ImageSpec(size["height"], size["width"])
+    return images
+
+
+_REQUEST_FIELDS = {"rid", "arrival_ms", "segments", "abort_ms"}
+
+
+def _parse_request(name: str, k: int, raw: object) -> TraceRequest:
+    where = f"trace {name!r} request {k}"
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where} must be an object, got {raw!r}")
+    where = f"{where} ({raw.get('rid')!r})"
+    for key in ("rid", "arrival_ms", "segments"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing field {key!r}")
+    unknown = set(raw) - _REQUEST_FIELDS
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
+    if not isinstance(raw["segments"], list):
+        raise ValueError(f"{where}: field 'segments' must be a list")
+    return TraceRequest(raw["rid"], raw["arrival_ms"], tuple(_parse_segment(where, j, s) for j, s in enumerate(raw["segments"])), raw.get("abort_ms"))
+
+
+def _parse_segment(where: str, j: int, raw: object) -> Segment:
+    if isinstance(raw, Mapping) and len(raw) == 1:
+        if "text" in raw:
+            return raw["text"]  # type checked by Trace
+        if "image" in raw and isinstance(raw["image"], str):
+            return raw["image"]
+    raise ValueError(f"{where}: segments[{j}] must be {{'text': n}} or {{'image': id}}, got {raw!r}")
+
+
+def save_trace(trace: Trace, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(trace_to_json(trace), indent=1) + "\n")
+    return path
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a trace file; a bare name (e.g. ``"chat-multiturn"``) is looked up in ``data/traces``."""
+    path = Path(path)
+    if not path.suffix and not path.exists():
+        path = TRACES_DIR / f"{path}.json"
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"trace file {path} is not valid JSON: {err}") from None
+    return trace_from_json(data)
+
+
+def example_traces() -> list[str]:
+    """Names of the traces shipped in ``data/traces``."""
+    return sorted(p.stem for p in TRACES_DIR.glob("*.json"))

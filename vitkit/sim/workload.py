@@ -1,0 +1,133 @@
+"""Generated request streams, and turning any trace into vitkit ``Request`` objects.
+
+A workload is drawn from a few parameters: arrivals (a fixed batch at t=0, or Poisson at a
+seeded rate), text lengths, images per request and their sizes, the share of images that repeat
+an earlier one (a popular product photo), and multi-turn conversations in which each turn resends
+the previous turns' text and images, as chat clients do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vitkit.item import MultimodalItem
+from vitkit.request import Request
+from vitkit.sim.fake import fake_item, image_seed
+from vitkit.sim.trace import ImageSpec, Segment, Trace, TraceRequest
+
+ItemFactory = Callable[[str, int, int], MultimodalItem]  # (image_id, height, width) -> item
+
+
+@dataclass(frozen=True)
+class WorkloadParams:
+    """Parameters of a generated stream; ranges are inclusive ``(low, high)``, drawn uniformly."""
+
+    num_requests: int = 16
+    arrival_rate_per_s: float | None = None  # Poisson rate of conversations; None: all at t=0
+    text_tokens: tuple[int, int] = (16, 128)  # per text segment
+    images_per_request: tuple[int, int] = (1, 3)  # new images per turn
+    image_sizes: tuple[tuple[int, int], ...] = ((448, 448), (672, 448), (896, 672))  # (height, width) px
+    repeat_share: float = 0.0  # chance an image slot shows an image used earlier in the stream
+    turns: int = 1  # requests per conversation; turn t resends turns < t
+    turn_gap_ms: float = 2000.0  # between turns of a conversation
+    abort_share: float = 0.0  # chance a request is aborted ...
+    abort_after_ms: float = 100.0  # ... this long after it arrives
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_requests <= 0 or self.turns <= 0:
+            raise ValueError(f"num_requests and turns must be positive, got {self.num_requests} and {self.turns}")
+        for name in ("text_tokens", "images_per_request"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {(low, high)}")
+        if self.text_tokens[0] == 0 and self.images_per_request[0] == 0:
+            raise ValueError("text_tokens and images_per_request both allow 0: a prompt could be empty")
+        if not self.image_sizes:
+            raise ValueError("image_sizes must name at least one (height, width)")
+        for name in ("repeat_share", "abort_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.arrival_rate_per_s is not None and not self.arrival_rate_per_s > 0:
+            raise ValueError(f"arrival_rate_per_s must be > 0 or None, got {self.arrival_rate_per_s}")
+
+
+class _ImagePool:
+    """Images drawn so far. A repeat picks a past *use* uniformly, so popular images get more
+    popular (a few product photos dominate, as in a catalog)."""
+
+    def __init__(self, params: WorkloadParams, rng: random.Random) -> None:
+        self.params, self.rng = params, rng
+        self.images: dict[str, ImageSpec] = {}
+        self.uses: list[str] = []
+
+    def draw(self) -> str:
+        if self.uses and self.rng.random() < self.params.repeat_share:
+            image_id = self.rng.choice(self.uses)
+        else:
+            image_id = f"img-{len(self.images)}"
+            height, width = self.rng.choice(self.params.image_sizes)
+            self.images[image_id] = ImageSpec(height, width)
+        self.uses.append(image_id)
+        return image_id
+
+
+def _turn_segments(params: WorkloadParams, rng: random.Random, pool: _ImagePool) -> list[Segment]:
+    """One turn: a text segment before each new image, and one after the last."""
+    segments: list[Segment] = []
+    for _ in range(rng.randint(*params.images_per_request)):
+        segments += [rng.randint(*params.text_tokens), pool.draw()]
+    segments.append(rng.randint(*params.text_tokens))
+    return [s for s in segments if s != 0]
+
+
+def generate_workload(params: WorkloadParams = WorkloadParams(), name: str = "generated") -> Trace:
+    """Draw a stream of ``params.num_requests`` requests (deterministic for a given seed)."""
+    rng = random.Random(params.seed)
+    pool = _ImagePool(params, rng)
+    requests: list[TraceRequest] = []
+    start = 0.0
+    conversation = 0
+    while len(requests) < params.num_requests:
+        if params.arrival_rate_per_s is not None and conversation > 0:
+            start += rng.expovariate(params.arrival_rate_per_s) * 1000.0
+        history: list[Segment] = []
+        for turn in range(min(params.turns, params.num_requests - len(requests))):
+            history = history + _turn_segments(params, rng, pool)
+            arrival = round(start + turn * params.turn_gap_ms, 3)
+            abort = round(arrival + params.abort_after_ms, 3) if rng.random() < params.abort_share else None
+            requests.append(TraceRequest(f"c{conversation}t{turn}", arrival, tuple(history), abort))
+        conversation += 1
+    requests.sort(key=lambda r: r.arrival_ms)  # stable: turns of one time keep conversation order
+    return Trace(name, tuple(requests), pool.images, description=repr(params))
+
+
+def build_requests(trace: Trace, make_item: ItemFactory = fake_item) -> dict[str, Request]:
+    """One ``Request`` per trace request (by rid, in trace order); one item object per image id,
+    so a repeated image is the same content with the same hash."""
+    items: dict[str, MultimodalItem] = {}
+    requests = {}
+    for req in trace.requests:
+        segments: list[int | MultimodalItem] = []
+        for seg in req.segments:
+            if isinstance(seg, str):
+                if seg not in items:
+                    spec = trace.images[seg]
+                    items[seg] = make_item(seg, spec.height, spec.width)
+                seg = items[seg]
+            segments.append(seg)
+        requests[req.rid] = Request.from_segments(req.rid, segments)
+    return requests
+
+
+def processing_items(preset_name: str) -> ItemFactory:
+    """An item factory making real processor outputs with ``vitkit.processing.synthetic_items``
+    (random pixels seeded by the image id), for driving a real encoder of that preset."""
+    from vitkit.processing import synthetic_items  # optional: built by the encoders package
+
+    def make(image_id: str, height: int, width: int) -> MultimodalItem:
+        return synthetic_items(preset_name, [(height, width)], seed=image_seed(image_id))[0]
+
+    return make
