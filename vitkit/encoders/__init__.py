@@ -1,0 +1,19 @@
+"""Real vision towers from transformers, as vitkit encoders (``encoder(items) -> list[Tensor]``).
+
+Presets: ``clip-l-336`` (LLaVA-1.5's tower), ``siglip-so400m-384``, ``qwen2.5-vl-7b`` (variable
+resolution, packed), and ``clip-tiny`` / ``siglip-tiny`` / ``qwen2.5-vl-tiny`` for CPU tests.
+Which rows each returns: ``PRESETS[name].rows_note``.
+"""
+
+from vitkit.encoders.attention import packed_attention, uses_varlen_kernel
+from vitkit.encoders.base import IMPLS, VisionEncoder
+from vitkit.encoders.build import build_encoder, count_parameters
+from vitkit.encoders.fixed import FixedResolutionEncoder, vit_layer
+from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
+from vitkit.encoders.qwen import PackedLayout, QwenVisionEncoder, packed_layout, qwen_block
+
+__all__ = [
+    "IMPLS", "PRESETS", "EncoderPreset", "FixedResolutionEncoder", "PackedLayout", "QwenVisionEncoder",
+    "VisionEncoder", "build_encoder", "count_parameters", "get_preset", "packed_attention", "packed_layout",
+    "qwen_block", "uses_varlen_kernel", "vit_layer",
+]

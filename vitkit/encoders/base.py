@@ -1,0 +1,90 @@
+"""What every vitkit encoder shares: item checks, one host-to-device copy per batch, row checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vitkit.encoders.presets import EncoderPreset
+from vitkit.item import MultimodalItem
+
+IMPLS = ("vitkit", "stock")
+
+
+class VisionEncoder:
+    """A vision tower as vitkit's encoder contract: ``encoder(items) -> list[Tensor]``.
+
+    Each returned tensor is (item.num_tokens, hidden_size) on ``device``; which rows they are is
+    the preset's ``rows_note``. ``model`` is the transformers module holding the weights; both
+    ``impl="stock"`` (its own forward) and ``impl="vitkit"`` (vitkit's forward over the same
+    parameters) read it. Subclasses implement ``_batch_input`` and ``forward``.
+    """
+
+    def __init__(self, preset: EncoderPreset, model: nn.Module, impl: str) -> None:
+        if impl not in IMPLS:
+            raise ValueError(f"encoder {preset.name!r}: impl must be one of {IMPLS}, got {impl!r}")
+        self.preset = preset
+        self.model = model.eval()
+        self.impl = impl
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+
+    name = property(lambda self: self.preset.name)
+    config = property(lambda self: self.model.config, doc="The transformers vision config.")
+    hidden_size = property(lambda self: self.preset.hidden_size, doc="Width of each embedding row.")
+    variable_resolution = property(lambda self: self.preset.variable_resolution)
+    patch_size = property(lambda self: self.preset.patch_size)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, impl={self.impl!r}, device={self.device}, "
+                f"dtype={self.dtype}, hidden_size={self.hidden_size})")
+
+    @torch.inference_mode()
+    def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
+        items = list(items)
+        if not items:
+            return []
+        for k, item in enumerate(items):
+            if not isinstance(item, MultimodalItem):
+                raise TypeError(f"encoder {self.name!r}: item {k} is {type(item).__name__}, not a MultimodalItem")
+        out = self.forward(*self._batch_input(items))
+        return self._split_rows(items, out)
+
+    def _batch_input(self, items: list[MultimodalItem]) -> tuple:
+        raise NotImplementedError
+
+    def forward(self, *args) -> torch.Tensor:
+        """The batched forward on device tensors (subclasses document the shapes)."""
+        raise NotImplementedError
+
+    def _split_rows(self, items: list[MultimodalItem], out: torch.Tensor) -> list[torch.Tensor]:
+        """Split the packed (sum rows, hidden) output per item, checking each count."""
+        counts = [item.num_tokens for item in items]
+        if out.shape[0] != sum(counts):
+            raise ValueError(
+                f"encoder {self.name!r}: produced {out.shape[0]} rows for {len(items)} items whose "
+                f"num_tokens sum to {sum(counts)} (per item: {counts})"
+            )
+        return list(torch.split(out, counts))
+
+    def gather_features(self, items: list[MultimodalItem], combine: str) -> torch.Tensor:
+        """The items' features combined on the encoder's device (``combine``: "stack" or "cat").
+
+        Features already on the device are combined there. Otherwise the CPU copies
+        (``item.cpu_feature``) are combined on the host, pinned when the target is CUDA, and moved
+        in one non-blocking copy: one transfer per batch instead of one per item. The result is
+        cast to the encoder's dtype on the device (the host copy stays float32).
+        """
+        join = torch.stack if combine == "stack" else torch.cat
+        if all(item.feature.device == self.device for item in items):
+            batch = join([item.feature for item in items])
+        else:
+            host = join([item.cpu_feature if item.cpu_feature is not None else item.feature.cpu()
+                         for item in items])
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            batch = host.to(self.device, non_blocking=True)
+        return batch.to(self.dtype)

@@ -1,0 +1,189 @@
+"""Encoder presets: the published vision-tower configurations, written out, plus tiny variants.
+
+Values are copied from the ``config.json`` / ``preprocessor_config.json`` of the named Hugging Face
+repositories (vision part only) so that nothing is downloaded: the model is built from these
+numbers with random weights, or loaded from a local ``checkpoint`` directory when one is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+FAMILIES = ("clip", "siglip", "qwen2_5_vl")
+
+# OpenAI CLIP normalisation, also used by Qwen2-VL / Qwen2.5-VL's image processor.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    """One vision tower: its family, HF vision config, image-processor settings and output rows.
+
+    ``feature_layer`` says which hidden state an item's embedding rows come from: ``-1`` is the
+    tower's final output (SigLIP: ``last_hidden_state`` after ``post_layernorm``; Qwen2.5-VL: the
+    patch merger's output), ``-2`` the penultimate encoder layer's output (LLaVA-1.5's
+    ``mm_vision_select_layer=-2`` for CLIP). ``drop_cls`` drops the class token (LLaVA's
+    ``mm_vision_select_feature="patch"``). ``source`` names the published configuration.
+    """
+
+    name: str
+    family: str
+    source: str
+    config: Mapping[str, Any]
+    processor: Mapping[str, Any]
+    feature_layer: int = -1
+    drop_cls: bool = False
+    tiny: bool = False
+    rows_note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"preset {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}")
+        if self.feature_layer not in (-1, -2):
+            raise ValueError(f"preset {self.name!r}: feature_layer must be -1 or -2, got {self.feature_layer}")
+        object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+        object.__setattr__(self, "processor", MappingProxyType(dict(self.processor)))
+
+    @property
+    def variable_resolution(self) -> bool:
+        return self.family == "qwen2_5_vl"
+
+    @property
+    def image_size(self) -> int | None:
+        """Square input side (pixels) for fixed-resolution towers; ``None`` for Qwen2.5-VL."""
+        return None if self.variable_resolution else int(self.config["image_size"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.config["patch_size"])
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the returned embedding rows."""
+        if self.family == "qwen2_5_vl":
+            return int(self.config["out_hidden_size"])
+        return int(self.config["hidden_size"])
+
+    @property
+    def fixed_num_tokens(self) -> int | None:
+        """Rows per image for fixed-resolution towers (patches, minus nothing: the class token
+        is dropped); ``None`` for Qwen2.5-VL, whose rows depend on the image size."""
+        if self.variable_resolution:
+            return None
+        return (self.image_size // self.patch_size) ** 2
+
+
+def _clip_processor(side: int) -> dict[str, Any]:
+    # openai/clip-vit-large-patch14-336 preprocessor_config.json: resize the shortest edge to 336,
+    # centre-crop 336x336, bicubic, OpenAI mean/std.
+    return dict(
+        do_resize=True, size={"shortest_edge": side}, resample=BICUBIC,
+        do_center_crop=True, crop_size={"height": side, "width": side},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD), do_convert_rgb=True,
+    )
+
+
+def _siglip_processor(side: int) -> dict[str, Any]:
+    # google/siglip-so400m-patch14-384 preprocessor_config.json: squash to 384x384 (no crop),
+    # bicubic, mean = std = 0.5.
+    return dict(
+        do_resize=True, size={"height": side, "width": side}, resample=BICUBIC,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True,
+    )
+
+
+def _qwen_processor(min_pixels: int, max_pixels: int) -> dict[str, Any]:
+    # Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json (Qwen2VLImageProcessor).
+    return dict(
+        do_resize=True, resample=BICUBIC, min_pixels=min_pixels, max_pixels=max_pixels,
+        patch_size=14, temporal_patch_size=2, merge_size=2,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD), do_convert_rgb=True,
+    )
+
+
+CLIP_ROWS = ("penultimate encoder layer (hidden_states[-2]), class token dropped: "
+             "(image_size/patch_size)^2 rows, as LLaVA-1.5 feeds its projector")
+SIGLIP_ROWS = ("last_hidden_state (after post_layernorm), no attention-pooling head: "
+               "(image_size/patch_size)^2 rows, as PaliGemma / LLaVA-style models use SigLIP")
+QWEN_ROWS = ("patch merger output (2x2 patches -> one row): grid_t*grid_h*grid_w/4 rows, "
+             "as Qwen2.5-VL's get_image_features")
+
+PRESETS: dict[str, EncoderPreset] = {
+    "clip-l-336": EncoderPreset(
+        name="clip-l-336", family="clip", source="openai/clip-vit-large-patch14-336 (vision_config)",
+        config=dict(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            num_channels=3, image_size=336, patch_size=14, hidden_act="quick_gelu",
+            layer_norm_eps=1e-5, attention_dropout=0.0, initializer_range=0.02,
+            initializer_factor=1.0, projection_dim=768,
+        ),
+        processor=_clip_processor(336), feature_layer=-2, drop_cls=True, rows_note=CLIP_ROWS,
+    ),
+    "siglip-so400m-384": EncoderPreset(
+        name="siglip-so400m-384", family="siglip", source="google/siglip-so400m-patch14-384 (vision_config)",
+        config=dict(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+            num_channels=3, image_size=384, patch_size=14, hidden_act="gelu_pytorch_tanh",
+            layer_norm_eps=1e-6, attention_dropout=0.0, vision_use_head=False,
+        ),
+        processor=_siglip_processor(384), rows_note=SIGLIP_ROWS,
+    ),
+    "qwen2.5-vl-7b": EncoderPreset(
+        name="qwen2.5-vl-7b", family="qwen2_5_vl", source="Qwen/Qwen2.5-VL-7B-Instruct (vision_config)",
+        config=dict(
+            depth=32, hidden_size=1280, hidden_act="silu", intermediate_size=3420, num_heads=16,
+            in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+            tokens_per_second=2, window_size=112, out_hidden_size=3584,
+            fullatt_block_indexes=[7, 15, 23, 31], initializer_range=0.02,
+        ),
+        processor=_qwen_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384), rows_note=QWEN_ROWS,
+    ),
+    # Tiny variants: the same classes and code paths, a few layers and a small width, for CPU tests.
+    "clip-tiny": EncoderPreset(
+        name="clip-tiny", family="clip", source="tiny variant of clip-l-336",
+        config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_channels=3, image_size=56, patch_size=14, hidden_act="quick_gelu",
+            layer_norm_eps=1e-5, attention_dropout=0.0, initializer_range=0.02,
+            initializer_factor=1.0, projection_dim=32,
+        ),
+        processor=_clip_processor(56), feature_layer=-2, drop_cls=True, tiny=True, rows_note=CLIP_ROWS,
+    ),
+    "siglip-tiny": EncoderPreset(
+        name="siglip-tiny", family="siglip", source="tiny variant of siglip-so400m-384",
+        config=dict(
+            hidden_size=72, intermediate_size=144, num_hidden_layers=2, num_attention_heads=4,
+            num_channels=3, image_size=70, patch_size=14, hidden_act="gelu_pytorch_tanh",
+            layer_norm_eps=1e-6, attention_dropout=0.0, vision_use_head=False,
+        ),
+        processor=_siglip_processor(70), tiny=True, rows_note=SIGLIP_ROWS,
+    ),
+    "qwen2.5-vl-tiny": EncoderPreset(
+        name="qwen2.5-vl-tiny", family="qwen2_5_vl", source="tiny variant of qwen2.5-vl-7b",
+        # window_size 56 px = 2x2 merged units per window: images of a few windows, some partial.
+        config=dict(
+            depth=4, hidden_size=64, hidden_act="silu", intermediate_size=128, num_heads=4,
+            in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+            tokens_per_second=2, window_size=56, out_hidden_size=96,
+            fullatt_block_indexes=[1, 3], initializer_range=0.02,
+        ),
+        processor=_qwen_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 64), tiny=True, rows_note=QWEN_ROWS,
+    ),
+}
+
+
+def get_preset(name: str | EncoderPreset) -> EncoderPreset:
+    """The preset called ``name`` (an ``EncoderPreset`` passes through)."""
+    if isinstance(name, EncoderPreset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder preset {name!r}; known: {sorted(PRESETS)}") from None
