@@ -292,6 +292,7 @@ def prepare(
     *,
     chunked_prefill_size: int = 2048,
     max_running: int | None = None,
+    long_prefill_token_threshold: int | None = None,
     step_ms: float = 50.0,
     make_item: ItemFactory = fake_item,
 ) -> Stream:
@@ -300,7 +301,13 @@ def prepare(
         trace = load_trace(trace)
     requests = build_requests(trace, make_item)
     arrivals = trace.arrivals({rid: r.prompt_len for rid, r in requests.items()})
-    steps = plan_steps(arrivals, chunked_prefill_size, max_running=max_running, step_ms=step_ms)
+    steps = plan_steps(
+        arrivals,
+        chunked_prefill_size,
+        max_running=max_running,
+        long_prefill_token_threshold=long_prefill_token_threshold,
+        step_ms=step_ms,
+    )
     return Stream(trace, requests, tuple(steps))
 
 

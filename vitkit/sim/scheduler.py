@@ -9,6 +9,12 @@ the window ``[done, done + g)`` and leaves when its prompt is done. This is SGLa
 admitted can be cut, so at most one request is part-way through its prompt between steps) and
 vLLM v1's order (running before waiting, ``max_num_batched_tokens``, ``max_num_seqs``), for the
 prefill phase only: decode tokens are not modelled.
+
+Optionally each request gets at most ``long_prefill_token_threshold`` tokens a step (vLLM v1's
+knob of that name). Then several requests can be part-way through their prompts at once, and an
+image straddling one request's window boundary can be evicted by another request's encodes
+before its next window runs; that is the case the cache's pins are for. Without the cap only the
+last request of a step is cut, and it runs first in the next step, before anything is stored.
 """
 
 from __future__ import annotations
@@ -70,9 +76,19 @@ def _check_positive_int(name: str, value: object) -> int:
 class Scheduler:
     """Prefill scheduler state: waiting queue, running set (both in arrival order), progress."""
 
-    def __init__(self, chunked_prefill_size: int, max_running: int | None = None) -> None:
+    def __init__(
+        self,
+        chunked_prefill_size: int,
+        max_running: int | None = None,
+        long_prefill_token_threshold: int | None = None,
+    ) -> None:
         self.chunked_prefill_size = _check_positive_int("chunked_prefill_size", chunked_prefill_size)
         self.max_running = None if max_running is None else _check_positive_int("max_running", max_running)
+        self.per_request_cap = (
+            None
+            if long_prefill_token_threshold is None
+            else _check_positive_int("long_prefill_token_threshold", long_prefill_token_threshold)
+        )
         self.waiting: list[Arrival] = []  # sorted by arrival time, ties in add order
         self.running: list[Arrival] = []
         self.done_tokens: dict[Hashable, int] = {}
@@ -137,6 +153,8 @@ class Scheduler:
     def _grant(self, arrival: Arrival, budget: int, windows: list[Window]) -> int:
         start = self.done_tokens[arrival.rid]
         granted = min(arrival.prompt_len - start, budget)
+        if self.per_request_cap is not None:
+            granted = min(granted, self.per_request_cap)
         windows.append(Window(arrival.rid, start, start + granted))
         self.done_tokens[arrival.rid] = start + granted
         return granted
@@ -147,6 +165,7 @@ def plan_steps(
     chunked_prefill_size: int,
     *,
     max_running: int | None = None,
+    long_prefill_token_threshold: int | None = None,
     step_ms: float = 50.0,
 ) -> list[Step]:
     """The whole schedule of a stream: steps every ``step_ms`` until every request is done.
@@ -158,7 +177,7 @@ def plan_steps(
     """
     if not step_ms > 0:
         raise ValueError(f"step_ms must be > 0, got {step_ms!r}")
-    scheduler = Scheduler(chunked_prefill_size, max_running)
+    scheduler = Scheduler(chunked_prefill_size, max_running, long_prefill_token_threshold)
     pending_aborts: list[Arrival] = []
     for arrival in arrivals:
         scheduler.add(arrival)

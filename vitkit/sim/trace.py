@@ -187,9 +187,27 @@ def _parse_segment(where: str, j: int, raw: object) -> Segment:
     raise ValueError(f"{where}: segments[{j}] must be {{'text': n}} or {{'image': id}}, got {raw!r}")
 
 
+def format_trace(trace: Trace) -> str:
+    """JSON text with one image and one request per line, so diffs of trace files stay readable."""
+    data = trace_to_json(trace)
+    lines = ["{"]
+    for key in ("schema", "name", "description"):
+        lines.append(f"  {json.dumps(key)}: {json.dumps(data[key])},")
+    lines.append('  "images": {')
+    images = [f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in data["images"].items()]
+    lines.append(",\n".join(images))
+    lines.append("  },")
+    lines.append('  "requests": [')
+    lines.append(",\n".join(f"    {json.dumps(r)}" for r in data["requests"]))
+    lines.append("  ]")
+    lines.append("}")
+    return "\n".join(line for line in lines if line) + "\n"
+
+
 def save_trace(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` as a ``vitkit.sim.trace/1`` JSON file."""
     path = Path(path)
-    path.write_text(json.dumps(trace_to_json(trace), indent=1) + "\n")
+    path.write_text(format_trace(trace))
     return path
 
 

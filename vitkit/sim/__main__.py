@@ -1,0 +1,41 @@
+"""``python -m vitkit.sim [TRACE]``: replay a trace for both modes, pinning on/off, a few cache
+sizes, and print the summary table. ``--write-examples`` regenerates data/traces."""
+
+from __future__ import annotations
+
+import argparse
+
+from vitkit.sim.fake import FakeEncoder
+from vitkit.sim.run import compare, prepare
+from vitkit.sim.trace import TRACES_DIR, save_trace
+from vitkit.sim.workload import EXAMPLES, example_trace
+
+COLUMNS = ("mode", "pin", "cache_tokens", "hit_rate", "encoder_calls", "encoded_items", "re_encodings", "request_re_encodings", "rejected")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vitkit.sim", description=__doc__)
+    parser.add_argument("trace", nargs="?", default="product-catalog", help="trace file or example name")
+    parser.add_argument("--write-examples", action="store_true", help="regenerate data/traces/*.json and exit")
+    parser.add_argument("--chunked-prefill-size", type=int, default=4096)
+    parser.add_argument("--long-prefill-token-threshold", type=int, default=1024)
+    parser.add_argument("--cache-tokens", type=int, nargs="+", default=[4096, 6144, 8192, 12288])
+    args = parser.parse_args(argv)
+    if args.write_examples:
+        for name in EXAMPLES:
+            print(save_trace(example_trace(name), TRACES_DIR / f"{name}.json"))
+        return
+    stream = prepare(args.trace, chunked_prefill_size=args.chunked_prefill_size,
+                     long_prefill_token_threshold=args.long_prefill_token_threshold)
+    encoder = FakeEncoder()
+    runs = compare(stream, [t * encoder.bytes_per_token for t in args.cache_tokens], encoder=encoder)
+    print(" ".join(f"{c:>20}" for c in COLUMNS))
+    for run in runs:
+        s = run.summary
+        values = (s.mode, s.pin, s.capacity_bytes // encoder.bytes_per_token, f"{s.hit_rate:.3f}", s.encoder_calls,
+                  s.encoded_items, s.re_encodings, s.request_re_encodings, s.rejected)
+        print(" ".join(f"{str(v):>20}" for v in values))
+
+
+if __name__ == "__main__":
+    main()
