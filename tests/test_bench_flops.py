@@ -1,0 +1,146 @@
+"""FLOP counting (vitkit.bench.flops) against torch's FlopCounterMode on transformers towers.
+
+FlopCounterMode counts matmuls, bmm and convolutions at 2 FLOPs per multiply-add, the same
+terms as vitkit's count. With ``attn_implementation="eager"`` the attention scores are two
+``bmm`` calls it sees, so the counts must match exactly. With SDPA on CPU the fused op
+(``_scaled_dot_product_flash_attention_for_cpu``) has no entry in its registry, so it sees
+everything except the attention-score term: that difference is checked too.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: towers come from configs
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.vision_utils import get_vision_window_index
+
+from vitkit.bench.flops import FlopCount, item_flops, items_flops, qwen_vision_flops, qwen_window_lengths, vit_flops
+from vitkit.encoders import PRESETS
+
+
+def counted(model, *args, **kwargs) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*args, **kwargs)
+    return counter.get_total_flops()
+
+
+def tiny_config(cls, preset: str, impl: str, **changes):
+    return cls(**(dict(PRESETS[preset].config) | changes), attn_implementation=impl)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_clip_matches_flop_counter(impl):
+    config = tiny_config(CLIPVisionConfig, "clip-tiny", impl)
+    model = CLIPVisionModel(config).eval()
+    ours = vit_flops(config)
+    seen = counted(model, pixel_values=torch.randn(3, 3, config.image_size, config.image_size))
+    expected = 3 * (ours.total if impl == "eager" else ours.total - ours.attn_scores)
+    assert seen == expected
+    assert ours.attn_scores > 0 and ours.merger == 0 and ours.head == 0
+
+
+@pytest.mark.parametrize("use_head", [False, True])
+def test_siglip_matches_flop_counter(use_head):
+    config = tiny_config(SiglipVisionConfig, "siglip-tiny", "eager", vision_use_head=use_head)
+    model = SiglipVisionModel(config).eval()
+    ours = vit_flops(config, include_head=use_head)
+    assert counted(model, pixel_values=torch.randn(2, 3, config.image_size, config.image_size)) == 2 * ours.total
+    assert (ours.head > 0) == use_head
+
+
+def test_clip_penultimate_layer_counts_one_layer_less():
+    # LLaVA reads CLIP's penultimate layer: a model truncated to n-1 layers does that work.
+    full = tiny_config(CLIPVisionConfig, "clip-tiny", "eager")
+    cut = tiny_config(CLIPVisionConfig, "clip-tiny", "eager", num_hidden_layers=full.num_hidden_layers - 1)
+    seen = counted(CLIPVisionModel(cut).eval(), pixel_values=torch.randn(1, 3, 56, 56))
+    assert seen == vit_flops(full, num_layers=full.num_hidden_layers - 1).total
+    with pytest.raises(ValueError, match="exceeds"):
+        vit_flops(full, num_layers=full.num_hidden_layers + 1)
+
+
+def test_clip_l_336_real_config_on_meta_device():
+    # The published shapes, counted without memory or compute on the meta device.
+    config = tiny_config(CLIPVisionConfig, "clip-l-336", "eager")
+    with torch.device("meta"):
+        model = CLIPVisionModel(config)
+    seen = counted(model, pixel_values=torch.empty(2, 3, 336, 336, device="meta"))
+    assert seen == 2 * vit_flops(config).total
+    # 577 tokens x 24 layers x ~12.6M params per layer x 2: about 0.38 TFLOP per image.
+    assert 0.37e12 < vit_flops(config).total < 0.39e12
+
+
+QWEN_GEOMETRY = dict(window_size=112, fullatt_block_indexes=[1, 3])  # real window size, tiny width
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_qwen_matches_flop_counter(impl):
+    config = tiny_config(Qwen2_5_VLVisionConfig, "qwen2.5-vl-tiny", impl, **QWEN_GEOMETRY)
+    model = Qwen2_5_VisionTransformerPretrainedModel(config).eval()
+    grids = [(1, 16, 20), (1, 10, 8), (1, 6, 30)]  # full windows, partial windows, a single row
+    pixels = torch.randn(sum(t * h * w for t, h, w in grids), 3 * 2 * 14 * 14)
+    seen = counted(model, pixels, grid_thw=torch.tensor(grids))
+    ours = [qwen_vision_flops(config, g) for g in grids]
+    total = sum(c.total for c in ours)
+    expected = total if impl == "eager" else total - sum(c.attn_scores for c in ours)
+    assert seen == expected
+    assert all(c.merger > 0 for c in ours)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 30), st.integers(1, 30), st.sampled_from([56, 112, 224]))
+def test_qwen_windows_match_transformers(t, half_h, half_w, window_size):
+    config = Qwen2_5_VLVisionConfig(window_size=window_size, spatial_merge_size=2, patch_size=14)
+    grid = (t, 2 * half_h, 2 * half_w)
+    _, cu = get_vision_window_index(torch.tensor([grid]), 2, window_size, 14)
+    assert qwen_window_lengths(config, grid) == torch.diff(cu).tolist()
+    assert sum(qwen_window_lengths(config, grid)) == t * grid[1] * grid[2]
+
+
+def test_window_attention_is_cheaper_than_full_attention():
+    config = tiny_config(Qwen2_5_VLVisionConfig, "qwen2.5-vl-7b", "sdpa")
+    grid = (1, 96, 96)  # 1344 x 1344 px
+    windowed = qwen_vision_flops(config, grid)
+    all_full = qwen_vision_flops(tiny_config(Qwen2_5_VLVisionConfig, "qwen2.5-vl-7b", "sdpa",
+                                             fullatt_block_indexes=list(range(32))), grid)
+    assert windowed.attn_scores < all_full.attn_scores / 4
+    assert windowed.qkv == all_full.qkv and windowed.mlp == all_full.mlp
+
+
+def test_item_flops_reads_qwen_grid_from_meta():
+    from vitkit.processing import synthetic_items
+
+    config = tiny_config(Qwen2_5_VLVisionConfig, "qwen2.5-vl-tiny", "sdpa")
+    items = synthetic_items("qwen2.5-vl-tiny", [(56, 56), (112, 84)], seed=0)
+    grids = [item.meta["image_grid_thw"] for item in items]
+    assert items_flops(config, items) == sum(qwen_vision_flops(config, tuple(g)).total for g in grids)
+    bare = type(items[0])(items[0].feature, items[0].num_tokens)
+    with pytest.raises(ValueError, match="image_grid_thw"):
+        item_flops(config, bare)
+
+
+def test_bad_inputs_raise():
+    clip = tiny_config(CLIPVisionConfig, "clip-tiny", "eager")
+    qwen = tiny_config(Qwen2_5_VLVisionConfig, "qwen2.5-vl-tiny", "eager")
+    with pytest.raises(ValueError, match="qwen2_5_vl_vision"):
+        qwen_vision_flops(clip, (1, 4, 4))
+    with pytest.raises(ValueError, match="multiples of spatial_merge_size"):
+        qwen_window_lengths(qwen, (1, 3, 4))
+    with pytest.raises(ValueError, match="positive int"):
+        qwen_window_lengths(qwen, (1, 0, 4))
+    with pytest.raises(ValueError, match="SigLIP only"):
+        vit_flops(clip, include_head=True)
+
+
+def test_flop_count_sums_by_term():
+    a, b = FlopCount(qkv=1, mlp=2), FlopCount(attn_scores=3, mlp=4)
+    assert (a + b).as_dict() == {"patch_embed": 0, "qkv": 1, "attn_out": 0, "attn_scores": 3, "mlp": 6,
+                                 "merger": 0, "head": 0, "total": 10}

@@ -1,0 +1,170 @@
+"""``python -m vitkit.bench``: run a sweep, write its JSON and PNGs, print a short table.
+
+Examples::
+
+    python -m vitkit.bench                       # GPU: the full sweep; CPU: the tiny smoke sweep
+    python -m vitkit.bench --quick               # GPU sanity run, about a minute
+    python -m vitkit.bench --sweep clip-batch --requests 1,8,64 --impl vitkit,stock
+    python -m vitkit.bench --sweep token-budget --max-tokens-per-call 512,none
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitkit.bench.machine import device_slug, machine_info
+from vitkit.bench.results import write_results
+from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
+from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
+
+IMPLS = ("vitkit", "stock")
+
+
+def _int_list(text: str) -> list[int]:
+    values = []
+    for part in text.split(","):
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {part!r} in {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"values must be positive, got {value} in {text!r}")
+        values.append(value)
+    return values
+
+
+def _budget_list(text: str) -> list[int | None]:
+    return [None if part.strip().lower() == "none" else _int_list(part)[0] for part in text.split(",")]
+
+
+def _resolution_list(text: str) -> list[int | str]:
+    return [part if part in RESOLUTION_LABELS else _int_list(part)[0] for part in text.split(",")]
+
+
+def _fraction_list(text: str) -> list[float]:
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {part!r}") from None
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"hit fractions must be in [0, 1), got {value}")
+        values.append(value)
+    return values
+
+
+def _impl_list(text: str) -> list[str]:
+    impls = text.split(",")
+    for impl in impls:
+        if impl not in IMPLS:
+            raise argparse.ArgumentTypeError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impls
+
+
+def _positive(text: str) -> int:
+    return _int_list(text)[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vitkit.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--sweep", choices=sorted(SWEEPS), help="named sweep (default: full on GPU, cpu-smoke on CPU)")
+    p.add_argument("--quick", action="store_true", help="GPU sanity run: the 'quick' sweep, 3 repeats")
+    p.add_argument("--encoder", help="encoder preset for every sweep of the run (e.g. clip-l-336)")
+    p.add_argument("--requests", type=_int_list, help="requests per step, e.g. 1,2,4")
+    p.add_argument("--images-per-request", type=_int_list, help="images per request, e.g. 1,4,8")
+    p.add_argument("--resolution", type=_resolution_list,
+                   help="image side in px, or 'mixed' (variable-resolution towers; fixed ones use their own size)")
+    p.add_argument("--hit-fraction", type=_fraction_list, help="share of the step's images already cached, e.g. 0,0.5")
+    p.add_argument("--max-tokens-per-call", type=_budget_list, help="encoder token budgets, e.g. 512,2048,none")
+    p.add_argument("--impl", type=_impl_list, default=["vitkit"], help="vitkit, stock or vitkit,stock")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--repeats", type=_positive, help="timed steps per point and mode (default 10 GPU, 3 quick, 2 CPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 3 GPU, 1 CPU)")
+    p.add_argument("--out", type=Path, help="output folder (default results/<device-slug>/)")
+    p.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], RunSettings]:
+    """Resolve defaults that depend on the device: (sweep name, overrides, run settings)."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device")
+    sweep = args.sweep or ("quick" if args.quick else "full" if on_gpu else "cpu-smoke")
+    repeats = args.repeats or (3 if args.quick else 10 if on_gpu else 2)
+    warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
+    if warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    overrides = {
+        "encoder": args.encoder, "requests": args.requests, "images_per_request": args.images_per_request,
+        "resolution": args.resolution, "hit_fraction": args.hit_fraction, "max_tokens_per_call": args.max_tokens_per_call,
+    }
+    settings = RunSettings(
+        device=device, dtype=args.dtype or ("bf16" if on_gpu else "fp32"), impls=tuple(args.impl),
+        repeats=repeats, warmup=warmup, kind="gpu" if on_gpu else "cpu-smoke", sweep=sweep,
+        matmul_repeats=30 if on_gpu else 5,
+    )
+    return sweep, overrides, settings
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A short fixed-width table of the rows."""
+    head = f"{'sweep':<18} {'encoder':<18} {'impl':<6} {'mode':<11} {'req x img':>9} {'res':>6} {'calls':>5} " \
+           f"{'step ms':>9} {'enc ms':>9} {'book%':>6} {'img/s':>9} {'MFU%':>6} {'peak MiB':>9}"
+    lines = [head, "-" * len(head)]
+    for r in results["rows"]:
+        mem = f"{r['peak_mem_bytes'] / 2**20:9.0f}" if r["peak_mem_bytes"] is not None else f"{'-':>9}"
+        lines.append(
+            f"{r.get('sweep', ''):<18.18} {r['encoder']:<18.18} {r['impl']:<6} {r['mode']:<11} "
+            f"{r['requests']:>4} x {r['images_per_request']:<2} {str(r['resolution']):>6} {r['encoder_calls']:>5} "
+            f"{r['step_ms_median']:9.2f} {r['encoder_ms_median']:9.2f} {100 * r.get('bookkeeping_share', 0):6.1f} "
+            f"{r['images_per_s']:9.1f} {100 * r['mfu']:6.1f} {mem}"
+        )
+    for e in results.get("memory_model", []):
+        lines.append(f"memory model {e['encoder']} {e['mode']} budget={e['max_tokens_per_call']}: predicted "
+                     f"{e['predicted_peak_bytes'] / 2**20:.0f} MiB, measured {e['measured_peak_bytes'] / 2**20:.0f} MiB, "
+                     f"error {100 * e['error']:+.1f}%{' (calibration)' if e['calibration'] else ''}")
+    peak = results["matmul_peak"]
+    lines.append(f"kind={results['kind']}  device={results['machine']['device_name']}  "
+                 f"matmul peak {peak['tflops']:.2f} TFLOP/s ({peak['label']})")
+    return "\n".join(lines)
+
+
+def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings: RunSettings) -> Path:
+    folder = out or Path("results") / ("cpu-smoke" if settings.kind == "cpu-smoke" else results["machine"]["slug"])
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return folder / f"{sweep}-{'-'.join(settings.impls)}-{settings.dtype}-{stamp}.json"
+
+
+def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]] = run_sweeps) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        sweep, overrides, settings = settings_from_args(args)
+        sweeps = get_sweeps(sweep, overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    total = sum(len(s.points()) for s in sweeps) * len(settings.impls) * 2
+    print(f"vitkit.bench: sweep {sweep!r} on {settings.device} ({settings.dtype}), {total} measurements "
+          f"x {settings.repeats} repeats (+{settings.warmup} warm-up)", flush=True)
+    results = run(sweeps, settings, progress=not args.no_progress)
+    path = write_results(results, output_path(args.out, results, sweep, settings))
+    print(f"wrote {path}")
+    if not args.no_plots:
+        from vitkit.bench.plot import save_figures
+
+        for png in save_figures(results, path.parent, prefix=path.stem + "-"):
+            print(f"wrote {png}")
+    print(format_table(results))
+    return 0
