@@ -52,6 +52,7 @@ class StepRow:
     encoder_calls: int
     encoded_items: int
     encoded_tokens: int
+    call_tokens: tuple[int, ...]  # embedding rows per encoder call
     re_encodings: int
     request_re_encodings: int
     evictions: int
@@ -111,13 +112,14 @@ class RunSummary:
 @dataclass(frozen=True)
 class SimRun:
     """One replay: per-step rows, per-window rows, summary, the cache's own final counters,
-    and (with ``keep_embeddings``) each window's embedding keyed by ``(step, rid)``."""
+    (with ``keep_embeddings``) each window's embedding keyed by ``(step, rid)``, and the cache."""
 
     rows: tuple[StepRow, ...]
     window_rows: tuple[WindowRow, ...]
     summary: RunSummary
     cache_stats: CacheStats
     embeddings: Mapping[tuple[int, Hashable], torch.Tensor | None] = field(default_factory=dict)
+    cache: EmbeddingCache | None = field(default=None, repr=False, compare=False)  # as left at the end
 
     def to_records(self) -> list[dict[str, Any]]:
         """The step rows as plain dicts (one per step), e.g. for ``pandas.DataFrame``."""
@@ -258,6 +260,7 @@ def replay(
                 encoder_calls=result.encoder_calls,
                 encoded_items=result.encoded_items,
                 encoded_tokens=result.encoded_tokens,
+                call_tokens=result.call_tokens,
                 re_encodings=ledger.count_hashes(result.encoded_hashes),
                 request_re_encodings=ledger.count_items(windows),
                 evictions=after.evictions - before.evictions,
@@ -275,7 +278,7 @@ def replay(
             for w, emb in zip(step.windows, result.embeddings):
                 embeddings[(step.index, w.rid)] = emb
     summary = summarize(rows, mode, pin, capacity_bytes)
-    return SimRun(tuple(rows), tuple(window_rows), summary, cache.stats(), embeddings)
+    return SimRun(tuple(rows), tuple(window_rows), summary, cache.stats(), embeddings, cache)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""Scheduler model: hand-checked windows on small streams, and invariants on random ones."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vitkit.sim.scheduler import Arrival, Scheduler, Window, plan_steps
+
+
+def windows(steps):
+    return [[(w.rid, w.start, w.stop) for w in s.windows] for s in steps]
+
+
+def test_budget_shared_in_arrival_order_and_late_arrival_joins_later():
+    arrivals = [Arrival("A", 10, 0.0), Arrival("B", 3, 0.0), Arrival("C", 5, 60.0)]
+    steps = plan_steps(arrivals, 8, step_ms=50.0)
+    # step 0: A takes the whole budget; step 1: A's last 2 tokens, then B joins with 3 of the 6 left;
+    # C arrives at 60 ms, so it first runs in the step at 100 ms.
+    assert windows(steps) == [[("A", 0, 8)], [("A", 8, 10), ("B", 0, 3)], [("C", 0, 5)]]
+    assert [s.time_ms for s in steps] == [0.0, 50.0, 100.0]
+    assert [s.admitted for s in steps] == [("A",), ("B",), ("C",)]
+    assert [s.finished for s in steps] == [(), ("A", "B"), ("C",)]
+
+
+def test_per_request_cap_and_max_running():
+    arrivals = [Arrival("A", 7), Arrival("B", 4), Arrival("C", 2)]
+    steps = plan_steps(arrivals, 8, max_running=2, long_prefill_token_threshold=3)
+    # C waits for a free slot; B's slot frees only after the step in which B finishes.
+    assert windows(steps) == [
+        [("A", 0, 3), ("B", 0, 3)],
+        [("A", 3, 6), ("B", 3, 4)],
+        [("A", 6, 7), ("C", 0, 2)],
+    ]
+    assert steps[1].finished == ("B",)
+    assert steps[2].finished == ("A", "C")
+
+
+def test_abort_mid_prompt_drops_the_request_before_the_next_step():
+    arrivals = [Arrival("A", 10, 0.0, abort_ms=60.0), Arrival("B", 3, 0.0)]
+    steps = plan_steps(arrivals, 4, step_ms=50.0)
+    assert windows(steps) == [[("A", 0, 4)], [("A", 4, 8)], [("B", 0, 3)]]
+    assert steps[2].aborted == ("A",)
+    assert all(s.aborted == () for s in steps[:2])
+
+
+def test_abort_before_arrival_and_idle_gap():
+    arrivals = [Arrival("A", 2, 0.0), Arrival("D", 4, 500.0, abort_ms=500.0), Arrival("E", 1, 1000.0)]
+    steps = plan_steps(arrivals, 8, step_ms=50.0)
+    assert windows(steps) == [[("A", 0, 2)], [], [("E", 0, 1)]]
+    assert steps[1].aborted == ("D",) and steps[1].time_ms == 500.0
+    assert steps[2].time_ms == 1000.0  # the clock jumps over idle time
+
+
+def test_bad_input_is_rejected_with_names():
+    with pytest.raises(ValueError, match="chunked_prefill_size"):
+        Scheduler(0)
+    s = Scheduler(8)
+    s.add(Arrival("A", 3))
+    with pytest.raises(ValueError, match="'A' was already added"):
+        s.add(Arrival("A", 5))
+    with pytest.raises(ValueError, match="request 'Z': prompt_len"):
+        s.add(Arrival("Z", 0))
+    with pytest.raises(ValueError, match="step_ms"):
+        plan_steps([Arrival("A", 3)], 8, step_ms=0)
+
+
+def test_window_span():
+    w = Window("A", 2, 5)
+    assert len(w) == 3 and (w.span.start, w.span.stop) == (2, 5)
+
+
+streams = st.lists(
+    st.tuples(st.integers(1, 40), st.integers(0, 6)),  # (prompt_len, arrival step)
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams, st.integers(1, 32), st.one_of(st.none(), st.integers(1, 4)), st.one_of(st.none(), st.integers(1, 16)))
+def test_schedule_invariants(stream, budget, max_running, cap):
+    arrivals = [Arrival(f"r{k}", n, 10.0 * t) for k, (n, t) in enumerate(stream)]
+    steps = plan_steps(arrivals, budget, max_running=max_running, long_prefill_token_threshold=cap, step_ms=10.0)
+    progress = {a.rid: 0 for a in arrivals}
+    arrival_of = {a.rid: a.arrival_ms for a in arrivals}
+    order = [a.rid for a in sorted(arrivals, key=lambda a: a.arrival_ms)]  # stable: ties keep input order
+    prompt_len = {a.rid: a.prompt_len for a in arrivals}
+    for step in steps:
+        assert 0 < step.tokens <= budget
+        assert len({w.rid for w in step.windows}) == len(step.windows)
+        if max_running is not None:
+            assert len(step.windows) <= max_running
+        ranks = [order.index(w.rid) for w in step.windows]
+        assert ranks == sorted(ranks)  # arrival order
+        for w in step.windows:
+            assert w.start == progress[w.rid]  # contiguous: each window starts where the last stopped
+            assert arrival_of[w.rid] <= step.time_ms
+            if cap is not None:
+                assert len(w) <= cap
+            progress[w.rid] = w.stop
+        if cap is None:  # only the last window of a step may leave its request part-way
+            partial = [w for w in step.windows if w.stop < prompt_len[w.rid]]
+            assert all(w is step.windows[-1] for w in partial)
+    assert progress == prompt_len  # every prompt runs to its end
