@@ -125,7 +125,8 @@ _CPU_SWEEPS = (
           description="CPU smoke: token budget"),
 )
 
-SWEEPS: dict[str, tuple[Sweep, ...]] = {s.name: (s,) for s in _GPU_SWEEPS}
+# Every single sweep by its own name, then the groups.
+SWEEPS: dict[str, tuple[Sweep, ...]] = {s.name: (s,) for s in _GPU_SWEEPS + _QUICK_SWEEPS + _CPU_SWEEPS}
 SWEEPS["full"] = _GPU_SWEEPS
 SWEEPS["quick"] = _QUICK_SWEEPS
 SWEEPS["cpu-smoke"] = _CPU_SWEEPS

@@ -1,0 +1,113 @@
+"""Command line of ``python -m vitkit.bench``: parsing, overrides, defaults, bad input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from vitkit.bench.cli import build_parser, format_table, main, settings_from_args
+from vitkit.bench.sweeps import SWEEPS, Sweep, get_sweeps
+
+
+def parse(*argv):
+    return settings_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_cpu_defaults_to_the_labelled_smoke_sweep():
+    sweep, overrides, settings = parse("--device", "cpu")
+    assert sweep == "cpu-smoke" and settings.kind == "cpu-smoke"
+    assert settings.dtype == "fp32" and settings.repeats == 2 and settings.impls == ("vitkit",)
+    assert all(v is None for v in overrides.values())
+
+
+def test_overrides_replace_axes_in_every_sweep_of_a_group():
+    sweep, overrides, settings = parse("--device", "cpu", "--sweep", "full", "--requests", "1,2,4", "--impl", "vitkit,stock",
+                                       "--max-tokens-per-call", "512,none", "--resolution", "224,mixed",
+                                       "--hit-fraction", "0,0.9", "--images-per-request", "2", "--repeats", "5")
+    sweeps = get_sweeps(sweep, overrides)
+    assert len(sweeps) == len(SWEEPS["full"])
+    for s in sweeps:
+        assert s.requests == (1, 2, 4) and s.images_per_request == (2,)
+        assert s.max_tokens_per_call == (512, None) and s.resolutions == (224, "mixed") and s.hit_fractions == (0.0, 0.9)
+    assert settings.impls == ("vitkit", "stock") and settings.repeats == 5
+    (clip,) = get_sweeps("clip-batch", {"encoder": "clip-tiny"})
+    assert clip.encoder == "clip-tiny" and clip.requests == SWEEPS["clip-batch"][0].requests
+
+
+def test_quick_means_the_quick_sweep_with_few_repeats():
+    sweep, _, settings = parse("--device", "cpu", "--quick")
+    assert sweep == "quick" and settings.repeats == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sweep", "nope"], "invalid choice: 'nope'"),
+    (["--requests", "1,-2"], "must be positive"),
+    (["--requests", "1,x"], "comma-separated integers"),
+    (["--images-per-request", "0"], "must be positive"),
+    (["--hit-fraction", "1.0"], r"\[0, 1\)"),
+    (["--resolution", "huge"], "comma-separated integers"),
+    (["--impl", "fast"], "impl must be one of"),
+    (["--dtype", "int8"], "invalid choice"),
+    (["--repeats", "0"], "must be positive"),
+    (["--warmup", "-1", "--device", "cpu"], "warmup must be >= 0"),
+])
+def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv, run=lambda *a, **k: pytest.fail("must not run"))
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_unknown_sweep_and_bad_axes_raise_value_errors():
+    with pytest.raises(ValueError, match="unknown sweep 'nope'"):
+        get_sweeps("nope")
+    with pytest.raises(ValueError, match="cannot override 'batch'"):
+        get_sweeps("clip-batch", {"batch": [1]})
+    with pytest.raises(ValueError, match="requests must be positive ints, got -1"):
+        Sweep("x", "clip-tiny", requests=(1, -1))
+    with pytest.raises(ValueError, match="hit fraction must be in"):
+        Sweep("x", "clip-tiny", hit_fractions=(1.5,))
+    with pytest.raises(ValueError, match="resolution 'big'"):
+        Sweep("x", "clip-tiny", resolutions=("big",))
+    with pytest.raises(ValueError, match="images_per_request is empty"):
+        Sweep("x", "clip-tiny", images_per_request=())
+
+
+def test_cuda_without_a_gpu_is_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        parse("--device", "cuda")
+
+
+def test_sweep_points_are_the_product_of_axes():
+    s = Sweep("x", "clip-tiny", requests=(1, 2), images_per_request=(1, 4), hit_fractions=(0.0, 0.5))
+    points = s.points()
+    assert len(points) == 8 and points[0].requests == 1 and points[-1].images == 8
+    assert all(p.sweep == "x" for p in points)
+
+
+def test_main_runs_writes_and_prints_a_table(tmp_path, capsys):
+    def fake_run(sweeps, settings, progress):
+        from test_bench_plot import fake_results
+
+        return fake_results(kind=settings.kind)
+
+    assert main(["--device", "cpu", "--out", str(tmp_path), "--no-progress"], run=fake_run) == 0
+    out = capsys.readouterr().out
+    assert len(list(tmp_path.glob("*.json"))) == 1 and len(list(tmp_path.glob("*.png"))) >= 1
+    assert "step ms" in out.splitlines()[-8] or "step ms" in out
+    assert "kind=cpu-smoke" in out.splitlines()[-1]
+
+
+def test_format_table_has_a_line_per_row():
+    from test_bench_plot import fake_results
+
+    results = fake_results()
+    table = format_table(results)
+    lines = table.splitlines()
+    rows = [line for line in lines if line.startswith(("clip-batch", "qwen-resolution"))]
+    assert len(rows) == len(results["rows"]) and "per_request" in rows[1]
+    assert sum(line.startswith("memory model") for line in lines) == len(results["memory_model"])

@@ -1,0 +1,105 @@
+"""Figures from a small hand-made results file: one per sweep, PNGs written, axes hold the data."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from vitkit.bench.plot import figures, plot_memory_model, plot_sweep, save_figures, sweep_names, x_axis
+from vitkit.bench.results import SCHEMA, validate_results
+
+
+def fake_row(sweep, mode, requests=1, resolution=336, hit=0.0, budget=None, step=10.0, peak=2**30, **extra):
+    images = requests
+    return {
+        "encoder": "clip-l-336", "mode": mode, "impl": "vitkit", "requests": requests, "images_per_request": 1,
+        "images": images, "resolution": resolution, "tokens": 576 * images, "encoder_calls": 1 if mode == "batched" else requests,
+        "step_ms_median": step, "step_ms_p10": 0.9 * step, "step_ms_p90": 1.2 * step, "encoder_ms_median": 0.95 * step,
+        "bookkeeping_ms_median": 0.05 * step, "images_per_s": images / step * 1e3, "tokens_per_s": 576 * images / step * 1e3,
+        "peak_mem_bytes": peak, "model_flops": int(3.5e11) * images, "mfu": 0.5, "sweep": sweep, "hit_fraction": hit,
+        "max_tokens_per_call": budget, "bookkeeping_share": 0.05, "call_tokens": [576 * images],
+        "base_mem_bytes": peak // 2, "out_bytes_per_token": 2048,
+    } | extra
+
+
+def fake_results(kind="gpu"):
+    rows = []
+    for n in (1, 4, 16, 64):
+        rows.append(fake_row("clip-batch", "batched", requests=n, step=5.0 + n))
+        rows.append(fake_row("clip-batch", "per_request", requests=n, step=5.0 * n))
+    for side in (224, 448, "mixed"):
+        rows.append(fake_row("qwen-resolution", "batched", requests=8, resolution=side, step=20.0))
+        rows.append(fake_row("qwen-resolution", "per_request", requests=8, resolution=side, step=30.0))
+    results = {
+        "schema": SCHEMA, "kind": kind, "machine": {"device_name": "NVIDIA H100 80GB HBM3", "slug": "h100"},
+        "versions": {"torch": "2.11"}, "settings": {}, "matmul_peak": {"tflops": 780.0, "label": "cuda-bf16"},
+        "rows": rows,
+        "memory_model": [
+            {"encoder": "qwen2.5-vl-7b", "impl": "vitkit", "mode": "batched", "max_tokens_per_call": b,
+             "max_call_tokens": b, "calibration": b == 4096, "predicted_peak_bytes": 2**30 + b * 2**18,
+             "measured_peak_bytes": 2**30 + b * 2**18 + 2**24, "error": 0.01, "step_error": 0.05}
+            for b in (512, 1024, 4096)
+        ],
+    }
+    validate_results(results)
+    return results
+
+
+def test_one_figure_per_sweep_and_the_memory_model():
+    figs = figures(fake_results())
+    assert list(figs) == ["clip-batch", "qwen-resolution", "memory-model"]
+    assert sweep_names(fake_results()) == ["clip-batch", "qwen-resolution"]
+
+
+def test_batch_figure_axes_hold_the_rows():
+    fig = plot_sweep(fake_results(), "clip-batch")
+    latency, throughput, speedup, mfu, memory, share = fig.axes[:6]
+    assert latency.get_xscale() == "log"  # 1..64 requests on a log2 axis
+    batched = latency.lines[0]
+    assert list(batched.get_xdata()) == [1, 4, 16, 64] and list(batched.get_ydata()) == [6.0, 9.0, 21.0, 69.0]
+    (ratio,) = [line for line in speedup.lines if line.get_label() == "clip-l-336 vitkit"]
+    assert list(ratio.get_ydata()) == pytest.approx([5 / 6, 20 / 9, 80 / 21, 320 / 69])
+    assert list(memory.lines[0].get_ydata()) == [1.0] * 4  # GiB
+    assert "H100" in fig._suptitle.get_text() and "780" in fig._suptitle.get_text()
+
+
+def test_mixed_resolution_is_a_category():
+    results = fake_results()
+    rows = [r for r in results["rows"] if r["sweep"] == "qwen-resolution"]
+    assert x_axis(rows) == "resolution"
+    fig = plot_sweep(results, "qwen-resolution")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["224", "448", "mixed"]
+
+
+def test_cpu_smoke_is_labelled_and_memory_says_not_measured():
+    results = fake_results(kind="cpu-smoke")
+    for row in results["rows"]:
+        row["peak_mem_bytes"] = None
+    fig = plot_sweep(results, "clip-batch")
+    assert "CPU SMOKE" in fig._suptitle.get_text()
+    assert any("not measured" in t.get_text() for t in fig.axes[4].texts)
+    assert all(math.isnan(y) for y in fig.axes[4].lines[0].get_ydata())
+
+
+def test_memory_model_figure_plots_prediction_and_measurement():
+    fig = plot_memory_model(fake_results())
+    measured, predicted = fig.axes[0].lines[:2]
+    assert list(measured.get_xdata()) == [512, 1024, 4096]
+    assert measured.get_ydata()[0] > predicted.get_ydata()[0]
+    assert plot_memory_model(fake_results() | {"memory_model": []}) is None
+
+
+def test_save_figures_writes_pngs(tmp_path):
+    paths = save_figures(fake_results(), tmp_path / "figs", prefix="run-")
+    assert sorted(p.name for p in paths) == ["run-clip-batch.png", "run-memory-model.png", "run-qwen-resolution.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_unknown_sweep_is_an_error():
+    with pytest.raises(ValueError, match="no rows for sweep 'nope'"):
+        plot_sweep(fake_results(), "nope")

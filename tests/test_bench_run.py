@@ -1,0 +1,144 @@
+"""The benchmark end to end on CPU: the smoke sweep through the CLI, its JSON file and schema,
+and the runner's bookkeeping (both modes on the same requests, hit fractions, budgets, FLOPs)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from vitkit.bench.cli import main
+from vitkit.bench.flops import items_flops
+from vitkit.bench.plot import save_figures
+from vitkit.bench.results import ROW_FIELDS, SCHEMA, load_results, validate_results, write_results
+from vitkit.bench.run import RunSettings, build_requests, run_sweeps
+from vitkit.bench.sweeps import Sweep, get_sweeps
+from vitkit.processing import synthetic_items
+
+SMOKE_ARGS = ["--sweep", "cpu-smoke", "--requests", "1,2", "--repeats", "1", "--warmup", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(SMOKE_ARGS + ["--out", str(out), "--no-plots"]) == 0
+    (path,) = out.glob("*.json")
+    return path, load_results(path)
+
+
+def test_smoke_file_follows_schema(smoke):
+    path, results = smoke
+    assert path.name.startswith("cpu-smoke-vitkit-fp32-")
+    assert results["schema"] == SCHEMA and results["kind"] == "cpu-smoke"
+    assert results["machine"]["device_name"] == "cpu"
+    assert results["versions"]["torch"] == torch.__version__
+    assert results["settings"]["dtype"] == "fp32" and results["settings"]["repeats"] == 1
+    assert results["matmul_peak"]["label"] == "cpu-float32" and results["matmul_peak"]["tflops"] > 0
+    for row in results["rows"]:
+        for key, types in ROW_FIELDS.items():
+            assert isinstance(row[key], types) and not isinstance(row[key], bool), (key, row[key])
+        assert row["peak_mem_bytes"] is None  # not measured on CPU, and said so
+        assert row["step_ms_p10"] <= row["step_ms_median"] <= row["step_ms_p90"]
+
+
+def test_every_point_has_both_modes_with_equal_work(smoke):
+    _, results = smoke
+    rows = results["rows"]
+    assert len(rows) % 2 == 0
+    for batched, per_request in zip(rows[::2], rows[1::2]):
+        assert (batched["mode"], per_request["mode"]) == ("batched", "per_request")
+        same = ("encoder", "requests", "images_per_request", "resolution", "hit_fraction", "max_tokens_per_call")
+        assert all(batched[k] == per_request[k] for k in same)
+        assert batched["tokens"] == per_request["tokens"] and batched["model_flops"] == per_request["model_flops"]
+        assert per_request["encoder_calls"] >= batched["encoder_calls"]
+        assert batched["images"] == batched["requests"] * batched["images_per_request"]
+
+
+def test_hits_budgets_and_resolutions_show_in_rows(smoke):
+    _, results = smoke
+    rows = results["rows"]
+    hits = {r["hit_fraction"]: r for r in rows if r["sweep"] == "cpu-hits" and r["mode"] == "batched" and r["requests"] == 2}
+    # 2 requests x 2 images: half of the 4 images are cached, so half the rows are encoded.
+    assert hits[0.5]["tokens"] == hits[0.0]["tokens"] // 2 and hits[0.5]["cache_hits"] == 2
+    budget = [r for r in rows if r["sweep"] == "cpu-budget" and r["mode"] == "batched" and r["requests"] == 2]
+    assert {r["max_tokens_per_call"] for r in budget} == {16, 32, 64}
+    for r in budget:  # 2 images of 16 rows each: calls of 16, 32, 32 rows
+        assert max(r["call_tokens"]) <= r["max_tokens_per_call"] and sum(r["call_tokens"]) == r["tokens"] == 32
+        assert r["encoder_calls"] == len(r["call_tokens"]) == (2 if r["max_tokens_per_call"] == 16 else 1)
+    assert {r["resolution"] for r in rows if r["sweep"] == "cpu-qwen"} == {56, 112, "mixed"}
+    assert {r["resolution"] for r in rows if r["encoder"] == "clip-tiny"} == {56}  # fixed-resolution tower
+
+
+def test_model_flops_are_the_encoded_items_flops():
+    sweep = Sweep("t", "qwen2.5-vl-tiny", requests=(2,), resolutions=("mixed",), hit_fractions=(0.5,))
+    from vitkit.encoders import build_encoder
+
+    encoder = build_encoder("qwen2.5-vl-tiny")
+    results = run_sweeps([sweep], RunSettings(repeats=1, warmup=0, kind="cpu-smoke"), progress=False,
+                         make_encoder=lambda name, impl: encoder)
+    row = results["rows"][0]
+    items = synthetic_items("qwen2.5-vl-tiny", [(56, 56), (84, 56)], 0)  # seed = settings.seed + point index
+    flops = {item.hash: items_flops(encoder.config, [item]) for item in items}
+    assert row["encoded_items"] == 1 and row["cache_hits"] == 1
+    assert row["model_flops"] in flops.values()
+    assert row["mfu"] == pytest.approx(row["model_flops"] / (row["step_ms_median"] / 1e3) / (results["matmul_peak"]["tflops"] * 1e12))
+
+
+def test_build_requests_lays_out_text_and_images():
+    items = synthetic_items("clip-tiny", [(56, 56)] * 6, 0)
+    requests = build_requests(items, 3, text_tokens=5)
+    assert [len(r.items) for r in requests] == [3, 3]
+    assert requests[0].spans[0].start == 5 and requests[0].prompt_len == 5 + 3 * (16 + 5)
+    with pytest.raises(ValueError, match="do not split"):
+        build_requests(items, 4, text_tokens=5)
+
+
+def test_variable_resolution_needs_a_pixel_side():
+    sweeps = get_sweeps("cpu-qwen", {"resolution": ["native"]})
+    with pytest.raises(ValueError, match="variable-resolution"):
+        run_sweeps(sweeps, RunSettings(repeats=1, warmup=0, kind="cpu-smoke"), progress=False)
+
+
+def test_schema_rejects_bad_files(smoke, tmp_path):
+    _, results = smoke
+    broken = copy.deepcopy(results)
+    del broken["rows"][1]["mfu"]
+    with pytest.raises(ValueError, match=r"row 1 .*missing field 'mfu'"):
+        validate_results(broken)
+    broken = copy.deepcopy(results)
+    broken["rows"][0]["tokens"] = "many"
+    with pytest.raises(ValueError, match="'tokens' must be int"):
+        validate_results(broken)
+    broken = copy.deepcopy(results)
+    broken["kind"] = "gpu-ish"
+    with pytest.raises(ValueError, match="kind"):
+        write_results(broken, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+    (tmp_path / "bad.json").write_text(json.dumps({"schema": "other/9"}))
+    with pytest.raises(ValueError, match="bad.json"):
+        load_results(tmp_path / "bad.json")
+
+
+def test_plots_from_the_smoke_file(smoke, tmp_path):
+    path, results = smoke
+    pngs = save_figures(results, tmp_path, prefix=path.stem + "-")
+    assert {p.name.removeprefix(path.stem + "-") for p in pngs} == {f"{s}.png" for s in
+                                                                    ("cpu-clip", "cpu-siglip", "cpu-qwen", "cpu-hits", "cpu-budget")}
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_tiny_sweep_measures_memory_and_the_memory_model():
+    sweeps = get_sweeps("cpu-budget") + get_sweeps("cpu-clip")
+    settings = RunSettings(device="cuda", dtype="bf16", repeats=3, warmup=1, kind="gpu")
+    results = run_sweeps(sweeps, settings, progress=False)
+    validate_results(results)
+    assert all(isinstance(r["peak_mem_bytes"], int) and r["peak_mem_bytes"] > 0 for r in results["rows"])
+    assert results["matmul_peak"]["label"] == "cuda-bf16"
+    assert {e["max_tokens_per_call"] for e in results["memory_model"]} == {16, 32, 64}

@@ -1,0 +1,116 @@
+"""Timing summaries, the encoder/bookkeeping split, the memory model and machine info."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from vitkit.bench.machine import device_slug, machine_info, measure_matmul_peak, versions
+from vitkit.bench.memory import calibrate, memory_report, predict_peak
+from vitkit.bench.run import RunSettings, _repeats_for
+from vitkit.bench.timing import Stopwatch, TimedEncoder, summarize, time_callable
+
+
+def test_summarize_percentiles():
+    stats = summarize([float(x) for x in range(1, 12)])  # 1..11
+    assert (stats.median_ms, stats.p10_ms, stats.p90_ms) == (6.0, 2.0, 10.0)
+    assert stats.min_ms == 1.0 and stats.max_ms == 11.0 and stats.repeats == 11
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([])
+
+
+def test_time_callable_counts_warmup_and_repeats():
+    calls = []
+    stats = time_callable(lambda: calls.append(time.sleep(0.002)), device="cpu", warmup=2, repeats=3)
+    assert len(calls) == 5 and stats.repeats == 3 and stats.median_ms >= 1.5
+    with pytest.raises(ValueError, match="repeats > 0"):
+        time_callable(lambda: None, device="cpu", repeats=0)
+
+
+def test_timed_encoder_separates_encoder_time_and_passes_attributes():
+    class Slow:
+        name = "slow"
+
+        def __call__(self, items):
+            time.sleep(0.01)
+            return [torch.zeros(1, 2) for _ in items]
+
+    timed = TimedEncoder(Slow(), "cpu")
+    step = Stopwatch("cpu")
+    step.start()
+    timed([1, 2])
+    time.sleep(0.01)  # "bookkeeping" outside the encoder
+    timed([3])
+    step.stop()
+    assert timed.calls == 2 and timed.name == "slow"
+    assert 18 <= timed.encoder_ms() < step.elapsed_ms()
+    assert step.elapsed_ms() - timed.encoder_ms() >= 9
+    timed.reset()
+    assert timed.calls == 0 and timed.encoder_ms() == 0
+    with pytest.raises(ValueError, match="before start"):
+        Stopwatch("cpu").elapsed_ms()
+
+
+def test_repeats_fit_the_time_budget():
+    settings = RunSettings(repeats=10, min_repeats=3, seconds_per_mode=1.0)
+    assert _repeats_for(settings, step_ms=10.0) == 10
+    assert _repeats_for(settings, step_ms=200.0) == 5
+    assert _repeats_for(settings, step_ms=5000.0) == 3
+    with pytest.raises(ValueError, match="repeats must be a positive int"):
+        RunSettings(repeats=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        RunSettings(dtype="int4")
+
+
+def mem_row(budget, calls, act=1000, out=10, base=10**6):
+    return {"sweep": "token-budget", "encoder": "e", "impl": "vitkit", "mode": "batched", "requests": 4,
+            "images_per_request": 1, "resolution": 448, "hit_fraction": 0.0, "max_tokens_per_call": budget,
+            "call_tokens": calls, "base_mem_bytes": base, "out_bytes_per_token": out,
+            "peak_mem_bytes": base + out * sum(calls) + act * max(calls)}
+
+
+def test_memory_model_recovers_a_linear_law():
+    rows = [mem_row(100, [100] * 4), mem_row(200, [200, 200]), mem_row(None, [400])]
+    model = calibrate(rows[-1])
+    assert model.act_bytes_per_token == pytest.approx(1000) and model.calibrated_max_call_tokens == 400
+    assert predict_peak(model, rows[0]) == rows[0]["peak_mem_bytes"]
+    report = memory_report(rows)
+    assert [e["max_tokens_per_call"] for e in report] == [100, 200, None]
+    assert [e["calibration"] for e in report] == [False, False, True]
+    assert all(abs(e["error"]) < 1e-12 for e in report)
+
+
+def test_memory_report_measures_the_miss():
+    rows = [mem_row(100, [100] * 4), mem_row(None, [400])]
+    rows[0]["peak_mem_bytes"] += 50_000  # 50 KB more than the law says
+    (small, _) = memory_report(rows)
+    assert small["error"] == pytest.approx(50_000 / (rows[0]["peak_mem_bytes"] - 50_000))
+    assert small["step_error"] > small["error"] > 0
+    assert memory_report([rows[0]]) == []  # one budget alone: nothing to predict
+    assert memory_report([r | {"peak_mem_bytes": None} for r in rows]) == []  # CPU rows
+
+
+def test_machine_info_and_versions_on_cpu():
+    info = machine_info("cpu")
+    assert info["device_name"] == "cpu" and info["slug"] == "cpu" and info["driver_version"] is None
+    assert versions()["torch"] == torch.__version__
+    peak = measure_matmul_peak("cpu", n=64, repeats=3)
+    assert peak.label == "cpu-float32" and peak.tflops > 0 and peak.n == 64
+
+
+@pytest.mark.parametrize("name, slug", [
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"), ("NVIDIA A100-SXM4-40GB", "a100"),
+    ("NVIDIA GeForce RTX 4090", "rtx4090"), ("cpu", "cpu"), ("Some Odd Card", "some-odd-card"),
+])
+def test_device_slug(name, slug):
+    assert device_slug(name) == slug
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_matmul_peak_is_plausible():
+    peak = measure_matmul_peak("cuda", n=4096, repeats=10)
+    assert peak.label == "cuda-bf16" and 10 < peak.tflops < 5000
+    assert machine_info("cuda")["cuda_capability"]
