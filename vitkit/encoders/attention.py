@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older torch: reference path only
 
 VARLEN_DTYPES = (torch.float16, torch.bfloat16)
 # Above this many packed rows the block-diagonal mask (rows^2 bools) costs more than a loop.
-MASK_MAX_ROWS = 4096
+MASK_MAX_ROWS = 1024
 
 
 def uses_varlen_kernel(query: torch.Tensor) -> bool:

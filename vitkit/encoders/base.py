@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,15 @@ class VisionEncoder:
     hidden_size = property(lambda self: self.preset.hidden_size, doc="Width of each embedding row.")
     variable_resolution = property(lambda self: self.preset.variable_resolution)
     patch_size = property(lambda self: self.preset.patch_size)
+
+    def variant(self, *, impl: str | None = None, dtype: torch.dtype | None = None) -> VisionEncoder:
+        """The same tower with another ``impl`` and/or ``dtype``: shares this one's module when the
+        dtype is unchanged (an A/B of stock vs vitkit over the very same weights), otherwise works
+        on a cast copy (e.g. a float32 reference and its bf16 twin with equal weights)."""
+        model = self.model
+        if dtype is not None and dtype != self.dtype:
+            model = copy.deepcopy(model).to(dtype)
+        return type(self)(self.preset, model, impl or self.impl)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, impl={self.impl!r}, device={self.device}, "

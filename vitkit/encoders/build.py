@@ -79,8 +79,15 @@ def _checkpoint_model(preset: EncoderPreset, path: Path) -> nn.Module:
     raw = json.loads(config_path.read_text())
     config_cls, model_cls = MODEL_CLASSES[preset.family]
     if "vision_config" not in raw:  # a tower saved on its own
-        model = model_cls.from_pretrained(path, local_files_only=True, attn_implementation="sdpa")
-        _check_config(preset, model.config, path)
+        _check_config(preset, config_cls.from_pretrained(path, local_files_only=True), path)
+        model, info = model_cls.from_pretrained(
+            path, local_files_only=True, attn_implementation="sdpa", output_loading_info=True
+        )
+        # from_pretrained only warns about missing weights (and initialises them randomly).
+        missing = sorted(info.get("missing_keys", [])) + sorted(str(m) for m in info.get("mismatched_keys", []))
+        if missing:
+            raise ValueError(f"checkpoint {path} for preset {preset.name!r}: {len(missing)} tower weights "
+                             f"missing or mismatched (e.g. {missing[:3]})")
         return model
     config = config_cls(**{k: v for k, v in raw["vision_config"].items() if k != "model_type"})
     _check_config(preset, config, path)

@@ -33,6 +33,11 @@ def vit_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class FixedResolutionEncoder(VisionEncoder):
     """CLIP / SigLIP tower. Item feature: pixel values (3, image_size, image_size)."""
 
+    def __init__(self, preset, model, impl) -> None:
+        super().__init__(preset, model, impl)
+        # The per-layer function; replace with e.g. torch.compile(vit_layer) to fuse each layer.
+        self.layer_fn = vit_layer
+
     def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor]:
         side = self.preset.image_size
         expected = (self.model.config.num_channels, side, side)
@@ -70,7 +75,7 @@ class FixedResolutionEncoder(VisionEncoder):
         if hasattr(model, "pre_layrnorm"):  # CLIP normalises the embeddings first
             x = model.pre_layrnorm(x)
         for layer in self.layers:
-            x = vit_layer(layer, x)
+            x = self.layer_fn(layer, x)
         if self.preset.family == "siglip" and self.preset.feature_layer == -1:
             x = model.post_layernorm(x)  # part of SigLIP's last_hidden_state (not of CLIP's)
         return x

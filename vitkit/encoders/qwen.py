@@ -104,6 +104,8 @@ class QwenVisionEncoder(VisionEncoder):
 
     def __init__(self, preset, model, impl) -> None:
         super().__init__(preset, model, impl)
+        # The per-block function; replace with e.g. torch.compile(qwen_block) to fuse each block.
+        self.block_fn = qwen_block
         self._layouts: OrderedDict[tuple, PackedLayout] = OrderedDict()
 
     def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +163,7 @@ class QwenVisionEncoder(VisionEncoder):
         full = set(model.fullatt_block_indexes)
         for i, block in enumerate(model.blocks):
             if i in full:
-                x = qwen_block(block, x, layout.cu_seqlens, layout.max_seqlen, cos, sin)
+                x = self.block_fn(block, x, layout.cu_seqlens, layout.max_seqlen, cos, sin)
             else:
-                x = qwen_block(block, x, layout.cu_window_seqlens, layout.max_window_seqlen, cos, sin)
+                x = self.block_fn(block, x, layout.cu_window_seqlens, layout.max_window_seqlen, cos, sin)
         return model.merger(x)[layout.reverse_index]
