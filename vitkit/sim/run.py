@@ -7,9 +7,9 @@ yields one ``StepRow`` (a tidy table: one row per step) and one ``WindowRow`` pe
 
 Two re-encoding counts are kept. ``re_encodings``: encodes of a content hash that had been
 encoded before in the run (evicted, or never stored, in between). ``request_re_encodings``:
-encodes of an item of a request that had already been encoded for that same item of that
-request, i.e. an image straddling a window boundary lost between its windows; pinning exists to
-make this zero.
+encodes of an image for a request that had already had that image encoded for it, i.e. an image
+straddling a window boundary (or shown again later in the same prompt) lost between the
+request's windows; pinning exists to make this zero.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class _LoggedCache(EmbeddingCache):
 
 @dataclass
 class _Ledger:
-    """Encode counts across steps: per content hash and per (rid, item index)."""
+    """Encode counts across steps: per content hash, and per (rid, content hash)."""
 
     by_hash: Counter = field(default_factory=Counter)
     by_item: Counter = field(default_factory=Counter)
@@ -191,13 +191,14 @@ class _Ledger:
             self.by_hash[key] += 1
         return again
 
-    def count_items(self, window_rows: Iterable[WindowRow]) -> int:
+    def count_items(self, window_rows: Iterable[WindowRow], requests: Mapping[Hashable, Request]) -> int:
         again = 0
         for w in window_rows:  # every missed lookup is encoded in its step, in both modes
-            for index, hit in zip(w.items, w.hit):
-                if not hit:
-                    again += self.by_item[(w.rid, index)] > 0
-                    self.by_item[(w.rid, index)] += 1
+            items = requests[w.rid].items
+            missed = {items[index].hash for index, hit in zip(w.items, w.hit) if not hit}
+            for key in missed:  # a window encodes an image once however often it shows it
+                again += self.by_item[(w.rid, key)] > 0
+                self.by_item[(w.rid, key)] += 1
         return again
 
 
@@ -262,7 +263,7 @@ def replay(
                 encoded_tokens=result.encoded_tokens,
                 call_tokens=result.call_tokens,
                 re_encodings=ledger.count_hashes(result.encoded_hashes),
-                request_re_encodings=ledger.count_items(windows),
+                request_re_encodings=ledger.count_items(windows, requests),
                 evictions=after.evictions - before.evictions,
                 rejected=after.rejected - before.rejected,
                 cache_bytes=after.bytes,
