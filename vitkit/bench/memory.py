@@ -1,15 +1,17 @@
-"""A memory model for ``max_tokens_per_call``: predict a step's peak GPU memory from its budget.
+"""A memory model for ``max_tokens_per_call``: predict a batched step's peak GPU memory from its budget.
 
-A step's peak is what was allocated before it (weights, the items' pixels, the cache) plus
-what the step adds::
+A step's peak is what was allocated before it (weights, the items' pixels, the pre-filled cache)
+plus the larger of two moments of the batched path (``vitkit.embed``)::
 
-    step_bytes(B) = out_bytes_per_token * T_total + act_bytes_per_token * T_max(B)
+    during call k:  out * (rows of calls before k) + act * rows_k      (earlier outputs are kept)
+    at the end:     out * (2 * rows_encoded + rows_assembled)          (outputs, the cache's compact
+                                                                        copies, the assembled chunks)
 
-``T_total`` is the embedding rows the step encodes (they are all kept until the step's chunks
-are assembled); ``T_max(B)`` is the largest encoder call under budget ``B`` (calls are planned
-by ``vitkit.embed.plan_calls``), whose activations dominate. ``out_bytes_per_token`` is known
-(hidden size times element size); ``act_bytes_per_token`` is calibrated from one measured
-budget and the others are predicted, so the error says whether the budget is a usable memory knob.
+``out`` is the bytes of one embedding row (hidden size times element size, known); ``act`` is the
+activation bytes per embedding row of an encoder call, calibrated on one measured budget (the
+one with the largest call) and used to predict the others; the error then says whether
+``max_tokens_per_call`` is a usable memory knob. Only batched rows are modelled: the per-request
+path's calls follow the requests, not the budget.
 """
 
 from __future__ import annotations
@@ -30,41 +32,50 @@ class MemoryModel:
     calibrated_budget: int | None
     calibrated_max_call_tokens: int
 
-    def step_bytes(self, total_tokens: int, max_call_tokens: int) -> float:
+    def step_bytes(self, call_tokens: Sequence[int], assembled_tokens: int) -> float:
         """Predicted bytes a step adds over what was allocated before it."""
-        return self.out_bytes_per_token * total_tokens + self.act_bytes_per_token * max_call_tokens
+        during = max(self.out_bytes_per_token * sum(call_tokens[:k]) + self.act_bytes_per_token * rows
+                     for k, rows in enumerate(call_tokens))
+        end = self.out_bytes_per_token * (2 * sum(call_tokens) + assembled_tokens)
+        return max(during, end)
+
+
+def _largest_call(calls: Sequence[int]) -> int:
+    return max(range(len(calls)), key=lambda k: (calls[k], -k))  # first of the largest
 
 
 def calibrate(row: Mapping[str, Any]) -> MemoryModel:
-    """Fit ``act_bytes_per_token`` to one measured row (needs peak and base memory, call tokens)."""
-    calls = row["call_tokens"]
+    """Fit the activation bytes per row to one measured row, at its largest encoder call."""
+    calls = row.get("call_tokens") or []
     if not calls or row.get("peak_mem_bytes") is None:
-        raise ValueError(f"cannot calibrate the memory model on a row without calls or peak memory: {row.get('mode')!r}")
+        raise ValueError(f"cannot calibrate the memory model on a row without calls or peak memory "
+                         f"(mode {row.get('mode')!r}, budget {row.get('max_tokens_per_call')!r})")
     step = row["peak_mem_bytes"] - row["base_mem_bytes"]
     out = row["out_bytes_per_token"]
-    act = (step - out * sum(calls)) / max(calls)
-    return MemoryModel(act, out, row["max_tokens_per_call"], max(calls))
+    k = _largest_call(calls)
+    act = (step - out * sum(calls[:k])) / calls[k]
+    return MemoryModel(act, out, row["max_tokens_per_call"], calls[k])
 
 
 def predict_peak(model: MemoryModel, row: Mapping[str, Any]) -> float:
     """Predicted peak bytes of ``row``'s step: its base allocation plus the model's step bytes."""
     calls = row["call_tokens"]
-    return row["base_mem_bytes"] + model.step_bytes(sum(calls), max(calls))
+    return row["base_mem_bytes"] + model.step_bytes(calls, row.get("step_rows", sum(calls)))
 
 
 def _groups(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
-        if row.get("peak_mem_bytes") is None or not row.get("call_tokens"):
+        if row.get("mode") != "batched" or row.get("peak_mem_bytes") is None or not row.get("call_tokens"):
             continue
         groups.setdefault(tuple(row.get(k) for k in GROUP_KEYS), []).append(row)
     return {key: members for key, members in groups.items() if len({m["max_tokens_per_call"] for m in members}) > 1}
 
 
 def memory_report(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """For each group of rows that differ only in ``max_tokens_per_call``: calibrate on the row
-    with the largest call and predict every row. Errors are (measured - predicted) / predicted,
-    for the whole peak and for the step's own part (``step_error``, the stricter figure)."""
+    """For each group of batched rows that differ only in ``max_tokens_per_call``: calibrate on
+    the row with the largest call and predict every row. Errors are (measured - predicted) /
+    predicted, for the whole peak and for the step's own part (``step_error``, the stricter one)."""
     report = []
     for key, members in _groups(rows).items():
         anchor = max(members, key=lambda r: max(r["call_tokens"]))

@@ -224,7 +224,7 @@ def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str
         # extras
         "sweep": point.sweep, "hit_fraction": point.hit_fraction, "max_tokens_per_call": point.max_tokens_per_call,
         "encoded_items": result.encoded_items, "cache_hits": result.cache_hits, "call_tokens": list(result.call_tokens),
-        "patches": prep.patches, "step_ms_mean": step.mean_ms, "step_ms_min": step.min_ms, "step_ms_max": step.max_ms,
+        "patches": prep.patches, "step_rows": sum(item.num_tokens for item in prep.items), "step_ms_mean": step.mean_ms, "step_ms_min": step.min_ms, "step_ms_max": step.max_ms,
         "encoder_ms_p10": enc.p10_ms, "encoder_ms_p90": enc.p90_ms,
         "bookkeeping_ms_p10": book.p10_ms, "bookkeeping_ms_p90": book.p90_ms,
         "bookkeeping_share": book.median_ms / step.median_ms if step.median_ms > 0 else 0.0,
@@ -242,6 +242,20 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) -> list[dict]:
+    """Both modes at one point; the items are the same for every impl (same seed)."""
+    prep = prepare_point(point, encoder, make_items, settings, seed)
+    rows = []
+    for mode in MODES:
+        bar.set_postfix_str(f"{point.sweep} {impl} {mode} {point.requests}x{point.images_per_request} {prep.resolution}")
+        raw = measure_mode(prep, encoder, mode, point, settings)
+        rows.append(make_row(point, prep, encoder, impl, mode, raw, peak))
+        bar.update()
+    del prep, raw
+    _free(settings.device)
+    return rows
+
+
 def run_sweeps(
     sweeps: Sequence[Sweep],
     settings: RunSettings,
@@ -255,23 +269,18 @@ def run_sweeps(
     make_encoder = make_encoder or default_encoder_factory(settings)
     make_items = make_items or default_item_factory
     peak = peak or measure_matmul_peak(settings.device, repeats=settings.matmul_repeats)
-    points = [p for s in sweeps for p in s.points()]
+    points = list(enumerate(p for s in sweeps for p in s.points()))
+    order = list(dict.fromkeys(p.encoder for _, p in points))
     rows: list[dict] = []
-    encoders: dict[tuple[str, str], Any] = {}
     bar = tqdm(total=len(points) * len(settings.impls) * len(MODES), desc="vitkit.bench", unit="run", disable=not progress)
-    for index, point in enumerate(points):
+    # One encoder at a time (grouped by encoder, then impl), so peak memory holds one model's weights.
+    for name in order:
         for impl in settings.impls:
-            if (point.encoder, impl) not in encoders:
-                encoders[(point.encoder, impl)] = make_encoder(point.encoder, impl)
-            encoder = encoders[(point.encoder, impl)]
-            prep = prepare_point(point, encoder, make_items, settings, settings.seed + index)
-            for mode in MODES:
-                bar.set_postfix_str(f"{point.sweep} {impl} {mode} {point.requests}x{point.images_per_request} {prep.resolution}")
-                raw = measure_mode(prep, encoder, mode, point, settings)
-                rows.append(make_row(point, prep, encoder, impl, mode, raw, peak))
-                del raw
-                bar.update()
-            del prep
+            encoder = make_encoder(name, impl)
+            for index, point in points:
+                if point.encoder == name:
+                    rows += _measure_point(point, encoder, impl, make_items, settings, settings.seed + index, peak, bar)
+            del encoder
             _free(settings.device)
     bar.close()
     return {
