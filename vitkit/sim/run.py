@@ -25,12 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vitkit.cache import CacheStats, EmbeddingCache
-from vitkit.chunk import overlapping
-from vitkit.embed import Encoder, embed_chunks
+from vitkit.embed import EmbedResult, Encoder, embed_chunks
 from vitkit.request import Request
 from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.scheduler import Step, plan_steps
-from vitkit.sim.timing import as_timed
+from vitkit.sim.timing import EncoderTime, TimedEncoderLike, as_timed
 from vitkit.sim.trace import Trace, load_trace
 from vitkit.sim.workload import ItemFactory, build_requests, fake_item
 
@@ -214,6 +213,48 @@ def _window_rows(step: Step, requests: Mapping[Hashable, Request], lookups: Sequ
     return out
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """One step as run: what ``embed_chunks`` returned, its wall and encoder time, cache before/after."""
+
+    result: EmbedResult
+    wall_ms: float
+    spent: EncoderTime
+    before: CacheStats
+    after: CacheStats
+
+
+def _run_step(step: Step, requests: Mapping[Hashable, Request], encoder: TimedEncoderLike,
+              cache: _LoggedCache, embed_kwargs: dict[str, Any]) -> _Measured:
+    for rid in step.aborted:  # an aborted request's next window will never come
+        cache.release(rid)
+    before = cache.stats()
+    cache.lookups.clear()
+    batch = [(requests[w.rid], w.span) for w in step.windows]
+    start = time.perf_counter()
+    result = embed_chunks(batch, encoder, cache, **embed_kwargs)
+    wall_ms = (time.perf_counter() - start) * 1e3
+    for rid in step.finished:  # embed_chunks released them at their last window; make sure
+        cache.release(rid)
+    return _Measured(result, wall_ms, encoder.take_time(), before, cache.stats())
+
+
+def _step_row(step: Step, m: _Measured, config: tuple[str, bool, int], again: tuple[int, int]) -> StepRow:
+    mode, pin, capacity_bytes = config
+    r = m.result
+    return StepRow(
+        step=step.index, time_ms=step.time_ms, mode=mode, pin=pin, capacity_bytes=capacity_bytes,
+        windows=tuple((w.rid, w.start, w.stop) for w in step.windows), tokens=step.tokens,
+        items_touched=r.cache_hits + r.cache_misses, hits=r.cache_hits, misses=r.cache_misses,
+        encoder_calls=r.encoder_calls, encoded_items=r.encoded_items, encoded_tokens=r.encoded_tokens,
+        call_tokens=r.call_tokens, re_encodings=again[0], request_re_encodings=again[1],
+        evictions=m.after.evictions - m.before.evictions, rejected=m.after.rejected - m.before.rejected,
+        cache_bytes=m.after.bytes, pinned_bytes=m.after.pinned_bytes,
+        encoder_ms=m.spent.reported_ms, bookkeeping_ms=max(0.0, m.wall_ms - m.spent.measured_ms),
+        admitted=step.admitted, finished=step.finished, aborted=step.aborted,
+    )
+
+
 def replay(
     requests: Mapping[Hashable, Request],
     steps: Sequence[Step],
@@ -226,58 +267,25 @@ def replay(
     keep_embeddings: bool = False,
     progress: bool = False,
 ) -> SimRun:
-    """Run planned ``steps`` over ``requests`` with a fresh cache of ``capacity_bytes``."""
+    """Run planned ``steps`` over ``requests`` with a fresh cache of ``capacity_bytes``.
+
+    ``encoder_ms`` is the encoder's own report (``ModelledEncoder``) or its measured wall time
+    (any other encoder, wrapped in ``TimedEncoder``); ``bookkeeping_ms`` is the rest of the
+    step's wall time in ``embed_chunks``.
+    """
     cache = _LoggedCache(capacity_bytes)
     timed = as_timed(encoder)
     ledger = _Ledger()
+    embed_kwargs = {"mode": mode, "pin": pin, "max_tokens_per_call": max_tokens_per_call}
     rows, window_rows, embeddings = [], [], {}
     for step in tqdm(steps, desc=f"{mode} pin={pin}", disable=not progress, leave=False):
-        for rid in step.aborted:  # an aborted request's next window will never come
-            cache.release(rid)
-        before = cache.stats()
-        cache.lookups.clear()
-        batch = [(requests[w.rid], w.span) for w in step.windows]
-        start = time.perf_counter()
-        result = embed_chunks(batch, timed, cache, mode=mode, max_tokens_per_call=max_tokens_per_call, pin=pin)
-        wall_ms = (time.perf_counter() - start) * 1e3
-        for rid in step.finished:  # embed_chunks already released them; this only makes sure
-            cache.release(rid)
-        spent = timed.take_time()
+        measured = _run_step(step, requests, timed, cache, embed_kwargs)
         windows = _window_rows(step, requests, cache.lookups)
+        again = (ledger.count_hashes(measured.result.encoded_hashes), ledger.count_items(windows, requests))
+        rows.append(_step_row(step, measured, (mode, pin, capacity_bytes), again))
         window_rows += windows
-        after = cache.stats()
-        rows.append(
-            StepRow(
-                step=step.index,
-                time_ms=step.time_ms,
-                mode=mode,
-                pin=pin,
-                capacity_bytes=capacity_bytes,
-                windows=tuple((w.rid, w.start, w.stop) for w in step.windows),
-                tokens=step.tokens,
-                items_touched=result.cache_hits + result.cache_misses,
-                hits=result.cache_hits,
-                misses=result.cache_misses,
-                encoder_calls=result.encoder_calls,
-                encoded_items=result.encoded_items,
-                encoded_tokens=result.encoded_tokens,
-                call_tokens=result.call_tokens,
-                re_encodings=ledger.count_hashes(result.encoded_hashes),
-                request_re_encodings=ledger.count_items(windows, requests),
-                evictions=after.evictions - before.evictions,
-                rejected=after.rejected - before.rejected,
-                cache_bytes=after.bytes,
-                pinned_bytes=after.pinned_bytes,
-                encoder_ms=spent.reported_ms,
-                bookkeeping_ms=max(0.0, wall_ms - spent.measured_ms),
-                admitted=step.admitted,
-                finished=step.finished,
-                aborted=step.aborted,
-            )
-        )
         if keep_embeddings:
-            for w, emb in zip(step.windows, result.embeddings):
-                embeddings[(step.index, w.rid)] = emb
+            embeddings.update({(step.index, w.rid): e for w, e in zip(step.windows, measured.result.embeddings)})
     summary = summarize(rows, mode, pin, capacity_bytes)
     return SimRun(tuple(rows), tuple(window_rows), summary, cache.stats(), embeddings, cache)
 
