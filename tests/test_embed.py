@@ -270,19 +270,37 @@ def test_two_requests_pin_the_same_shared_item():
 
 
 def test_cache_hit_straddling_item_is_pinned_before_this_steps_puts():
-    s = _item(4, 1)
-    warm = Request.from_segments("w", [s])
+    s, w = _item(4, 1), _item(4, 5)
     cache = EmbeddingCache(8 * ROW_BYTES)
-    embed_chunks([(warm, (0, 4))], SpyEncoder(), cache)  # s cached, unpinned
+    embed_chunks([(Request.from_segments("w", [s, w]), (0, 8))], SpyEncoder(), cache)  # full, unpinned
     r = Request.from_segments("r", [s, 1])
-    fresh = Request.from_segments("f", [_item(4, 2)])
-    enc = SpyEncoder(cache)
-    # r hits s and needs it later; f's put must evict something, but not s
-    embed_chunks([(r, (0, 2)), (fresh, (0, 4))], enc, cache)
-    embed_chunks([(Request.from_segments("g", [_item(4, 3)]), (0, 4))], enc, cache)
+    fresh = Request.from_segments("f", [_item(8, 2)])
+    # r hits s and needs it later; f's 8-row put would have to evict s too: it must be refused
+    res = embed_chunks([(r, (0, 2)), (fresh, (0, 8))], SpyEncoder(), cache)
+    assert res.encoder_calls == 1 and torch.equal(res.embeddings[1], reference(fresh.items[0]))
     assert s.hash in cache and cache.is_pinned(s.hash, "r")
-    res = embed_chunks([(r, (2, 5))], enc, cache)
+    assert cache.stats().rejected == 1
+    res = embed_chunks([(r, (2, 5))], SpyEncoder(), cache)
     assert res.encoder_calls == 0
+
+
+def test_image_repeated_later_in_the_prompt_is_kept_not_re_encoded():
+    # regression: only straddling items used to be pinned, so an image that recurs later in
+    # the same prompt could be evicted by other traffic and encoded a second time
+    x = _item(4, 1)
+    req = Request.from_segments("rep", [x, 6, MultimodalItem(x.feature.clone(), 4), 1])  # [0,4) [10,14)
+    cache = EmbeddingCache(8 * ROW_BYTES)
+    enc = SpyEncoder(cache)
+    embed_chunks([(req, (0, 5))], enc, cache)
+    assert cache.pinned_by("rep") == {x.hash}
+    for k in range(3):  # other traffic fills the cache
+        embed_chunks([(Request.from_segments(f"o{k}", [_item(4, 10 + k)]), (0, 4))], enc, cache)
+    embed_chunks([(req, (5, 10))], enc, cache)  # text only: the pin stays
+    assert cache.pinned_by("rep") == {x.hash}
+    res = embed_chunks([(req, (10, 15))], enc, cache)
+    assert res.encoder_calls == 0 and torch.equal(res.embeddings[0], reference(x))
+    assert enc.encoded.count(x.hash) == 1
+    assert cache.pinned_by("rep") == frozenset()
 
 
 def test_without_pinning_a_straddling_item_can_be_re_encoded():

@@ -129,8 +129,10 @@ def _encode_and_store(
 
 
 def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry]) -> set[str]:
-    """Hashes of entries whose tokens run past the window: the request's next window needs them."""
-    return {e.item.hash for e in entries if e.span.stop > window.stop}
+    """Hashes of this window's entries that a later window of the request needs again: items
+    whose tokens run past the window, and images that recur later in the same prompt."""
+    later = {item.hash for item, span in zip(request.items, request.spans) if span.stop > window.stop}
+    return {e.item.hash for e in entries if e.item.hash in later}
 
 
 def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries: Sequence[ChunkEntry]) -> None:
