@@ -1,0 +1,254 @@
+"""Property tests: any prompt layout, chunk size, split into steps and cache size.
+
+A deterministic encoder (rows derived from the item's feature and row index) makes every
+re-encoding detectable and every result comparable with a reference embedding.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vitkit import EmbeddingCache, MultimodalItem, Request, embed_chunks
+
+HIDDEN = 2
+ROW_BYTES = HIDDEN * 4  # float32
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def reference(item):
+    base = float(item.cpu_feature[0])
+    rows = torch.arange(item.num_tokens, dtype=torch.float32).unsqueeze(1)
+    return base * 1000 + rows * 10 + torch.arange(HIDDEN, dtype=torch.float32)
+
+
+@dataclass
+class Scenario:
+    requests: list  # Request, in arrival order
+    chunk: dict  # rid -> chunk size (tokens)
+    budget: int | None
+    capacity_rows: int
+
+
+@st.composite
+def scenarios(draw, distinct_within_request=False):
+    pool = draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))  # image id -> num_tokens
+    n_requests = draw(st.integers(1, 5))
+    requests, chunk = [], {}
+    for r in range(n_requests):
+        ids = st.integers(0, len(pool) - 1)
+        image_ids = draw(
+            st.lists(ids, max_size=min(5, len(pool)), unique=True) if distinct_within_request else st.lists(ids, max_size=5)
+        )
+        segments = []
+        for image_id in image_ids:
+            segments.append(draw(st.integers(0, 5)))
+            # a fresh object per request: equal content, equal hash, as two uploads of one photo
+            item = MultimodalItem(torch.tensor([float(image_id), 0.5]), pool[image_id])
+            segments.append(item)
+        segments.append(draw(st.integers(0 if image_ids else 1, 5)))
+        requests.append(Request.from_segments(f"r{r}", segments))
+        chunk[f"r{r}"] = draw(st.integers(1, 20))
+    budget = draw(st.none() | st.integers(1, 30))
+    total_rows = sum(pool)
+    capacity_rows = draw(st.integers(1, total_rows + 8))
+    return Scenario(requests, chunk, budget, capacity_rows)
+
+
+class RecordingCache(EmbeddingCache):
+    """Remembers which keys a put refused since ``refused`` was last cleared."""
+
+    def __init__(self, capacity_bytes):
+        super().__init__(capacity_bytes)
+        self.refused = set()
+
+    def put(self, key, embedding, pin_owner=None):
+        stored = super().put(key, embedding, pin_owner)
+        if not stored:
+            self.refused.add(key)
+        return stored
+
+
+class Spy:
+    """Good encoder that checks the cache's invariants every time it is called."""
+
+    def __init__(self, cache, must_stay):
+        self.cache = cache
+        self.must_stay = must_stay  # keys pinned when the step began: never evicted mid-step
+        self.calls = []
+
+    def __call__(self, items):
+        assert self.cache.bytes <= self.cache.capacity_bytes
+        for key in self.must_stay:
+            assert key in self.cache, f"pinned entry {key[:12]} evicted"
+        self.calls.append(list(items))
+        return [reference(it) for it in items]
+
+
+class Failing(Spy):
+    def __init__(self, cache, must_stay, fail_on_call, how):
+        super().__init__(cache, must_stay)
+        self.fail_on_call, self.how = fail_on_call, how
+
+    def __call__(self, items):
+        out = super().__call__(items)
+        if len(self.calls) < self.fail_on_call:
+            return out
+        if self.how == "raise":
+            raise RuntimeError("encoder failed")
+        return [o[:-1] for o in out]  # one row short
+
+
+def _state(cache, rids):
+    return cache.keys(), cache.stats(), {rid: cache.pinned_by(rid) for rid in rids}
+
+
+def _windows(request, size):
+    return [(s, min(s + size, request.prompt_len)) for s in range(0, request.prompt_len, size)]
+
+
+def _check_calls(calls, budget, mode, result):
+    assert result.encoder_calls == len(calls)
+    assert result.encoded_items == sum(len(c) for c in calls)
+    if mode == "batched" and budget is None:
+        assert len(calls) <= 1
+    if mode == "batched":  # de-duplicated: each hash at most once per step
+        hashes = [it.hash for c in calls for it in c]
+        assert len(hashes) == len(set(hashes))
+    if budget is not None:
+        for call in calls:
+            tokens = sum(it.num_tokens for it in call)
+            assert tokens <= budget or len(call) == 1, (tokens, budget, [it.num_tokens for it in call])
+
+
+def _run(scenario, mode, data):
+    """Run the scenario step by step; returns (chunks per rid, encodes per (rid, hash), cache)."""
+    cache = RecordingCache(scenario.capacity_rows * ROW_BYTES)
+    rids = [r.rid for r in scenario.requests]
+    windows = {r.rid: _windows(r, scenario.chunk[r.rid]) for r in scenario.requests}
+    progress = dict.fromkeys(rids, 0)
+    chunks = {rid: [] for rid in rids}
+    encodes = Counter()
+    rejected_keys = {rid: set() for rid in rids}  # keys this request needed but the cache refused
+    while True:
+        active = [r for r in scenario.requests if progress[r.rid] < len(windows[r.rid])]
+        if not active:
+            break
+        chosen = data.draw(st.lists(st.booleans(), min_size=len(active), max_size=len(active)))
+        batch = [(r, windows[r.rid][progress[r.rid]]) for r, c in zip(active, chosen) if c] or [
+            (active[0], windows[active[0].rid][progress[active[0].rid]])
+        ]
+        cache.refused.clear()
+        pinned_before = {rid: cache.pinned_by(rid) for rid in rids}
+        must_stay = set().union(*pinned_before.values())
+        in_step = {r.rid for r, _ in batch}
+
+        result = None
+        fail = data.draw(st.sampled_from([None, None, (1, "raise"), (1, "rows"), (2, "raise"), (2, "rows")]))
+        if fail is not None:
+            before = _state(cache, rids)
+            spy = Failing(cache, must_stay, *fail)
+            try:
+                result = embed_chunks(batch, spy, cache, mode=mode, max_tokens_per_call=scenario.budget)
+            except (RuntimeError, ValueError):
+                assert _state(cache, rids) == before  # a failed step changes nothing
+        if result is None:  # no failure drawn, or it failed: run the step with a good encoder
+            cache.refused.clear()
+            spy = Spy(cache, must_stay)
+            result = embed_chunks(batch, spy, cache, mode=mode, max_tokens_per_call=scenario.budget)
+        _check_calls(spy.calls, scenario.budget, mode, result)
+        assert cache.bytes <= cache.capacity_bytes
+        assert cache.bytes == sum(cache.peek(k).numel() * 4 for k in cache.keys())
+        for rid in rids:  # requests outside the step keep their pins, and the entries stay
+            if rid not in in_step:
+                assert cache.pinned_by(rid) == pinned_before[rid]
+                assert all(k in cache for k in pinned_before[rid])
+
+        _count_encodes(spy.calls, batch, mode, encodes)
+        for (request, window), emb in zip(batch, result.embeddings):
+            _check_window(request, window, emb)
+            if emb is not None:
+                chunks[request.rid].append(emb)
+            progress[request.rid] += 1
+            if progress[request.rid] == len(windows[request.rid]):
+                assert cache.pinned_by(request.rid) == frozenset()  # done: every pin released
+            else:
+                for item, span in zip(request.items, request.spans):
+                    if span.start < window[1] and window[0] < span.stop:
+                        if _needed_later(request, window, item) and item.hash not in cache:
+                            # only a put the cache refused may lose what a later window needs
+                            assert item.hash in cache.refused, (request.rid, item.hash[:12])
+                            rejected_keys[request.rid].add(item.hash)
+    assert cache.pinned_bytes == 0
+    return chunks, encodes, rejected_keys, cache
+
+
+def _needed_later(request, window, item):
+    return any(it.hash == item.hash and span.stop > window[1] for it, span in zip(request.items, request.spans))
+
+
+def _check_window(request, window, emb):
+    touched = [(it, sp) for it, sp in zip(request.items, request.spans) if sp.start < window[1] and window[0] < sp.stop]
+    if not touched:
+        assert emb is None
+        return
+    expected = torch.cat(
+        [reference(it)[max(window[0], sp.start) - sp.start : min(window[1], sp.stop) - sp.start] for it, sp in touched]
+    )
+    assert torch.equal(emb, expected)
+
+
+def _count_encodes(calls, batch, mode, encodes):
+    for call in calls:
+        for item in call:
+            if mode == "per_request":  # the call was made for the request holding this very object
+                (rid,) = [r.rid for r, _ in batch if any(it is item for it in r.items)]
+                encodes[rid, item.hash] += 1
+            else:  # one de-duplicated encode serves every request of the step that touches it
+                for request, window in batch:
+                    if any(it.hash == item.hash and sp.start < window[1] and window[0] < sp.stop
+                           for it, sp in zip(request.items, request.spans)):
+                        encodes[request.rid, item.hash] += 1
+
+
+def _pinned_bound_rows(scenario):
+    """Rows that pins can hold at once: per request, its repeated images plus two straddlers."""
+    rows = 0
+    for r in scenario.requests:
+        counts = Counter(it.hash for it in r.items)
+        sizes = {it.hash: it.num_tokens for it in r.items}
+        rows += sum(sizes[h] for h, c in counts.items() if c > 1)
+        rows += 2 * max(sizes.values(), default=0)
+    return rows + max((it.num_tokens for r in scenario.requests for it in r.items), default=0)
+
+
+@pytest.mark.parametrize("mode", ["batched", "per_request"])
+@SETTINGS
+@given(scenario=scenarios(), data=st.data())
+def test_chunks_rebuild_every_request_and_cache_invariants_hold(mode, scenario, data):
+    chunks, encodes, rejected_keys, cache = _run(scenario, mode, data)
+    for r in scenario.requests:
+        if r.items:
+            full = torch.cat([reference(it) for it in r.items])
+            assert torch.equal(torch.cat(chunks[r.rid]), full)
+        else:
+            assert chunks[r.rid] == []
+    # an embedding a request needs again is encoded once for it, unless the cache refused it
+    for (rid, key), n in encodes.items():
+        assert n == 1 or key in rejected_keys[rid], (rid, key[:12], n)
+    if scenario.capacity_rows >= _pinned_bound_rows(scenario):
+        assert cache.stats().rejected == 0
+        assert max(encodes.values(), default=1) == 1
+
+
+@pytest.mark.parametrize("mode", ["batched", "per_request"])
+@SETTINGS
+@given(scenario=scenarios(distinct_within_request=True), data=st.data())
+def test_no_re_encoding_when_cache_holds_the_pinned_set(mode, scenario, data):
+    scenario.capacity_rows = max(scenario.capacity_rows, _pinned_bound_rows(scenario))
+    _, encodes, _, cache = _run(scenario, mode, data)
+    assert cache.stats().rejected == 0
+    assert all(n == 1 for n in encodes.values()), encodes
