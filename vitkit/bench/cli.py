@@ -23,9 +23,6 @@ from vitkit.bench.results import write_results
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
 
-IMPLS = ("vitkit", "stock")
-
-
 def _int_list(text: str) -> list[int]:
     values = []
     for part in text.split(","):
@@ -61,6 +58,8 @@ def _fraction_list(text: str) -> list[float]:
 
 
 def _impl_list(text: str) -> list[str]:
+    from vitkit.encoders import IMPLS
+
     impls = text.split(",")
     for impl in impls:
         if impl not in IMPLS:
@@ -135,10 +134,35 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"memory model {e['encoder']} {e['mode']} budget={e['max_tokens_per_call']}: predicted "
                      f"{e['predicted_peak_bytes'] / 2**20:.0f} MiB, measured {e['measured_peak_bytes'] / 2**20:.0f} MiB, "
                      f"error {100 * e['error']:+.1f}%{' (calibration)' if e['calibration'] else ''}")
+    lines += summary_lines(results)
     peak = results["matmul_peak"]
     lines.append(f"kind={results['kind']}  device={results['machine']['device_name']}  "
                  f"matmul peak {peak['tflops']:.2f} TFLOP/s ({peak['label']})")
     return "\n".join(lines)
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """Per sweep, encoder and impl: the batched path at the point with the most images, and
+    how it compares with the per-request path there."""
+    lines = []
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in results["rows"]:
+        key = (r.get("sweep", ""), r["encoder"], r["impl"], r["requests"], r["images_per_request"],
+               repr(r["resolution"]), r.get("hit_fraction"), r.get("max_tokens_per_call"))
+        keyed.setdefault(key, {})[r["mode"]] = r
+    best: dict[tuple, dict[str, dict]] = {}
+    for key, modes in keyed.items():
+        if "batched" in modes and "per_request" in modes:
+            group = key[:3]
+            if group not in best or modes["batched"]["images"] >= best[group]["batched"]["images"]:
+                best[group] = modes
+    for (sweep, encoder, impl), modes in best.items():
+        b, p = modes["batched"], modes["per_request"]
+        lines.append(f"{sweep}: {encoder} {impl} at {b['requests']} x {b['images_per_request']} ({b['resolution']}): "
+                     f"batched {b['images_per_s']:.1f} img/s, MFU {100 * b['mfu']:.1f}%, bookkeeping "
+                     f"{100 * b.get('bookkeeping_share', 0):.2f}%; per-request {p['images_per_s']:.1f} img/s; "
+                     f"speedup {p['step_ms_median'] / b['step_ms_median']:.2f}x")
+    return lines
 
 
 def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings: RunSettings) -> Path:

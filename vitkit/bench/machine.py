@@ -77,7 +77,22 @@ def versions() -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "transformers": transformers.__version__,
         "vitkit": _vitkit_version(),
+        "vitkit_git": _git_commit(),
     }
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with "-dirty" if files differ), or None outside a git checkout."""
+    root = __file__.rsplit("/vitkit/", 1)[0]
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _vitkit_version() -> str:
