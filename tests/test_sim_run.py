@@ -59,7 +59,8 @@ def test_summary_agrees_with_rows_and_cache(catalog):
     assert s.re_encodings > 0 and s.request_re_encodings > 0  # a cache this small loses images
     records = run.to_records()
     assert len(records) == len(rows) and records[3]["step"] == rows[3].step and set(records[0]) == set(StepRow.__dataclass_fields__)
-    assert summarize(rows, s.mode, s.pin, s.capacity_bytes) == s
+    assert s.capacity_tokens == 6144
+    assert summarize(rows, s.mode, s.pin, s.capacity_bytes, TOKEN_BYTES) == s
 
 
 def _encoded_hashes(stream, run):

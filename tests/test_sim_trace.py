@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from vitkit.sim.fake import fake_item, qwen_like_tokens
 from vitkit.sim.trace import (
@@ -134,3 +135,20 @@ def test_format_is_one_line_per_request():
 def test_bad_workload_params(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WorkloadParams(**kwargs)
+
+
+def test_bytes_per_token_and_capacity():
+    from vitkit.sim.fake import FakeEncoder, bytes_per_token, cache_bytes_for_tokens
+
+    encoder = FakeEncoder(hidden=8)
+    assert bytes_per_token(encoder) == 32 and cache_bytes_for_tokens(100, encoder) == 3200
+
+    class Wide:
+        hidden_size, dtype = 3584, torch.bfloat16
+
+    assert bytes_per_token(Wide()) == 7168
+    assert bytes_per_token(object()) is None
+    with pytest.raises(ValueError, match="capacity in bytes"):
+        cache_bytes_for_tokens(10, object())
+    with pytest.raises(ValueError, match="positive int"):
+        cache_bytes_for_tokens(0, encoder)

@@ -7,7 +7,7 @@ encoder and its time), ``run`` (the replay and its tables), ``plot`` (figures).
 """
 
 from vitkit.sim.costmodel import CallCost, ModelledEncoder, fit_cost_model, fit_cost_models, load_results
-from vitkit.sim.fake import FakeEncoder, cache_bytes_for_tokens, fake_item, qwen_like_tokens
+from vitkit.sim.fake import FakeEncoder, bytes_per_token, cache_bytes_for_tokens, fake_item, qwen_like_tokens
 from vitkit.sim.run import (
     RunSummary,
     SimRun,
@@ -30,7 +30,7 @@ from vitkit.sim.workload import WorkloadParams, build_requests, generate_workloa
 __all__ = [
     "Arrival", "CallCost", "EncoderTime", "FakeEncoder", "ImageSpec", "ModelledEncoder", "RunSummary",
     "Scheduler", "SimRun", "Step", "StepRow", "Stream", "TimedEncoder", "Trace", "TraceRequest", "Window",
-    "WindowRow", "WorkloadParams", "build_requests", "cache_bytes_for_tokens", "compare", "example_traces",
+    "WindowRow", "WorkloadParams", "build_requests", "bytes_per_token", "cache_bytes_for_tokens", "compare", "example_traces",
     "fake_item", "fit_cost_model", "fit_cost_models", "generate_workload", "load_results", "load_trace",
     "plan_steps", "prepare", "processing_items", "qwen_like_tokens", "replay", "save_trace", "simulate",
     "summarize", "summary_records", "to_records", "trace_from_json", "trace_to_json",

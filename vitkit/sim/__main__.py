@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitkit.sim.fake import FakeEncoder
+from vitkit.sim.fake import FakeEncoder, cache_bytes_for_tokens
 from vitkit.sim.run import compare, prepare
 from vitkit.sim.trace import TRACES_DIR, save_trace
 from vitkit.sim.workload import EXAMPLES, example_trace
@@ -28,13 +28,14 @@ def main(argv: list[str] | None = None) -> None:
     stream = prepare(args.trace, chunked_prefill_size=args.chunked_prefill_size,
                      long_prefill_token_threshold=args.long_prefill_token_threshold)
     encoder = FakeEncoder()
-    runs = compare(stream, [t * encoder.bytes_per_token for t in args.cache_tokens], encoder=encoder)
-    print(" ".join(f"{c:>20}" for c in COLUMNS))
+    runs = compare(stream, [cache_bytes_for_tokens(t, encoder) for t in args.cache_tokens], encoder=encoder)
+    widths = [max(len(c), 11) for c in COLUMNS]
+    print(" ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, widths)))
     for run in runs:
         s = run.summary
-        values = (s.mode, s.pin, s.capacity_bytes // encoder.bytes_per_token, f"{s.hit_rate:.3f}", s.encoder_calls,
+        values = (s.mode, s.pin, s.capacity_tokens, f"{s.hit_rate:.3f}", s.encoder_calls,
                   s.encoded_items, s.re_encodings, s.request_re_encodings, s.rejected)
-        print(" ".join(f"{str(v):>20}" for v in values))
+        print(" ".join(f"{str(v):>{w}}" for v, w in zip(values, widths)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ encoder's output depends only on that hash, so every path returns bit-identical 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -71,8 +70,22 @@ class FakeEncoder:
         return [self.embed(item) for item in items]
 
 
-def cache_bytes_for_tokens(tokens: int, bytes_per_token: int) -> int:
-    """Capacity (bytes) that holds ``tokens`` embedding rows of ``bytes_per_token`` each."""
-    if tokens <= 0 or bytes_per_token <= 0:
-        raise ValueError(f"tokens and bytes_per_token must be positive, got {tokens} and {bytes_per_token}")
-    return math.ceil(tokens * bytes_per_token)
+def bytes_per_token(encoder: object) -> int | None:
+    """Bytes one embedding row of ``encoder`` takes in the cache (its ``bytes_per_token``, or
+    ``hidden_size`` x the dtype's size), or None when the encoder does not say."""
+    if isinstance(getattr(encoder, "bytes_per_token", None), int):
+        return encoder.bytes_per_token
+    hidden, dtype = getattr(encoder, "hidden_size", None), getattr(encoder, "dtype", None)
+    if isinstance(hidden, int) and isinstance(dtype, torch.dtype):
+        return hidden * torch.empty((), dtype=dtype).element_size()
+    return None
+
+
+def cache_bytes_for_tokens(tokens: int, encoder: object) -> int:
+    """Capacity (bytes) that holds ``tokens`` embedding rows of ``encoder``."""
+    per_token = bytes_per_token(encoder)
+    if per_token is None:
+        raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} has no hidden_size/dtype: give the capacity in bytes")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+        raise ValueError(f"cache tokens must be a positive int, got {tokens!r}")
+    return tokens * per_token

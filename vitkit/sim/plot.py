@@ -29,9 +29,14 @@ def _mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.3g} MiB"
 
 
+def capacity_label(run: SimRun) -> str:
+    s = run.summary
+    return f"{s.capacity_tokens} tokens" if s.capacity_tokens is not None else _mib(s.capacity_bytes)
+
+
 def run_label(run: SimRun) -> str:
     s = run.summary
-    return f"{s.mode}, cache {_mib(s.capacity_bytes)}, pin {'on' if s.pin else 'off'}"
+    return f"{s.mode}, cache {capacity_label(run)}, pin {'on' if s.pin else 'off'}"
 
 
 def _style(run: SimRun, capacities: list[int]) -> dict:
@@ -91,16 +96,18 @@ def plot_summary(runs: Sequence[SimRun], metric: str = "encoder_ms") -> Figure:
     """A run total (any ``RunSummary`` field) against cache size, one line per mode x pin."""
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    groups: dict[tuple[str, bool], list[tuple[int, float]]] = {}
+    in_tokens = all(run.summary.capacity_tokens is not None for run in runs)
+    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for run in runs:
         s = run.summary
-        groups.setdefault((s.mode, s.pin), []).append((s.capacity_bytes, getattr(s, metric)))
+        size = s.capacity_tokens if in_tokens else s.capacity_bytes / 2**20
+        groups.setdefault((s.mode, s.pin), []).append((size, getattr(s, metric)))
     for (mode, pin), points in sorted(groups.items()):
         points.sort()
-        ax.plot([p[0] / 2**20 for p in points], [p[1] for p in points], marker="o",
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                 color=MODE_COLORS.get(mode, "tab:gray"), linestyle="-" if pin else "--",
                 label=f"{mode}, pin {'on' if pin else 'off'}")
-    ax.set_xlabel("cache capacity, MiB")
+    ax.set_xlabel("cache capacity, " + ("embedding rows (tokens)" if in_tokens else "MiB"))
     ax.set_title(metric)
     ax.legend(fontsize="small")
     return fig

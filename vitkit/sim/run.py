@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from vitkit.cache import CacheStats, EmbeddingCache
 from vitkit.embed import EmbedResult, Encoder, embed_chunks
 from vitkit.request import Request
-from vitkit.sim.fake import FakeEncoder
+from vitkit.sim.fake import FakeEncoder, bytes_per_token
 from vitkit.sim.scheduler import Step, plan_steps
 from vitkit.sim.timing import EncoderTime, TimedEncoderLike, as_timed
 from vitkit.sim.trace import Trace, load_trace
@@ -88,6 +88,7 @@ class RunSummary:
     mode: str
     pin: bool
     capacity_bytes: int
+    capacity_tokens: int | None  # embedding rows the capacity holds, when the encoder says its width
     steps: int
     windows: int
     tokens: int
@@ -130,8 +131,10 @@ def to_records(rows: Iterable[Any]) -> list[dict[str, Any]]:
     return [asdict(row) for row in rows]
 
 
-def summarize(rows: Sequence[StepRow], mode: str, pin: bool, capacity_bytes: int) -> RunSummary:
-    """Totals over ``rows`` (peaks for the byte columns)."""
+def summarize(
+    rows: Sequence[StepRow], mode: str, pin: bool, capacity_bytes: int, token_bytes: int | None = None
+) -> RunSummary:
+    """Totals over ``rows`` (peaks for the byte columns); ``token_bytes``: bytes per embedding row."""
 
     def total(name: str) -> Any:
         return sum(getattr(r, name) for r in rows)
@@ -141,6 +144,7 @@ def summarize(rows: Sequence[StepRow], mode: str, pin: bool, capacity_bytes: int
         mode=mode,
         pin=pin,
         capacity_bytes=capacity_bytes,
+        capacity_tokens=capacity_bytes // token_bytes if token_bytes else None,
         steps=len(rows),
         windows=sum(len(r.windows) for r in rows),
         tokens=total("tokens"),
@@ -286,7 +290,7 @@ def replay(
         window_rows += windows
         if keep_embeddings:
             embeddings.update({(step.index, w.rid): e for w, e in zip(step.windows, measured.result.embeddings)})
-    summary = summarize(rows, mode, pin, capacity_bytes)
+    summary = summarize(rows, mode, pin, capacity_bytes, bytes_per_token(encoder))
     return SimRun(tuple(rows), tuple(window_rows), summary, cache.stats(), embeddings, cache)
 
 
