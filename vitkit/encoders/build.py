@@ -65,7 +65,7 @@ def build_encoder(
 def _random_model(preset: EncoderPreset, device: torch.device, seed: int) -> nn.Module:
     config_cls, model_cls = MODEL_CLASSES[preset.family]
     config = config_cls(**preset.config)
-    rng_devices = [device] if device.type == "cuda" else []
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     # Build directly on the target device: initialising 0.7 B parameters on a GPU takes ~1 s.
     with torch.random.fork_rng(devices=rng_devices), torch.device(device):
         torch.manual_seed(seed)
