@@ -124,64 +124,75 @@ def _check_calls(calls, budget, mode, result):
             assert tokens <= budget or len(call) == 1, (tokens, budget, [it.num_tokens for it in call])
 
 
+def _draw_batch(data, scenario, windows, progress):
+    """A non-empty subset of the unfinished requests, each at its next window, in arrival order."""
+    active = [r for r in scenario.requests if progress[r.rid] < len(windows[r.rid])]
+    if not active:
+        return []
+    chosen = data.draw(st.lists(st.booleans(), min_size=len(active), max_size=len(active)))
+    picked = [r for r, c in zip(active, chosen) if c] or active[:1]
+    return [(r, windows[r.rid][progress[r.rid]]) for r in picked]
+
+
+def _step(data, cache, batch, mode, budget, rids):
+    """One step, first tried with a failing encoder when drawn; returns (encoder, result)."""
+    must_stay = set().union(*(cache.pinned_by(rid) for rid in rids))
+    fail = data.draw(st.sampled_from([None, None, (1, "raise"), (1, "rows"), (2, "raise"), (2, "rows")]))
+    if fail is not None:
+        before = _state(cache, rids)
+        cache.refused.clear()
+        encoder = Failing(cache, must_stay, *fail)
+        try:  # fails only if the step makes at least `fail[0]` calls
+            return encoder, embed_chunks(batch, encoder, cache, mode=mode, max_tokens_per_call=budget)
+        except (RuntimeError, ValueError):
+            assert _state(cache, rids) == before  # a failed step changes nothing
+    cache.refused.clear()
+    encoder = Spy(cache, must_stay)
+    return encoder, embed_chunks(batch, encoder, cache, mode=mode, max_tokens_per_call=budget)
+
+
+def _check_pins(cache, request, window, done, rejected_keys):
+    """After a request's window: all released when done, else what it needs later is pinned."""
+    if done:
+        assert cache.pinned_by(request.rid) == frozenset()
+        return
+    for item, span in zip(request.items, request.spans):
+        if span.start < window[1] and window[0] < span.stop and _needed_later(request, window, item):
+            if item.hash in cache:
+                assert cache.is_pinned(item.hash, request.rid)
+            else:  # only a put the cache refused may lose what a later window needs
+                assert item.hash in cache.refused, (request.rid, item.hash[:12])
+                rejected_keys[request.rid].add(item.hash)
+
+
 def _run(scenario, mode, data):
-    """Run the scenario step by step; returns (chunks per rid, encodes per (rid, hash), cache)."""
+    """Run the scenario step by step; returns chunks per rid, encodes per (rid, hash), the
+    keys each request lost to a refused put, and the cache."""
     cache = RecordingCache(scenario.capacity_rows * ROW_BYTES)
     rids = [r.rid for r in scenario.requests]
     windows = {r.rid: _windows(r, scenario.chunk[r.rid]) for r in scenario.requests}
     progress = dict.fromkeys(rids, 0)
     chunks = {rid: [] for rid in rids}
     encodes = Counter()
-    rejected_keys = {rid: set() for rid in rids}  # keys this request needed but the cache refused
-    while True:
-        active = [r for r in scenario.requests if progress[r.rid] < len(windows[r.rid])]
-        if not active:
-            break
-        chosen = data.draw(st.lists(st.booleans(), min_size=len(active), max_size=len(active)))
-        batch = [(r, windows[r.rid][progress[r.rid]]) for r, c in zip(active, chosen) if c] or [
-            (active[0], windows[active[0].rid][progress[active[0].rid]])
-        ]
-        cache.refused.clear()
+    rejected_keys = {rid: set() for rid in rids}
+    while batch := _draw_batch(data, scenario, windows, progress):
         pinned_before = {rid: cache.pinned_by(rid) for rid in rids}
-        must_stay = set().union(*pinned_before.values())
-        in_step = {r.rid for r, _ in batch}
-
-        result = None
-        fail = data.draw(st.sampled_from([None, None, (1, "raise"), (1, "rows"), (2, "raise"), (2, "rows")]))
-        if fail is not None:
-            before = _state(cache, rids)
-            spy = Failing(cache, must_stay, *fail)
-            try:
-                result = embed_chunks(batch, spy, cache, mode=mode, max_tokens_per_call=scenario.budget)
-            except (RuntimeError, ValueError):
-                assert _state(cache, rids) == before  # a failed step changes nothing
-        if result is None:  # no failure drawn, or it failed: run the step with a good encoder
-            cache.refused.clear()
-            spy = Spy(cache, must_stay)
-            result = embed_chunks(batch, spy, cache, mode=mode, max_tokens_per_call=scenario.budget)
-        _check_calls(spy.calls, scenario.budget, mode, result)
+        encoder, result = _step(data, cache, batch, mode, scenario.budget, rids)
+        _check_calls(encoder.calls, scenario.budget, mode, result)
         assert cache.bytes <= cache.capacity_bytes
         assert cache.bytes == sum(cache.peek(k).numel() * 4 for k in cache.keys())
-        for rid in rids:  # requests outside the step keep their pins, and the entries stay
-            if rid not in in_step:
-                assert cache.pinned_by(rid) == pinned_before[rid]
-                assert all(k in cache for k in pinned_before[rid])
-
-        _count_encodes(spy.calls, batch, mode, encodes)
+        in_step = {r.rid for r, _ in batch}
+        for rid in set(rids) - in_step:  # requests outside the step keep their pins and entries
+            assert cache.pinned_by(rid) == pinned_before[rid]
+            assert all(k in cache for k in pinned_before[rid])
+        _count_encodes(encoder.calls, batch, mode, encodes)
         for (request, window), emb in zip(batch, result.embeddings):
             _check_window(request, window, emb)
             if emb is not None:
                 chunks[request.rid].append(emb)
             progress[request.rid] += 1
-            if progress[request.rid] == len(windows[request.rid]):
-                assert cache.pinned_by(request.rid) == frozenset()  # done: every pin released
-            else:
-                for item, span in zip(request.items, request.spans):
-                    if span.start < window[1] and window[0] < span.stop:
-                        if _needed_later(request, window, item) and item.hash not in cache:
-                            # only a put the cache refused may lose what a later window needs
-                            assert item.hash in cache.refused, (request.rid, item.hash[:12])
-                            rejected_keys[request.rid].add(item.hash)
+            done = progress[request.rid] == len(windows[request.rid])
+            _check_pins(cache, request, window, done, rejected_keys)
     assert cache.pinned_bytes == 0
     return chunks, encodes, rejected_keys, cache
 
