@@ -1,20 +1,40 @@
-"""Widgets and figures behind the notebooks; the notebooks only call these."""
+"""Widgets and figures behind the notebooks; the notebooks only call these.
 
+- notebook 01: ``chunk_plan`` / ``draw_token_lines`` / ``chunk_explorer`` (chunk windows over image tokens)
+- notebook 02: ``bench_view`` / ``run_benchmark`` (batched vs per-request ViT, measured or stored)
+- notebook 03: ``sim_explorer`` / ``run_sim`` (a request stream through the step simulator)
+"""
+
+from vitkit.viz.bench_view import BenchView, bench_view, gpu_available, run_benchmark, speedup_rows, stored_results
 from vitkit.viz.chunk_explorer import ChunkExplorer, chunk_explorer
 from vitkit.viz.plan import ChunkPlan, ItemInWindow, PlanSettings, StepResult, WindowResult, chunk_plan
-from vitkit.viz.render import figure_png, html_table
+from vitkit.viz.render import figure_png, html_table, show, show_table
+from vitkit.viz.sim_explorer import SimExplorer, SimSettings, run_sim, sim_explorer, summary_rows
 from vitkit.viz.token_lines import draw_token_lines
 
 __all__ = [
+    "BenchView",
     "ChunkExplorer",
     "ChunkPlan",
     "ItemInWindow",
     "PlanSettings",
+    "SimExplorer",
+    "SimSettings",
     "StepResult",
     "WindowResult",
+    "bench_view",
     "chunk_explorer",
     "chunk_plan",
     "draw_token_lines",
     "figure_png",
+    "gpu_available",
     "html_table",
+    "run_benchmark",
+    "run_sim",
+    "show",
+    "show_table",
+    "sim_explorer",
+    "speedup_rows",
+    "stored_results",
+    "summary_rows",
 ]

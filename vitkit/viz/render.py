@@ -31,3 +31,21 @@ def html_table(rows: Sequence[Mapping[str, object]], *, max_rows: int | None = N
     )
     note = f"<p><i>{len(rows) - len(shown)} more rows not shown</i></p>" if len(shown) < len(rows) else ""
     return f'<table class="vitkit-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}'
+
+
+def show(fig: Figure):
+    """``fig`` as an IPython PNG image: displays the same in every front end and in nbclient,
+    whatever matplotlib backend the kernel has (these figures are built without pyplot)."""
+    from IPython.display import Image
+
+    return Image(data=figure_png(fig), format="png")
+
+
+def show_table(rows: Sequence[Mapping[str, object]] | Sequence[object]):
+    """``rows`` (dicts, or dataclass instances) as an IPython HTML table."""
+    from dataclasses import asdict, is_dataclass
+
+    from IPython.display import HTML
+
+    dicts = [asdict(r) if is_dataclass(r) else dict(r) for r in rows]
+    return HTML(html_table(dicts))

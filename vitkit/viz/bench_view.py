@@ -1,0 +1,228 @@
+"""Notebook 02's widget: benchmark results (measured here, stored from an H100, or a CPU smoke run).
+
+With a GPU, ``bench_view()`` runs ``vitkit.bench`` on it (a progress bar per measurement),
+saves the JSON under ``results/<device>/`` and plots it. Without one it shows the stored H100
+results in ``results/h100/`` and offers a small CPU smoke run, labelled as such everywhere it
+appears: tiny random-weight towers on a CPU say nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import torch
+
+from vitkit.viz.render import figure_png, html_table
+
+REPO = Path(__file__).resolve().parents[2]
+STORED = REPO / "results" / "h100"
+SMOKE_SWEEPS = ("cpu-clip", "cpu-qwen")  # a fixed- and a variable-resolution tiny tower, ~5 s on 2 cores
+SMOKE_LABEL = "CPU SMOKE RUN: tiny random-weight towers on this CPU; these numbers say nothing about a GPU"
+
+
+def gpu_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def stored_results(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
+    """The results files in ``folder`` (sorted by name), loaded and validated; {} when none."""
+    from vitkit.bench.results import load_results
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {_relative(path): load_results(path) for path in sorted(folder.glob("*.json"))}
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def run_benchmark(
+    sweep: str | None = None,
+    *,
+    sweeps: Sequence[str] | None = None,
+    device: str | None = None,
+    save: bool | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run a named ``vitkit.bench`` sweep preset (default ``"full"`` on a GPU, ``"cpu-smoke"``
+    on CPU), or only the sweeps named in ``sweeps`` out of it, and return the results object.
+
+    A GPU run is saved to ``results/<device>/notebook-<sweep>-<time>.json`` (``save`` defaults to
+    True on a GPU, False on CPU: a smoke run is for looking at, not for keeping).
+    """
+    from vitkit.bench.results import write_results
+    from vitkit.bench.run import RunSettings, run_sweeps
+    from vitkit.bench.sweeps import get_sweeps
+
+    device = device or ("cuda" if gpu_available() else "cpu")
+    on_gpu = torch.device(device).type == "cuda"
+    preset = sweep or ("full" if on_gpu else "cpu-smoke")
+    chosen = get_sweeps(preset)
+    if sweeps is not None:
+        unknown = set(sweeps) - {s.name for s in chosen}
+        if unknown:
+            raise ValueError(f"sweeps {sorted(unknown)} are not in preset {preset!r}; it has {[s.name for s in chosen]}")
+        chosen = tuple(s for s in chosen if s.name in sweeps)
+    settings = RunSettings(
+        device=device, dtype="bf16" if on_gpu else "fp32", repeats=10 if on_gpu else 2, warmup=3 if on_gpu else 1,
+        kind="gpu" if on_gpu else "cpu-smoke", sweep=preset, matmul_repeats=30 if on_gpu else 5,
+    )
+    results = run_sweeps(chosen, settings, progress=progress)
+    if save if save is not None else on_gpu:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = REPO / "results" / results["machine"]["slug"] / f"notebook-{preset}-{stamp}.json"
+        results["saved_to"] = _relative(write_results(results, path))
+    return results
+
+
+def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, object]]:
+    """One row per (encoder, impl, point) of ``sweep``: both modes' step times, the speedup
+    (per-request / batched step time), batched images/s, MFU and peak memory (MiB)."""
+    from vitkit.bench.plot import x_axis
+
+    rows = [r for r in results["rows"] if r.get("sweep", "sweep") == sweep]
+    axis = x_axis(rows)
+    pairs: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    for r in rows:
+        pairs.setdefault((r["encoder"], r["impl"], repr(r[axis])), {})[r["mode"]] = r
+    out = []
+    for (encoder, impl, _), modes in pairs.items():
+        b, p = modes.get("batched"), modes.get("per_request")
+        if b is None or p is None:
+            continue
+        out.append({
+            "encoder": encoder, "impl": impl, axis: b[axis],
+            "images": b["images"],
+            "batched ms": round(b["step_ms_median"], 3),
+            "per-request ms": round(p["step_ms_median"], 3),
+            "speedup": round(p["step_ms_median"] / b["step_ms_median"], 2),
+            "batched img/s": round(b["images_per_s"], 1),
+            "batched MFU %": round(100 * b["mfu"], 1),
+            "peak MiB": "-" if b["peak_mem_bytes"] is None else round(b["peak_mem_bytes"] / 2**20),
+        })
+    return out
+
+
+def describe(results: Mapping[str, Any], label: str) -> str:
+    """One HTML line saying where the numbers come from (device, date, versions, file)."""
+    machine, versions = results.get("machine", {}), results.get("versions", {})
+    peak = results.get("matmul_peak") or {}
+    what = (
+        f"<b style='color:#b35806'>{SMOKE_LABEL}</b>" if results.get("kind") == "cpu-smoke"
+        else f"<b>GPU measurement</b> on {html.escape(str(machine.get('device_name', '?')))}"
+    )
+    rate = f", matmul peak {peak['tflops']:.3g} TFLOP/s ({html.escape(str(peak.get('label', '')))})" if peak.get("tflops") else ""
+    return (
+        f"{what}{rate}<br><span style='color:#666'>{html.escape(label)} &middot; created "
+        f"{html.escape(str(results.get('created', '?')))} &middot; torch {html.escape(str(versions.get('torch', '?')))}, "
+        f"transformers {html.escape(str(versions.get('transformers', '?')))}</span>"
+    )
+
+
+class BenchView(widgets.VBox):
+    """Pick a results object and a sweep; see its six-panel figure and its speedup table.
+
+    ``sources`` maps a label (a file path, or "measured here ...") to a results object;
+    ``run_cpu_smoke()`` (also the button) adds a labelled smoke run and selects it.
+    """
+
+    def __init__(self, sources: Mapping[str, Mapping[str, Any]] | None = None, *, note: str = "") -> None:
+        self.sources: dict[str, Mapping[str, Any]] = {}
+        self._switching = False
+        self.source = widgets.Dropdown(description="results", layout=widgets.Layout(width="60em"))
+        self.sweep = widgets.Dropdown(description="sweep", layout=widgets.Layout(width="30em"))
+        self.header = widgets.HTML()
+        self.note = widgets.HTML(note)
+        self.figure = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.table = widgets.HTML(layout=widgets.Layout(max_height="20em", overflow="auto"))
+        self.smoke_button = widgets.Button(description="Run CPU smoke benchmark", icon="play",
+                                           layout=widgets.Layout(width="20em"), tooltip=SMOKE_LABEL)
+        self.progress = widgets.Output()
+        super().__init__([self.note, widgets.HBox([self.source, self.smoke_button]), self.sweep, self.header,
+                          self.progress, self.figure, self.table])
+        self.add_class("vitkit-bench-view")
+        self.source.observe(self._on_source, names="value")
+        self.sweep.observe(self._on_sweep, names="value")
+        self.smoke_button.on_click(lambda _: self.run_cpu_smoke())
+        for label, results in (sources or {}).items():
+            self.add_results(label, results)
+
+    def add_results(self, label: str, results: Mapping[str, Any], *, select: bool = True) -> None:
+        self.sources[label] = results
+        self.source.options = list(self.sources)
+        if select or self.source.value is None:
+            self.source.value = label
+            self._on_source({"new": label})  # Dropdown does not fire when the value is unchanged
+
+    def run_cpu_smoke(self, sweeps: Sequence[str] = SMOKE_SWEEPS) -> dict[str, Any]:
+        """Run the CPU smoke sweeps (progress bar in the widget), add and show the result."""
+        self.smoke_button.disabled = True
+        try:
+            with self.progress:
+                results = run_benchmark("cpu-smoke", sweeps=sweeps, device="cpu", save=False)
+            stamp = dt.datetime.now().strftime("%H:%M:%S")
+            self.add_results(f"CPU smoke run at {stamp} (not a GPU measurement)", results)
+        finally:
+            self.smoke_button.disabled = False
+        return results
+
+    @property
+    def results(self) -> Mapping[str, Any] | None:
+        return self.sources.get(self.source.value)
+
+    def _on_source(self, change: dict) -> None:
+        from vitkit.bench.plot import sweep_names
+
+        results = self.sources.get(change["new"])
+        if results is None:
+            return
+        self.header.value = describe(results, change["new"])
+        names = sweep_names(results)
+        keep = self.sweep.value if self.sweep.value in names else names[0]
+        self._switching = True  # new options fire the sweep observer; draw once, below
+        try:
+            self.sweep.options = names
+            self.sweep.value = keep
+        finally:
+            self._switching = False
+        self.draw()
+
+    def _on_sweep(self, change: dict) -> None:
+        if not self._switching:
+            self.draw()
+
+    def draw(self) -> None:
+        """Plot the selected sweep of the selected results, and its table."""
+        from vitkit.bench.plot import plot_sweep
+
+        if self.results is None or self.sweep.value is None:
+            return
+        self.figure.value = figure_png(plot_sweep(self.results, self.sweep.value))
+        self.table.value = html_table(speedup_rows(self.results, self.sweep.value))
+
+
+def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str | Path = STORED) -> BenchView:
+    """Notebook 02's view. ``run`` defaults to whether a GPU is present: then ``sweep`` (default
+    ``"full"``) is measured here first. The stored results in ``folder`` are always offered."""
+    sources: dict[str, Mapping[str, Any]] = {}
+    run = gpu_available() if run is None else run
+    if run:
+        results = run_benchmark(sweep)
+        sources[f"measured here: {results['machine']['device_name']} ({results.get('saved_to', 'not saved')})"] = results
+    stored = stored_results(folder)
+    sources.update(stored)
+    note = "" if sources else (
+        f"<i>No stored results in {html.escape(_relative(Path(folder)))} and no GPU run: "
+        "press the button for a CPU smoke run.</i>"
+    )
+    return BenchView(sources, note=note)

@@ -1,0 +1,236 @@
+"""Notebook 03's widget: a request stream through the chunked-prefill simulator, both modes,
+several cache sizes, pinning on and off; hit rate, calls, re-encodings, encoder time and memory.
+
+Cache sizes are set in embedding rows (tokens). The simulator's fake encoder keeps small rows
+(``FAKE_HIDDEN`` floats) so a run takes a fraction of a second; the figures' legends are
+relabelled in tokens, since their MiB would be those of the small rows, not of a real model's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+
+from vitkit.sim import (
+    FakeEncoder,
+    ModelledEncoder,
+    SimRun,
+    WorkloadParams,
+    cache_bytes_for_tokens,
+    compare,
+    example_traces,
+    fit_cost_models,
+    generate_workload,
+    load_trace,
+    prepare,
+)
+from vitkit.sim.plot import plot_cache_memory, plot_over_steps
+from vitkit.viz.bench_view import STORED
+from vitkit.viz.render import figure_png, html_table
+
+FAKE_HIDDEN = 32
+GENERATED = "generated (sliders)"
+IMAGE_MIXES: dict[str, tuple[tuple[int, int], ...]] = {  # (height, width) px
+    "448 x 448": ((448, 448),),
+    "448 to 896, mixed": ((448, 448), (672, 448), (896, 672)),
+    "896 to 1344, large": ((896, 896), (1344, 1008)),
+}
+PINS = {"on and off": (True, False), "on": (True,), "off": (False,)}
+PANELS = {  # figure name -> per-step metrics it plots (two a figure keeps each panel readable)
+    "hits and calls": ("hit_rate", "encoder_calls"),
+    "re-encodings and time": ("re_encodings", "encoder_ms"),
+}
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """A workload (generated or an example trace), the scheduler, and what to compare."""
+
+    trace: str = GENERATED  # or the name of a trace in data/traces
+    workload: WorkloadParams = field(default_factory=lambda: WorkloadParams(
+        num_requests=16, arrival_rate_per_s=40.0, images_per_request=(1, 3),
+        image_sizes=IMAGE_MIXES["448 to 896, mixed"], repeat_share=0.3,
+    ))
+    chunked_prefill_size: int = 2048  # tokens per step, shared by the running requests
+    long_prefill_token_threshold: int | None = 512  # tokens per request per step (None: no cap)
+    cache_tokens: tuple[int, ...] = (1024, 4096, 16384)  # embedding rows each cache holds
+    pins: tuple[bool, ...] = (True, False)
+    encoder: str = "fake"  # "fake", or "<encoder>/<impl>" of a cost model fitted to stored results
+
+
+def cost_models(folder: str | Path = STORED) -> dict[str, Any]:
+    """``"<encoder>/<impl>" -> CallCost`` fitted to every results file in ``folder`` (later
+    files win); {} when there are none. Lets a laptop report H100-like encoder time."""
+    models: dict[str, Any] = {}
+    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        for (encoder, impl), cost in fit_cost_models(path).items():
+            models[f"{encoder}/{impl}"] = cost
+    return models
+
+
+def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, progress: bool = False) -> list[SimRun]:
+    """Every mode x cache size x pin setting of ``settings``, on one planned schedule."""
+    trace = generate_workload(settings.workload) if settings.trace == GENERATED else load_trace(settings.trace)
+    stream = prepare(trace, chunked_prefill_size=settings.chunked_prefill_size,
+                     long_prefill_token_threshold=settings.long_prefill_token_threshold)
+    if settings.encoder == "fake":
+        encoder = FakeEncoder(FAKE_HIDDEN)
+    elif models and settings.encoder in models:
+        encoder = ModelledEncoder(models[settings.encoder], FAKE_HIDDEN)
+    else:
+        raise ValueError(f"encoder {settings.encoder!r} has no cost model; known: {['fake', *sorted(models or {})]}")
+    capacities = [cache_bytes_for_tokens(t, encoder.bytes_per_token) for t in settings.cache_tokens]
+    return compare(stream, capacities, pins=settings.pins, encoder=encoder, progress=progress)
+
+
+def cache_tokens_of(run: SimRun) -> int:
+    return run.summary.capacity_bytes // (FAKE_HIDDEN * 4)
+
+
+def summary_rows(runs: Sequence[SimRun]) -> list[dict[str, object]]:
+    """One row per run: the totals a reader compares across modes, cache sizes and pinning."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        rows.append({
+            "mode": s.mode, "pin": "on" if s.pin else "off", "cache (tokens)": cache_tokens_of(run),
+            "steps": s.steps, "hit rate": round(s.hit_rate, 3), "encoder calls": s.encoder_calls,
+            "encoded items": s.encoded_items, "re-encodings": s.re_encodings,
+            "re-encodings in a request": s.request_re_encodings, "evictions": s.evictions,
+            "encoder ms": round(s.encoder_ms, 2),
+            "peak cache (tokens)": s.peak_cache_bytes // (FAKE_HIDDEN * 4),
+        })
+    return rows
+
+
+def relabel_caches(fig: Figure, runs: Sequence[SimRun]) -> Figure:
+    """Say each run's cache size in tokens in the legends, instead of the fake rows' MiB."""
+    by_mib = {f"cache {r.summary.capacity_bytes / 2**20:.3g} MiB": f"cache {cache_tokens_of(r)} tok" for r in runs}
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(by_mib, key=len, reverse=True)))
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        for text in legend.get_texts() if legend else []:
+            text.set_text(pattern.sub(lambda m: by_mib[m.group(0)], text.get_text()))
+    return fig
+
+
+def sim_figures(runs: Sequence[SimRun]) -> dict[str, Figure]:
+    """Per-step curves (hit rate, calls, re-encodings, encoder time) and cache memory."""
+    figs = {name: relabel_caches(plot_over_steps(runs, metrics), runs) for name, metrics in PANELS.items()}
+    figs["memory"] = plot_memory_tokens(runs)
+    return figs
+
+
+def plot_memory_tokens(runs: Sequence[SimRun]) -> Figure:
+    """Cache and pinned embedding rows after each step, one line per run (``vitkit.sim.plot``'s
+    styles), in tokens: the fake rows' bytes would not be a real model's."""
+    relabelled = relabel_caches(plot_cache_memory(runs), runs)
+    for ax, title in zip(relabelled.axes, ("cache (embedding tokens)", "pinned (embedding tokens)")):
+        for line in ax.get_lines():
+            line.set_ydata([y * 2**20 / (FAKE_HIDDEN * 4) for y in line.get_ydata()])
+        ax.relim()
+        ax.autoscale_view()
+        ax.set_title(title)
+    return relabelled
+
+
+class SimExplorer(widgets.VBox):
+    """Sliders over ``SimSettings``; a change re-runs the simulation and redraws.
+
+    ``controls`` maps names to widgets (set ``value`` from code as a user would); ``runs`` is
+    the last comparison, ``rows`` its summary table, ``redraw_ms`` the last update's time.
+    """
+
+    def __init__(self, settings: SimSettings | None = None, models: Mapping[str, Any] | None = None) -> None:
+        self.settings = settings or SimSettings()
+        self.models = dict(models or {})
+        self.controls = _controls(self.settings, self.models)
+        self.figures = {name: widgets.Image(format="png", layout=widgets.Layout(max_width="100%")) for name in (*PANELS, "memory")}
+        self.table = widgets.HTML(layout=widgets.Layout(max_height="20em", overflow="auto"))
+        self.status = widgets.HTML()
+        self.runs: list[SimRun] = []
+        self.rows: list[dict[str, object]] = []
+        self.redraw_ms = 0.0
+        boxes = list(self.controls.values())
+        grid = widgets.GridBox(boxes, layout=widgets.Layout(grid_template_columns="repeat(3, 27em)"))
+        super().__init__([grid, self.status, *self.figures.values(), self.table])
+        self.add_class("vitkit-sim-explorer")
+        for control in self.controls.values():
+            control.observe(lambda _: self.redraw(), names="value")
+        self.redraw()
+
+    def current_settings(self) -> SimSettings:
+        c = self.controls
+        workload = replace(
+            self.settings.workload,
+            num_requests=c["requests"].value,
+            arrival_rate_per_s=float(c["arrival_rate"].value) or None,
+            images_per_request=tuple(c["images_per_request"].value),
+            image_sizes=IMAGE_MIXES[c["image_sizes"].value],
+            repeat_share=c["repeat_share"].value,
+            turns=c["turns"].value,
+        )
+        return replace(
+            self.settings, trace=c["trace"].value, workload=workload,
+            chunked_prefill_size=c["chunked_prefill_size"].value,
+            long_prefill_token_threshold=c["per_request_cap"].value or None,
+            cache_tokens=tuple(sorted(c["cache_tokens"].value)) or self.settings.cache_tokens,
+            pins=PINS[c["pins"].value], encoder=c["encoder"].value,
+        )
+
+    def redraw(self) -> None:
+        start = time.perf_counter()
+        settings = self.current_settings()
+        generated = settings.trace == GENERATED
+        for name in ("requests", "arrival_rate", "images_per_request", "image_sizes", "repeat_share", "turns"):
+            self.controls[name].disabled = not generated  # an example trace fixes the workload
+        self.runs = run_sim(settings, self.models)
+        for name, fig in sim_figures(self.runs).items():
+            self.figures[name].value = figure_png(fig)
+        self.rows = summary_rows(self.runs)
+        self.table.value = html_table(self.rows)
+        self.redraw_ms = (time.perf_counter() - start) * 1e3
+        steps = self.runs[0].summary.steps if self.runs else 0
+        self.status.value = (
+            f"{len(self.runs)} runs over the same {steps} scheduler steps "
+            f"&middot; encoder time: {'fake encoder on this CPU (not meaningful)' if settings.encoder == 'fake' else 'modelled from stored results, ' + settings.encoder}"
+            f" <span style='color:#888'>(updated in {self.redraw_ms:.0f} ms)</span>"
+        )
+
+
+def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.ValueWidget]:
+    w = s.workload
+    style, layout = {"description_width": "11em"}, widgets.Layout(width="26em")
+
+    def slider(cls, value, lo, hi, step, label):
+        return cls(value=value, min=lo, max=hi, step=step, description=label, continuous_update=False, style=style, layout=layout)
+
+    sizes = next((k for k, v in IMAGE_MIXES.items() if v == tuple(w.image_sizes)), next(iter(IMAGE_MIXES)))
+    return {
+        "trace": widgets.Dropdown(options=[GENERATED, *example_traces()], value=s.trace, description="workload", style=style, layout=layout),
+        "requests": slider(widgets.IntSlider, w.num_requests, 2, 64, 1, "requests"),
+        "arrival_rate": slider(widgets.IntSlider, int(w.arrival_rate_per_s or 0), 0, 200, 5, "arrivals / s (0: batch)"),
+        "images_per_request": widgets.IntRangeSlider(value=w.images_per_request, min=0, max=6, description="images / request",
+                                                     continuous_update=False, style=style, layout=layout),
+        "image_sizes": widgets.Dropdown(options=list(IMAGE_MIXES), value=sizes, description="image sizes", style=style, layout=layout),
+        "repeat_share": slider(widgets.FloatSlider, w.repeat_share, 0.0, 1.0, 0.05, "repeated images"),
+        "turns": slider(widgets.IntSlider, w.turns, 1, 4, 1, "turns / conversation"),
+        "chunked_prefill_size": slider(widgets.IntSlider, s.chunked_prefill_size, 256, 8192, 256, "tokens / step"),
+        "per_request_cap": slider(widgets.IntSlider, s.long_prefill_token_threshold or 0, 0, 4096, 128, "tokens / request (0: no cap)"),
+        "cache_tokens": widgets.SelectMultiple(options=[256, 1024, 4096, 16384, 65536], value=s.cache_tokens,
+                                               description="cache sizes (tokens)", rows=5, style=style, layout=layout),
+        "pins": widgets.ToggleButtons(options=list(PINS), value=next(k for k, v in PINS.items() if v == s.pins), description="pinning", style=style),
+        "encoder": widgets.Dropdown(options=["fake", *sorted(models)], value=s.encoder, description="encoder time", style=style, layout=layout),
+    }
+
+
+def sim_explorer(settings: SimSettings | None = None, *, results_folder: str | Path = STORED) -> SimExplorer:
+    """Notebook 03's explorer; offers H100-modelled encoder time when ``results_folder`` has results."""
+    return SimExplorer(settings, cost_models(results_folder))
