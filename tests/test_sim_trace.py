@@ -142,6 +142,7 @@ def test_bytes_per_token_and_capacity():
 
     encoder = FakeEncoder(hidden=8)
     assert bytes_per_token(encoder) == 32 and cache_bytes_for_tokens(100, encoder) == 3200
+    assert cache_bytes_for_tokens(100, 32) == 3200
 
     class Wide:
         hidden_size, dtype = 3584, torch.bfloat16

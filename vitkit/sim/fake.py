@@ -81,11 +81,12 @@ def bytes_per_token(encoder: object) -> int | None:
     return None
 
 
-def cache_bytes_for_tokens(tokens: int, encoder: object) -> int:
-    """Capacity (bytes) that holds ``tokens`` embedding rows of ``encoder``."""
-    per_token = bytes_per_token(encoder)
-    if per_token is None:
-        raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} has no hidden_size/dtype: give the capacity in bytes")
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
-        raise ValueError(f"cache tokens must be a positive int, got {tokens!r}")
-    return tokens * per_token
+def cache_bytes_for_tokens(tokens: int, per_token: int | object) -> int:
+    """Capacity (bytes) that holds ``tokens`` embedding rows; ``per_token`` is the bytes of one
+    row, or an encoder (see ``bytes_per_token``)."""
+    row_bytes = per_token if isinstance(per_token, int) and not isinstance(per_token, bool) else bytes_per_token(per_token)
+    if row_bytes is None:
+        raise ValueError(f"encoder {getattr(per_token, 'name', per_token)!r} has no hidden_size/dtype: give the capacity in bytes")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0 or row_bytes <= 0:
+        raise ValueError(f"cache tokens and bytes per token must be positive ints, got {tokens!r} and {row_bytes!r}")
+    return tokens * row_bytes
