@@ -35,6 +35,12 @@ def test_overrides_replace_axes_in_every_sweep_of_a_group():
     assert clip.encoder == "clip-tiny" and clip.requests == SWEEPS["clip-batch"][0].requests
 
 
+def test_list_sweeps(capsys):
+    assert main(["--list-sweeps"], run=lambda *a, **k: pytest.fail("must not run")) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SWEEPS) and "7 sweeps" in out
+
+
 def test_quick_means_the_quick_sweep_with_few_repeats():
     sweep, _, settings = parse("--device", "cpu", "--quick")
     assert sweep == "quick" and settings.repeats == 3

@@ -74,7 +74,9 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vitkit.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--sweep", choices=sorted(SWEEPS), help="named sweep (default: full on GPU, cpu-smoke on CPU)")
+    p.add_argument("--sweep", choices=sorted(SWEEPS), metavar="NAME",
+                   help="named sweep (default: full on GPU, cpu-smoke on CPU); --list-sweeps shows them")
+    p.add_argument("--list-sweeps", action="store_true", help="print the named sweeps and exit")
     p.add_argument("--quick", action="store_true", help="GPU sanity run: the 'quick' sweep, 3 repeats")
     p.add_argument("--encoder", help="encoder preset for every sweep of the run (e.g. clip-l-336)")
     p.add_argument("--requests", type=_int_list, help="requests per step, e.g. 1,2,4")
@@ -115,6 +117,16 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], R
         matmul_repeats=30 if on_gpu else 5,
     )
     return sweep, overrides, settings
+
+
+def describe_sweeps() -> str:
+    """One line per named sweep: its name, encoders and description."""
+    lines = []
+    for name, sweeps in SWEEPS.items():
+        what = "; ".join(s.description or s.encoder for s in sweeps) if len(sweeps) == 1 else \
+            f"{len(sweeps)} sweeps: " + ", ".join(s.name for s in sweeps)
+        lines.append(f"{name:<20} {what}")
+    return "\n".join(lines)
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -174,6 +186,9 @@ def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings:
 def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]] = run_sweeps) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_sweeps:
+        print(describe_sweeps())
+        return 0
     try:
         sweep, overrides, settings = settings_from_args(args)
         sweeps = get_sweeps(sweep, overrides)

@@ -15,7 +15,7 @@ import datetime as dt
 import gc
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -184,6 +184,8 @@ def measure_mode(prep: _Point, encoder: Any, mode: str, point: SweepPoint, setti
         watch.stop()
         synchronize(device)
         wall.stop()
+        # Keep the counters, drop the chunks: the next step must not start with this one's outputs.
+        result = replace(result, embeddings=[])
         if k >= settings.warmup:
             step, enc = watch.elapsed_ms(), timed.encoder_ms()
             samples["step"].append(step)
