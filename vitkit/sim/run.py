@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 from vitkit.cache import CacheStats, EmbeddingCache
 from vitkit.embed import EmbedResult, Encoder, embed_chunks
 from vitkit.request import Request
-from vitkit.sim.fake import FakeEncoder, bytes_per_token
+from vitkit.sim.fake import FakeEncoder, bytes_per_token, fake_item
 from vitkit.sim.scheduler import Step, plan_steps
 from vitkit.sim.timing import EncoderTime, TimedEncoderLike, as_timed
 from vitkit.sim.trace import Trace, load_trace
-from vitkit.sim.workload import ItemFactory, build_requests, fake_item
+from vitkit.sim.workload import ItemFactory, build_requests
 
 
 @dataclass(frozen=True)
