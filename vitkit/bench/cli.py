@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from vitkit.bench.machine import device_slug, machine_info
 from vitkit.bench.results import write_results
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
@@ -72,8 +71,9 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vitkit.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    intro, examples = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="python -m vitkit.bench", description=intro, epilog=examples,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", choices=sorted(SWEEPS), metavar="NAME",
                    help="named sweep (default: full on GPU, cpu-smoke on CPU); --list-sweeps shows them")
     p.add_argument("--list-sweeps", action="store_true", help="print the named sweeps and exit")
@@ -109,7 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], R
         raise ValueError(f"--warmup must be >= 0, got {warmup}")
     overrides = {
         "encoder": args.encoder, "requests": args.requests, "images_per_request": args.images_per_request,
-        "resolution": args.resolution, "hit_fraction": args.hit_fraction, "max_tokens_per_call": args.max_tokens_per_call,
+        "resolution": args.resolution, "hit_fraction": args.hit_fraction,
+        "max_tokens_per_call": args.max_tokens_per_call,
     }
     settings = RunSettings(
         device=device, dtype=args.dtype or ("bf16" if on_gpu else "fp32"), impls=tuple(args.impl),
@@ -144,7 +145,8 @@ def format_table(results: dict[str, Any]) -> str:
         )
     for e in results.get("memory_model", []):
         lines.append(f"memory model {e['encoder']} {e['mode']} budget={e['max_tokens_per_call']}: predicted "
-                     f"{e['predicted_peak_bytes'] / 2**20:.0f} MiB, measured {e['measured_peak_bytes'] / 2**20:.0f} MiB, "
+                     f"{e['predicted_peak_bytes'] / 2**20:.0f} MiB, "
+                     f"measured {e['measured_peak_bytes'] / 2**20:.0f} MiB, "
                      f"error {100 * e['error']:+.1f}%{' (calibration)' if e['calibration'] else ''}")
     lines += summary_lines(results)
     peak = results["matmul_peak"]

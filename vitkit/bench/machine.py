@@ -50,7 +50,8 @@ def machine_info(device: torch.device | str | None = None) -> dict:
     """Device name, memory, capability and driver (GPU), or the CPU model and core count."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # deliberately no host name: these files are committed
-    info = {"device_type": device.type, "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+    info = {"device_type": device.type, "cpu": platform.processor() or platform.machine(),
+            "cpu_threads": torch.get_num_threads()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info |= {
@@ -104,7 +105,9 @@ def _vitkit_version() -> str:
         return "unknown"
 
 
-def measure_matmul_peak(device: torch.device | str | None = None, *, n: int | None = None, repeats: int = 30) -> MatmulPeak:
+def measure_matmul_peak(
+    device: torch.device | str | None = None, *, n: int | None = None, repeats: int = 30
+) -> MatmulPeak:
     """Median rate of a dense matmul: bf16 8192^3 timed with CUDA events on a GPU, a small
     float32 one with perf_counter on CPU (labelled "cpu-float32"; no GPU figure)."""
     from vitkit.bench.timing import time_callable
@@ -119,7 +122,8 @@ def measure_matmul_peak(device: torch.device | str | None = None, *, n: int | No
     stats = time_callable(lambda: torch.mm(a, b, out=out), device=device, warmup=max(3, repeats // 3), repeats=repeats)
     tflops = 2 * n**3 / (stats.median_ms * 1e-3) / 1e12
     label = f"{device.type}-{str(dtype).removeprefix('torch.').replace('bfloat16', 'bf16')}"
-    return MatmulPeak(tflops=tflops, n=n, dtype=str(dtype).removeprefix("torch."), repeats=repeats, device=str(device), label=label)
+    name = str(dtype).removeprefix("torch.")
+    return MatmulPeak(tflops=tflops, n=n, dtype=name, repeats=repeats, device=str(device), label=label)
 
 
 def peak_as_dict(peak: MatmulPeak) -> dict:

@@ -117,8 +117,10 @@ def _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis) -> None:
     xs = [pos[id(r)] for r in members]
     label = f"{encoder} {impl} {mode}"
     if metric == "speedup":
-        other = {repr(r[axis]): r for r in rows if (r["encoder"], r["impl"], r["mode"]) == (encoder, impl, "per_request")}
-        pairs = [(x, other[repr(r[axis])]["step_ms_median"] / r["step_ms_median"]) for x, r in zip(xs, members) if repr(r[axis]) in other]
+        other = {repr(r[axis]): r for r in rows
+                 if (r["encoder"], r["impl"], r["mode"]) == (encoder, impl, "per_request")}
+        pairs = [(x, other[repr(r[axis])]["step_ms_median"] / r["step_ms_median"])
+                 for x, r in zip(xs, members) if repr(r[axis]) in other]
         if pairs:
             ax.plot(*zip(*pairs), marker="o", label=f"{encoder} {impl}")
             ax.axhline(1.0, color="grey", linewidth=0.8)
@@ -146,11 +148,13 @@ def plot_memory_model(results: Mapping[str, Any]) -> Figure | None:
         groups.setdefault((entry["encoder"], entry["impl"], entry["mode"]), []).append(entry)
     for (encoder, impl, mode), entries in groups.items():
         xs = [e["max_call_tokens"] for e in entries]
-        line = ax_abs.plot(xs, [e["measured_peak_bytes"] / 2**30 for e in entries], marker="o", label=f"{encoder} {impl} {mode} measured")
+        line = ax_abs.plot(xs, [e["measured_peak_bytes"] / 2**30 for e in entries], marker="o",
+                           label=f"{encoder} {impl} {mode} measured")
         ax_abs.plot(xs, [e["predicted_peak_bytes"] / 2**30 for e in entries], linestyle=":", marker="x",
                     color=line[0].get_color(), label="predicted")
         ax_err.plot(xs, [100 * e["error"] for e in entries], marker="o", label=f"{encoder} {impl} {mode} (peak)")
-        ax_err.plot(xs, [100 * (e["step_error"] or 0.0) for e in entries], marker="x", linestyle=":", label="(step part)")
+        ax_err.plot(xs, [100 * (e["step_error"] or 0.0) for e in entries], marker="x", linestyle=":",
+                    label="(step part)")
     ax_err.axhspan(-10, 10, color="green", alpha=0.1, label="target +-10%")
     for ax, ylabel in ((ax_abs, "peak memory (GiB)"), (ax_err, "error vs prediction (%)")):
         ax.set_xlabel("largest encoder call (embedding rows)")

@@ -15,10 +15,9 @@ import datetime as dt
 import gc
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -55,7 +54,6 @@ class RunSettings:
     matmul_repeats: int = 30
     kind: str = "gpu"
     sweep: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -146,7 +144,8 @@ def prepare_point(point: SweepPoint, encoder: Any, make_items: ItemFactory, sett
     hits = random.Random(seed).sample(items, round(point.hit_fraction * len(items)))
     layers = flop_layers(encoder)
     flops = {item.hash: item_flops(encoder.config, item, num_layers=layers).total for item in items}
-    patches = sum(int(np.prod(item.feature.shape[:-1])) if encoder.variable_resolution else item.num_tokens for item in items)
+    # Qwen's feature has one row per patch; CLIP/SigLIP's patches are its embedding rows.
+    patches = sum(item.feature.shape[0] if encoder.variable_resolution else item.num_tokens for item in items)
     return _Point([(r, Span(0, r.prompt_len)) for r in requests], items, hits, flops, resolution, patches)
 
 
@@ -226,7 +225,8 @@ def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str
         # extras
         "sweep": point.sweep, "hit_fraction": point.hit_fraction, "max_tokens_per_call": point.max_tokens_per_call,
         "encoded_items": result.encoded_items, "cache_hits": result.cache_hits, "call_tokens": list(result.call_tokens),
-        "patches": prep.patches, "step_rows": sum(item.num_tokens for item in prep.items), "step_ms_mean": step.mean_ms, "step_ms_min": step.min_ms, "step_ms_max": step.max_ms,
+        "patches": prep.patches, "step_rows": sum(item.num_tokens for item in prep.items),
+        "step_ms_mean": step.mean_ms, "step_ms_min": step.min_ms, "step_ms_max": step.max_ms,
         "encoder_ms_p10": enc.p10_ms, "encoder_ms_p90": enc.p90_ms,
         "bookkeeping_ms_p10": book.p10_ms, "bookkeeping_ms_p90": book.p90_ms,
         "bookkeeping_share": book.median_ms / step.median_ms if step.median_ms > 0 else 0.0,
@@ -249,7 +249,8 @@ def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) 
     prep = prepare_point(point, encoder, make_items, settings, seed)
     rows = []
     for mode in MODES:
-        bar.set_postfix_str(f"{point.sweep} {impl} {mode} {point.requests}x{point.images_per_request} {prep.resolution}")
+        shape = f"{point.requests}x{point.images_per_request} {prep.resolution}"
+        bar.set_postfix_str(f"{point.sweep} {impl} {mode} {shape}")
         raw = measure_mode(prep, encoder, mode, point, settings)
         rows.append(make_row(point, prep, encoder, impl, mode, raw, peak))
         bar.update()
@@ -274,7 +275,8 @@ def run_sweeps(
     points = list(enumerate(p for s in sweeps for p in s.points()))
     order = list(dict.fromkeys(p.encoder for _, p in points))
     rows: list[dict] = []
-    bar = tqdm(total=len(points) * len(settings.impls) * len(MODES), desc="vitkit.bench", unit="run", disable=not progress)
+    total = len(points) * len(settings.impls) * len(MODES)
+    bar = tqdm(total=total, desc="vitkit.bench", unit="run", disable=not progress)
     # One encoder at a time (grouped by encoder, then impl), so peak memory holds one model's weights.
     for name in order:
         for impl in settings.impls:

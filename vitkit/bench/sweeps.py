@@ -82,7 +82,9 @@ def check_sweep(sweep: Sweep) -> None:
     for r in sweep.resolutions:
         if isinstance(r, str):
             if r not in RESOLUTION_LABELS:
-                raise ValueError(f"sweep {name!r}: resolution {r!r} is neither a pixel side nor one of {RESOLUTION_LABELS}")
+                raise ValueError(
+                    f"sweep {name!r}: resolution {r!r} is neither a pixel side nor one of {RESOLUTION_LABELS}"
+                )
         elif isinstance(r, bool) or not isinstance(r, int) or r <= 0:
             raise ValueError(f"sweep {name!r}: resolution must be a positive pixel side, got {r!r}")
     if not sweep.hit_fractions:
@@ -119,8 +121,10 @@ _QUICK_SWEEPS = (
 _CPU_SWEEPS = (
     Sweep("cpu-clip", "clip-tiny", requests=(1, 2, 4), description="CPU smoke: tiny CLIP"),
     Sweep("cpu-siglip", "siglip-tiny", requests=(1, 4), description="CPU smoke: tiny SigLIP"),
-    Sweep("cpu-qwen", "qwen2.5-vl-tiny", requests=(2,), resolutions=(56, 112, "mixed"), description="CPU smoke: tiny Qwen2.5-VL"),
-    Sweep("cpu-hits", "clip-tiny", requests=(4,), images_per_request=(2,), hit_fractions=(0.0, 0.5), description="CPU smoke: cache hits"),
+    Sweep("cpu-qwen", "qwen2.5-vl-tiny", requests=(2,), resolutions=(56, 112, "mixed"),
+          description="CPU smoke: tiny Qwen2.5-VL"),
+    Sweep("cpu-hits", "clip-tiny", requests=(4,), images_per_request=(2,), hit_fractions=(0.0, 0.5),
+          description="CPU smoke: cache hits"),
     Sweep("cpu-budget", "qwen2.5-vl-tiny", requests=(4,), resolutions=(112,), max_tokens_per_call=(16, 32, 64),
           description="CPU smoke: token budget"),
 )

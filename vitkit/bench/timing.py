@@ -73,7 +73,9 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_callable(fn: Callable[[], Any], *, device: torch.device | str, warmup: int = 3, repeats: int = 10) -> TimingStats:
+def time_callable(
+    fn: Callable[[], Any], *, device: torch.device | str, warmup: int = 3, repeats: int = 10
+) -> TimingStats:
     """Run ``fn`` ``warmup`` times untimed, then time ``repeats`` calls one by one."""
     if warmup < 0 or repeats <= 0:
         raise ValueError(f"time_callable needs warmup >= 0 and repeats > 0, got warmup={warmup}, repeats={repeats}")
