@@ -294,3 +294,16 @@ def test_gpu_bf16_batched_error_within_per_item_error(name, images):
     per_err, bat_err = rel(per_item, ref), rel(batched, ref)
     assert per_err < 0.1
     assert bat_err <= 1.5 * per_err
+
+
+def test_checkpoint_missing_weights_raise_instead_of_random_init(tmp_path, encoders):
+    from safetensors.torch import load_file, save_file
+
+    encoders["siglip-tiny"].model.save_pretrained(tmp_path)
+    (shard,) = tmp_path.glob("*.safetensors")
+    state = load_file(shard)
+    dropped = next(k for k in state if "layer_norm1.weight" in k)
+    del state[dropped]
+    save_file(state, shard, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing or mismatched"):
+        build_encoder("siglip-tiny", checkpoint=tmp_path)
