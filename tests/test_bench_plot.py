@@ -103,3 +103,18 @@ def test_save_figures_writes_pngs(tmp_path):
 def test_unknown_sweep_is_an_error():
     with pytest.raises(ValueError, match="no rows for sweep 'nope'"):
         plot_sweep(fake_results(), "nope")
+
+
+def test_plot_results_file_and_find_results(tmp_path):
+    from vitkit.bench.plot import plot_results_file
+    from vitkit.bench.results import find_results, write_results
+
+    older = write_results(fake_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+    newer = write_results(fake_results(), tmp_path / "clip-batch-vitkit-bf16-20260102T000000Z.json")
+    smoke = write_results(fake_results(kind="cpu-smoke"), tmp_path / "cpu-smoke-vitkit-fp32-20260103T000000Z.json")
+    (tmp_path / "notes.json").write_text("{}")  # not a results file: skipped
+    assert find_results(tmp_path) == [older, newer, smoke]
+    assert find_results(tmp_path, kind="gpu") == [older, newer]
+    figs = plot_results_file(newer, tmp_path / "png")
+    assert set(figs) == {"clip-batch", "qwen-resolution", "memory-model"}
+    assert len(list((tmp_path / "png").glob(newer.stem + "-*.png"))) == 3

@@ -174,6 +174,18 @@ def figures(results: Mapping[str, Any]) -> dict[str, Figure]:
     return figs
 
 
+def plot_results_file(path: str | Path, folder: str | Path | None = None) -> dict[str, Figure]:
+    """Load a results file and return its figures; with ``folder``, also save them there as PNGs
+    named after the file."""
+    from vitkit.bench.results import load_results
+
+    path = Path(path)
+    results = load_results(path)
+    if folder is not None:
+        save_figures(results, folder, prefix=path.stem + "-")
+    return figures(results)
+
+
 def save_figures(results: Mapping[str, Any], folder: str | Path, prefix: str = "") -> list[Path]:
     """Write ``figures(results)`` as PNGs named ``<prefix><name>.png`` into ``folder``."""
     folder = Path(folder)

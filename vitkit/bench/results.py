@@ -103,6 +103,20 @@ def write_results(results: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def find_results(folder: str | Path, kind: str | None = None) -> list[Path]:
+    """Results files in ``folder`` (not recursive), oldest first by the timestamp in their names;
+    only those of ``kind`` ("gpu" or "cpu-smoke") when given. Files that fail validation are skipped."""
+    found = []
+    for path in sorted(Path(folder).glob("*.json"), key=lambda p: (p.stem.rsplit("-", 1)[-1], p.name)):
+        try:
+            results = load_results(path)
+        except ValueError:
+            continue
+        if kind is None or results["kind"] == kind:
+            found.append(path)
+    return found
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
     """Read and validate a results file."""
     path = Path(path)
