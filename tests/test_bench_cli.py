@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 
 from vitkit.bench.cli import build_parser, format_table, main, settings_from_args
 from vitkit.bench.sweeps import SWEEPS, Sweep, get_sweeps
+
+
+def fake_results(**kwargs):
+    """The hand-made results of test_bench_plot.py, loaded by path (works in any import mode)."""
+    spec = importlib.util.spec_from_file_location("_bench_plot_data", Path(__file__).with_name("test_bench_plot.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fake_results(**kwargs)
 
 
 def parse(*argv):
@@ -97,8 +107,6 @@ def test_sweep_points_are_the_product_of_axes():
 
 def test_main_runs_writes_and_prints_a_table(tmp_path, capsys):
     def fake_run(sweeps, settings, progress):
-        from test_bench_plot import fake_results
-
         return fake_results(kind=settings.kind)
 
     assert main(["--device", "cpu", "--out", str(tmp_path), "--no-progress"], run=fake_run) == 0
@@ -109,8 +117,6 @@ def test_main_runs_writes_and_prints_a_table(tmp_path, capsys):
 
 
 def test_format_table_has_a_line_per_row():
-    from test_bench_plot import fake_results
-
     results = fake_results()
     table = format_table(results)
     lines = table.splitlines()

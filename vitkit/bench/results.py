@@ -7,8 +7,13 @@ Layout (``SCHEMA = "vitkit.bench/1"``)::
 
 Each row is one (sweep point, mode). Units: times in ms, memory in bytes, rates per second,
 FLOPs as counted by ``vitkit.bench.flops`` (2 per multiply-add), ``mfu`` a fraction of the
-matmul peak measured in the same run. ``images`` counts every image in the step (hits too);
-``tokens`` counts the embedding rows the encoder produced.
+matmul peak measured in the same run. ``images`` counts every image in the step (hits too) and
+``images_per_s`` divides it by the step time; ``tokens`` counts the embedding rows the encoder
+produced. ``step_ms_*`` time the whole ``embed_chunks`` call; ``encoder_ms_median`` the encoder's
+calls inside it; ``bookkeeping_ms_median`` the rest (median of step minus encoder per repeat).
+``peak_mem_bytes`` is ``torch.cuda.max_memory_allocated`` over the timed steps (weights, the
+items' pixels and the cache included; ``base_mem_bytes`` is what was allocated as a step began),
+null on CPU. Rows carry extras beyond the required fields (see ``vitkit.bench.run.make_row``).
 """
 
 from __future__ import annotations
