@@ -39,7 +39,7 @@ class ChunkExplorer(widgets.VBox):
             self.controls[name] = widgets.IntSlider(
                 value=getattr(self.settings, name), min=lo, max=hi, step=step, description=label,
                 continuous_update=False,  # one redraw when the handle is let go, not one per pixel
-                style={"description_width": "9em"}, layout=widgets.Layout(width="24em"),
+                style={"description_width": "10em"}, layout=widgets.Layout(width="25em"),
             )
         self.controls["mode"] = widgets.ToggleButtons(options=list(MODES), value=mode, description="marks for")
         self.figure = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
@@ -49,7 +49,7 @@ class ChunkExplorer(widgets.VBox):
         self.redraw_ms = 0.0
         grid = widgets.GridBox(
             [self.controls[n] for n in SLIDERS],
-            layout=widgets.Layout(grid_template_columns="repeat(3, 25em)"),
+            layout=widgets.Layout(grid_template_columns="repeat(auto-fill, minmax(25em, 1fr))"),
         )
         super().__init__([grid, self.controls["mode"], self.summary, self.figure, self.table])
         self.add_class("vitkit-chunk-explorer")

@@ -36,12 +36,12 @@ STATUSES = ("hit", "encoded", "shared")
 class PlanSettings:
     """What notebook 01's sliders set. Sizes in tokens unless named otherwise."""
 
-    chunk_size: int = 512  # tokens each request advances per step
+    chunk_size: int = 384  # tokens each request advances per step
     num_requests: int = 3
     images_per_request: int = 2
     image_size: int = 448  # px, the longer side of each photo after resizing
     cache_tokens: int = 4096  # embedding rows the cache holds; 0 = no cache
-    distinct_images: int = 12  # photos drawn from; fewer means more repeats across requests
+    distinct_images: int = 4  # photos drawn from; fewer means more repeats across requests
     text_tokens: int = 48  # text before each image and after the last; grows by 16 per request
     preset: str = "qwen2.5-vl-7b"  # whose image processor turns photos into items
 

@@ -9,6 +9,9 @@ from collections.abc import Mapping, Sequence
 from matplotlib.figure import Figure
 
 
+CELL = 'style="padding:1px 8px;border-bottom:1px solid #ddd;text-align:left"'
+
+
 def figure_png(fig: Figure) -> bytes:
     """``fig`` rendered as PNG bytes at its own dpi (Agg; no pyplot, so no figure is kept alive)."""
     buffer = io.BytesIO()
@@ -25,12 +28,12 @@ def html_table(rows: Sequence[Mapping[str, object]], *, max_rows: int | None = N
         return "<p><i>no rows</i></p>"
     columns = list(rows[0])
     shown = rows if max_rows is None else rows[:max_rows]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    head = "".join(f"<th {CELL}>{html.escape(str(c))}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(row[c]))}</td>" for c in columns) + "</tr>" for row in shown
+        "<tr>" + "".join(f"<td {CELL}>{html.escape(str(row[c]))}</td>" for c in columns) + "</tr>" for row in shown
     )
     note = f"<p><i>{len(rows) - len(shown)} more rows not shown</i></p>" if len(shown) < len(rows) else ""
-    return f'<table class="vitkit-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}'
+    return f'<table class="vitkit-table" style="border-collapse:collapse;font-size:12px"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}'
 
 
 def show(fig: Figure):

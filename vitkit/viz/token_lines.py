@@ -27,7 +27,7 @@ def photo_color(plan: ChunkPlan, photo: str) -> tuple[float, float, float, float
     return colormaps["tab20"](names.index(photo) % 20)
 
 
-def draw_token_lines(plan: ChunkPlan, mode: str = "batched", *, dpi: int = 80) -> Figure:
+def draw_token_lines(plan: ChunkPlan, mode: str = "batched", *, dpi: int = 100) -> Figure:
     """Token lines (top) and encoder calls per step for both modes (bottom) of ``plan``.
 
     Each request is a grey line of text tokens with its image spans coloured by photo (the
@@ -38,8 +38,8 @@ def draw_token_lines(plan: ChunkPlan, mode: str = "batched", *, dpi: int = 80) -
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     n = len(plan.requests)
-    fig = Figure(figsize=(11, 1.9 + 0.62 * n + 1.8), dpi=dpi, layout="constrained")
-    top, bottom = fig.subplots(2, 1, height_ratios=[0.4 + 0.62 * n, 1.8])
+    fig = Figure(figsize=(11, 1.9 + 0.62 * n + 1.4), dpi=dpi, layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=[0.4 + 0.62 * n, 1.4])
     handles = _draw_lines(top, plan, mode)
     _draw_calls(bottom, plan)
     fig.legend(handles=handles, loc="outside upper left", ncol=6, fontsize=8, frameon=False)
@@ -104,7 +104,7 @@ def _draw_windows(ax, plan: ChunkPlan, windows: list[WindowResult], longest: int
             xs.append((mark.part.start + mark.part.stop) / 2)
             ys.append(_row_y(plan, w.request) - 0.42)
     for (letter, color), (xs, ys) in points.items():
-        ax.scatter(xs, ys, marker=f"${letter}$", color=color, s=30, linewidths=0)
+        ax.scatter(xs, ys, marker=f"${letter}$", color=color, s=45, linewidths=0)
 
 
 def _draw_calls(ax, plan: ChunkPlan) -> None:
@@ -118,6 +118,7 @@ def _draw_calls(ax, plan: ChunkPlan) -> None:
         ax.bar(xs, [s.encoder_calls for s in steps], width=width, color=MODE_COLORS[mode], label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("encoder calls")
+    ax.set_xlim(-0.6, plan.num_steps - 0.4)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.spines[["top", "right"]].set_visible(False)
