@@ -144,3 +144,28 @@ def test_flop_count_sums_by_term():
     a, b = FlopCount(qkv=1, mlp=2), FlopCount(attn_scores=3, mlp=4)
     assert (a + b).as_dict() == {"patch_embed": 0, "qkv": 1, "attn_out": 0, "attn_scores": 3, "mlp": 6,
                                  "merger": 0, "head": 0, "total": 10}
+
+
+TINY_SIZES = {"clip-tiny": [(56, 56)] * 3, "siglip-tiny": [(70, 70)] * 2,
+              "qwen2.5-vl-tiny": [(56, 56), (112, 84), (224, 168)]}
+
+
+@pytest.mark.parametrize("impl", ["vitkit", "stock"])
+@pytest.mark.parametrize("name", sorted(TINY_SIZES))
+def test_vitkit_encoders_do_the_counted_work(name, impl):
+    # The encoders run SDPA, which FlopCounterMode cannot see on CPU: it must see exactly the
+    # count minus the attention scores. MFU counts the layers the rows need (flop_layers):
+    # CLIP's stock forward also runs the last layer, which LLaVA's rows do not use.
+    from vitkit.bench.run import flop_layers
+    from vitkit.encoders import build_encoder
+    from vitkit.processing import synthetic_items
+
+    encoder = build_encoder(name, impl=impl)
+    items = synthetic_items(name, TINY_SIZES[name], seed=1)
+    with FlopCounterMode(display=False) as counter:
+        encoder(items)
+    layers = flop_layers(encoder)
+    assert layers == (2 if name == "clip-tiny" else None)
+    run_layers = None if (impl == "stock" and name == "clip-tiny") else layers
+    counts = [item_flops(encoder.config, item, num_layers=run_layers) for item in items]
+    assert counter.get_total_flops() == sum(c.total - c.attn_scores for c in counts)
