@@ -108,13 +108,13 @@ def _vitkit_version() -> str:
 def measure_matmul_peak(
     device: torch.device | str | None = None, *, n: int | None = None, repeats: int = 30
 ) -> MatmulPeak:
-    """Median rate of a dense matmul: bf16 8192^3 timed with CUDA events on a GPU, a small
+    """Median rate of a dense matmul: bf16 8192^3 timed with CUDA events on a GPU, a 1024^3
     float32 one with perf_counter on CPU (labelled "cpu-float32"; no GPU figure)."""
     from vitkit.bench.timing import time_callable
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
-    n = n or (8192 if on_gpu else 512)
+    n = n or (8192 if on_gpu else 1024)
     dtype = torch.bfloat16 if on_gpu else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
