@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vitkit.bench.timing import time_callable
+
 
 @dataclass(frozen=True)
 class MatmulPeak:
@@ -110,8 +112,6 @@ def measure_matmul_peak(
 ) -> MatmulPeak:
     """Median rate of a dense matmul: bf16 8192^3 timed with CUDA events on a GPU, a 1024^3
     float32 one with perf_counter on CPU (labelled "cpu-float32"; no GPU figure)."""
-    from vitkit.bench.timing import time_callable
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     n = n or (8192 if on_gpu else 1024)
