@@ -40,7 +40,7 @@ def test_overrides_replace_axes_in_every_sweep_of_a_group():
     for s in sweeps:
         assert s.requests == (1, 2, 4) and s.images_per_request == (2,)
         assert s.max_tokens_per_call == (512, None) and s.resolutions == (224, "mixed") and s.hit_fractions == (0.0, 0.9)
-    assert settings.impls == ("vitkit", "stock") and settings.repeats == 5
+    assert settings.impls == ("vitkit", "stock") and settings.repeats == 5 and settings.seconds_per_mode == 2.0
     (clip,) = get_sweeps("clip-batch", {"encoder": "clip-tiny"})
     assert clip.encoder == "clip-tiny" and clip.requests == SWEEPS["clip-batch"][0].requests
 
@@ -67,6 +67,7 @@ def test_quick_means_the_quick_sweep_with_few_repeats():
     (["--dtype", "int8"], "invalid choice"),
     (["--repeats", "0"], "must be positive"),
     (["--warmup", "-1", "--device", "cpu"], "warmup must be >= 0"),
+    (["--seconds-per-mode", "0", "--device", "cpu"], "seconds-per-mode must be > 0"),
 ])
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--repeats", type=_positive, help="timed steps per point and mode (default 10 GPU, 3 quick, 2 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3 GPU, 1 CPU)")
+    p.add_argument("--seconds-per-mode", type=float, default=2.0,
+                   help="timed-step budget per point and mode: slow points get fewer repeats, at least 3 (default 2)")
     p.add_argument("--out", type=Path, help="output folder (default results/<device-slug>/)")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -107,6 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], R
     warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
     if warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    if not args.seconds_per_mode > 0:
+        raise ValueError(f"--seconds-per-mode must be > 0, got {args.seconds_per_mode}")
     overrides = {
         "encoder": args.encoder, "requests": args.requests, "images_per_request": args.images_per_request,
         "resolution": args.resolution, "hit_fraction": args.hit_fraction,
@@ -115,7 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], R
     settings = RunSettings(
         device=device, dtype=args.dtype or ("bf16" if on_gpu else "fp32"), impls=tuple(args.impl),
         repeats=repeats, warmup=warmup, kind="gpu" if on_gpu else "cpu-smoke", sweep=sweep,
-        matmul_repeats=30 if on_gpu else 5,
+        matmul_repeats=30 if on_gpu else 5, seconds_per_mode=args.seconds_per_mode,
     )
     return sweep, overrides, settings
 

@@ -62,6 +62,8 @@ class RunSettings:
             raise ValueError(f"repeats must be a positive int, got {self.repeats!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"warmup must be a non-negative int, got {self.warmup!r}")
+        if not self.seconds_per_mode > 0:
+            raise ValueError(f"seconds_per_mode must be > 0, got {self.seconds_per_mode!r}")
         if not self.impls:
             raise ValueError("impls is empty: name at least one of 'vitkit', 'stock'")
 
