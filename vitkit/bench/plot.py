@@ -81,10 +81,11 @@ PANELS = (
     ("step_ms_median", "step latency (ms, median; bars p10-p90)"),
     ("images_per_s", "throughput (images/s)"),
     ("speedup", "speedup: per-request / batched step time"),
-    ("mfu", "MFU (model FLOPs / step time / matmul peak)"),
+    ("mfu", "MFU (%: model FLOPs / step time / matmul peak)"),
     ("peak_mem_bytes", "peak memory (GiB)"),
-    ("bookkeeping_share", "bookkeeping share of the step"),
+    ("bookkeeping_share", "bookkeeping share of the step (%)"),
 )
+SCALE = {"mfu": 100.0, "bookkeeping_share": 100.0, "peak_mem_bytes": 1 / 2**30}
 
 
 def plot_sweep(results: Mapping[str, Any], sweep: str) -> Figure:
@@ -125,10 +126,8 @@ def _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis) -> None:
             ax.plot(*zip(*pairs), marker="o", label=f"{encoder} {impl}")
             ax.axhline(1.0, color="grey", linewidth=0.8)
         return
-    if metric == "peak_mem_bytes":
-        ys = [r[metric] / 2**30 if r[metric] is not None else float("nan") for r in members]
-    else:
-        ys = [r.get(metric, float("nan")) for r in members]
+    scale = SCALE.get(metric, 1.0)
+    ys = [r[metric] * scale if r.get(metric) is not None else float("nan") for r in members]
     ax.plot(xs, ys, label=label, **MODE_STYLE.get(mode, {}))
     if metric == "step_ms_median":
         low = [r["step_ms_median"] - r["step_ms_p10"] for r in members]
