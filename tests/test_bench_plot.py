@@ -64,6 +64,7 @@ def test_batch_figure_axes_hold_the_rows():
     (ratio,) = [line for line in speedup.lines if line.get_label() == "clip-l-336 vitkit"]
     assert list(ratio.get_ydata()) == pytest.approx([5 / 6, 20 / 9, 80 / 21, 320 / 69])
     assert list(memory.lines[0].get_ydata()) == [1.0] * 4  # GiB
+    assert list(mfu.lines[0].get_ydata()) == [50.0] * 4 and list(share.lines[0].get_ydata()) == [5.0] * 4  # %
     assert "H100" in fig._suptitle.get_text() and "780" in fig._suptitle.get_text()
 
 
