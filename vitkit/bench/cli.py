@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed-step budget per point and mode: slow points get fewer repeats, at least 3 (default 2)")
     p.add_argument("--out", type=Path, help="output folder (default results/<device-slug>/)")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the untimed comparison of the two modes' embeddings at each point")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -119,7 +121,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], R
     settings = RunSettings(
         device=device, dtype=args.dtype or ("bf16" if on_gpu else "fp32"), impls=tuple(args.impl),
         repeats=repeats, warmup=warmup, kind="gpu" if on_gpu else "cpu-smoke", sweep=sweep,
-        matmul_repeats=30 if on_gpu else 5, seconds_per_mode=args.seconds_per_mode,
+        matmul_repeats=30 if on_gpu else 5, seconds_per_mode=args.seconds_per_mode, check=not args.no_check,
     )
     return sweep, overrides, settings
 

@@ -48,6 +48,7 @@ class RunSettings:
     repeats: int = 10  # at most; fewer when a point's steps are slow (``seconds_per_mode``)
     warmup: int = 2
     min_repeats: int = 3
+    check: bool = True  # compare the two modes' chunk embeddings once per point (untimed)
     seconds_per_mode: float = 2.0  # timed-step budget per point and mode, to bound a sweep's time
     text_tokens: int = 8  # text tokens before, between and after the images of a request
     seed: int = 0
@@ -246,15 +247,37 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def modes_max_rel_diff(prep: _Point, encoder: Any, point: SweepPoint, settings: RunSettings) -> float:
+    """Largest difference between the two modes' chunk embeddings, relative to the largest
+    batched value, over the step (0.0 when identical; bf16 batch shapes may round differently)."""
+    chunks = {}
+    for mode in MODES:
+        cache = _prefilled_cache(prep, encoder.hidden_size, encoder.dtype, settings.device)
+        result = embed_chunks(prep.batch, encoder, cache, mode=mode, max_tokens_per_call=point.max_tokens_per_call)
+        chunks[mode] = result.embeddings
+        del cache, result
+    worst = 0.0
+    for a, b in zip(chunks["batched"], chunks["per_request"]):
+        if a is None or b is None:
+            if (a is None) != (b is None):
+                raise ValueError(f"point {point}: one mode assembled a chunk where the other assembled none")
+            continue
+        scale = a.abs().max().float().clamp_min(torch.finfo(torch.float32).tiny)
+        worst = max(worst, float((a.float() - b.float()).abs().max() / scale))
+    return worst
+
+
 def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) -> list[dict]:
     """Both modes at one point; the items are the same for every impl (same seed)."""
     prep = prepare_point(point, encoder, make_items, settings, seed)
+    diff = modes_max_rel_diff(prep, encoder, point, settings) if settings.check else None
+    _free(settings.device)
     rows = []
     for mode in MODES:
         shape = f"{point.requests}x{point.images_per_request} {prep.resolution}"
         bar.set_postfix_str(f"{point.sweep} {impl} {mode} {shape}")
         raw = measure_mode(prep, encoder, mode, point, settings)
-        rows.append(make_row(point, prep, encoder, impl, mode, raw, peak))
+        rows.append(make_row(point, prep, encoder, impl, mode, raw, peak) | {"modes_max_rel_diff": diff})
         bar.update()
     del prep, raw
     _free(settings.device)
