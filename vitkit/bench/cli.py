@@ -181,8 +181,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"{sweep}: {encoder} {impl} at {b['requests']} x {b['images_per_request']} ({b['resolution']}): "
                      f"batched {b['images_per_s']:.1f} img/s, MFU {100 * b['mfu']:.1f}%, bookkeeping "
                      f"{100 * b.get('bookkeeping_share', 0):.2f}%; per-request {p['images_per_s']:.1f} img/s; "
-                     f"speedup {p['step_ms_median'] / b['step_ms_median']:.2f}x")
+                     f"speedup {p['step_ms_median'] / b['step_ms_median']:.2f}x{_diff_note(b)}")
     return lines
+
+
+def _diff_note(row: dict[str, Any]) -> str:
+    diff = row.get("modes_max_rel_diff")
+    return "" if diff is None else f"; modes differ by {diff:.1e} (max rel)"
 
 
 def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings: RunSettings) -> Path:
