@@ -111,11 +111,12 @@ class EmbeddingCache:
     def _make_room(self, nbytes: int) -> bool:
         if nbytes > self.capacity_bytes - self.pinned_bytes:
             return False  # even evicting every unpinned entry would not do
-        for key in [k for k, e in self._entries.items() if not e.pins]:
-            if self.bytes + nbytes <= self.capacity_bytes:
-                break
-            self._evict(key)
-        return self.bytes + nbytes <= self.capacity_bytes
+        # evict the oldest unpinned entry one at a time: a put that fits scans nothing, and a
+        # put that evicts skips only the pinned entries ahead of it (a full scan per put made
+        # a step of n puts cost O(n * entries))
+        while self.bytes + nbytes > self.capacity_bytes:
+            self._evict(next(k for k, e in self._entries.items() if not e.pins))
+        return True
 
     def _evict(self, key: str) -> None:
         entry = self._entries.pop(key)
