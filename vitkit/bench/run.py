@@ -117,7 +117,11 @@ def build_requests(items: Sequence[MultimodalItem], images_per_request: int, tex
 
 
 def flop_layers(encoder: Any) -> int | None:
-    """Layers whose output the embedding needs (CLIP's rows come from the penultimate layer)."""
+    """Layers whose output the embedding needs (CLIP's rows come from the penultimate layer).
+
+    MFU counts this useful work for every impl: stock transformers also runs CLIP's last layer
+    (``output_hidden_states``), which the rows do not use, and gets no credit for it.
+    """
     preset = getattr(encoder, "preset", None)
     if preset is not None and getattr(preset, "feature_layer", -1) == -2:
         config = encoder.config
