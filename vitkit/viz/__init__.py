@@ -5,11 +5,11 @@
 - notebook 03: ``sim_explorer`` / ``run_sim`` (a request stream through the step simulator)
 """
 
-from vitkit.viz.bench_view import BenchView, bench_view, gpu_available, run_benchmark, speedup_rows, stored_results
-from vitkit.viz.chunk_explorer import ChunkExplorer, chunk_explorer
+from vitkit.viz.bench_widget import BenchView, bench_view, gpu_available, run_benchmark, speedup_rows, stored_results
+from vitkit.viz.chunk_widget import ChunkExplorer, chunk_explorer
 from vitkit.viz.plan import ChunkPlan, ItemInWindow, PlanSettings, StepResult, WindowResult, chunk_plan
 from vitkit.viz.render import figure_png, html_table, show, show_table
-from vitkit.viz.sim_explorer import SimExplorer, SimSettings, run_sim, sim_explorer, summary_rows
+from vitkit.viz.sim_widget import SimExplorer, SimSettings, run_sim, sim_explorer, summary_rows
 from vitkit.viz.token_lines import draw_token_lines
 
 __all__ = [

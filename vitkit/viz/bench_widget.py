@@ -30,13 +30,14 @@ def gpu_available() -> bool:
 
 
 def stored_results(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
-    """The results files in ``folder`` (sorted by name), loaded and validated; {} when none."""
-    from vitkit.bench.results import load_results
+    """The GPU results files in ``folder`` (oldest first), loaded and validated, keyed by path;
+    {} when there are none. Files that are not valid results are left out (``find_results``)."""
+    from vitkit.bench.results import find_results, load_results
 
     folder = Path(folder)
     if not folder.is_dir():
         return {}
-    return {_relative(path): load_results(path) for path in sorted(folder.glob("*.json"))}
+    return {_relative(path): load_results(path) for path in find_results(folder, kind="gpu")}
 
 
 def _relative(path: Path) -> str:

@@ -32,7 +32,7 @@ from vitkit.sim import (
     prepare,
 )
 from vitkit.sim.plot import plot_cache_memory, plot_over_steps
-from vitkit.viz.bench_view import STORED
+from vitkit.viz.bench_widget import STORED
 from vitkit.viz.render import figure_png, html_table
 
 FAKE_HIDDEN = 32
@@ -42,6 +42,7 @@ IMAGE_MIXES: dict[str, tuple[tuple[int, int], ...]] = {  # (height, width) px
     "448 to 896, mixed": ((448, 448), (672, 448), (896, 672)),
     "896 to 1344, large": ((896, 896), (1344, 1008)),
 }
+CACHE_CHOICES = (256, 1024, 4096, 16384, 65536)  # embedding tokens
 PINS = {"on and off": (True, False), "on": (True,), "off": (False,)}
 PANELS = {  # figure name -> per-step metrics it plots (two a figure keeps each panel readable)
     "hits and calls": ("hit_rate", "encoder_calls"),
@@ -66,12 +67,18 @@ class SimSettings:
 
 
 def cost_models(folder: str | Path = STORED) -> dict[str, Any]:
-    """``"<encoder>/<impl>" -> CallCost`` fitted to every results file in ``folder`` (later
-    files win); {} when there are none. Lets a laptop report H100-like encoder time."""
+    """``"<encoder>/<impl>" -> CallCost`` fitted to the GPU results files in ``folder`` (newer
+    files win); {} when there are none. Lets a laptop report H100-like encoder time. A file whose
+    rows cannot be fitted raises ValueError naming it."""
+    from vitkit.bench.results import find_results
+
     models: dict[str, Any] = {}
-    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
-        for (encoder, impl), cost in fit_cost_models(path).items():
-            models[f"{encoder}/{impl}"] = cost
+    for path in find_results(folder, kind="gpu") if Path(folder).is_dir() else []:
+        try:
+            fitted = fit_cost_models(path)
+        except ValueError as err:
+            raise ValueError(f"cannot fit an encoder cost model to {path}: {err}") from None
+        models.update({f"{encoder}/{impl}": cost for (encoder, impl), cost in fitted.items()})
     return models
 
 
@@ -224,7 +231,7 @@ def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.Va
         "turns": slider(widgets.IntSlider, w.turns, 1, 4, 1, "turns / conversation"),
         "chunked_prefill_size": slider(widgets.IntSlider, s.chunked_prefill_size, 256, 8192, 256, "tokens / step"),
         "per_request_cap": slider(widgets.IntSlider, s.long_prefill_token_threshold or 0, 0, 4096, 128, "tokens / request (0: no cap)"),
-        "cache_tokens": widgets.SelectMultiple(options=[256, 1024, 4096, 16384, 65536], value=s.cache_tokens,
+        "cache_tokens": widgets.SelectMultiple(options=sorted({*CACHE_CHOICES, *s.cache_tokens}), value=s.cache_tokens,
                                                description="cache sizes (tokens)", rows=5, style=style, layout=layout),
         "pins": widgets.ToggleButtons(options=list(PINS), value=next(k for k, v in PINS.items() if v == s.pins), description="pinning", style=style),
         "encoder": widgets.Dropdown(options=["fake", *sorted(models)], value=s.encoder, description="encoder time", style=style, layout=layout),

@@ -1,0 +1,73 @@
+"""Notebook 02's view: stored results, sweep and source pickers, speedup table, labelled smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitkit.bench.results import write_results
+from vitkit.viz import bench_widget as bv
+from vitkit.viz.bench_widget import SMOKE_LABEL, BenchView, bench_view, speedup_rows, stored_results
+
+
+def test_speedup_rows_pair_the_modes(fake_bench_results):
+    table = speedup_rows(fake_bench_results(), "clip-batch")
+    assert [r["requests"] for r in table] == [1, 8, 64]
+    assert table[-1]["speedup"] == round(4.0 * 64 / (4.0 + 8), 2)
+    assert table[-1]["peak MiB"] == 3 * 1024
+    assert [r["resolution"] for r in speedup_rows(fake_bench_results(), "qwen-resolution")] == [224, 448, "mixed"]
+
+
+def test_stored_results_reads_gpu_files_and_skips_the_rest(tmp_path, fake_bench_results):
+    write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+    write_results(fake_bench_results(kind="cpu-smoke", device="cpu"), tmp_path / "cpu-smoke-vitkit-fp32-20260102T000000Z.json")
+    (tmp_path / "notes.json").write_text(json.dumps({"not": "results"}))
+    found = stored_results(tmp_path)
+    assert len(found) == 1 and next(iter(found)).endswith("full-vitkit-bf16-20260101T000000Z.json")
+    assert stored_results(tmp_path / "missing") == {}
+
+
+def test_view_switches_sweep_and_source(fake_bench_results):
+    view = BenchView({"h100.json": fake_bench_results(), "smoke": fake_bench_results(kind="cpu-smoke", device="cpu")})
+    assert view.source.value == "smoke" and SMOKE_LABEL in view.header.value
+    view.source.value = "h100.json"
+    assert "GPU measurement</b> on NVIDIA H100" in view.header.value and SMOKE_LABEL not in view.header.value
+    assert view.sweep.options == ("clip-batch", "qwen-resolution")
+    png, table = view.figure.value, view.table.value
+    assert bytes(png).startswith(b"\x89PNG") and "clip-l-336" in table
+    view.sweep.value = "qwen-resolution"
+    assert bytes(view.figure.value) != bytes(png) and "qwen2.5-vl-7b" in view.table.value and "clip-l-336" not in view.table.value
+
+
+def test_no_gpu_and_nothing_stored_says_so(tmp_path):
+    view = bench_view(run=False, folder=tmp_path)
+    assert "No stored results" in view.note.value and view.results is None and view.figure.value == b""
+
+
+def test_cpu_smoke_button_adds_a_labelled_run(tmp_path, monkeypatch, fake_bench_results):
+    calls = []
+
+    def fake_run(sweep=None, **kwargs):
+        calls.append((sweep, kwargs))
+        return fake_bench_results(kind="cpu-smoke", device="cpu")
+
+    monkeypatch.setattr(bv, "run_benchmark", fake_run)
+    view = bench_view(run=False, folder=tmp_path)
+    view.smoke_button.click()
+    assert calls == [("cpu-smoke", {"sweeps": bv.SMOKE_SWEEPS, "device": "cpu", "save": False})]
+    assert "CPU smoke run" in view.source.value and SMOKE_LABEL in view.header.value
+    assert bytes(view.figure.value).startswith(b"\x89PNG") and not view.smoke_button.disabled
+
+
+def test_gpu_run_is_shown_first_next_to_stored_results(tmp_path, monkeypatch, fake_bench_results):
+    write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+    monkeypatch.setattr(bv, "run_benchmark", lambda sweep=None: fake_bench_results(device="NVIDIA H200") | {"saved_to": "x.json"})
+    view = bench_view("quick", run=True, folder=tmp_path)
+    assert len(view.source.options) == 2
+    assert view.source.options[0].startswith("measured here: NVIDIA H200")
+
+
+def test_unknown_sweep_names_are_an_error():
+    with pytest.raises(ValueError, match="not in preset 'cpu-smoke'"):
+        bv.run_benchmark("cpu-smoke", sweeps=["nope"], device="cpu")

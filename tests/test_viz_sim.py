@@ -1,0 +1,91 @@
+"""Notebook 03's explorer: workload sliders drive vitkit.sim; figures and table follow."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from vitkit.bench.results import write_results
+from vitkit.sim import WorkloadParams
+from vitkit.viz import SimSettings, run_sim, sim_explorer, summary_rows
+from vitkit.viz.sim_widget import cost_models, sim_figures
+
+
+SMALL = SimSettings(
+    workload=WorkloadParams(num_requests=8, arrival_rate_per_s=None, images_per_request=(1, 2), repeat_share=0.5, seed=1),
+    cache_tokens=(512, 16384),
+)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return run_sim(SMALL)
+
+
+def test_runs_cover_modes_caches_and_pinning(runs):
+    keys = {(r.summary.mode, r.summary.pin, r.summary.capacity_bytes) for r in runs}
+    assert len(runs) == len(keys) == 2 * 2 * 2
+    assert len({r.summary.steps for r in runs}) == 1  # every configuration replays the same schedule
+
+
+def test_summary_rows_say_cache_in_tokens(runs):
+    rows = summary_rows(runs)
+    assert sorted({r["cache (tokens)"] for r in rows}) == [512, 16384]
+    big = [r for r in rows if r["cache (tokens)"] == 16384]
+    assert all(r["peak cache (tokens)"] <= 16384 for r in rows)
+    # a cache that holds everything never re-encodes, in either mode
+    assert all(r["re-encodings"] == 0 for r in big)
+    batched = {r["cache (tokens)"]: r for r in rows if r["mode"] == "batched" and r["pin"] == "on"}
+    per_request = {r["cache (tokens)"]: r for r in rows if r["mode"] == "per_request" and r["pin"] == "on"}
+    assert batched[16384]["encoder calls"] < per_request[16384]["encoder calls"]
+
+
+def test_figures_are_labelled_in_tokens(runs):
+    figs = sim_figures(runs)
+    assert list(figs) == ["hits and calls", "re-encodings and time", "memory"]
+    for fig in figs.values():
+        labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        assert labels and all("tok" in label and "MiB" not in label for label in labels)
+    cache_ax = figs["memory"].axes[0]
+    assert cache_ax.get_title() == "cache (embedding tokens)"
+    assert max(max(line.get_ydata()) for line in cache_ax.get_lines()) <= 16384
+
+
+def test_sliders_rerun_the_simulation():
+    explorer = sim_explorer(SMALL)
+    assert len(explorer.rows) == 8 and "8 runs" in explorer.status.value
+    png, table = bytes(explorer.figures["hits and calls"].value), explorer.table.value
+    explorer.controls["pins"].value = "on"
+    assert len(explorer.rows) == 4 and all(r["pin"] == "on" for r in explorer.rows)
+    low = max(r["hit rate"] for r in explorer.rows)
+    explorer.controls["repeat_share"].value = 0.95  # almost every image is a repeat
+    assert max(r["hit rate"] for r in explorer.rows) > low
+    assert bytes(explorer.figures["hits and calls"].value) != png and explorer.table.value != table
+
+
+def test_example_trace_fixes_the_workload():
+    explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)))
+    explorer.controls["trace"].value = "chat-multiturn"
+    assert explorer.controls["requests"].disabled and not explorer.controls["chunked_prefill_size"].disabled
+    assert explorer.current_settings().trace == "chat-multiturn"
+    assert explorer.runs[0].summary.windows > 24  # 24 requests, several windows each
+
+
+def test_cost_model_from_stored_results_sets_encoder_time(tmp_path, fake_bench_results):
+    write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+    models = cost_models(tmp_path)
+    assert set(models) == {"clip-l-336/vitkit", "qwen2.5-vl-7b/vitkit"}
+    explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)), results_folder=tmp_path)
+    assert "qwen2.5-vl-7b/vitkit" in explorer.controls["encoder"].options
+    explorer.controls["encoder"].value = "qwen2.5-vl-7b/vitkit"
+    cost = models["qwen2.5-vl-7b/vitkit"]
+    for run in explorer.runs:
+        calls = [t for row in run.rows for t in row.call_tokens]
+        assert run.summary.encoder_ms == pytest.approx(sum(cost.call_ms(t) for t in calls))
+    assert "modelled from stored results" in explorer.status.value
+
+
+def test_unknown_encoder_is_an_error():
+    with pytest.raises(ValueError, match="has no cost model"):
+        run_sim(replace(SMALL, encoder="clip-l-336/vitkit"))
