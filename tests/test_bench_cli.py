@@ -51,9 +51,10 @@ def test_list_sweeps(capsys):
     assert all(name in out for name in SWEEPS) and "7 sweeps" in out
 
 
-def test_quick_means_the_quick_sweep_with_few_repeats():
+def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu(monkeypatch):
     sweep, _, settings = parse("--device", "cpu", "--quick")
-    assert sweep == "quick" and settings.repeats == 3
+    assert sweep == "cpu-smoke" and settings.repeats == 3
+    assert parse("--device", "cpu", "--quick", "--sweep", "quick")[0] == "quick"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", choices=sorted(SWEEPS), metavar="NAME",
                    help="named sweep (default: full on GPU, cpu-smoke on CPU); --list-sweeps shows them")
     p.add_argument("--list-sweeps", action="store_true", help="print the named sweeps and exit")
-    p.add_argument("--quick", action="store_true", help="GPU sanity run: the 'quick' sweep, 3 repeats")
+    p.add_argument("--quick", action="store_true",
+                   help="GPU sanity run, about a minute: the 'quick' sweep, 3 repeats (CPU: the smoke sweep)")
     p.add_argument("--encoder", help="encoder preset for every sweep of the run (e.g. clip-l-336)")
     p.add_argument("--requests", type=_int_list, help="requests per step, e.g. 1,2,4")
     p.add_argument("--images-per-request", type=_int_list, help="images per request, e.g. 1,4,8")
@@ -106,7 +107,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], R
     on_gpu = torch.device(device).type == "cuda"
     if on_gpu and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for, but torch sees no CUDA device")
-    sweep = args.sweep or ("quick" if args.quick else "full" if on_gpu else "cpu-smoke")
+    # Without a GPU every default is the tiny smoke sweep: full-size towers on CPU take many minutes.
+    sweep = args.sweep or (("quick" if args.quick else "full") if on_gpu else "cpu-smoke")
     repeats = args.repeats or (3 if args.quick else 10 if on_gpu else 2)
     warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
     if warmup < 0:
