@@ -51,7 +51,7 @@ def test_list_sweeps(capsys):
     assert all(name in out for name in SWEEPS) and "7 sweeps" in out
 
 
-def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu(monkeypatch):
+def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu():
     sweep, _, settings = parse("--device", "cpu", "--quick")
     assert sweep == "cpu-smoke" and settings.repeats == 3
     assert parse("--device", "cpu", "--quick", "--sweep", "quick")[0] == "quick"
@@ -90,6 +90,17 @@ def test_unknown_sweep_and_bad_axes_raise_value_errors():
         Sweep("x", "clip-tiny", resolutions=("big",))
     with pytest.raises(ValueError, match="images_per_request is empty"):
         Sweep("x", "clip-tiny", images_per_request=())
+
+
+def test_gpu_defaults(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    sweep, _, settings = parse()
+    assert (sweep, settings.device, settings.dtype, settings.kind) == ("full", "cuda", "bf16", "gpu")
+    assert settings.repeats == 10 and settings.warmup == 3 and settings.check
+    sweep, _, settings = parse("--quick", "--no-check")
+    assert sweep == "quick" and settings.repeats == 3 and not settings.check
 
 
 def test_cuda_without_a_gpu_is_refused(monkeypatch):
