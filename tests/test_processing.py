@@ -157,3 +157,10 @@ def test_requests_feed_the_encoder_end_to_end(images):
     out = enc(list(r.items))
     assert [o.shape[0] for o in out] == [len(s) for s in r.spans]
     assert all(isinstance(i, MultimodalItem) for i in r.items)
+
+
+def test_processor_overrides_with_list_values(images):
+    plain = make_items(images[:1], "clip-tiny", image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])[0]
+    default = make_items(images[:1], "clip-tiny")[0]
+    assert plain.feature.min() >= 0.0 and plain.feature.max() <= 1.0  # rescaled, not normalised
+    assert plain.hash != default.hash

@@ -18,7 +18,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-from vitkit.encoders.presets import EncoderPreset, get_preset
+from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
 from vitkit.item import MultimodalItem
 from vitkit.request import Request
 
@@ -49,7 +49,12 @@ def make_items(images: Sequence[Image.Image], preset_name: str, **processor_over
     for k, image in enumerate(images):
         if not isinstance(image, Image.Image):
             raise TypeError(f"make_items: image {k} is {type(image).__name__}, not a PIL.Image")
-    processor = _cached_processor(preset.name, tuple(sorted(processor_overrides.items())))
+    try:
+        if PRESETS.get(preset.name) is not preset:
+            raise TypeError("unregistered preset")
+        processor = _cached_processor(preset.name, tuple(sorted(processor_overrides.items())))
+    except TypeError:  # unhashable override values (e.g. a list of means) or a custom preset
+        processor = make_processor(preset, **processor_overrides)
     out = processor(images=list(images), return_tensors="pt")
     if preset.variable_resolution:
         return _qwen_items(out["pixel_values"], out["image_grid_thw"], preset)

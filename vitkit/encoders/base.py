@@ -88,13 +88,26 @@ class VisionEncoder:
         in one non-blocking copy: one transfer per batch instead of one per item. The result is
         cast to the encoder's dtype on the device (the host copy stays float32).
         """
-        join = torch.stack if combine == "stack" else torch.cat
         if all(item.feature.device == self.device for item in items):
-            batch = join([item.feature for item in items])
-        else:
-            host = join([item.cpu_feature if item.cpu_feature is not None else item.feature.cpu()
-                         for item in items])
-            if self.device.type == "cuda":
-                host = host.pin_memory()
-            batch = host.to(self.device, non_blocking=True)
-        return batch.to(self.dtype)
+            join = torch.stack if combine == "stack" else torch.cat
+            return join([item.feature for item in items]).to(self.dtype)
+        parts = [item.cpu_feature if item.cpu_feature is not None else item.feature.cpu() for item in items]
+        if self.device.type != "cuda":
+            return join_host(parts, combine, pin=False).to(self.device, self.dtype)
+        host = join_host(parts, combine, pin=True)
+        return host.to(self.device, non_blocking=True).to(self.dtype)
+
+
+def join_host(parts: list[torch.Tensor], combine: str, pin: bool) -> torch.Tensor:
+    """Stack or concatenate host tensors straight into one new (optionally page-locked) buffer:
+    one host copy, where ``torch.cat(...).pin_memory()`` makes two."""
+    if combine not in ("stack", "cat"):
+        raise ValueError(f"combine must be 'stack' or 'cat', got {combine!r}")
+    first = parts[0]
+    if combine == "stack":
+        shape = (len(parts), *first.shape)
+    else:
+        shape = (sum(p.shape[0] for p in parts), *first.shape[1:])
+    out = torch.empty(shape, dtype=first.dtype, pin_memory=pin)
+    (torch.stack if combine == "stack" else torch.cat)(parts, out=out)
+    return out
