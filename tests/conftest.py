@@ -62,7 +62,13 @@ def _fake_bench_results(kind="gpu", device="NVIDIA H100 80GB HBM3"):
                  _bench_row("qwen-resolution", "per_request", "qwen2.5-vl-7b", 8, side, 50.0)]
     out = {"schema": SCHEMA, "kind": kind, "created": "2026-11-26T00:00:00+00:00",
            "machine": {"device_name": device, "slug": "h100"}, "versions": {"torch": "2.11", "transformers": "5.17.0"},
-           "settings": {}, "matmul_peak": {"tflops": 780.0, "label": "cuda-bf16"}, "rows": rows}
+           "settings": {}, "matmul_peak": {"tflops": 780.0, "label": "cuda-bf16"}, "rows": rows,
+           "memory_model": [
+               {"encoder": "qwen2.5-vl-7b", "impl": "vitkit", "mode": "batched", "max_tokens_per_call": b,
+                "max_call_tokens": b, "calibration": b == 4096, "predicted_peak_bytes": 2**30 + b * 2**18,
+                "measured_peak_bytes": 2**30 + b * 2**18 + 2**24, "error": 0.01, "step_error": 0.05}
+               for b in (512, 4096)
+           ] if kind == "gpu" else []}
     validate_results(out)
     return out
 

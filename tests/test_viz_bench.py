@@ -33,11 +33,15 @@ def test_view_switches_sweep_and_source(fake_bench_results):
     assert view.source.value == "smoke" and SMOKE_LABEL in view.header.value
     view.source.value = "h100.json"
     assert "GPU measurement</b> on NVIDIA H100" in view.header.value and SMOKE_LABEL not in view.header.value
-    assert view.sweep.options == ("clip-batch", "qwen-resolution")
+    assert view.sweep.options == ("clip-batch", "qwen-resolution", "memory-model")
     png, table = view.figure.value, view.table.value
     assert bytes(png).startswith(b"\x89PNG") and "clip-l-336" in table
     view.sweep.value = "qwen-resolution"
     assert bytes(view.figure.value) != bytes(png) and "qwen2.5-vl-7b" in view.table.value and "clip-l-336" not in view.table.value
+    view.sweep.value = "memory-model"
+    assert "predicted_peak_bytes" in view.table.value
+    view.source.value = "smoke"  # a smoke run has no memory model: back to its first sweep
+    assert view.sweep.options == ("clip-batch", "qwen-resolution") and view.sweep.value == "clip-batch"
 
 
 def test_no_gpu_and_nothing_stored_says_so(tmp_path):

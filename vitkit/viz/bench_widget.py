@@ -22,6 +22,7 @@ from vitkit.viz.render import figure_png, html_table
 REPO = Path(__file__).resolve().parents[2]
 STORED = REPO / "results" / "h100"
 SMOKE_SWEEPS = ("cpu-clip", "cpu-qwen")  # a fixed- and a variable-resolution tiny tower, ~5 s on 2 cores
+MEMORY_MODEL = "memory-model"  # the extra figure a run with token budgets has
 SMOKE_LABEL = "CPU SMOKE RUN: tiny random-weight towers on this CPU; these numbers say nothing about a GPU"
 
 
@@ -188,7 +189,7 @@ class BenchView(widgets.VBox):
         if results is None:
             return
         self.header.value = describe(results, change["new"])
-        names = sweep_names(results)
+        names = sweep_names(results) + ([MEMORY_MODEL] if results.get("memory_model") else [])
         keep = self.sweep.value if self.sweep.value in names else names[0]
         self._switching = True  # new options fire the sweep observer; draw once, below
         try:
@@ -204,9 +205,13 @@ class BenchView(widgets.VBox):
 
     def draw(self) -> None:
         """Plot the selected sweep of the selected results, and its table."""
-        from vitkit.bench.plot import plot_sweep
+        from vitkit.bench.plot import plot_memory_model, plot_sweep
 
         if self.results is None or self.sweep.value is None:
+            return
+        if self.sweep.value == MEMORY_MODEL:  # predicted vs measured peak memory per token budget
+            self.figure.value = figure_png(plot_memory_model(self.results))
+            self.table.value = html_table(self.results["memory_model"])
             return
         self.figure.value = figure_png(plot_sweep(self.results, self.sweep.value))
         self.table.value = html_table(speedup_rows(self.results, self.sweep.value))
