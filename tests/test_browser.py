@@ -36,15 +36,24 @@ LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
 }
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 
 def _require_chromium() -> None:
-    if CHROMIUM.exists():
+    """Skip without Chromium or playwright, unless CI asked for the browser test (then fail)."""
+    required = os.environ.get("VITKIT_REQUIRE_BROWSER") == "1"
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (Debian's chromium package: apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright Python package (pip install -e '.[dev]')")
+    if not missing:
         return
-    if os.environ.get("VITKIT_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"VITKIT_REQUIRE_BROWSER=1 but {CHROMIUM} is missing: install Debian's chromium package")
-    pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to run the browser test")
+    if required:
+        pytest.fail(f"VITKIT_REQUIRE_BROWSER=1 but the browser test lacks {' and '.join(missing)}")
+    pytest.skip(f"browser test needs {' and '.join(missing)}")
 
 
 def _free_port() -> int:
@@ -171,3 +180,13 @@ def test_notebook01_widgets_render_and_slider_redraws(lab, tmp_path, artifacts):
             assert "windows over" in summary
         finally:
             context.close()
+
+
+def test_missing_chromium_skips_unless_ci_requires_it(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.delenv("VITKIT_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="/nonexistent/chromium"):
+        _require_chromium()
+    monkeypatch.setenv("VITKIT_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="VITKIT_REQUIRE_BROWSER=1"):
+        _require_chromium()
