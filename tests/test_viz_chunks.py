@@ -172,3 +172,21 @@ def test_redraw_is_well_under_a_second(explorer):
     start = time.perf_counter()
     explorer.controls["image_size"].value = 336  # a size not seen yet: runs the processor again
     assert (time.perf_counter() - start) * 1e3 < 1500
+
+
+def test_per_request_steps_match_one_per_request_embed_chunks_call_per_step():
+    # chunk_plan observes per-request mode one request at a time; that must be the same as
+    # handing the whole step to embed_chunks(mode="per_request") in one call
+    from vitkit.cache import EmbeddingCache
+    from vitkit.embed import embed_chunks
+    from vitkit.viz.plan import TOY_BYTES_PER_TOKEN, toy_encoder, windows_at
+
+    plan = chunk_plan(num_requests=4, images_per_request=2, image_size=336, chunk_size=96, cache_tokens=300, distinct_images=3)
+    cache = EmbeddingCache(300 * TOY_BYTES_PER_TOKEN)
+    for step in plan.steps_of("per_request"):
+        result = embed_chunks(windows_at(plan.requests, step.step, 96), toy_encoder, cache, mode="per_request")
+        assert (result.encoder_calls, result.encoded_items, result.cache_hits, result.cache_misses) == (
+            step.encoder_calls, step.encoded_items, step.cache_hits, step.cache_misses
+        )
+        assert cache.bytes == step.cache_bytes
+    assert plan.total("per_request", "reencoded_items") > 0  # the small cache does lose items here
