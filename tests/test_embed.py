@@ -416,15 +416,25 @@ def test_failing_encoder_leaves_cache_exactly_as_before(mode, how, fail_on_call)
 
 def test_wrong_count_names_numbers():
     req = Request.from_segments("r", [_item(2, 1), _item(2, 2)])
-    with pytest.raises(ValueError, match="encoder returned 1 tensors for 2 items"):
+    with pytest.raises(ValueError, match="encoder returned 1 tensors for 2 items of request\\(s\\) 'r'$"):
         embed_chunks([(req, (0, 4))], lambda items: [reference(items[0])], EmbeddingCache(1 << 20))
 
 
 def test_wrong_rows_names_item_and_shapes():
     it = _item(3, 1)
     req = Request.from_segments("r", [it])
-    with pytest.raises(ValueError, match=rf"encoder output 0 \(item {it.hash[:12]}\) has shape \(2, 4\), expected \(3, hidden\)"):
+    with pytest.raises(ValueError, match=rf"encoder output 0 \(item {it.hash[:12]} of request\(s\) 'r'\) has shape \(2, 4\), expected \(3, hidden\)"):
         embed_chunks([(req, (0, 3))], lambda items: [torch.zeros(2, HIDDEN)], EmbeddingCache(1 << 20))
+
+
+def test_bad_output_names_every_request_that_wanted_the_item():
+    shared = _item(3, 1)
+    r1 = Request.from_segments("first", [shared])
+    r2 = Request.from_segments("second", [1, MultimodalItem(shared.feature.clone(), 3)])
+    cache = EmbeddingCache(1 << 20)
+    with pytest.raises(ValueError, match=rf"item {shared.hash[:12]} of request\(s\) 'first', 'second'\) has shape \(1, 4\)"):
+        embed_chunks([(r1, (0, 3)), (r2, (0, 4))], lambda items: [torch.zeros(1, HIDDEN)], cache)
+    assert len(cache) == 0 and cache.stats().misses == 0
 
 
 def test_one_dimensional_output_rejected():
@@ -436,7 +446,7 @@ def test_one_dimensional_output_rejected():
 def test_non_tensor_output_rejected():
     it = _item(3, 1)
     req = Request.from_segments("r", [it])
-    with pytest.raises(TypeError, match=rf"encoder output 0 \(item {it.hash[:12]}\) is a ndarray, not a tensor"):
+    with pytest.raises(TypeError, match=rf"encoder output 0 \(item {it.hash[:12]} of request\(s\) 'r'\) is a ndarray, not a tensor"):
         embed_chunks([(req, (0, 3))], lambda items: [reference(items[0]).numpy()], EmbeddingCache(1 << 20))
 
 

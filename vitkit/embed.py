@@ -8,7 +8,7 @@ few when ``max_tokens_per_call`` caps a call like vLLM's encoder budget).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -59,16 +59,27 @@ def plan_calls(items: Sequence[MultimodalItem], max_tokens_per_call: int | None)
     return calls
 
 
-def run_encoder(encoder: Encoder, items: list[MultimodalItem]) -> list[torch.Tensor]:
-    """Call ``encoder`` and check it returned one ``(num_tokens, hidden)`` tensor per item."""
+def _requests_of(keys: Sequence[str], wanted_by: Mapping[str, Sequence[Hashable]] | None) -> str:
+    rids = list(dict.fromkeys(rid for key in keys for rid in (wanted_by or {}).get(key, ())))
+    return f" of request(s) {', '.join(map(repr, rids))}" if rids else ""
+
+
+def run_encoder(
+    encoder: Encoder, items: list[MultimodalItem], wanted_by: Mapping[str, Sequence[Hashable]] | None = None
+) -> list[torch.Tensor]:
+    """Call ``encoder`` and check it returned one ``(num_tokens, hidden)`` tensor per item.
+
+    ``wanted_by`` (hash -> request ids) lets an error name the requests behind a bad output.
+    """
     outputs = encoder(items)
     if not isinstance(outputs, (list, tuple)):
         raise TypeError(f"encoder must return a list of tensors, got {type(outputs).__name__}")
     if len(outputs) != len(items):
-        raise ValueError(f"encoder returned {len(outputs)} tensors for {len(items)} items")
+        keys = [item.hash for item in items]
+        raise ValueError(f"encoder returned {len(outputs)} tensors for {len(items)} items{_requests_of(keys, wanted_by)}")
     hidden = None
     for k, (item, out) in enumerate(zip(items, outputs)):
-        name = f"encoder output {k} (item {item.hash[:12]})"
+        name = f"encoder output {k} (item {item.hash[:12]}{_requests_of([item.hash], wanted_by)})"
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{name} is a {type(out).__name__}, not a tensor")
         if out.ndim != 2 or out.shape[0] != item.num_tokens:
@@ -111,11 +122,12 @@ def _encode_and_store(
     max_tokens_per_call: int | None,
     pin_owners: dict[str, list[Hashable]],
     tally: _Tally,
+    wanted_by: Mapping[str, Sequence[Hashable]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Encode ``misses`` in planned calls, then put them (pinned for their later windows)."""
     encoded: dict[str, torch.Tensor] = {}
     for call in plan_calls(misses, max_tokens_per_call):
-        for item, emb in zip(call, run_encoder(encoder, call)):
+        for item, emb in zip(call, run_encoder(encoder, call, wanted_by)):
             encoded[item.hash] = emb
             tally.hashes.append(item.hash)
         tally.calls.append(sum(item.num_tokens for item in call))
@@ -179,7 +191,12 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> lis
             for rid in rids:
                 if not cache.is_pinned(key, rid):
                     cache.pin(key, rid)
-    encoded = _encode_and_store(encoder, cache, _unique_misses(found), max_tokens_per_call, owners, tally)
+    wanted_by: dict[str, list[Hashable]] = {}  # for error messages: which requests missed what
+    for (request, _), entries in zip(batch, found):
+        for e in entries:
+            if e.embedding is None:
+                wanted_by.setdefault(e.item.hash, []).append(request.rid)
+    encoded = _encode_and_store(encoder, cache, _unique_misses(found), max_tokens_per_call, owners, tally, wanted_by)
     out = []
     for (request, window), entries in zip(batch, found):
         out.append(assemble_chunk(_fill(entries, encoded), window))
