@@ -171,3 +171,22 @@ def test_cuda_move_keeps_cpu_feature_and_hash():
     assert item.feature.is_cuda and item.cpu_feature is f
     assert MultimodalItem(item.feature, 4).hash == h  # hashing a GPU feature gives the same hash
     assert item.offload().feature is f
+
+
+def test_meta_arrays_and_nested_tensors_hash_by_content_not_repr():
+    # regression: meta values were hashed by repr, which elides long arrays ("...") and rounds
+    # floats, so different grids could share a hash and be served each other's embedding
+    import numpy as np
+
+    f = _feature(15)
+    long_a = np.arange(5000)
+    long_b = long_a.copy()
+    long_b[2500] = -1
+    assert content_hash(f, {"g": long_a}) != content_hash(f, {"g": long_b})
+    assert content_hash(f, {"s": np.array([0.1234567891])}) != content_hash(f, {"s": np.array([0.1234567892])})
+    assert content_hash(f, {"s": [torch.tensor(0.123451)]}) != content_hash(f, {"s": [torch.tensor(0.123452)]})
+    assert content_hash(f, {"s": {"x": torch.tensor(0.123451)}}) != content_hash(f, {"s": {"x": torch.tensor(0.123452)}})
+    assert content_hash(f, {"g": (1, 2, 3)}) != content_hash(f, {"g": [1, 2, 3]})
+    assert content_hash(f, {"g": ((1, 2), 3)}) != content_hash(f, {"g": (1, (2, 3))})
+    assert content_hash(f, {"g": np.arange(6)}) == content_hash(f, {"g": np.arange(6)})
+    assert content_hash(f, {"g": np.arange(6)[::2]}) == content_hash(f, {"g": np.array([0, 2, 4])})

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import xxhash
 
@@ -36,13 +37,33 @@ def content_hash(feature: torch.Tensor, meta: Mapping[str, Any] | None = None) -
     hasher = xxhash.xxh3_128()
     _hash_tensor(hasher, feature)
     for key in sorted(meta or {}):
-        value = meta[key]
         hasher.update(f"|{key}=".encode())
-        if isinstance(value, torch.Tensor):
-            _hash_tensor(hasher, value)
-        else:
-            hasher.update(repr(value).encode())
+        _hash_value(hasher, meta[key])
     return hasher.hexdigest()
+
+
+def _hash_value(hasher: xxhash.xxh3_128, value: Any) -> None:
+    # Arrays and tensors go in as bytes, containers element by element: their repr elides
+    # elements ("...") and rounds floats, so different grids could hash equal.
+    if isinstance(value, torch.Tensor):
+        _hash_tensor(hasher, value)
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        _hash_tensor(hasher, torch.from_numpy(np.ascontiguousarray(value)))
+    elif isinstance(value, (list, tuple)):
+        hasher.update(f"{type(value).__name__}[{len(value)}](".encode())
+        for element in value:
+            _hash_value(hasher, element)
+            hasher.update(b",")
+        hasher.update(b")")
+    elif isinstance(value, Mapping):
+        hasher.update(f"dict[{len(value)}](".encode())
+        for key in sorted(value, key=repr):
+            hasher.update(f"{key!r}:".encode())
+            _hash_value(hasher, value[key])
+            hasher.update(b",")
+        hasher.update(b")")
+    else:
+        hasher.update(repr(value).encode())
 
 
 @dataclass(eq=False)
