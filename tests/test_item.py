@@ -190,3 +190,12 @@ def test_meta_arrays_and_nested_tensors_hash_by_content_not_repr():
     assert content_hash(f, {"g": ((1, 2), 3)}) != content_hash(f, {"g": (1, (2, 3))})
     assert content_hash(f, {"g": np.arange(6)}) == content_hash(f, {"g": np.arange(6)})
     assert content_hash(f, {"g": np.arange(6)[::2]}) == content_hash(f, {"g": np.array([0, 2, 4])})
+
+
+def test_to_cpu_reuses_the_kept_cpu_feature():
+    # regression: item.to("cpu") copied the device tensor back although the CPU copy was kept
+    f = _feature(16)
+    item = MultimodalItem(f, 4).to("meta")
+    assert item.to("cpu") is item
+    assert item.feature is f and item.cpu_feature is f
+    assert MultimodalItem(f, 4).to("cpu").feature is f  # already on the host: unchanged

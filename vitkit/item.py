@@ -103,6 +103,8 @@ class MultimodalItem:
         device = torch.device(device)
         if self.feature.device.type == "cpu":
             self.cpu_feature = self.feature
+        if device.type == "cpu" and self.cpu_feature is not None:
+            return self.offload()  # back to the host: reuse the kept copy, no device-to-host copy
         self.feature = self.feature.to(device, non_blocking=non_blocking)
         return self
 
