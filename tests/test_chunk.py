@@ -152,3 +152,16 @@ def test_assembled_chunk_keeps_device_and_dtype(layout):
     assert chunk.dtype == torch.float16 and chunk.device == embs[a].device
     meta = {k: v.to("meta") for k, v in embs.items()}
     assert assemble_chunk(_filled(req, meta, (3, 12)), (3, 12)).device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    "other, what",
+    [(torch.zeros(5, HIDDEN + 1), "width 4"), (torch.zeros(5, HIDDEN, dtype=torch.float64), "torch.float64")],
+)
+def test_assemble_rejects_mixed_width_or_dtype(layout, other, what):
+    # regression: mixed dtypes were promoted silently by torch.cat, mixed widths failed with
+    # a bare RuntimeError
+    req, (a, b, c) = layout
+    entries = [ChunkEntry(a, Span(2, 6), _emb(a, 1)), ChunkEntry(b, Span(9, 14), other)]
+    with pytest.raises(ValueError, match=rf"chunk entry 1 \(item {b.hash[:12]}\) embedding is .*{what}.* but entry 0's is torch.float32 width 3"):
+        assemble_chunk(entries, (0, 19))

@@ -500,3 +500,14 @@ def test_same_hash_different_token_counts_rejected_and_cache_unchanged():
     with pytest.raises(ValueError, match="items with hash same disagree on num_tokens: 2 vs 3"):
         embed_chunks([(r1, (0, 2)), (r2, (0, 3))], SpyEncoder(), cache)
     assert cache.stats().misses == 0 and len(cache) == 0
+
+
+def test_cache_entry_from_another_encoder_width_is_an_error_and_rolls_back():
+    a, b = _item(2, 1), _item(2, 2)
+    cache = EmbeddingCache(1 << 20)
+    cache.put(a.hash, torch.zeros(2, HIDDEN * 2))  # left by an encoder of another width
+    before = _state(cache)
+    req = Request.from_segments("mix", [a, b])
+    with pytest.raises(ValueError, match=rf"chunk entry 1 \(item {b.hash[:12]}\) embedding is torch.float32 width 4 on cpu, but entry 0's is torch.float32 width 8"):
+        embed_chunks([(req, (0, 4))], SpyEncoder(), cache)
+    assert _state(cache) == before and b.hash not in cache

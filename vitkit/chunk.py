@@ -73,7 +73,21 @@ def assemble_chunk(entries: Sequence[ChunkEntry], window: Span | tuple[int, int]
         previous = entry.span
     if not pieces:
         return None
+    _check_compatible(entries)
     return torch.cat(pieces, dim=0)
+
+
+def _check_compatible(entries: Sequence[ChunkEntry]) -> None:
+    # torch.cat would promote mixed dtypes silently (and fail on mixed widths with a bare
+    # RuntimeError): a cache shared by two encoders is a caller bug worth naming.
+    first = entries[0].embedding
+    for k, entry in enumerate(entries[1:], start=1):
+        emb = entry.embedding
+        if emb.shape[1] != first.shape[1] or emb.dtype != first.dtype or emb.device != first.device:
+            raise ValueError(
+                f"chunk entry {k} (item {entry.item.hash[:12]}) embedding is {emb.dtype} width {emb.shape[1]} "
+                f"on {emb.device}, but entry 0's is {first.dtype} width {first.shape[1]} on {first.device}"
+            )
 
 
 def _check_entry(k: int, entry: ChunkEntry, window: Span, previous: Span | None) -> None:
