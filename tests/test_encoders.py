@@ -148,7 +148,9 @@ def test_clip_rows_are_penultimate_layer_without_class_token(encoders, real_item
 def test_siglip_rows_are_last_hidden_state(encoders, real_items):
     enc, item = encoders["siglip-tiny"], real_items["siglip-tiny"][0]
     expected = enc.model(pixel_values=item.feature[None]).last_hidden_state[0]
-    assert torch.allclose(enc([item])[0], expected, rtol=1e-5, atol=1e-6)
+    # Fused QKV and residual-in-GEMM reorder float32 sums: compare as a relative error.
+    got = enc([item])[0]
+    assert ((got - expected).norm() / expected.norm()).item() <= 1e-5
 
 
 def test_qwen_rows_are_merger_output_and_order_independent(encoders):

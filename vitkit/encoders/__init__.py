@@ -8,12 +8,15 @@ Which rows each returns: ``PRESETS[name].rows_note``.
 from vitkit.encoders.attention import packed_attention, uses_varlen_kernel
 from vitkit.encoders.base import IMPLS, VisionEncoder
 from vitkit.encoders.build import build_encoder, count_parameters
-from vitkit.encoders.fixed import FixedResolutionEncoder, vit_layer
+from vitkit.encoders.fixed import FixedResolutionEncoder, vit_embed
+from vitkit.encoders.fused import fused_qwen_block, fused_vit_layer
+from vitkit.encoders.graphs import GraphCache
 from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
 from vitkit.encoders.qwen import PackedLayout, QwenVisionEncoder, packed_layout, qwen_block
 
 __all__ = [
-    "IMPLS", "PRESETS", "EncoderPreset", "FixedResolutionEncoder", "PackedLayout", "QwenVisionEncoder",
-    "VisionEncoder", "build_encoder", "count_parameters", "get_preset", "packed_attention", "packed_layout",
-    "qwen_block", "uses_varlen_kernel", "vit_layer",
+    "IMPLS", "PRESETS", "EncoderPreset", "FixedResolutionEncoder", "GraphCache", "PackedLayout",
+    "QwenVisionEncoder", "VisionEncoder", "build_encoder", "count_parameters", "fused_qwen_block",
+    "fused_vit_layer", "get_preset", "packed_attention", "packed_layout", "qwen_block", "uses_varlen_kernel",
+    "vit_embed",
 ]

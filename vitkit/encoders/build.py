@@ -42,6 +42,8 @@ def build_encoder(
     checkpoint: str | Path | None = None,
     impl: str = "vitkit",
     seed: int = 0,
+    compile: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> VisionEncoder:
     """The preset's tower as a vitkit encoder, on ``device`` in ``dtype``.
 
@@ -49,7 +51,9 @@ def build_encoder(
     initialisation; the global RNG is left as it was). ``checkpoint`` is a local directory holding
     a transformers checkpoint, either of the tower alone or of the whole multimodal model (the
     tower's weights are then taken from it); it is read with ``local_files_only`` semantics.
-    ``impl``: "vitkit" (packed / fused path) or "stock" (the transformers forward, sdpa).
+    ``impl``: "vitkit" (fused / packed path), "vitkit-eager" (the same without compile or CUDA
+    graphs) or "stock" (the transformers forward, sdpa). ``compile`` / ``cuda_graphs`` default to
+    on for "vitkit" on CUDA (see ``VisionEncoder``).
     ``device="meta"`` builds the shapes without memory (for counting parameters).
     """
     preset = get_preset(name)
@@ -59,7 +63,7 @@ def build_encoder(
         model = _checkpoint_model(preset, Path(checkpoint))
     model = model.to(device=device, dtype=dtype)
     cls = QwenVisionEncoder if preset.variable_resolution else FixedResolutionEncoder
-    return cls(preset, model, impl)
+    return cls(preset, model, impl, compile=compile, cuda_graphs=cuda_graphs)
 
 
 def _random_model(preset: EncoderPreset, device: torch.device, seed: int) -> nn.Module:

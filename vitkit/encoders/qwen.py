@@ -5,12 +5,15 @@ All images' patches are concatenated (rows = patches); attention boundaries come
 ``cu_window_seqlens`` (one segment per 112x112-pixel window, for the other blocks), computed by
 transformers' own ``get_vision_*`` helpers so the layout is exactly the model's.
 
-``impl="vitkit"``: ``qwen_block`` runs each block's submodules with ``packed_attention``: on CUDA
-one varlen flash-attention call per layer for the whole batch (every image, every window), where
-stock transformers (sdpa) calls SDPA once per window from Python (hundreds of launches per layer
-for 16 images). The patch embedding (a Conv3d whose stride equals its kernel) runs as the
-equivalent matmul over the same weight. The layout is computed once per distinct list of grids
-and cached on the device. ``impl="stock"`` calls the transformers model's forward.
+``impl="vitkit"``: ``fused_qwen_block`` (vitkit.encoders.fused) runs each block over the block's
+own weights with ``packed_attention``: on CUDA one varlen flash-attention call per layer for the
+whole batch (every image, every window), where stock transformers (sdpa) calls SDPA once per
+window from Python (hundreds of launches per layer for 16 images). On CUDA the block function is
+``torch.compile``d once for all blocks, and each distinct batch layout is replayed from a CUDA
+graph. The patch embedding (a Conv3d whose stride equals its kernel) runs as the equivalent
+matmul over the same weight. The layout is computed once per distinct list of grids and cached
+on the device. ``qwen_block`` is the same block over the modules (kept as the readable
+reference). ``impl="stock"`` calls the transformers model's forward.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position
 
 from vitkit.encoders.attention import packed_attention
 from vitkit.encoders.base import VisionEncoder
+from vitkit.encoders.fused import fused_qwen_block, qwen_block_weights
 from vitkit.item import MultimodalItem
 
 LAYOUT_CACHE_SIZE = 64
@@ -102,11 +106,13 @@ class QwenVisionEncoder(VisionEncoder):
     """Qwen2.5-VL tower. Item feature: flattened patches (grid_t*grid_h*grid_w, 3*2*14*14) as
     Qwen2VLImageProcessor emits them; ``item.meta["image_grid_thw"]`` holds (t, h, w) in patches."""
 
-    def __init__(self, preset, model, impl) -> None:
-        super().__init__(preset, model, impl)
-        # The per-block function; replace with e.g. torch.compile(qwen_block) to fuse each block.
-        self.block_fn = qwen_block
+    def __init__(self, preset, model, impl, **flags) -> None:
+        super().__init__(preset, model, impl, **flags)
+        # One compiled graph serves all 32 blocks: the weights are arguments, not modules.
+        self.block_fn = torch.compile(fused_qwen_block) if self.compiled else fused_qwen_block
         self._layouts: OrderedDict[tuple, PackedLayout] = OrderedDict()
+        if impl != "stock":
+            self.fused_weights(self._fuse)  # fuse now, outside any inference_mode of a caller
 
     def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor, torch.Tensor]:
         grids = [self._item_grid(k, item) for k, item in enumerate(items)]
@@ -138,6 +144,12 @@ class QwenVisionEncoder(VisionEncoder):
             return self.model(hidden_states=patches, grid_thw=grid_thw.to(self.device)).pooler_output
         return self.forward_packed(patches, self.layout(grid_thw))
 
+    def _forward_graphed(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        # The layout's index tensors are baked into the graph: key on the grids, keep the layout.
+        layout = self.layout(grid_thw)
+        key = tuple(map(tuple, grid_thw.tolist()))
+        return self.graphs.run(key, lambda p: self.forward_packed(p, layout), (patches,), keep=layout)
+
     def layout(self, grid_thw: torch.Tensor) -> PackedLayout:
         """Device layout for these grids, cached (least recently used) by the grid list."""
         key = tuple(map(tuple, grid_thw.tolist()))
@@ -161,9 +173,14 @@ class QwenVisionEncoder(VisionEncoder):
         x = x.view(rows // unit, unit, -1)[layout.window_index].reshape(rows, -1)
         cos, sin = model.rotary_pos_emb(x, layout.position_ids)
         full = set(model.fullatt_block_indexes)
-        for i, block in enumerate(model.blocks):
+        heads, eps = model.config.num_heads, model.blocks[0].norm1.variance_epsilon
+        for i, weights in enumerate(self.fused_weights(self._fuse)):
             if i in full:
-                x = self.block_fn(block, x, layout.cu_seqlens, layout.max_seqlen, cos, sin)
+                x = self.block_fn(x, layout.cu_seqlens, layout.max_seqlen, cos, sin, heads, eps, *weights)
             else:
-                x = self.block_fn(block, x, layout.cu_window_seqlens, layout.max_window_seqlen, cos, sin)
+                x = self.block_fn(x, layout.cu_window_seqlens, layout.max_window_seqlen, cos, sin, heads, eps, *weights)
         return model.merger(x)[layout.reverse_index]
+
+    @staticmethod
+    def _fuse(model: nn.Module) -> list[tuple[torch.Tensor, ...]]:
+        return [qwen_block_weights(block) for block in model.blocks]

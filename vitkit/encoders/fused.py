@@ -1,0 +1,122 @@
+"""Fused layer functions over the towers' own weights, shaped for ``torch.compile`` and CUDA graphs.
+
+Each layer is a plain function of tensors (no ``nn.Module`` argument), so one compiled graph
+serves every layer of a tower and the CUDA graph of a whole forward holds only these kernels. Where the transformers model keeps q/k/v (or gate/up) as separate
+``nn.Linear``s, their weights are moved into one fused buffer and the modules' parameters become
+views of it: one GEMM instead of three reads the input once, the model's own forward still works
+and no weight is copied. Measured on an H200 (results/explore/): for CLIP-L/336 x64 these, plus
+the patch embedding as a GEMM instead of cuDNN's Conv2d and the residual added in the GEMM's C
+operand, take the compiled tower from 52.8 ms to 49.9 ms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitkit.encoders.attention import packed_attention
+
+
+def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the linears' weights (and biases) along the output dim; rebind each module's
+    parameters as views into the fused buffers so the model keeps working on the same memory."""
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    has_bias = all(lin.bias is not None for lin in linears)
+    bias = torch.cat([lin.bias.detach() for lin in linears]) if has_bias else None
+    start = 0
+    for lin in linears:
+        stop = start + lin.out_features
+        lin.weight = nn.Parameter(weight[start:stop], requires_grad=False)
+        if has_bias:
+            lin.bias = nn.Parameter(bias[start:stop], requires_grad=False)
+        start = stop
+    return weight, bias
+
+
+def patch_embed_gemm(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A Conv2d whose stride equals its kernel, as one GEMM: (B, C, H, W) -> (B, patches, D)."""
+    b, c, h, w = pixel_values.shape
+    d, _, p, _ = weight.shape
+    gh, gw = h // p, w // p
+    patches = pixel_values.view(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c * p * p)
+    return F.linear(patches, weight.reshape(d, -1), bias).view(b, gh * gw, d)
+
+
+def activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The towers' MLP activations, exactly as transformers' ACT2FN computes them."""
+    if name == "quick_gelu":
+        return x * torch.sigmoid(1.702 * x)
+    if name == "gelu_pytorch_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "gelu":
+        return F.gelu(x)
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+def vit_layer_weights(layer: nn.Module) -> tuple[torch.Tensor, ...]:
+    """A CLIP/SigLIP encoder layer's weights in ``fused_vit_layer``'s argument order."""
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv_w, qkv_b = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+    return (layer.layer_norm1.weight, layer.layer_norm1.bias, qkv_w, qkv_b, attn.out_proj.weight,
+            attn.out_proj.bias, layer.layer_norm2.weight, layer.layer_norm2.bias, mlp.fc1.weight, mlp.fc1.bias,
+            mlp.fc2.weight, mlp.fc2.bias)
+
+
+def fused_vit_layer(x: torch.Tensor, heads: int, eps: float, act: str, *w: torch.Tensor) -> torch.Tensor:
+    """One pre-norm CLIP/SigLIP layer on (B, N, D): same math as the module, fused QKV, and each
+    residual added by the GEMM itself (addmm's C operand) instead of a separate pass."""
+    ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b = w
+    b, n, d = x.shape
+    x = x.reshape(b * n, d)
+    h = F.layer_norm(x, (d,), ln1_w, ln1_b, eps)
+    q, k, v = F.linear(h, qkv_w, qkv_b).view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * n, d)
+    x = torch.addmm(x + o_b, a, o_w.t())
+    h = activation(F.linear(F.layer_norm(x, (d,), ln2_w, ln2_b, eps), fc1_w, fc1_b), act)
+    x = torch.addmm(x + fc2_b, h, fc2_w.t())
+    return x.view(b, n, d)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen2RMSNorm: normalise in float32, scale in the input dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' ``apply_rotary_pos_emb_vision`` for one tensor (float32 inside)."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos.unsqueeze(-2).float() + rotated * sin.unsqueeze(-2).float()).to(x.dtype)
+
+
+def qwen_block_weights(block: nn.Module) -> tuple[torch.Tensor, ...]:
+    """A Qwen2.5-VL vision block's weights in ``fused_qwen_block``'s argument order."""
+    attn, mlp = block.attn, block.mlp
+    gate_up_w, gate_up_b = fuse_linears([mlp.gate_proj, mlp.up_proj])
+    return (block.norm1.weight, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias,
+            block.norm2.weight, gate_up_w, gate_up_b, mlp.down_proj.weight, mlp.down_proj.bias)
+
+
+def fused_qwen_block(
+    x: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: int,
+    eps: float,
+    *w: torch.Tensor,
+) -> torch.Tensor:
+    """One Qwen2.5-VL vision block on packed rows (rows, D): RMSNorm, fused QKV, rotary, one
+    variable-length attention call for all sequences, SwiGLU with gate and up in one GEMM."""
+    n1_w, qkv_w, qkv_b, o_w, o_b, n2_w, gu_w, gu_b, down_w, down_b = w
+    rows, d = x.shape
+    q, k, v = F.linear(rms_norm(x, n1_w, eps), qkv_w, qkv_b).view(rows, 3, heads, d // heads).unbind(1)
+    a = packed_attention(rotary(q, cos, sin), rotary(k, cos, sin), v, cu_seqlens, max_seqlen)
+    x = torch.addmm(x + o_b, a.reshape(rows, d), o_w.t())
+    gate, up = F.linear(rms_norm(x, n2_w, eps), gu_w, gu_b).chunk(2, dim=-1)
+    return torch.addmm(x + down_b, F.silu(gate) * up, down_w.t())
