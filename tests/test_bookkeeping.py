@@ -30,6 +30,7 @@ def test_main_writes_json_and_prints_table(tmp_path, capsys):
         assert 0 < r["bookkeeping_ms_median"] <= r["step_ms_median"] + 1e-6
         assert r["bookkeeping_us_per_item"] == pytest.approx(r["bookkeeping_ms_median"] * 1e3 / 6)
         assert r["assembled_bytes"] == 6 * r["tokens_per_image"] * r["hidden"] * 4
+        assert r["concat_ms_median"] > 0
         expected_calls = 0 if r["cache"] == "warm" else (1 if r["mode"] == "batched" else 3)
         assert r["encoder_calls"] == expected_calls
     printed = capsys.readouterr().out

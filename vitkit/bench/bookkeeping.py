@@ -134,13 +134,22 @@ def measure_embed(
     requests: int, images: int, tokens: int, hidden: int, repeats: int, max_seconds: float = 15, progress: bool = True
 ) -> list[dict]:
     batch, encoder, capacity = make_step(requests, images, tokens, hidden)
+    concat = _time_concat(batch, encoder, repeats)
     cases = [(mode, warm) for mode in ("batched", "per_request") for warm in (False, True)]
     rows = []
     for mode, warm in tqdm(cases, desc="embed_chunks", disable=not progress, leave=False):
         row = _time_step(batch, encoder, capacity, mode, warm, repeats, max_seconds)
         rows.append({"requests": requests, "images_per_request": images, "tokens_per_image": tokens,
-                     "hidden": hidden} | row)
+                     "hidden": hidden} | row | {"concat_ms_median": concat})
     return rows
+
+
+def _time_concat(batch, encoder, repeats: int) -> float:
+    """Median ms of only the copies a step must make: one torch.cat per request of its
+    items' embeddings. With large embeddings this floor (memory bandwidth and page faults of
+    the fresh output) is most of the step; the rest is the Python bookkeeping."""
+    pieces = [encoder(list(request.items)) for request, _ in batch]
+    return _median_ms(lambda: [torch.cat(p) for p in pieces], repeats)
 
 
 def run(
@@ -180,13 +189,13 @@ def format_table(results: dict) -> str:
                      f"{r['content_hash_hot_ms']:>8.3f} {r['sha256_ms']:>10.3f} {r['sha256_ms_per_mb']:>7.3f}")
     lines += ["", "embed_chunks bookkeeping (encoder time excluded), one step:",
               f"{'req x img':>9} {'tok x hid':>10} {'mode':>11} {'cache':>5} {'calls':>5} "
-              f"{'step ms':>8} {'book ms':>8} {'us/item':>8} {'out MB':>7}"]
+              f"{'step ms':>8} {'book ms':>8} {'us/item':>8} {'out MB':>7} {'cat ms':>7}"]
     for r in results["embed_chunks"]:
         lines.append(
             f"{r['requests']:>4} x {r['images_per_request']:<2} {r['tokens_per_image']:>4} x {r['hidden']:<4} "
             f"{r['mode']:>11} {r['cache']:>5} {r['encoder_calls']:>5} {r['step_ms_median']:>8.2f} "
             f"{r['bookkeeping_ms_median']:>8.2f} {r['bookkeeping_us_per_item']:>8.1f} "
-            f"{r['assembled_bytes'] / MB:>7.1f}")
+            f"{r['assembled_bytes'] / MB:>7.1f} {r['concat_ms_median']:>7.2f}")
     return "\n".join(lines)
 
 
