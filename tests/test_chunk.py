@@ -163,5 +163,6 @@ def test_assemble_rejects_mixed_width_or_dtype(layout, other, what):
     # a bare RuntimeError
     req, (a, b, c) = layout
     entries = [ChunkEntry(a, Span(2, 6), _emb(a, 1)), ChunkEntry(b, Span(9, 14), other)]
-    with pytest.raises(ValueError, match=rf"chunk entry 1 \(item {b.hash[:12]}\) embedding is .*{what}.* but entry 0's is torch.float32 width 3"):
+    expected = rf"chunk entry 1 \(item {b.hash[:12]}\) embedding is .*{what}.* but entry 0's is torch.float32 width 3"
+    with pytest.raises(ValueError, match=expected):
         assemble_chunk(entries, (0, 19))

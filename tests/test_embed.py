@@ -423,7 +423,8 @@ def test_wrong_count_names_numbers():
 def test_wrong_rows_names_item_and_shapes():
     it = _item(3, 1)
     req = Request.from_segments("r", [it])
-    with pytest.raises(ValueError, match=rf"encoder output 0 \(item {it.hash[:12]} of request\(s\) 'r'\) has shape \(2, 4\), expected \(3, hidden\)"):
+    expected = rf"encoder output 0 \(item {it.hash[:12]} of request\(s\) 'r'\) has shape \(2, 4\), expected \(3, hidden\)"
+    with pytest.raises(ValueError, match=expected):
         embed_chunks([(req, (0, 3))], lambda items: [torch.zeros(2, HIDDEN)], EmbeddingCache(1 << 20))
 
 
@@ -446,7 +447,8 @@ def test_one_dimensional_output_rejected():
 def test_non_tensor_output_rejected():
     it = _item(3, 1)
     req = Request.from_segments("r", [it])
-    with pytest.raises(TypeError, match=rf"encoder output 0 \(item {it.hash[:12]} of request\(s\) 'r'\) is a ndarray, not a tensor"):
+    expected = rf"encoder output 0 \(item {it.hash[:12]} of request\(s\) 'r'\) is a ndarray, not a tensor"
+    with pytest.raises(TypeError, match=expected):
         embed_chunks([(req, (0, 3))], lambda items: [reference(items[0]).numpy()], EmbeddingCache(1 << 20))
 
 
@@ -508,6 +510,7 @@ def test_cache_entry_from_another_encoder_width_is_an_error_and_rolls_back():
     cache.put(a.hash, torch.zeros(2, HIDDEN * 2))  # left by an encoder of another width
     before = _state(cache)
     req = Request.from_segments("mix", [a, b])
-    with pytest.raises(ValueError, match=rf"chunk entry 1 \(item {b.hash[:12]}\) embedding is torch.float32 width 4 on cpu, but entry 0's is torch.float32 width 8"):
+    expected = rf"chunk entry 1 \(item {b.hash[:12]}\) embedding is torch.float32 width 4 on cpu, but entry 0's is "
+    with pytest.raises(ValueError, match=expected + "torch.float32 width 8"):
         embed_chunks([(req, (0, 4))], SpyEncoder(), cache)
     assert _state(cache) == before and b.hash not in cache
