@@ -199,3 +199,10 @@ def test_to_cpu_reuses_the_kept_cpu_feature():
     assert item.to("cpu") is item
     assert item.feature is f and item.cpu_feature is f
     assert MultimodalItem(f, 4).to("cpu").feature is f  # already on the host: unchanged
+
+
+@pytest.mark.parametrize("bad", [123, b"ab", ""])
+def test_explicit_hash_must_be_a_non_empty_string(bad):
+    # the cache is keyed by str and error messages print hash[:12]
+    with pytest.raises(TypeError, match=f"hash must be a non-empty str .* got {bad!r}"):
+        MultimodalItem(_feature(), 4, hash=bad)

@@ -93,6 +93,8 @@ class MultimodalItem:
             self.cpu_feature = self.feature
         if self.hash is None:
             self.hash = content_hash(self.cpu_feature if self.cpu_feature is not None else self.feature, self.meta)
+        elif not isinstance(self.hash, str) or not self.hash:
+            raise TypeError(f"MultimodalItem hash must be a non-empty str (e.g. a hex digest), got {self.hash!r}")
 
     @property
     def feature_nbytes(self) -> int:
