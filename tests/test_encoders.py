@@ -317,3 +317,16 @@ def test_checkpoint_missing_weights_raise_instead_of_random_init(tmp_path, encod
     save_file(state, shard, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="missing or mismatched"):
         build_encoder("siglip-tiny", checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("side", [56, 62, 384])
+def test_patch_embed_gemm_matches_the_convolution_even_with_leftover_pixels(side):
+    # SigLIP-384/14: 384 = 27 * 14 + 6, the convolution ignores the last 6 pixels of each side.
+    from vitkit.encoders.fused import patch_embed_gemm
+
+    conv = torch.nn.Conv2d(3, 16, kernel_size=14, stride=14, bias=True)
+    pixels = torch.randn(2, 3, side, side)
+    expected = conv(pixels).flatten(2).transpose(1, 2)
+    got = patch_embed_gemm(pixels, conv.weight, conv.bias)
+    assert got.shape == expected.shape == (2, (side // 14) ** 2, 16)
+    assert torch.allclose(got, expected, atol=1e-5)

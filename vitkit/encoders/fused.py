@@ -35,11 +35,16 @@ def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor |
 
 
 def patch_embed_gemm(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A Conv2d whose stride equals its kernel, as one GEMM: (B, C, H, W) -> (B, patches, D)."""
+    """A Conv2d whose stride equals its kernel, as one GEMM: (B, C, H, W) -> (B, patches, D).
+
+    Like the convolution, it ignores the pixels past the last whole patch (SigLIP-384/14 has a
+    27x27 grid and drops 6 pixels of each side's 384)."""
     b, c, h, w = pixel_values.shape
     d, _, p, _ = weight.shape
     gh, gw = h // p, w // p
-    patches = pixel_values.view(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c * p * p)
+    if h != gh * p or w != gw * p:
+        pixel_values = pixel_values[:, :, : gh * p, : gw * p]
+    patches = pixel_values.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c * p * p)
     return F.linear(patches, weight.reshape(d, -1), bias).view(b, gh * gw, d)
 
 

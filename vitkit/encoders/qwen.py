@@ -27,7 +27,7 @@ from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from vitkit.encoders.attention import packed_attention
+from vitkit.encoders.attention import VARLEN_DTYPES, packed_attention
 from vitkit.encoders.base import VisionEncoder
 from vitkit.encoders.fused import fused_qwen_block, qwen_block_weights
 from vitkit.item import MultimodalItem
@@ -107,6 +107,13 @@ class QwenVisionEncoder(VisionEncoder):
     Qwen2VLImageProcessor emits them; ``item.meta["image_grid_thw"]`` holds (t, h, w) in patches."""
 
     def __init__(self, preset, model, impl, **flags) -> None:
+        # A CUDA graph cannot hold the reference attention (float32), which reads cu_seqlens on
+        # the host; the varlen kernel (fp16/bf16) keeps everything on the device.
+        graphable = next(model.parameters()).dtype in VARLEN_DTYPES
+        if flags.get("cuda_graphs") and not graphable:
+            raise ValueError(f"encoder {preset.name!r}: cuda_graphs needs fp16/bf16 (the varlen attention kernel)")
+        if flags.get("cuda_graphs") is None and not graphable:
+            flags["cuda_graphs"] = False
         super().__init__(preset, model, impl, **flags)
         # One compiled graph serves all 32 blocks: the weights are arguments, not modules.
         self.block_fn = torch.compile(fused_qwen_block) if self.compiled else fused_qwen_block
