@@ -161,6 +161,7 @@ class BenchView(widgets.VBox):
 
     def add_results(self, label: str, results: Mapping[str, Any], *, select: bool = True) -> None:
         self.sources[label] = results
+        self.note.value = ""  # "nothing to show yet" no longer holds
         self.source.options = list(self.sources)
         if select or self.source.value is None:
             self.source.value = label

@@ -2,13 +2,12 @@
 several cache sizes, pinning on and off; hit rate, calls, re-encodings, encoder time and memory.
 
 Cache sizes are set in embedding rows (tokens). The simulator's fake encoder keeps small rows
-(``FAKE_HIDDEN`` floats) so a run takes a fraction of a second; the figures' legends are
-relabelled in tokens, since their MiB would be those of the small rows, not of a real model's.
+(``FAKE_HIDDEN`` floats) so a run takes a fraction of a second; memory is therefore shown in
+tokens too, since its MiB would be those of the small rows, not of a real model's.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +35,7 @@ from vitkit.viz.bench_widget import STORED
 from vitkit.viz.render import figure_png, html_table
 
 FAKE_HIDDEN = 32
+FAKE_BYTES_PER_TOKEN = 4 * FAKE_HIDDEN  # float32 rows
 GENERATED = "generated (sliders)"
 IMAGE_MIXES: dict[str, tuple[tuple[int, int], ...]] = {  # (height, width) px
     "448 x 448": ((448, 448),),
@@ -97,55 +97,40 @@ def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, prog
     return compare(stream, capacities, pins=settings.pins, encoder=encoder, progress=progress)
 
 
-def cache_tokens_of(run: SimRun) -> int:
-    return run.summary.capacity_bytes // (FAKE_HIDDEN * 4)
-
-
 def summary_rows(runs: Sequence[SimRun]) -> list[dict[str, object]]:
     """One row per run: the totals a reader compares across modes, cache sizes and pinning."""
     rows = []
     for run in runs:
         s = run.summary
         rows.append({
-            "mode": s.mode, "pin": "on" if s.pin else "off", "cache (tokens)": cache_tokens_of(run),
+            "mode": s.mode, "pin": "on" if s.pin else "off", "cache (tokens)": s.capacity_tokens,
             "steps": s.steps, "hit rate": round(s.hit_rate, 3), "encoder calls": s.encoder_calls,
             "encoded items": s.encoded_items, "re-encodings": s.re_encodings,
             "re-encodings in a request": s.request_re_encodings, "evictions": s.evictions,
             "encoder ms": round(s.encoder_ms, 2),
-            "peak cache (tokens)": s.peak_cache_bytes // (FAKE_HIDDEN * 4),
+            "peak cache (tokens)": s.peak_cache_bytes // FAKE_BYTES_PER_TOKEN,
         })
     return rows
 
 
-def relabel_caches(fig: Figure, runs: Sequence[SimRun]) -> Figure:
-    """Say each run's cache size in tokens in the legends, instead of the fake rows' MiB."""
-    by_mib = {f"cache {r.summary.capacity_bytes / 2**20:.3g} MiB": f"cache {cache_tokens_of(r)} tok" for r in runs}
-    pattern = re.compile("|".join(re.escape(k) for k in sorted(by_mib, key=len, reverse=True)))
-    for ax in fig.axes:
-        legend = ax.get_legend()
-        for text in legend.get_texts() if legend else []:
-            text.set_text(pattern.sub(lambda m: by_mib[m.group(0)], text.get_text()))
-    return fig
-
-
 def sim_figures(runs: Sequence[SimRun]) -> dict[str, Figure]:
     """Per-step curves (hit rate, calls, re-encodings, encoder time) and cache memory."""
-    figs = {name: relabel_caches(plot_over_steps(runs, metrics), runs) for name, metrics in PANELS.items()}
+    figs = {name: plot_over_steps(runs, metrics) for name, metrics in PANELS.items()}
     figs["memory"] = plot_memory_tokens(runs)
     return figs
 
 
 def plot_memory_tokens(runs: Sequence[SimRun]) -> Figure:
     """Cache and pinned embedding rows after each step, one line per run (``vitkit.sim.plot``'s
-    styles), in tokens: the fake rows' bytes would not be a real model's."""
-    relabelled = relabel_caches(plot_cache_memory(runs), runs)
-    for ax, title in zip(relabelled.axes, ("cache (embedding tokens)", "pinned (embedding tokens)")):
+    figure, its MiB turned into tokens: the fake rows' bytes would not be a real model's)."""
+    fig = plot_cache_memory(runs)
+    for ax, title in zip(fig.axes, ("cache (embedding tokens)", "pinned (embedding tokens)")):
         for line in ax.get_lines():
-            line.set_ydata([y * 2**20 / (FAKE_HIDDEN * 4) for y in line.get_ydata()])
+            line.set_ydata([y * 2**20 / FAKE_BYTES_PER_TOKEN for y in line.get_ydata()])
         ax.relim()
         ax.autoscale_view()
         ax.set_title(title)
-    return relabelled
+    return fig
 
 
 class SimExplorer(widgets.VBox):
