@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitkit.encoders.base import VisionEncoder
-from vitkit.encoders.fused import fused_vit_layer, patch_embed_gemm, vit_layer_weights
+from vitkit.encoders.fused import compile_layer, fused_vit_layer, patch_embed_gemm, vit_layer_weights
 from vitkit.item import MultimodalItem
 
 
@@ -39,10 +39,9 @@ class FixedResolutionEncoder(VisionEncoder):
         if impl != "stock":
             self.fused_weights(self._fuse)  # fuse now, outside any inference_mode of a caller
         if self.compiled:
-            # One compiled graph serves every layer (weights are arguments); dynamic batch sizes
-            # after the first recompile, so a sweep over batch sizes compiles two or three times.
-            self.layer_fn = torch.compile(fused_vit_layer)
-            self.embed_fn = torch.compile(vit_embed)
+            # One compiled graph per batch size serves every layer (weights are arguments).
+            self.layer_fn = compile_layer(fused_vit_layer)
+            self.embed_fn = compile_layer(vit_embed)
 
     def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor]:
         side = self.preset.image_size

@@ -29,7 +29,7 @@ from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position
 
 from vitkit.encoders.attention import VARLEN_DTYPES, packed_attention
 from vitkit.encoders.base import VisionEncoder
-from vitkit.encoders.fused import fused_qwen_block, qwen_block_weights
+from vitkit.encoders.fused import compile_layer, fused_qwen_block, qwen_block_weights
 from vitkit.item import MultimodalItem
 
 LAYOUT_CACHE_SIZE = 64
@@ -116,7 +116,7 @@ class QwenVisionEncoder(VisionEncoder):
             flags["cuda_graphs"] = False
         super().__init__(preset, model, impl, **flags)
         # One compiled graph serves all 32 blocks: the weights are arguments, not modules.
-        self.block_fn = torch.compile(fused_qwen_block) if self.compiled else fused_qwen_block
+        self.block_fn = compile_layer(fused_qwen_block) if self.compiled else fused_qwen_block
         self._layouts: OrderedDict[tuple, PackedLayout] = OrderedDict()
         if impl != "stock":
             self.fused_weights(self._fuse)  # fuse now, outside any inference_mode of a caller
