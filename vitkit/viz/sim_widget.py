@@ -8,6 +8,7 @@ tokens too, since its MiB would be those of the small rows, not of a real model'
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -66,10 +67,13 @@ class SimSettings:
     encoder: str = "fake"  # "fake", or "<encoder>/<impl>" of a cost model fitted to stored results
 
 
-def cost_models(folder: str | Path = STORED) -> dict[str, Any]:
+def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) -> dict[str, Any]:
     """``"<encoder>/<impl>" -> CallCost`` fitted to the GPU results files in ``folder`` (newer
-    files win); {} when there are none. Lets a laptop report H100-like encoder time. A file whose
-    rows cannot be fitted raises ValueError naming it."""
+    files win); {} when there are none. Lets a laptop report H100-like encoder time.
+
+    A file whose rows cannot be fitted raises ValueError naming it, or, when ``problems`` is
+    given, is left out with that message appended there (the explorer shows it).
+    """
     from vitkit.bench.results import find_results
 
     models: dict[str, Any] = {}
@@ -77,7 +81,11 @@ def cost_models(folder: str | Path = STORED) -> dict[str, Any]:
         try:
             fitted = fit_cost_models(path)
         except ValueError as err:
-            raise ValueError(f"cannot fit an encoder cost model to {path}: {err}") from None
+            message = f"cannot fit an encoder cost model to {path}: {err}"
+            if problems is None:
+                raise ValueError(message) from None
+            problems.append(message)
+            continue
         models.update({f"{encoder}/{impl}": cost for (encoder, impl), cost in fitted.items()})
     return models
 
@@ -140,9 +148,12 @@ class SimExplorer(widgets.VBox):
     the last comparison, ``rows`` its summary table, ``redraw_ms`` the last update's time.
     """
 
-    def __init__(self, settings: SimSettings | None = None, models: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, settings: SimSettings | None = None, models: Mapping[str, Any] | None = None, notes: Sequence[str] = ()
+    ) -> None:
         self.settings = settings or SimSettings()
         self.models = dict(models or {})
+        self.notes = list(notes)  # e.g. results files no cost model could be fitted to
         self.controls = _controls(self.settings, self.models)
         self.figures = {name: widgets.Image(format="png", layout=widgets.Layout(max_width="100%")) for name in (*PANELS, "memory")}
         self.table = widgets.HTML(layout=widgets.Layout(max_height="20em", overflow="auto"))
@@ -194,6 +205,7 @@ class SimExplorer(widgets.VBox):
             f"{len(self.runs)} runs over the same {steps} scheduler steps "
             f"&middot; encoder time: {'fake encoder on this CPU (not meaningful)' if settings.encoder == 'fake' else 'modelled from stored results, ' + settings.encoder}"
             f" <span style='color:#888'>(updated in {self.redraw_ms:.0f} ms)</span>"
+            + "".join(f"<br><i>{html.escape(note)}</i>" for note in self.notes)
         )
 
 
@@ -225,4 +237,6 @@ def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.Va
 
 def sim_explorer(settings: SimSettings | None = None, *, results_folder: str | Path = STORED) -> SimExplorer:
     """Notebook 03's explorer; offers H100-modelled encoder time when ``results_folder`` has results."""
-    return SimExplorer(settings, cost_models(results_folder))
+    problems: list[str] = []
+    models = cost_models(results_folder, problems)
+    return SimExplorer(settings, models, problems)
