@@ -30,8 +30,7 @@ def test_stored_results_reads_gpu_files_and_skips_the_rest(tmp_path, fake_bench_
 
 def test_view_switches_sweep_and_source(fake_bench_results):
     view = BenchView({"h100.json": fake_bench_results(), "smoke": fake_bench_results(kind="cpu-smoke", device="cpu")})
-    assert view.source.value == "smoke" and SMOKE_LABEL in view.header.value
-    view.source.value = "h100.json"
+    assert view.source.value == "h100.json"
     assert "GPU measurement</b> on NVIDIA H100" in view.header.value and SMOKE_LABEL not in view.header.value
     assert view.sweep.options == ("clip-batch", "qwen-resolution", "memory-model")
     png, table = view.figure.value, view.table.value
@@ -41,6 +40,7 @@ def test_view_switches_sweep_and_source(fake_bench_results):
     view.sweep.value = "memory-model"
     assert "predicted_peak_bytes" in view.table.value
     view.source.value = "smoke"  # a smoke run has no memory model: back to its first sweep
+    assert SMOKE_LABEL in view.header.value
     assert view.sweep.options == ("clip-batch", "qwen-resolution") and view.sweep.value == "clip-batch"
 
 
@@ -69,7 +69,7 @@ def test_gpu_run_is_shown_first_next_to_stored_results(tmp_path, monkeypatch, fa
     monkeypatch.setattr(bv, "run_benchmark", lambda sweep=None: fake_bench_results(device="NVIDIA H200") | {"saved_to": "x.json"})
     view = bench_view("quick", run=True, folder=tmp_path)
     assert len(view.source.options) == 2
-    assert view.source.options[0].startswith("measured here: NVIDIA H200")
+    assert view.source.value == view.source.options[0] and view.source.value.startswith("measured here: NVIDIA H200")
 
 
 def test_unknown_sweep_names_are_an_error():

@@ -157,7 +157,7 @@ class BenchView(widgets.VBox):
         self.sweep.observe(self._on_sweep, names="value")
         self.smoke_button.on_click(lambda _: self.run_cpu_smoke())
         for label, results in (sources or {}).items():
-            self.add_results(label, results)
+            self.add_results(label, results, select=False)  # the first source stays selected
 
     def add_results(self, label: str, results: Mapping[str, Any], *, select: bool = True) -> None:
         self.sources[label] = results
