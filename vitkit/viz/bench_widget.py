@@ -227,7 +227,7 @@ def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str
         results = run_benchmark(sweep)
         sources[f"measured here: {results['machine']['device_name']} ({results.get('saved_to', 'not saved')})"] = results
     stored = stored_results(folder)
-    sources.update(stored)
+    sources.update(reversed(stored.items()))  # newest stored file first
     note = "" if sources else (
         f"<i>No stored results in {html.escape(_relative(Path(folder)))} and no GPU run: "
         "press the button for a CPU smoke run.</i>"
