@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	$(PY) -m pip install -e ".[dev,notebooks]"
 	touch $(STAMP)
 
+# Jupyter refuses to run as root unless told; containers often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(ROOT_FLAG) notebooks/
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
