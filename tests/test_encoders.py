@@ -330,3 +330,32 @@ def test_patch_embed_gemm_matches_the_convolution_even_with_leftover_pixels(side
     got = patch_embed_gemm(pixels, conv.weight, conv.bias)
     assert got.shape == expected.shape == (2, (side // 14) ** 2, 16)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_compile_and_graph_flags_are_checked():
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        build_encoder("clip-tiny", cuda_graphs=True)
+    with pytest.raises(ValueError, match="apply to impl='vitkit', not 'stock'"):
+        build_encoder("clip-tiny", impl="stock", compile=True)
+    enc = build_encoder("clip-tiny")
+    assert not enc.compiled and not enc.cuda_graphs and enc.graphs is None  # CPU default: plain eager
+
+
+def test_vitkit_eager_is_the_same_function_as_vitkit(encoders, real_items):
+    enc = encoders["qwen2.5-vl-tiny"]
+    items = synthetic_items("qwen2.5-vl-tiny", [(56, 84), (112, 112)], seed=5)
+    eager = enc.variant(impl="vitkit-eager")
+    assert eager.model is enc.model  # same weights, fused once
+    for a, b in zip(enc(items), eager(items)):
+        assert torch.equal(a, b)
+
+
+def test_fusing_keeps_the_transformers_model_working_outside_inference_mode(encoders):
+    # The fused QKV buffer backs the modules' parameters; the stock forward must still run with
+    # autograd enabled (fusing under a caller's inference_mode would make that fail).
+    enc = encoders["clip-tiny"]
+    with torch.inference_mode():
+        enc.variant(impl="vitkit")
+    pixels = torch.randn(1, 3, 56, 56)
+    out = enc.model(pixel_values=pixels).last_hidden_state
+    assert out.shape[0] == 1 and torch.isfinite(out).all()
