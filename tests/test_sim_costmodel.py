@@ -29,7 +29,7 @@ def row(encoder, mode, requests, images_per_request, tokens_per_image, ms_per_ca
 
 
 def results_file(tmp_path, rows):
-    data = {"schema": "vitkit.bench/1", "kind": "gpu", "machine": {"gpu": "NVIDIA H100 80GB HBM3"},
+    data = {"schema": "vitkit.bench/1", "kind": "gpu", "machine": {"device_name": "NVIDIA H100 80GB HBM3"},
             "versions": {}, "settings": {}, "rows": rows}
     path = tmp_path / "results.json"
     path.write_text(json.dumps(data))
@@ -118,3 +118,27 @@ def test_simulated_encoder_time_follows_the_model(h100_file):
     # both paths encode about the same tokens; batching saves the per-call intercept
     assert runs["batched"].summary.encoder_calls < runs["per_request"].summary.encoder_calls
     assert runs["batched"].summary.encoder_ms < runs["per_request"].summary.encoder_ms
+
+
+def test_fit_never_models_a_call_as_taking_negative_time():
+    # Convex data (quadratic attention at large images) pulls a free intercept below zero.
+    from vitkit.sim.costmodel import _line_fit
+
+    xs = [64.0, 256.0, 1024.0, 4096.0]
+    ys = [x * 0.01 + (x / 1000.0) ** 2 for x in xs]
+    a, b, _ = _line_fit(xs, ys)
+    assert a == 0.0 and b > 0
+    assert all(a + b * x > 0 for x in xs)
+
+
+def test_fitted_models_name_the_measuring_device():
+    import glob
+
+    from vitkit.sim.costmodel import fit_cost_models
+
+    paths = sorted(glob.glob("results/h100/full-*.json"))
+    if not paths:
+        pytest.skip("no stored H100 results")
+    models = fit_cost_models(paths[0])
+    assert all(m.intercept_ms >= 0 and m.ms_per_token > 0 for m in models.values())
+    assert all("H100" in m.source for m in models.values())

@@ -60,13 +60,19 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 def _line_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
-    """Least-squares ``y = a + b x``; returns (a, b, r2)."""
+    """Least-squares ``y = a + b x`` with ``a >= 0``; returns (a, b, r2).
+
+    A negative intercept (seen for Qwen2.5-VL on the H100, where attention's quadratic term bends
+    the line up at large images) would model small calls as taking negative time; the fit is then
+    redone through the origin."""
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
     sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
     b = sxy / sxx
     a = my - b * mx
+    if a < 0:
+        a, b = 0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
     ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
     ss_tot = sum((y - my) ** 2 for y in ys)
     return a, b, 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
@@ -79,7 +85,8 @@ def fit_cost_models(results: Mapping[str, Any] | str | Path, *, modes: Sequence[
     which path made it). Raises ValueError when a group has fewer than two distinct call sizes.
     """
     data = load_results(results) if isinstance(results, (str, Path)) else results
-    source = f"{results if isinstance(results, (str, Path)) else 'results'} ({data.get('machine', {}).get('gpu', data.get('kind', '?'))})"
+    machine = data.get("machine", {}).get("device_name") or data.get("kind", "?")
+    source = f"{results if isinstance(results, (str, Path)) else 'results'} ({machine})"
     groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in data["rows"]:
         if (modes is not None and row["mode"] not in modes) or row["encoder_calls"] <= 0:
