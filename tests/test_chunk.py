@@ -115,6 +115,14 @@ def test_assemble_returns_none_without_entries():
     assert assemble_chunk([], (0, 4)) is None
 
 
+def test_assemble_rejects_empty_window(layout):
+    req, (a, b, c) = layout
+    entry = ChunkEntry(a, req.spans[0], _emb(a, 1))
+    for entries in ([entry], []):  # not a zero-row chunk, nor None: an empty window is a caller bug
+        with pytest.raises(ValueError, match=r"window Span\(4, 4\) is empty"):
+            assemble_chunk(entries, (4, 4))
+
+
 def test_assemble_missing_embedding_names_item(layout):
     req, (a, b, c) = layout
     entries = find_chunk_items(req, (0, 8))

@@ -58,6 +58,7 @@ def test_from_inclusive_rejects_non_int_end():
         ((0, 10), (2, 6), (2, 6)),
         ((5, 6), (0, 5), None),
         ((0, 0), (0, 5), None),  # an empty span overlaps nothing
+        ((3, 3), (0, 5), None),  # not even inside another span
     ],
 )
 def test_overlaps_and_intersect(a, b, expected):

@@ -64,6 +64,8 @@ def assemble_chunk(entries: Sequence[ChunkEntry], window: Span | tuple[int, int]
     entry overlaps. Entries must carry embeddings of exactly ``len(span)`` rows, sorted by span.
     """
     window = Span.coerce(window)
+    if len(window) == 0:
+        raise ValueError(f"window {window} is empty")
     pieces = []
     previous: Span | None = None
     for k, entry in enumerate(entries):

@@ -45,7 +45,8 @@ class Span:
         return self.stop - self.start
 
     def overlaps(self, other: Span) -> bool:
-        return self.start < other.stop and other.start < self.stop
+        """True when the spans share a token (an empty span shares none)."""
+        return self.start < other.stop and other.start < self.stop and len(self) > 0 and len(other) > 0
 
     def intersect(self, other: Span) -> Span | None:
         """The common part of two spans, or None when they do not overlap."""
