@@ -1,5 +1,7 @@
 """Request: span/item validation and prompt layout from segments."""
 
+import re
+
 import pytest
 import torch
 
@@ -28,6 +30,20 @@ def test_span_length_must_match_num_tokens():
     expected = rf"request 'r1' item 0 \(hash {item.hash[:12]}\): span Span\(0, 3\) holds 3 tokens"
     with pytest.raises(ValueError, match=expected + " but the item has num_tokens=4"):
         Request("r1", [item], [(0, 3)])
+
+
+@pytest.mark.parametrize(
+    "span, error, detail",
+    [
+        ((5, 3), ValueError, r"Span stop must be >= start, got \[5, 3\)"),
+        ((-1, 3), ValueError, r"Span start must be >= 0, got \[-1, 3\)"),
+        ((0, 4.0), TypeError, r"Span stop must be an int, got float 4.0"),
+        ("ab", TypeError, r"expected a Span or a \(start, stop\) tuple"),
+    ],
+)
+def test_bad_span_names_request_and_item(span, error, detail):
+    with pytest.raises(error, match=re.escape(f"request 'r9' item 1: bad span {span!r}: ") + detail):
+        Request("r9", [_item(4), _item(4, 1)], [(0, 4), span])
 
 
 def test_overlapping_spans_rejected_naming_request_and_items():

@@ -23,7 +23,7 @@ class Request:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "items", tuple(self.items))
-        object.__setattr__(self, "spans", tuple(Span.coerce(s) for s in self.spans))
+        object.__setattr__(self, "spans", tuple(self._coerce_span(i, s) for i, s in enumerate(self.spans)))
         for item in self.items:
             if not isinstance(item, MultimodalItem):
                 raise TypeError(f"request {self.rid!r}: items must be MultimodalItem, got {type(item).__name__}")
@@ -31,6 +31,12 @@ class Request:
             raise ValueError(f"request {self.rid!r}: {len(self.items)} items but {len(self.spans)} spans")
         self._check_spans()
         self._check_prompt_len()
+
+    def _coerce_span(self, i: int, span: object) -> Span:
+        try:
+            return Span.coerce(span)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"request {self.rid!r} item {i}: bad span {span!r}: {err}") from None
 
     def _check_spans(self) -> None:
         for i, (item, span) in enumerate(zip(self.items, self.spans)):
