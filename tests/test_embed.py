@@ -499,9 +499,22 @@ def test_same_hash_different_token_counts_rejected_and_cache_unchanged():
     b = MultimodalItem(torch.ones(3), 3, hash="same")
     cache = EmbeddingCache(1 << 20)
     r1, r2 = Request.from_segments("a", [a]), Request.from_segments("b", [b])
-    with pytest.raises(ValueError, match="items with hash same disagree on num_tokens: 2 vs 3"):
+    expected = r"items with hash same disagree on num_tokens: 2 vs 3 \(request 'a' item 0 vs request 'b' item 0\)"
+    with pytest.raises(ValueError, match=expected):
         embed_chunks([(r1, (0, 2)), (r2, (0, 3))], SpyEncoder(), cache)
     assert cache.stats().misses == 0 and len(cache) == 0
+
+
+def test_cached_entry_of_another_token_count_names_the_request_and_rolls_back():
+    a = MultimodalItem(torch.zeros(3), 2, hash="same")
+    b = MultimodalItem(torch.ones(3), 3, hash="same")  # same explicit hash, another token count
+    cache = EmbeddingCache(1 << 20)
+    embed_chunks([(Request.from_segments("a", [a]), (0, 2))], SpyEncoder(), cache)
+    before = _state(cache)
+    expected = r"request 'b' window Span\(0, 4\): chunk entry 0 \(item same, span Span\(1, 4\)\): embedding has shape \(2, 4\)"
+    with pytest.raises(ValueError, match=expected + r", expected \(3, hidden\)"):
+        embed_chunks([(Request.from_segments("b", [1, b]), (0, 4))], SpyEncoder(), cache)
+    assert _state(cache) == before
 
 
 def test_cache_entry_from_another_encoder_width_is_an_error_and_rolls_back():

@@ -90,20 +90,23 @@ def run_encoder(
     return list(outputs)
 
 
-def _unique_misses(entries_per_window: Sequence[Sequence[ChunkEntry]]) -> list[MultimodalItem]:
+def _unique_misses(
+    batch: Sequence[tuple[Request, Span]], entries_per_window: Sequence[Sequence[ChunkEntry]]
+) -> list[MultimodalItem]:
     """Missed items, first occurrence first, one per content hash."""
-    seen: dict[str, MultimodalItem] = {}
-    for entries in entries_per_window:
+    seen: dict[str, tuple[MultimodalItem, str]] = {}  # hash -> (first item, where it is)
+    for (request, _), entries in zip(batch, entries_per_window):
         for e in entries:
             if e.embedding is not None:
                 continue
-            first = seen.setdefault(e.item.hash, e.item)
+            where = f"request {request.rid!r} item {request.spans.index(e.span)}"
+            first, first_where = seen.setdefault(e.item.hash, (e.item, where))
             if first.num_tokens != e.item.num_tokens:
                 raise ValueError(
                     f"items with hash {e.item.hash[:12]} disagree on num_tokens: "
-                    f"{first.num_tokens} vs {e.item.num_tokens}"
+                    f"{first.num_tokens} vs {e.item.num_tokens} ({first_where} vs {where})"
                 )
-    return list(seen.values())
+    return [item for item, _ in seen.values()]
 
 
 @dataclass
@@ -196,10 +199,14 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> lis
         for e in entries:
             if e.embedding is None:
                 wanted_by.setdefault(e.item.hash, []).append(request.rid)
-    encoded = _encode_and_store(encoder, cache, _unique_misses(found), max_tokens_per_call, owners, tally, wanted_by)
+    misses = _unique_misses(batch, found)
+    encoded = _encode_and_store(encoder, cache, misses, max_tokens_per_call, owners, tally, wanted_by)
     out = []
     for (request, window), entries in zip(batch, found):
-        out.append(assemble_chunk(_fill(entries, encoded), window))
+        try:
+            out.append(assemble_chunk(_fill(entries, encoded), window))
+        except ValueError as err:  # e.g. a cached entry of another width: say whose chunk it was
+            raise ValueError(f"request {request.rid!r} window {window}: {err}") from None
         if pin:
             _update_pins(cache, request, window, entries)
     return out
