@@ -94,19 +94,22 @@ def _unique_misses(
     batch: Sequence[tuple[Request, Span]], entries_per_window: Sequence[Sequence[ChunkEntry]]
 ) -> list[MultimodalItem]:
     """Missed items, first occurrence first, one per content hash."""
-    seen: dict[str, tuple[MultimodalItem, str]] = {}  # hash -> (first item, where it is)
+    seen: dict[str, tuple[MultimodalItem, Request, Span]] = {}  # hash -> first miss, and where
     for (request, _), entries in zip(batch, entries_per_window):
         for e in entries:
             if e.embedding is not None:
                 continue
-            where = f"request {request.rid!r} item {request.spans.index(e.span)}"
-            first, first_where = seen.setdefault(e.item.hash, (e.item, where))
+            first, first_request, first_span = seen.setdefault(e.item.hash, (e.item, request, e.span))
             if first.num_tokens != e.item.num_tokens:
                 raise ValueError(
-                    f"items with hash {e.item.hash[:12]} disagree on num_tokens: "
-                    f"{first.num_tokens} vs {e.item.num_tokens} ({first_where} vs {where})"
+                    f"items with hash {e.item.hash[:12]} disagree on num_tokens: {first.num_tokens} vs "
+                    f"{e.item.num_tokens} ({_where(first_request, first_span)} vs {_where(request, e.span)})"
                 )
-    return [item for item, _ in seen.values()]
+    return [item for item, _, _ in seen.values()]
+
+
+def _where(request: Request, span: Span) -> str:
+    return f"request {request.rid!r} item {request.spans.index(span)}"
 
 
 @dataclass
