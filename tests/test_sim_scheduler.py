@@ -64,6 +64,17 @@ def test_bad_input_is_rejected_with_names():
         plan_steps([Arrival("A", 3)], 8, step_ms=0)
 
 
+@pytest.mark.parametrize("field, value", [("arrival_ms", float("nan")), ("arrival_ms", "0"), ("abort_ms", float("nan")),
+                                          ("abort_ms", float("inf")), ("arrival_ms", True)])
+def test_bad_times_are_rejected_not_looped_on_or_dropped(field, value):
+    # regression: a NaN arrival made plan_steps loop for ever; a NaN abort was silently never applied
+    scheduler = Scheduler(8)
+    with pytest.raises(ValueError, match=f"request 'A': {field} must be a finite number \\(ms\\), got {value!r}"):
+        scheduler.add(Arrival("A", 3, **{field: value}))  # plan_steps adds each arrival first
+    assert scheduler.idle
+    scheduler.add(Arrival("A", 3))  # nothing of the refused one was kept
+
+
 def test_window_span():
     w = Window("A", 2, 5)
     assert len(w) == 3 and (w.span.start, w.span.stop) == (2, 5)

@@ -19,6 +19,7 @@ last request of a step is cut, and it runs first in the next step, before anythi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
@@ -73,6 +74,10 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class Scheduler:
     """Prefill scheduler state: waiting queue, running set (both in arrival order), progress."""
 
@@ -101,6 +106,12 @@ class Scheduler:
             raise ValueError(f"request {arrival.rid!r} was already added")
         if isinstance(arrival.prompt_len, bool) or not isinstance(arrival.prompt_len, int) or arrival.prompt_len <= 0:
             raise ValueError(f"request {arrival.rid!r}: prompt_len must be a positive int, got {arrival.prompt_len!r}")
+        for name in ("arrival_ms", "abort_ms"):
+            value = getattr(arrival, name)
+            # NaN compares false both ways: a NaN arrival never joins (plan_steps would loop for
+            # ever) and a NaN abort would be silently dropped
+            if not (value is None and name == "abort_ms") and not _is_finite_number(value):
+                raise ValueError(f"request {arrival.rid!r}: {name} must be a finite number (ms), got {value!r}")
         self._seen.add(arrival.rid)
         # insert after every request arriving at the same time or earlier: stable arrival order
         k = len(self.waiting)
