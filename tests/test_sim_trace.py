@@ -153,3 +153,15 @@ def test_bytes_per_token_and_capacity():
         cache_bytes_for_tokens(10, object())
     with pytest.raises(ValueError, match="positive int"):
         cache_bytes_for_tokens(0, encoder)
+
+
+def test_fake_encoder_takes_any_str_hash():
+    # regression: the seed was int(hash[:15], 16), so an explicit non-hex hash raised a bare ValueError
+    from vitkit import MultimodalItem
+    from vitkit.sim.fake import FakeEncoder
+
+    encoder = FakeEncoder(hidden=4)
+    sku, again, other = (MultimodalItem(torch.zeros(2), 3, hash=h) for h in ("sku-17", "sku-17", "sku-18"))
+    out = encoder([sku, again, other])
+    assert [tuple(t.shape) for t in out] == [(3, 4)] * 3
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])

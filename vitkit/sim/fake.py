@@ -63,7 +63,8 @@ class FakeEncoder:
         return self.hidden_size * torch.empty((), dtype=self.dtype).element_size()
 
     def embed(self, item: MultimodalItem) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(int(item.hash[:15], 16))
+        # any str hash (an explicit one need not be hex), hashed to a stable seed
+        generator = torch.Generator().manual_seed(image_seed(item.hash))
         return torch.randn(item.num_tokens, self.hidden_size, generator=generator).to(self.dtype)
 
     def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
