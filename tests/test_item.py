@@ -1,6 +1,7 @@
 """MultimodalItem: content hash, validation, device moves that keep the CPU feature."""
 
 import hashlib
+import re
 
 import pytest
 import torch
@@ -206,3 +207,10 @@ def test_explicit_hash_must_be_a_non_empty_string(bad):
     # the cache is keyed by str and error messages print hash[:12]
     with pytest.raises(TypeError, match=f"hash must be a non-empty str .* got {bad!r}"):
         MultimodalItem(_feature(), 4, hash=bad)
+
+
+@pytest.mark.parametrize("bad", [[1, 2], (1, 16, 16), "grid"])
+def test_meta_must_be_a_mapping(bad):
+    # regression: a list/tuple/str meta died in the hash with a bare IndexError/TypeError
+    with pytest.raises(TypeError, match="MultimodalItem meta must be a mapping .*" + re.escape(f"got {bad!r}")):
+        MultimodalItem(_feature(), 4, meta=bad)

@@ -89,6 +89,8 @@ class MultimodalItem:
             raise ValueError(f"MultimodalItem num_tokens must be a positive int, got {self.num_tokens!r}")
         if self.modality not in MODALITIES:
             raise ValueError(f"MultimodalItem modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.meta is not None and not isinstance(self.meta, Mapping):
+            raise TypeError(f"MultimodalItem meta must be a mapping (e.g. {{'image_grid_thw': grid}}), got {self.meta!r}")
         if self.feature.device.type == "cpu" and self.cpu_feature is None:
             self.cpu_feature = self.feature
         if self.hash is None:
