@@ -89,6 +89,15 @@ def test_qwen_max_pixels_override_caps_tokens(images):
         [p.name for p in image_paths()].index("hubble_deep_field.jpg")].meta["image_grid_thw"][1:]
 
 
+@pytest.mark.parametrize("name", ["clip-tiny", "qwen2.5-vl-tiny"])
+def test_each_item_owns_its_feature_storage(name):
+    # regression: features were views into the processor's whole batch tensor, so one item kept
+    # every image of the call alive (and moved or saved them along with it)
+    images = [Image.new("RGB", (56, 56), (10, 20, 30)), Image.new("RGB", (56, 112), (200, 100, 0))]
+    for item in make_items(images, name):
+        assert item.feature.untyped_storage().nbytes() == item.feature_nbytes
+
+
 def test_make_items_rejects_non_images():
     with pytest.raises(TypeError, match="image 1 is ndarray"):
         import numpy as np

@@ -59,7 +59,7 @@ def make_items(images: Sequence[Image.Image], preset_name: str, **processor_over
     if preset.variable_resolution:
         return _qwen_items(out["pixel_values"], out["image_grid_thw"], preset)
     rows = preset.fixed_num_tokens
-    return [MultimodalItem(feature=pv.contiguous(), num_tokens=rows) for pv in out["pixel_values"]]
+    return [MultimodalItem(feature=pv.clone(), num_tokens=rows) for pv in out["pixel_values"]]  # own storage
 
 
 def _qwen_items(patches: torch.Tensor, grids: torch.Tensor, preset: EncoderPreset) -> list[MultimodalItem]:
@@ -68,7 +68,9 @@ def _qwen_items(patches: torch.Tensor, grids: torch.Tensor, preset: EncoderPrese
     for t, h, w in grids.tolist():
         n = t * h * w
         items.append(MultimodalItem(
-            feature=patches[start:start + n].contiguous(),  # own storage: hashing reads only this image
+            # own storage (a row slice is already contiguous, so .contiguous() would keep a view):
+            # an item must not hold every other image's patches alive
+            feature=patches[start:start + n].clone(),
             num_tokens=n // (merge * merge),
             meta={"image_grid_thw": (t, h, w)},
         ))
