@@ -527,3 +527,8 @@ def test_cache_entry_from_another_encoder_width_is_an_error_and_rolls_back():
     with pytest.raises(ValueError, match=expected + "torch.float32 width 8"):
         embed_chunks([(req, (0, 4))], SpyEncoder(), cache)
     assert _state(cache) == before and b.hash not in cache
+
+
+def test_cache_must_be_an_embedding_cache():
+    with pytest.raises(TypeError, match="cache must be an EmbeddingCache, got dict"):
+        embed_chunks([], lambda items: [], {})

@@ -106,3 +106,8 @@ def test_request_is_frozen():
     req = Request("r", [], [])
     with pytest.raises(AttributeError):
         req.rid = "other"
+
+
+def test_unhashable_request_id_is_named():
+    with pytest.raises(TypeError, match=r"request id must be hashable, got list \['a'\]"):
+        Request(["a"], (), ())

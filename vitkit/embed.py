@@ -252,6 +252,8 @@ def embed_chunks(
     (``pin=False`` turns pinning off, to measure what it saves). If the encoder raises or
     returns bad shapes, the cache is left exactly as it was.
     """
+    if not isinstance(cache, EmbeddingCache):
+        raise TypeError(f"cache must be an EmbeddingCache, got {type(cache).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if max_tokens_per_call is not None and (

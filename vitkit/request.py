@@ -22,6 +22,10 @@ class Request:
     prompt_len: int | None = None
 
     def __post_init__(self) -> None:
+        try:
+            hash(self.rid)  # rids key pins and step bookkeeping
+        except TypeError:
+            raise TypeError(f"request id must be hashable, got {type(self.rid).__name__} {self.rid!r}") from None
         object.__setattr__(self, "items", tuple(self.items))
         object.__setattr__(self, "spans", tuple(self._coerce_span(i, s) for i, s in enumerate(self.spans)))
         for item in self.items:
