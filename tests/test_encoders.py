@@ -359,3 +359,15 @@ def test_fusing_keeps_the_transformers_model_working_outside_inference_mode(enco
     pixels = torch.randn(1, 3, 56, 56)
     out = enc.model(pixel_values=pixels).last_hidden_state
     assert out.shape[0] == 1 and torch.isfinite(out).all()
+
+
+def test_residual_linear_accumulates_in_place_and_matches_addmm():
+    from vitkit.encoders.fused import addmm_into, residual_addmm, residual_linear
+
+    x, a, w, b = torch.randn(6, 8), torch.randn(6, 4), torch.randn(8, 4), torch.randn(8)
+    expected = residual_addmm(x, a, w, b)
+    assert torch.allclose(residual_linear(x, a, w, b), expected, atol=1e-6)
+    out = x.clone()
+    before = out.data_ptr()
+    addmm_into(out, a, w.t())
+    assert out.data_ptr() == before and torch.allclose(out, x + a @ w.t(), atol=1e-6)
