@@ -153,11 +153,12 @@ def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry])
     return {e.item.hash for e in entries if e.item.hash in later}
 
 
-def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries: Sequence[ChunkEntry]) -> None:
+def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries: Sequence[ChunkEntry],
+                 later: set[str]) -> None:
+    """Hold this request's pins on exactly the entries a later window needs (``later``)."""
     if window.stop >= request.prompt_len:
         cache.release(request.rid)  # prompt done: nothing of this request is needed again
         return
-    later = _needed_later(request, window, entries)
     for e in entries:
         key = e.item.hash
         if key in later:
@@ -180,18 +181,20 @@ def _lookup(batch: Sequence[tuple[Request, Span]], cache: EmbeddingCache, tally:
     return found
 
 
-def _pin_owners(batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]]) -> dict[str, list[Hashable]]:
+def _pin_owners(batch: Sequence[tuple[Request, Span]], later: Sequence[set[str]]) -> dict[str, list[Hashable]]:
     owners: dict[str, list[Hashable]] = {}
-    for (request, window), entries in zip(batch, found):
-        if window.stop < request.prompt_len:
-            for key in _needed_later(request, window, entries):
-                owners.setdefault(key, []).append(request.rid)
+    for (request, _), keys in zip(batch, later):
+        for key in keys:
+            owners.setdefault(key, []).append(request.rid)
     return owners
 
 
 def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
     found = _lookup(batch, cache, tally)
-    owners = _pin_owners(batch, found) if pin else {}
+    # What each window's request needs again later, computed once per window for pins.
+    later = [_needed_later(request, window, entries) if pin and window.stop < request.prompt_len else set()
+             for (request, window), entries in zip(batch, found)]
+    owners = _pin_owners(batch, later)
     for key, rids in owners.items():  # pin hits first, so this step's puts cannot evict them
         if key in cache:
             for rid in rids:
@@ -205,13 +208,13 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> lis
     misses = _unique_misses(batch, found)
     encoded = _encode_and_store(encoder, cache, misses, max_tokens_per_call, owners, tally, wanted_by)
     out = []
-    for (request, window), entries in zip(batch, found):
+    for (request, window), entries, keys in zip(batch, found, later):
         try:
             out.append(assemble_chunk(_fill(entries, encoded), window))
         except ValueError as err:  # e.g. a cached entry of another width: say whose chunk it was
             raise ValueError(f"request {request.rid!r} window {window}: {err}") from None
         if pin:
-            _update_pins(cache, request, window, entries)
+            _update_pins(cache, request, window, entries, keys)
     return out
 
 
