@@ -6,17 +6,19 @@ Which rows each returns: ``PRESETS[name].rows_note``.
 """
 
 from vitkit.encoders.attention import packed_attention, uses_varlen_kernel
-from vitkit.encoders.base import IMPLS, VisionEncoder
+from vitkit.encoders.base import IMPLS, EncoderStats, PackRecord, VisionEncoder, WarmupReport
+from vitkit.encoders.buckets import Buckets, Pack, pack
 from vitkit.encoders.build import build_encoder, count_parameters
-from vitkit.encoders.fixed import FixedResolutionEncoder, vit_embed
-from vitkit.encoders.fused import fused_qwen_block, fused_vit_layer
+from vitkit.encoders.fixed import FIXED_BUCKETS, FixedResolutionEncoder, vit_embed
+from vitkit.encoders.fused import fuse_tower, fused_qwen_block, fused_vit_layer
 from vitkit.encoders.graphs import GraphCache
 from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
-from vitkit.encoders.qwen import PackedLayout, QwenVisionEncoder, packed_layout, qwen_block
+from vitkit.encoders.qwen import QWEN_BUCKETS, PackedLayout, QwenVisionEncoder, packed_layout, padded_layout, qwen_block
 
 __all__ = [
-    "IMPLS", "PRESETS", "EncoderPreset", "FixedResolutionEncoder", "GraphCache", "PackedLayout",
-    "QwenVisionEncoder", "VisionEncoder", "build_encoder", "count_parameters", "fused_qwen_block",
-    "fused_vit_layer", "get_preset", "packed_attention", "packed_layout", "qwen_block", "uses_varlen_kernel",
+    "FIXED_BUCKETS", "IMPLS", "PRESETS", "QWEN_BUCKETS", "Buckets", "EncoderPreset", "EncoderStats",
+    "FixedResolutionEncoder", "GraphCache", "Pack", "PackRecord", "PackedLayout", "QwenVisionEncoder", "VisionEncoder",
+    "WarmupReport", "build_encoder", "count_parameters", "fuse_tower", "fused_qwen_block", "fused_vit_layer",
+    "get_preset", "pack", "packed_attention", "packed_layout", "padded_layout", "qwen_block", "uses_varlen_kernel",
     "vit_embed",
 ]

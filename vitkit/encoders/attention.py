@@ -63,10 +63,10 @@ def _reference_attention(
         segment = torch.repeat_interleave(torch.arange(len(lengths), device=query.device), lengths)
         mask = segment[:, None] == segment[None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    else:
+    else:  # empty sequences (a padded layout's unused slots) contribute no rows
         out = torch.cat(
             [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b])
-             for a, b in zip(bounds[:-1], bounds[1:])],
+             for a, b in zip(bounds[:-1], bounds[1:]) if b > a],
             dim=2,
         )
     return out.squeeze(0).transpose(0, 1)

@@ -13,7 +13,9 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVi
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from vitkit.encoders.base import VisionEncoder
+from vitkit.encoders.buckets import Buckets
 from vitkit.encoders.fixed import FixedResolutionEncoder
+from vitkit.encoders.fused import fuse_tower
 from vitkit.encoders.presets import EncoderPreset, get_preset
 from vitkit.encoders.qwen import QwenVisionEncoder
 
@@ -42,8 +44,7 @@ def build_encoder(
     checkpoint: str | Path | None = None,
     impl: str = "vitkit",
     seed: int = 0,
-    compile: bool | None = None,
-    cuda_graphs: bool | None = None,
+    buckets: Buckets | None = None,
 ) -> VisionEncoder:
     """The preset's tower as a vitkit encoder, on ``device`` in ``dtype``.
 
@@ -51,9 +52,10 @@ def build_encoder(
     initialisation; the global RNG is left as it was). ``checkpoint`` is a local directory holding
     a transformers checkpoint, either of the tower alone or of the whole multimodal model (the
     tower's weights are then taken from it); it is read with ``local_files_only`` semantics.
-    ``impl``: "vitkit" (fused / packed path), "vitkit-eager" (the same without compile or CUDA
-    graphs) or "stock" (the transformers forward, sdpa). ``compile`` / ``cuda_graphs`` default to
-    on for "vitkit" on CUDA (see ``VisionEncoder``).
+    ``impl``: "vitkit" (fused layers, calls padded to token ``buckets`` — default: the tower's
+    measured set — compiled and replayed from CUDA graphs on CUDA), "vitkit-eager" (the same
+    layers unpadded, no compile, no graphs) or "stock" (the transformers forward, sdpa); see
+    ``vitkit.encoders.base``. The q/k/v and gate/up weights are fused here, where they are loaded.
     ``device="meta"`` builds the shapes without memory (for counting parameters).
     """
     preset = get_preset(name)
@@ -63,7 +65,7 @@ def build_encoder(
         model = _checkpoint_model(preset, Path(checkpoint))
     model = model.to(device=device, dtype=dtype)
     cls = QwenVisionEncoder if preset.variable_resolution else FixedResolutionEncoder
-    return cls(preset, model, impl, compile=compile, cuda_graphs=cuda_graphs)
+    return cls(preset, model, impl, fused=fuse_tower(preset, model), buckets=buckets)
 
 
 def _random_model(preset: EncoderPreset, device: torch.device, seed: int) -> nn.Module:

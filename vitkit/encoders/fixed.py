@@ -1,21 +1,29 @@
 """Fixed-resolution towers (CLIP, SigLIP): a batch is one stacked (B, 3, H, W) forward.
 
 ``impl="vitkit"`` runs ``fused_vit_layer`` over the tower's own weights (fused QKV, residuals
-added inside the GEMMs, the patch embedding as a GEMM), on CUDA compiled once for all layers and
-replayed from a CUDA graph per batch size. It stops at the layer the rows come from: CLIP's rows
-are the penultimate layer's, so its last layer is never computed (SGLang's and vLLM's LLaVA
-towers skip it too). ``impl="stock"`` calls the transformers model's forward.
+added inside the GEMMs, the patch embedding as a GEMM). Its bucket unit is the image: a call is
+padded with blank images to the next batch-size bucket (attention is per image, so a blank image
+touches no real row), and on CUDA each bucket is compiled once and replayed from its CUDA graph.
+It stops at the layer the rows come from: CLIP's rows are the penultimate layer's, so its last
+layer is never computed (SGLang's and vLLM's LLaVA towers skip it too). ``impl="stock"`` calls
+the transformers model's forward.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vitkit.encoders.base import VisionEncoder
-from vitkit.encoders.fused import compile_layer, fused_vit_layer, patch_embed_gemm, vit_layer_weights
+from vitkit.encoders.buckets import Buckets
+from vitkit.encoders.fused import compile_layer, fused_vit_layer, patch_embed_gemm
 from vitkit.item import MultimodalItem
+
+# Batch sizes, chosen on a 400-step stream of 1-64 CLIP images a step with 20% repeats
+# (``python -m vitkit.bench.buckets``, results/cpu/bucket-choice.json): 19 graphs pad batched
+# calls by 5.8% of their rows (powers of two: 7 graphs, 45%; steps of 8: 13 graphs, 12.4%) and
+# per-request calls (1-4 images) not at all. Each bucket costs one compile and capture in warm-up.
+FIXED_BUCKETS = Buckets((1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64), max_items=64)
 
 
 def vit_embed(pixel_values: torch.Tensor, patch_w: torch.Tensor, patch_b: torch.Tensor | None,
@@ -32,69 +40,97 @@ def vit_embed(pixel_values: torch.Tensor, patch_w: torch.Tensor, patch_b: torch.
 class FixedResolutionEncoder(VisionEncoder):
     """CLIP / SigLIP tower. Item feature: pixel values (3, image_size, image_size)."""
 
-    def __init__(self, preset, model, impl, **flags) -> None:
-        super().__init__(preset, model, impl, **flags)
-        self.layer_fn = fused_vit_layer
-        self.embed_fn = vit_embed
-        if impl != "stock":
-            self.fused_weights(self._fuse)  # fuse now, outside any inference_mode of a caller
-        if self.compiled:
-            # One compiled graph per batch size serves every layer (weights are arguments).
-            self.layer_fn = compile_layer(fused_vit_layer)
-            self.embed_fn = compile_layer(vit_embed)
+    def __init__(self, preset, model, impl, **kwargs) -> None:
+        super().__init__(preset, model, impl, **kwargs)
+        self.layer_fn, self.embed_fn = fused_vit_layer, vit_embed
+        if self.accelerated:
+            # One compiled graph per bucket serves every layer (weights are arguments).
+            variants = len(self.buckets.sizes) + 1
+            self.layer_fn = compile_layer(fused_vit_layer, variants)
+            self.embed_fn = compile_layer(vit_embed, variants)
 
-    def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor]:
+    def default_buckets(self) -> Buckets:
+        return FIXED_BUCKETS
+
+    def units_to_rows(self, units: int) -> int:
+        return units * self.preset.fixed_num_tokens
+
+    def item_units(self, k: int, item: MultimodalItem) -> int:
         side = self.preset.image_size
         expected = (self.model.config.num_channels, side, side)
-        for k, item in enumerate(items):
-            if tuple(item.feature.shape) != expected:
-                raise ValueError(
-                    f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has feature shape "
-                    f"{tuple(item.feature.shape)}, expected {expected} pixel values"
-                )
-            if item.num_tokens != self.preset.fixed_num_tokens:
-                raise ValueError(
-                    f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has num_tokens="
-                    f"{item.num_tokens}, but this tower returns {self.preset.fixed_num_tokens} rows per image"
-                )
+        if tuple(item.feature.shape) != expected:
+            raise ValueError(
+                f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has feature shape "
+                f"{tuple(item.feature.shape)}, expected {expected} pixel values"
+            )
+        if item.num_tokens != self.preset.fixed_num_tokens:
+            raise ValueError(
+                f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has num_tokens="
+                f"{item.num_tokens}, but this tower returns {self.preset.fixed_num_tokens} rows per image"
+            )
+        return 1
+
+    def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor]:
         return (self.gather_features(items, "stack"),)
+
+    def allocate_buffers(self) -> dict[str, torch.Tensor]:
+        side = self.preset.image_size
+        shape = (self.buckets.largest, self.model.config.num_channels, side, side)
+        return {"pixels": torch.zeros(shape, device=self.device, dtype=self.dtype)}
+
+    def fill(self, group: list[MultimodalItem], bucket: int) -> bool:
+        pixels = self.buffer("pixels")
+        n = len(group)
+        if n:
+            pixels[:n].copy_(self.gather_features(group, "stack"))
+        pixels[n:bucket].zero_()  # blank images: finite, and their rows are dropped
+        return True
+
+    def bucket_args(self, bucket: int) -> tuple[torch.Tensor]:
+        return (self.buffer("pixels")[:bucket],)
+
+    def bucket_fn(self, bucket: int):
+        return self._vitkit_rows
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) on device -> (B * rows_per_image, hidden), items end to end."""
-        out = self._stock(pixel_values) if self.impl == "stock" else self._vitkit(pixel_values)
+        if self.impl == "stock":
+            return self._rows(self._stock(pixel_values))
+        return self.forward_eager(pixel_values)
+
+    def forward_eager(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._rows(self._vitkit(pixel_values, fused_vit_layer, vit_embed))
+
+    def _vitkit_rows(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._rows(self._vitkit(pixel_values, self.layer_fn, self.embed_fn))
+
+    def _rows(self, out: torch.Tensor) -> torch.Tensor:
         if self.preset.drop_cls:
             out = out[:, 1:]
         return out.reshape(-1, out.shape[-1])
-
-    def _forward_graphed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.graphs.run(tuple(pixel_values.shape), self.forward, (pixel_values,))
 
     def _stock(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.preset.feature_layer == -1:
             return self.model(pixel_values=pixel_values).last_hidden_state
         return self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.preset.feature_layer]
 
-    def _vitkit(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _vitkit(self, pixel_values: torch.Tensor, layer_fn, embed_fn) -> torch.Tensor:
         model, cfg = self.model, self.model.config
         emb = model.embeddings
         pre_ln = getattr(model, "pre_layrnorm", None)  # CLIP normalises the embeddings first
-        x = self.embed_fn(
+        x = embed_fn(
             pixel_values, emb.patch_embedding.weight, emb.patch_embedding.bias,
             getattr(emb, "class_embedding", None), emb.position_embedding.weight,
             None if pre_ln is None else pre_ln.weight, None if pre_ln is None else pre_ln.bias, cfg.layer_norm_eps,
         )
-        for weights in self.fused_weights(self._fuse)[: len(self.layers)]:
-            x = self.layer_fn(x, cfg.num_attention_heads, cfg.layer_norm_eps, cfg.hidden_act, *weights)
+        for weights in self.fused[: self.num_layers]:
+            x = layer_fn(x, cfg.num_attention_heads, cfg.layer_norm_eps, cfg.hidden_act, *weights)
         if self.preset.family == "siglip" and self.preset.feature_layer == -1:
             x = model.post_layernorm(x)  # part of SigLIP's last_hidden_state (not of CLIP's)
         return x
 
-    @staticmethod
-    def _fuse(model: nn.Module) -> list[tuple[torch.Tensor, ...]]:
-        return [vit_layer_weights(layer) for layer in model.encoder.layers]
-
     @property
-    def layers(self) -> list[nn.Module]:
-        """The encoder layers the rows need (all but the last for ``feature_layer=-2``)."""
-        layers = list(self.model.encoder.layers)
-        return layers if self.preset.feature_layer == -1 else layers[: len(layers) + 1 + self.preset.feature_layer]
+    def num_layers(self) -> int:
+        """Encoder layers the rows need (all but the last for ``feature_layer=-2``)."""
+        layers = len(self.model.encoder.layers)
+        return layers if self.preset.feature_layer == -1 else layers + 1 + self.preset.feature_layer

@@ -18,19 +18,18 @@ from torch.utils.flop_counter import register_flop_formula
 
 from vitkit.encoders.attention import packed_attention
 
-# Compiled layers specialise on their input shape (a packed batch's rows, a batch size): measured
-# on an H100, Qwen2.5-VL at 16 x 448 ran 52 ms specialised but 65 ms once dynamo had seen a few
-# shapes and switched to a dynamic-shape graph. Each new shape costs one compile (seconds), the
-# way SGLang captures one CUDA graph per batch-size bucket; past the limit dynamo runs new shapes
-# eagerly, so an unbounded stream of shapes degrades to eager speed, never to an error.
-RECOMPILE_LIMIT = 64
+# Compiled layers specialise on their input shape: measured on an H100, Qwen2.5-VL at 16 x 448 ran
+# 52 ms specialised but 65 ms once dynamo had seen a few shapes and switched to a dynamic-shape
+# graph. So shapes are few by construction: every call is padded to a token bucket
+# (vitkit.encoders.buckets) and each bucket compiles once, in ``warmup``.
 
 
-def compile_layer(fn):
-    """``torch.compile`` a layer function, specialised per input shape (see RECOMPILE_LIMIT)."""
+def compile_layer(fn, variants: int):
+    """``torch.compile`` a layer function specialised per input shape, allowing ``variants``
+    specialisations (one or two per bucket) before dynamo would fall back to eager."""
     import torch._dynamo.config as dynamo_config
 
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, variants)
     return torch.compile(fn, dynamic=False)
 
 
@@ -112,6 +111,18 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "gelu":
         return F.gelu(x)
     raise ValueError(f"unsupported activation {name!r}")
+
+
+def fuse_tower(preset, model: nn.Module) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Per-layer fused weight tuples of a freshly loaded tower (called where weights are loaded:
+    ``build_encoder``, or ``VisionEncoder.variant`` after a cast). The modules' q/k/v (gate/up)
+    parameters become views of the fused buffers, so the transformers forward keeps working."""
+    # Plain tensors even under a caller's inference_mode: the buffers back the model's own
+    # parameters, which must stay usable outside it.
+    with torch.inference_mode(False), torch.no_grad():
+        if preset.family == "qwen2_5_vl":
+            return tuple(qwen_block_weights(block) for block in model.blocks)
+        return tuple(vit_layer_weights(layer) for layer in model.encoder.layers)
 
 
 def vit_layer_weights(layer: nn.Module) -> tuple[torch.Tensor, ...]:

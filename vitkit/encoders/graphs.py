@@ -1,14 +1,20 @@
-"""CUDA graphs for encoder forwards of a fixed input shape.
+"""CUDA graphs of an encoder's padded forward, one per token bucket.
 
 A per-request ViT call on one image is launch-bound: CLIP-L/336 runs ~300 kernels for 5 ms of
 eager time but only ~2 ms of GPU work (measured on an H200, results/explore/). Replaying a
 captured graph removes the launch gaps, so the per-request baseline is as fast as the card
 allows and the batched-vs-per-request comparison does not flatter batching.
+
+Graphs are keyed by bucket, never by layout: everything that depends on how a call's rows split
+into images (pixels or patches, cu_seqlens, window permutations, rotary positions) lives in
+static buffers that the encoder fills before each replay (nano-vllm's ``capture_cudagraph``
+pattern). SGLang's ViT graph runner keys on the total patch count and keeps the first capture's
+cu_seqlens, so a second call with the same total and another split attends across images;
+here the split is an input, so any split of a bucket replays exactly.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -18,58 +24,52 @@ import torch
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor, ...]
     output: torch.Tensor
-    keep: object  # whatever the captured kernels read besides the inputs (e.g. a packed layout)
 
 
 class GraphCache:
-    """One captured graph per input signature (``key``), least recently used beyond ``max_graphs``.
+    """One captured graph per bucket, all sharing one memory pool, never evicted.
 
-    All graphs share one memory pool: they replay on one stream, never concurrently, so their
-    intermediates may share memory. Outputs are cloned on return: the next replay overwrites the
-    captured output buffer, and a step may hold several calls' outputs at once.
+    The graphs replay one at a time on one stream, so they may share intermediates: capturing
+    the largest bucket first (``warmup`` does) lets every smaller one reuse its memory. The
+    caller owns the input buffers (views of static tensors it fills before ``run``) and must copy
+    what it keeps out of the returned output, which the next replay of that bucket overwrites.
     """
 
-    def __init__(self, max_graphs: int = 16) -> None:
-        if max_graphs <= 0:
-            raise ValueError(f"max_graphs must be positive, got {max_graphs}")
-        self.max_graphs = max_graphs
-        self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
+    def __init__(self) -> None:
+        self._graphs: dict[Hashable, _Captured] = {}
         self._pool = None
         self.captures = 0
 
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def run(self, key: Hashable, fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
-            keep: object = None) -> torch.Tensor:
-        """``fn(*inputs)`` through the graph captured for ``key`` (captured now if new)."""
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._graphs
+
+    def run(self, key: Hashable, fn: Callable[..., torch.Tensor], args: tuple) -> torch.Tensor:
+        """Replay the graph of ``key`` (captured now from ``fn(*args)`` if new); its output buffer."""
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(fn, inputs, keep)
-            self._graphs[key] = entry
-            if len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)
-        else:
-            self._graphs.move_to_end(key)
-            for static, new in zip(entry.inputs, inputs):
-                static.copy_(new, non_blocking=True)
+            entry = self.capture(key, fn, args)
         entry.graph.replay()
-        return entry.output.clone()
+        return entry.output
 
-    def _capture(self, fn, inputs, keep) -> _Captured:
-        static = tuple(x.clone() for x in inputs)
+    def capture(self, key: Hashable, fn: Callable[..., torch.Tensor], args: tuple) -> _Captured:
+        """Capture ``fn(*args)`` for ``key`` (no-op if captured); ``args`` are the static buffers."""
+        if key in self._graphs:
+            return self._graphs[key]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the capture: compiles, cuBLAS/cuDNN plans
             for _ in range(2):
-                fn(*static)
+                fn(*args)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            output = fn(*static)
+            output = fn(*args)
         self.captures += 1
-        return _Captured(graph, static, output, keep)
+        self._graphs[key] = _Captured(graph, output)
+        return self._graphs[key]
