@@ -6,6 +6,7 @@ Examples::
     python -m vitkit.bench --quick               # GPU sanity run, about a minute
     python -m vitkit.bench --sweep clip-batch --requests 1,8,64 --impl vitkit,stock
     python -m vitkit.bench --sweep token-budget --max-tokens-per-call 512,none
+    python -m vitkit.bench --sweep stream        # a stream of changing layouts (vitkit.bench.stream_cli)
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def _impl_list(text: str) -> list[str]:
 
 def _positive(text: str) -> int:
     return _int_list(text)[0]
+
+
+def _asks_for_stream(argv: Sequence[str] | None) -> bool:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return "--sweep=stream" in args or any(a == "--sweep" and b == "stream" for a, b in zip(args, args[1:]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +207,10 @@ def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings:
 
 
 def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]] = run_sweeps) -> int:
+    if _asks_for_stream(argv):  # the stream benchmark has its own axes (vitkit.bench.stream_cli)
+        from vitkit.bench.stream_cli import main as stream_main
+
+        return stream_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_sweeps:

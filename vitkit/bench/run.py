@@ -310,6 +310,8 @@ def run_sweeps(
     for name in order:
         for impl in settings.impls:
             encoder = make_encoder(name, impl)
+            if hasattr(encoder, "warmup"):  # every bucket compiled and captured before timing
+                encoder.warmup(progress=False)
             for index, point in points:
                 if point.encoder == name:
                     rows += _measure_point(point, encoder, impl, make_items, settings, settings.seed + index, peak, bar)

@@ -8,7 +8,7 @@ Which rows each returns: ``PRESETS[name].rows_note``.
 from vitkit.encoders.attention import packed_attention, uses_varlen_kernel
 from vitkit.encoders.base import IMPLS, EncoderStats, PackRecord, VisionEncoder, WarmupReport
 from vitkit.encoders.buckets import Buckets, Pack, pack
-from vitkit.encoders.build import build_encoder, count_parameters
+from vitkit.encoders.build import build_encoder, count_parameters, default_buckets
 from vitkit.encoders.fixed import FIXED_BUCKETS, FixedResolutionEncoder, vit_embed
 from vitkit.encoders.fused import fuse_tower, fused_qwen_block, fused_vit_layer
 from vitkit.encoders.graphs import GraphCache
@@ -18,7 +18,7 @@ from vitkit.encoders.qwen import QWEN_BUCKETS, PackedLayout, QwenVisionEncoder, 
 __all__ = [
     "FIXED_BUCKETS", "IMPLS", "PRESETS", "QWEN_BUCKETS", "Buckets", "EncoderPreset", "EncoderStats",
     "FixedResolutionEncoder", "GraphCache", "Pack", "PackRecord", "PackedLayout", "QwenVisionEncoder", "VisionEncoder",
-    "WarmupReport", "build_encoder", "count_parameters", "fuse_tower", "fused_qwen_block", "fused_vit_layer",
+    "WarmupReport", "build_encoder", "count_parameters", "default_buckets", "fuse_tower", "fused_qwen_block", "fused_vit_layer",
     "get_preset", "pack", "packed_attention", "packed_layout", "padded_layout", "qwen_block", "uses_varlen_kernel",
     "vit_embed",
 ]

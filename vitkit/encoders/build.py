@@ -14,10 +14,10 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTra
 
 from vitkit.encoders.base import VisionEncoder
 from vitkit.encoders.buckets import Buckets
-from vitkit.encoders.fixed import FixedResolutionEncoder
+from vitkit.encoders.fixed import FIXED_BUCKETS, FixedResolutionEncoder
 from vitkit.encoders.fused import fuse_tower
 from vitkit.encoders.presets import EncoderPreset, get_preset
-from vitkit.encoders.qwen import QwenVisionEncoder
+from vitkit.encoders.qwen import QWEN_BUCKETS, TINY_QWEN_BUCKETS, QwenVisionEncoder
 
 MODEL_CLASSES = {
     "clip": (CLIPVisionConfig, CLIPVisionModel),
@@ -66,6 +66,14 @@ def build_encoder(
     model = model.to(device=device, dtype=dtype)
     cls = QwenVisionEncoder if preset.variable_resolution else FixedResolutionEncoder
     return cls(preset, model, impl, fused=fuse_tower(preset, model), buckets=buckets)
+
+
+def default_buckets(name: str | EncoderPreset) -> Buckets:
+    """The bucket set a preset's ``impl="vitkit"`` encoder pads to unless told otherwise."""
+    preset = get_preset(name)
+    if preset.variable_resolution:
+        return TINY_QWEN_BUCKETS if preset.tiny else QWEN_BUCKETS
+    return FIXED_BUCKETS
 
 
 def _random_model(preset: EncoderPreset, device: torch.device, seed: int) -> nn.Module:
