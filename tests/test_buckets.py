@@ -131,38 +131,42 @@ def test_padded_layout_marks_padding_as_its_own_sequences():
 
 
 # --- GPU: the graphs take the layout as input; a warmed-up stream compiles and captures nothing ---
+# bf16 towers of 32 random layers differ by ~2e-2 between any two kernel orders, so "equal to
+# eager" is judged against a float32 reference: the bucketed graph's error may not exceed the
+# eager path's by more than bf16 noise. Attending across images would add O(1) errors.
 
-def _gpu_pair(name):
+def _gpu_encoders(name):
     enc = build_encoder(name, device="cuda", dtype=torch.bfloat16)
-    return enc, enc.variant(impl="vitkit-eager")
+    return enc, enc.variant(impl="vitkit-eager"), enc.variant(impl="vitkit-eager", dtype=torch.float32)
 
 
-def _close_to_eager(out, ref):
-    for a, b in zip(out, ref):
-        err = float((a.float() - b.float()).norm() / b.float().norm())
-        assert err < 2e-2, err  # bf16 rounding of a different kernel order, not another function
+def _rel(out, ref):
+    return max(float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(out, ref))
+
+
+def _as_exact_as_eager(items, enc, eager, ref32):
+    ref = ref32(items)
+    err, eager_err = _rel(enc(items), ref), _rel(eager(items), ref)
+    assert err <= 1.5 * eager_err + 1e-3, (err, eager_err)
+    return err, eager_err
 
 
 @pytest.mark.gpu
 def test_gpu_same_bucket_different_splits_each_equal_eager():
-    enc, eager = _gpu_pair("qwen2.5-vl-7b")
+    enc, eager, ref32 = _gpu_encoders("qwen2.5-vl-7b")
     enc.warmup(progress=False)
     # 4096 patches each: the 4096 bucket, split into 1, 2, 4 and 3 images.
     layouts = [[(896, 896)], [(448, 896), (896, 448)], [(448, 448)] * 4, [(448, 896), (448, 448), (448, 448)]]
     for k, sizes in enumerate(layouts):
         items = synthetic_items("qwen2.5-vl-7b", sizes, seed=k)
-        out = enc(items)
-        assert {r.bucket for r in enc.last_call} == {4096}
-        _close_to_eager(out, eager(items))
-        # and a cross-image leak would show as a dependence on the neighbours: each image alone
-        if len(items) > 1:
-            _close_to_eager([enc([item])[0] for item in items], out)
+        _as_exact_as_eager(items, enc, eager, ref32)
+        assert {r.bucket for r in enc.last_call} == {4096} and enc.stats.captures == 0
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["qwen2.5-vl-7b", "clip-l-336"])
 def test_gpu_no_compile_or_capture_after_warmup_on_a_random_stream(name):
-    enc, eager = _gpu_pair(name)
+    enc, eager, ref32 = _gpu_encoders(name)
     report = enc.warmup(progress=False)
     assert report.captures == len(enc.buckets.sizes)
     rng = random.Random(0)
@@ -171,8 +175,9 @@ def test_gpu_no_compile_or_capture_after_warmup_on_a_random_stream(name):
         n = rng.randint(1, 8 if name.startswith("qwen") else 40)
         sizes = [(rng.randint(224, 1344), rng.randint(224, 1344)) for _ in range(n)]
         items = synthetic_items(name, sizes, seed=100 + step)
-        out = enc(items)
         if step % 4 == 0:
-            _close_to_eager(out, eager(items))
+            _as_exact_as_eager(items, enc, eager, ref32)
+        else:
+            enc(items)
     spent = enc.stats - before
     assert spent.compiles == 0 and spent.captures == 0 and spent.calls == 12
