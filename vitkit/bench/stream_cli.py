@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--buckets", type=_ints, help="bucket sizes for impl vitkit (patches for Qwen, images otherwise)")
     p.add_argument("--impl", default="vitkit,vitkit-eager,stock", help="comma-separated impls")
-    p.add_argument("--cold-steps", type=int, default=40, help="steps timed cold, before warm-up (default 40)")
+    p.add_argument("--cold-steps", type=int, default=40, help="steps timed cold, in a fresh process on a GPU (default 40)")
     p.add_argument("--dtype", choices=sorted(DTYPES))
     p.add_argument("--device")
     p.add_argument("--out", type=Path, help="output folder (default results/<device-slug>/)")

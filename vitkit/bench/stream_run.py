@@ -1,9 +1,11 @@
 """Run a stream (``vitkit.bench.stream``) through ``embed_chunks``: the regime serving lives in.
 
 Per encoder implementation, in this order, on one set of items:
-1. cold: the first ``cold_steps`` steps in batched mode before any warm-up, each step timed:
-   what a fresh process pays (compiles, captures, first kernels);
-2. ``encoder.warmup()`` (every bucket compiled and captured, timed);
+1. cold: the first ``cold_steps`` steps in batched mode before any warm-up, each step timed, in
+   a fresh process with empty compile caches (``vitkit.bench.stream_cold``) on a GPU: what a new
+   server pays (compiles, captures, first kernels);
+2. ``encoder.warmup()`` (every bucket compiled and captured, timed; cold too, since the cold
+   pass ran in another process with caches of its own);
 3. the whole stream in each mode, each with a fresh cache that persists across the stream's
    steps (repeats hit it), every step timed with CUDA events around ``embed_chunks`` and the
    encoder's calls; the encoder's counters give compiles, captures and padding during the stream;
@@ -22,6 +24,10 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -56,6 +62,7 @@ class StreamSettings:
     text_tokens: int = 8
     buckets: tuple[int, ...] | None = None  # override the tower's default bucket sizes
     kind: str = "gpu"
+    cold_in_subprocess: bool | None = None  # the cold pass in a fresh process (None: on CUDA only)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -153,12 +160,39 @@ def _steady(batches, encoder, items, device: str, repeats: int) -> dict[str, Any
             "step_ms_median": ms, "images_per_s": images / ms * 1e3, "rows_per_s": rows_of(batch) / ms * 1e3}
 
 
-def run_stream(spec: StreamSpec, settings: StreamSettings, *, progress: bool = True) -> dict[str, Any]:
-    """Measure ``spec``'s stream for every impl in ``settings``; returns the results object."""
+def _batches(spec: StreamSpec, settings: StreamSettings):
     steps = generate_stream(spec)
     items = make_stream_items(spec, steps, settings.device)
-    batches = [(s.index, [(r, Span(0, r.prompt_len)) for r in step_requests(s, items, settings.text_tokens)])
-               for s in steps]
+    return items, [(s.index, [(r, Span(0, r.prompt_len)) for r in step_requests(s, items, settings.text_tokens)])
+                   for s in steps]
+
+
+def cold_rows(spec: StreamSpec, settings: StreamSettings, impl: str) -> list[dict]:
+    """The first ``cold_steps`` steps, batched, on a new encoder with nothing warmed up."""
+    items, batches = _batches(spec, settings)
+    encoder = _build(spec, settings, impl)
+    timed = TimedEncoder(encoder, settings.device)
+    return _run_steps(batches[: settings.cold_steps], encoder, timed, _cache(items, encoder), "batched",
+                      settings.device)
+
+
+def _cold_in_subprocess(spec: StreamSpec, settings: StreamSettings, impl: str) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="vitkit-cold-") as tmp:
+        env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor", "TRITON_CACHE_DIR": f"{tmp}/triton"}
+        args = [sys.executable, "-m", "vitkit.bench.stream_cold", json.dumps(asdict(spec)),
+                json.dumps(asdict(settings)), impl]
+        done = subprocess.run(args, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"cold pass of {spec.encoder} {impl} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_stream(spec: StreamSpec, settings: StreamSettings, *, progress: bool = True) -> dict[str, Any]:
+    """Measure ``spec``'s stream for every impl in ``settings``; returns the results object."""
+    subprocess_cold = settings.cold_in_subprocess
+    if subprocess_cold is None:
+        subprocess_cold = torch.device(settings.device).type == "cuda"
+    items, batches = _batches(spec, settings)
     cold = batches[: settings.cold_steps]
     total = len(settings.impls) * (len(cold) + len(MODES) * len(batches))
     bar = tqdm(total=total, desc=f"stream {spec.encoder}", unit="step", disable=not progress)
@@ -167,7 +201,11 @@ def run_stream(spec: StreamSpec, settings: StreamSettings, *, progress: bool = T
         encoder = _build(spec, settings, impl)
         timed = TimedEncoder(encoder, settings.device)
         tag = {"encoder": spec.encoder, "impl": impl}
-        cold_rows = _run_steps(cold, encoder, timed, _cache(items, encoder), "batched", settings.device, bar)
+        if subprocess_cold:
+            cold_pass = _cold_in_subprocess(spec, settings, impl)
+            bar.update(len(cold_pass))
+        else:
+            cold_pass = _run_steps(cold, encoder, timed, _cache(items, encoder), "batched", settings.device, bar)
         report = encoder.warmup(progress=progress)
         out["warmups"].append(tag | asdict(report))
         for mode in MODES:
@@ -175,10 +213,11 @@ def run_stream(spec: StreamSpec, settings: StreamSettings, *, progress: bool = T
             out["steps"] += [tag | {"mode": mode} | r for r in rows]
             out["summaries"].append(tag | {"mode": mode} | summarize_stream(rows, report.seconds))
             if mode == "batched":
-                warm = sum(r["step_ms"] for r in rows[: len(cold_rows)]) / 1e3
-                out["cold"].append(tag | {"steps": len(cold_rows), "cold_s": sum(r["step_ms"] for r in cold_rows) / 1e3,
-                                          "warm_s": warm, "cold_compiles": sum(r["compiles"] for r in cold_rows),
-                                          "cold_captures": sum(r["captures"] for r in cold_rows)})
+                warm = sum(r["step_ms"] for r in rows[: len(cold_pass)]) / 1e3
+                out["cold"].append(tag | {"steps": len(cold_pass), "cold_s": sum(r["step_ms"] for r in cold_pass) / 1e3,
+                                          "warm_s": warm, "cold_compiles": sum(r["compiles"] for r in cold_pass),
+                                          "cold_captures": sum(r["captures"] for r in cold_pass),
+                                          "fresh_process": subprocess_cold, "step_ms": [r["step_ms"] for r in cold_pass]})
         out["steady"].append(tag | _steady(batches, encoder, items, settings.device, settings.steady_repeats))
         del encoder, timed
         gc.collect()
