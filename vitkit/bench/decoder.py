@@ -49,6 +49,8 @@ def _causal_gqa_kwargs() -> dict:
 
 
 VARLEN_CAUSAL_GQA = _causal_gqa_kwargs()
+# Set (once, process-wide) if the varlen kernel refused GQA and KV heads are being repeated.
+GQA_EXPANDED_KV = [False]
 
 
 @dataclass(frozen=True)
@@ -304,9 +306,20 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     """Each window's new rows attend to its KV rows (context + new), causally aligned to the end:
     new token ``j`` sees KV rows ``0 .. context + j``. ``q`` (rows, heads, dim); ``k``/``v``
     (kv_rows, kv_heads, dim). Returns (rows, heads, dim)."""
-    if uses_varlen_kernel(q):
+    if not uses_varlen_kernel(q):
+        return _reference_causal_attention(q, k, v, layout)
+    if GQA_EXPANDED_KV[0] and k.shape[1] != q.shape[1]:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    try:
         return varlen_attn(q, k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k, **VARLEN_CAUSAL_GQA)
-    return _reference_causal_attention(q, k, v, layout)
+    except RuntimeError:
+        # Should a torch build refuse fewer KV than query heads, repeat them (slower, same result)
+        # from now on; the bench records it in its settings.
+        if GQA_EXPANDED_KV[0] or k.shape[1] == q.shape[1]:
+            raise
+        GQA_EXPANDED_KV[0] = True
+        return causal_attention(q, k, v, layout)
 
 
 def _reference_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: StepLayout) -> torch.Tensor:
