@@ -165,3 +165,24 @@ def test_bf16_varlen_path_matches_float32_reference(compile):
         ref = reference_hidden(cfg, ref_w, ids)
         err = ((hidden[r].float().cpu() - ref).norm() / ref.norm()).item()
         assert err < 2e-2, f"request {r}: relative error {err:.3g} (compile={compile})"
+
+
+def test_compiled_layers_match_eager_and_share_one_graph_across_row_counts():
+    # One dynamic-rows graph per layer function serves every step size (a 1-row step compiles its own).
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = TINY_DECODER
+    weights = random_weights(cfg)
+    compiled, eager = PrefillDecoder(cfg, weights, compile=True), PrefillDecoder(cfg, weights)
+    for windows in ([(0, 40)], [(10, 6), (0, 9)], [(5, 17)]):
+        layout = step_layout(windows)
+        kv = [pack_kv([None if c == 0 else (torch.randn(cfg.layers, c, cfg.kv_heads, cfg.head_dim),) * 2
+                       for c, _ in windows], layout, cfg)]
+        kv.append(type(kv[0])(kv[0].k.clone(), kv[0].v.clone()))
+        ids = torch.randint(0, cfg.vocab, (layout.rows,))
+        (a, la), (b, lb) = compiled.forward(ids, layout, kv[0]), eager.forward(ids, layout, kv[1])
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kv[0].k, kv[1].k, rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 2
