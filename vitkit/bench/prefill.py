@@ -149,7 +149,7 @@ class PrefillRunner:
         watch.stop()
         return watch.elapsed_ms()
 
-    def time_step(self, windows: Sequence[tuple[int, int]], *, warmup: int = 2, repeats: int = 8) -> TimingStats:
+    def time_step(self, windows: Sequence[tuple[int, int]], *, warmup: int = 2, repeats: int = 6) -> TimingStats:
         """Median and spread of ``repeats`` timed prefills of the same step after ``warmup``."""
         if not self._warm:
             self.warmup()
@@ -206,7 +206,7 @@ def measure_point(runner: PrefillRunner, point: dict[str, Any], peak_tflops: flo
 
 
 def run_sweep(runner: PrefillRunner, points: Sequence[dict[str, Any]], peak_tflops: float, *,
-              warmup: int = 2, repeats: int = 8) -> list[dict[str, Any]]:
+              warmup: int = 2, repeats: int = 6) -> list[dict[str, Any]]:
     """Measure every point (tqdm progress); the KV pool is sized for the largest step first."""
     from tqdm.auto import tqdm
 
@@ -242,7 +242,8 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
         kw = dict(color=colours[ctx], linestyle=styles[w], marker="o", ms=3, label=f"context {ctx}, {w} windows")
         ax_ms.plot([r["tokens"] for r in line], [r["ms_median"] for r in line], **kw)
         ax_mfu.plot([r["tokens"] for r in line], [100 * r["mfu"] for r in line], **kw)
-    for ax, label in ((ax_ms, "step time (ms)"), (ax_mfu, "MFU (% of measured bf16 matmul peak)")):
+    peak = results.get("matmul_peak", {}).get("label", "")
+    for ax, label in ((ax_ms, "step time (ms)"), (ax_mfu, f"MFU (% of the measured {peak} matmul peak)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("new tokens in the step")
         ax.set_ylabel(label)
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny decoder, small grid, float32 (CPU plumbing check)")
     p.add_argument("--eager", action="store_true", help="do not torch.compile the layers")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=6)
     return p
 
 
