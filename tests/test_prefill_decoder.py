@@ -186,3 +186,42 @@ def test_compiled_layers_match_eager_and_share_one_graph_across_row_counts():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(kv[0].k, kv[1].k, rtol=1e-5, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_matches_transformers_qwen2_5_vl_text_model():
+    # The same weights in transformers' own Qwen2.5-VL language model (eager attention, float32):
+    # checks the layout conventions (q/k/v order, biases, gate before up, rotate-half rotary).
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    from vitkit.bench.decoder import rms_norm
+
+    c = TINY_DECODER
+    hf_config = Qwen2_5_VLTextConfig(
+        hidden_size=c.hidden, intermediate_size=c.intermediate, num_hidden_layers=c.layers,
+        num_attention_heads=c.heads, num_key_value_heads=c.kv_heads, vocab_size=c.vocab, rms_norm_eps=c.rms_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta, "mrope_section": [2, 3, 3]},
+        bos_token_id=None, eos_token_id=None, attn_implementation="eager")
+    model = Qwen2_5_VLTextModel(hf_config).eval()
+    w = random_weights(c, std=0.3, seed=1)
+    with torch.no_grad():
+        model.embed_tokens.weight.copy_(w.embed)
+        model.norm.weight.copy_(w.final_norm)
+        for layer, (n1, qkv_w, qkv_b, o_w, n2, gu_w, down_w) in zip(model.layers, w.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            for proj, weight, bias in zip((attn.q_proj, attn.k_proj, attn.v_proj),
+                                          qkv_w.split([c.q_width, c.kv_width, c.kv_width]),
+                                          qkv_b.split([c.q_width, c.kv_width, c.kv_width])):
+                proj.weight.copy_(weight)
+                proj.bias.copy_(bias)
+            attn.o_proj.weight.copy_(o_w)
+            gate, up = gu_w.chunk(2)
+            mlp.gate_proj.weight.copy_(gate)
+            mlp.up_proj.weight.copy_(up)
+            mlp.down_proj.weight.copy_(down_w)
+            layer.input_layernorm.weight.copy_(n1)
+            layer.post_attention_layernorm.weight.copy_(n2)
+        ids = torch.randint(0, c.vocab, (11,))
+        expected = model(input_ids=ids[None]).last_hidden_state[0]
+    # ours in two chunked steps through the KV cache
+    hidden, _ = chunked_prefill(PrefillDecoder(c, w), {"r": ids}, [[("r", 6)], [("r", 5)]])
+    torch.testing.assert_close(rms_norm(hidden["r"], w.final_norm, c.rms_eps), expected, rtol=1e-5, atol=1e-5)
