@@ -168,6 +168,12 @@ def test_bf16_varlen_path_matches_float32_reference(compile):
 
 
 def test_compiled_layers_match_eager_and_share_one_graph_across_row_counts():
+    # Compile in this process: a pool of compile workers left running slows later timing tests.
+    with torch._inductor.config.patch(compile_threads=1):
+        _compiled_layers_match_eager()
+
+
+def _compiled_layers_match_eager():
     # One dynamic-rows graph per layer function serves every step size (a 1-row step compiles its own).
     from torch._dynamo.utils import counters
 
