@@ -4,5 +4,6 @@
 ``embed_chunks`` (``vitkit.bench.run``), writes one JSON per run (``vitkit.bench.results``) and
 PNG figures (``vitkit.bench.plot``). FLOPs are counted from the model shapes
 (``vitkit.bench.flops``); MFU is against a matmul peak measured in the same run
-(``vitkit.bench.machine``). Submodules are imported on demand, so importing this package is cheap.
+(``vitkit.bench.machine``). ``python -m vitkit.bench.prefill`` measures the language model's chunked
+prefill instead (``vitkit.bench.decoder``: Qwen2.5-VL-7B's decoder with a KV cache). Submodules are imported on demand, so importing this package is cheap.
 """
