@@ -96,3 +96,15 @@ def test_stored_h100_fit_when_present():
         pytest.skip("no stored H100 prefill results yet")
     cost = load_prefill_cost()
     assert cost.median_rel_error < 0.1 and cost.step_ms([(0, 2048)]) > 0
+
+
+def test_fit_finds_a_launch_bound_floor_and_the_kv_read_term():
+    # Steps that cannot run faster than 20 ms, and a cost per key read from the cache: the H100's shape.
+    coef = (2.0, 0.02, 0.9, 0.0, 0.1)
+    data = synthetic_results(coef)
+    for row in data["rows"]:
+        row["ms_median"] = max(20.0, row["ms_median"])
+    cost = fit_prefill_cost(data)
+    assert cost.floor_ms == pytest.approx(20.0)
+    assert cost.ms_per_kilo_key == pytest.approx(0.1, rel=1e-6) and cost.max_rel_error < 1e-6
+    assert cost.step_ms([(0, 1)]) == pytest.approx(20.0)  # nothing modelled below the floor

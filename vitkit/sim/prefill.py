@@ -2,14 +2,21 @@
 
 A step of windows ``(context_i, new_i)`` is modelled as
 
-    ms = intercept_ms + ms_per_token * N + ms_per_mega_pair * P / 1e6 + ms_per_window * W
+    ms = max(floor_ms, intercept_ms + ms_per_token * N + ms_per_mega_pair * P / 1e6
+                       + ms_per_window * W + ms_per_kilo_key * K / 1e3)
 
 with ``N = sum new_i`` (the GEMMs' rows: linear work), ``P = sum new_i (context_i + new_i / 2)``
-(query-key pairs causal attention visits: its work) and ``W`` windows (the LM head on each
-finishing window's last token, per-window kernel work). The coefficients are fitted by least
-squares on relative error (rows divided by their measured time, so a 5 ms step counts as much as
-a 300 ms one) and kept non-negative (a term whose coefficient would be negative is dropped and the
-rest refitted). The fit's median and largest relative error over the grid are stored with it.
+(query-key pairs causal attention visits: its arithmetic), ``W`` windows (the LM head on each
+finishing window's last token, per-window kernel work) and ``K = sum (context_i + new_i)`` (keys
+each window reads from the KV cache: attention over a long context with few new tokens is bound
+by reading the cache, not by its pairs). ``floor_ms`` is the time below which no step runs: on
+the H100 every step up to ~1024 tokens took ~24 ms, launch-bound (the decoder is compiled but not
+CUDA-graphed), so a plain line fits those steps badly (10% median, 48% worst error without floor
+and cache term; 4% and 25% with them). The floor is the median of the steps within 30% of the
+fastest; the line is fitted to the others by least squares on relative error (rows divided by
+their measured time, so a 25 ms step counts as much as a 300 ms one) with non-negative
+coefficients (a term that would be negative is dropped and the rest refitted). The fit's median
+and largest relative error over the grid are stored with it.
 Measured by ``python -m vitkit.bench.prefill`` (schema ``vitkit.prefill/1``). Decode is not
 modelled.
 """
@@ -28,15 +35,17 @@ from vitkit.bench.decoder import check_windows
 
 PREFILL_SCHEMA = "vitkit.prefill/1"
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "results" / "h100"
-TERMS = ("intercept_ms", "ms_per_token", "ms_per_mega_pair", "ms_per_window")
+TERMS = ("intercept_ms", "ms_per_token", "ms_per_mega_pair", "ms_per_window", "ms_per_kilo_key")
+FLOOR_WITHIN = 1.3  # steps within 30% of the fastest measured one set the floor
 
 
-def step_features(windows: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
-    """``(1, N, P / 1e6, W)`` of a step (see the module docstring); validates ``windows``."""
+def step_features(windows: Sequence[tuple[int, int]]) -> tuple[float, float, float, float, float]:
+    """``(1, N, P / 1e6, W, K / 1e3)`` of a step (see the module docstring); validates ``windows``."""
     windows = check_windows(windows)
     tokens = sum(new for _, new in windows)
     pairs = sum(new * (ctx + new / 2) for ctx, new in windows)
-    return 1.0, float(tokens), pairs / 1e6, float(len(windows))
+    keys = sum(ctx + new for ctx, new in windows)
+    return 1.0, float(tokens), pairs / 1e6, float(len(windows)), keys / 1e3
 
 
 @dataclass(frozen=True)
@@ -48,15 +57,17 @@ class PrefillCost:
     ms_per_mega_pair: float  # per million (new token, key) pairs attention visits
     ms_per_window: float
     points: int  # grid rows fitted
-    median_rel_error: float  # |model - measured| / measured over the fitted rows
+    median_rel_error: float  # |model - measured| / measured over the grid
     max_rel_error: float
     source: str = ""  # results file and device
+    ms_per_kilo_key: float = 0.0  # per thousand keys read from the KV cache
+    floor_ms: float = 0.0  # no step is modelled faster than this
 
     def step_ms(self, windows: Sequence[tuple[int, int]]) -> float:
         """Modelled time (ms) of prefilling one step of ``(context_tokens, new_tokens)`` windows.
         ValueError/TypeError naming the first bad window."""
-        coef = (self.intercept_ms, self.ms_per_token, self.ms_per_mega_pair, self.ms_per_window)
-        return float(sum(c * f for c, f in zip(coef, step_features(windows))))
+        coef = (self.intercept_ms, self.ms_per_token, self.ms_per_mega_pair, self.ms_per_window, self.ms_per_kilo_key)
+        return max(self.floor_ms, float(sum(c * f for c, f in zip(coef, step_features(windows)))))
 
 
 def load_prefill_results(path: str | Path) -> dict[str, Any]:
@@ -98,11 +109,24 @@ def fit_prefill_cost(results: Mapping[str, Any] | str | Path) -> PrefillCost:
     _check_results(data, where)
     feats = np.array([step_features([tuple(w) for w in row["step_windows"]]) for row in data["rows"]])
     ms = np.array([float(row["ms_median"]) for row in data["rows"]])
-    coef = _nonnegative_fit(feats / ms[:, None], np.ones_like(ms))  # relative residuals
-    rel = np.abs(feats @ coef - ms) / ms
+    floor, coef, rel = min((_fit(feats, ms, floor) for floor in (False, True)), key=lambda fit: fit[2].mean())
     device = data.get("machine", {}).get("device_name", "?")
-    return PrefillCost(*map(float, coef), points=len(ms), median_rel_error=float(np.median(rel)),
-                       max_rel_error=float(rel.max()), source=f"{where} ({device})")
+    intercept, per_token, per_pair, per_window, per_key = map(float, coef)
+    return PrefillCost(intercept, per_token, per_pair, per_window, points=len(ms),
+                       median_rel_error=float(np.median(rel)), max_rel_error=float(rel.max()),
+                       source=f"{where} ({device})", ms_per_kilo_key=per_key, floor_ms=floor)
+
+
+def _fit(feats: np.ndarray, ms: np.ndarray, with_floor: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    """(floor, coefficients, relative errors) of the line, with or without a floor; the caller
+    keeps whichever fits the grid better (a grid with no launch-bound steps needs no floor)."""
+    at_floor = ms <= FLOOR_WITHIN * ms.min() if with_floor else np.zeros(len(ms), dtype=bool)
+    if (~at_floor).sum() < len(TERMS):  # too few rows above the floor to fit the line
+        at_floor[:] = False
+    floor = float(np.median(ms[at_floor])) if at_floor.any() else 0.0
+    line = ~at_floor
+    coef = _nonnegative_fit(feats[line] / ms[line, None], np.ones(line.sum()))  # relative residuals
+    return floor, coef, np.abs(np.maximum(floor, feats @ coef) - ms) / ms
 
 
 def default_prefill_results(folder: str | Path = DEFAULT_FOLDER) -> Path:
