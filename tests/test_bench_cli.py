@@ -59,15 +59,15 @@ def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu():
 
 @pytest.mark.parametrize("argv, message", [
     (["--sweep", "nope"], "invalid choice: 'nope'"),
-    (["--requests", "1,-2"], "must be positive"),
+    (["--requests", "1,-2"], "must be a positive int, got -2"),
     (["--requests", "1,x"], "comma-separated integers"),
-    (["--images-per-request", "0"], "must be positive"),
+    (["--images-per-request", "0"], "must be a positive int, got 0"),
     (["--hit-fraction", "1.0"], r"\[0, 1\)"),
     (["--resolution", "huge"], "comma-separated integers"),
     (["--impl", "fast"], "impl must be one of"),
     (["--dtype", "int8"], "invalid choice"),
-    (["--repeats", "0"], "must be positive"),
-    (["--warmup", "-1", "--device", "cpu"], "warmup must be >= 0"),
+    (["--repeats", "0"], "must be a positive int, got 0"),
+    (["--warmup", "-1", "--device", "cpu"], "warmup must be a non-negative int, got -1"),
     (["--seconds-per-mode", "0", "--device", "cpu"], "seconds-per-mode must be > 0"),
 ])
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
@@ -82,7 +82,7 @@ def test_unknown_sweep_and_bad_axes_raise_value_errors():
         get_sweeps("nope")
     with pytest.raises(ValueError, match="cannot override 'batch'"):
         get_sweeps("clip-batch", {"batch": [1]})
-    with pytest.raises(ValueError, match="requests must be positive ints, got -1"):
+    with pytest.raises(ValueError, match="requests must be a positive int, got -1"):
         Sweep("x", "clip-tiny", requests=(1, -1))
     with pytest.raises(ValueError, match="hit fraction must be in"):
         Sweep("x", "clip-tiny", hit_fractions=(1.5,))

@@ -25,7 +25,7 @@ def test_time_callable_counts_warmup_and_repeats():
     calls = []
     stats = time_callable(lambda: calls.append(time.sleep(0.002)), device="cpu", warmup=2, repeats=3)
     assert len(calls) == 5 and stats.repeats == 3 and stats.median_ms >= 1.5
-    with pytest.raises(ValueError, match="repeats > 0"):
+    with pytest.raises(ValueError, match="repeats must be a positive int, got 0"):
         time_callable(lambda: None, device="cpu", repeats=0)
 
 

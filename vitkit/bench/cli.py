@@ -22,6 +22,8 @@ import torch
 from vitkit.bench.results import write_results
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
+from vitkit.checks import non_negative_int, positive_int
+
 
 def _int_list(text: str) -> list[int]:
     values = []
@@ -30,9 +32,10 @@ def _int_list(text: str) -> list[int]:
             value = int(part)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {part!r} in {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"values must be positive, got {value} in {text!r}")
-        values.append(value)
+        try:
+            values.append(positive_int(f"each value of {text!r}", value))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     return values
 
 
@@ -119,8 +122,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], R
     sweep = args.sweep or (("quick" if args.quick else "full") if on_gpu else "cpu-smoke")
     repeats = args.repeats or (3 if args.quick else 10 if on_gpu else 2)
     warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
-    if warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    non_negative_int("--warmup", warmup)
     if not args.seconds_per_mode > 0:
         raise ValueError(f"--seconds-per-mode must be > 0, got {args.seconds_per_mode}")
     overrides = {

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vitkit.checks import non_negative_int
+
 SCHEMA = "vitkit.bench/1"
 KINDS = ("gpu", "cpu-smoke")
 MODES = ("batched", "per_request")
@@ -81,8 +83,7 @@ def validate_row(row: Mapping[str, Any], index: int = 0) -> None:
     if row["mode"] not in MODES:
         raise ValueError(f"{where}: mode must be one of {MODES}, got {row['mode']!r}")
     for key in ("requests", "images_per_request", "images", "encoder_calls", "tokens", "model_flops"):
-        if row[key] < 0:
-            raise ValueError(f"{where}: field {key!r} is negative ({row[key]})")
+        non_negative_int(f"{where}: field {key!r}", row[key])
 
 
 def validate_results(results: Mapping[str, Any]) -> None:

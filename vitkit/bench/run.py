@@ -28,6 +28,7 @@ from vitkit.bench.results import MODES, SCHEMA
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY, Sweep, SweepPoint
 from vitkit.bench.timing import Stopwatch, TimedEncoder, summarize, synchronize
 from vitkit.cache import EmbeddingCache
+from vitkit.checks import non_negative_int, positive_int
 from vitkit.embed import embed_chunks
 from vitkit.item import MultimodalItem, move_items_to_device
 from vitkit.request import Request
@@ -59,10 +60,10 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats <= 0:
-            raise ValueError(f"repeats must be a positive int, got {self.repeats!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a non-negative int, got {self.warmup!r}")
+        for name in ("repeats", "min_repeats", "matmul_repeats"):
+            positive_int(name, getattr(self, name))
+        for name in ("warmup", "text_tokens", "seed"):
+            non_negative_int(name, getattr(self, name))
         if not self.seconds_per_mode > 0:
             raise ValueError(f"seconds_per_mode must be > 0, got {self.seconds_per_mode!r}")
         if not self.impls:

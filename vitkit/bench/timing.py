@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitkit.checks import non_negative_int, positive_int
+
 
 @dataclass(frozen=True)
 class TimingStats:
@@ -77,8 +79,8 @@ def time_callable(
     fn: Callable[[], Any], *, device: torch.device | str, warmup: int = 3, repeats: int = 10
 ) -> TimingStats:
     """Run ``fn`` ``warmup`` times untimed, then time ``repeats`` calls one by one."""
-    if warmup < 0 or repeats <= 0:
-        raise ValueError(f"time_callable needs warmup >= 0 and repeats > 0, got warmup={warmup}, repeats={repeats}")
+    non_negative_int("time_callable warmup", warmup)
+    positive_int("time_callable repeats", repeats)
     for _ in range(warmup):
         fn()
     synchronize(device)
