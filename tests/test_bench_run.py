@@ -16,7 +16,7 @@ from vitkit.bench.cli import main
 from vitkit.bench.flops import items_flops
 from vitkit.bench.plot import save_figures
 from vitkit.bench.results import ROW_FIELDS, SCHEMA, load_results, validate_results, write_results
-from vitkit.bench.run import RunSettings, build_requests, run_sweeps
+from vitkit.bench.run import RunSettings, layout_requests, run_sweeps
 from vitkit.bench.sweeps import Sweep, get_sweeps
 from vitkit.processing import synthetic_items
 
@@ -93,11 +93,11 @@ def test_model_flops_are_the_encoded_items_flops():
 
 def test_build_requests_lays_out_text_and_images():
     items = synthetic_items("clip-tiny", [(56, 56)] * 6, 0)
-    requests = build_requests(items, 3, text_tokens=5)
+    requests = layout_requests(items, 3, text_tokens=5)
     assert [len(r.items) for r in requests] == [3, 3]
     assert requests[0].spans[0].start == 5 and requests[0].prompt_len == 5 + 3 * (16 + 5)
     with pytest.raises(ValueError, match="do not split"):
-        build_requests(items, 4, text_tokens=5)
+        layout_requests(items, 4, text_tokens=5)
 
 
 def test_variable_resolution_needs_a_pixel_side():

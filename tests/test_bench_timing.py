@@ -10,15 +10,15 @@ import torch
 from vitkit.bench.machine import device_slug, machine_info, measure_matmul_peak, versions
 from vitkit.bench.memory import calibrate, memory_report, predict_peak
 from vitkit.bench.run import RunSettings, _repeats_for
-from vitkit.bench.timing import Stopwatch, TimedEncoder, summarize, time_callable
+from vitkit.bench.timing import EventTimedEncoder, Stopwatch, time_callable, timing_stats
 
 
 def test_summarize_percentiles():
-    stats = summarize([float(x) for x in range(1, 12)])  # 1..11
+    stats = timing_stats([float(x) for x in range(1, 12)])  # 1..11
     assert (stats.median_ms, stats.p10_ms, stats.p90_ms) == (6.0, 2.0, 10.0)
     assert stats.min_ms == 1.0 and stats.max_ms == 11.0 and stats.repeats == 11
     with pytest.raises(ValueError, match="at least one"):
-        summarize([])
+        timing_stats([])
 
 
 def test_time_callable_counts_warmup_and_repeats():
@@ -37,7 +37,7 @@ def test_timed_encoder_separates_encoder_time_and_passes_attributes():
             time.sleep(0.01)
             return [torch.zeros(1, 2) for _ in items]
 
-    timed = TimedEncoder(Slow(), "cpu")
+    timed = EventTimedEncoder(Slow(), "cpu")
     step = Stopwatch("cpu")
     step.start()
     timed([1, 2])

@@ -16,6 +16,11 @@ def tensor_nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def embedding_row_bytes(hidden_size: int, dtype: torch.dtype) -> int:
+    """Bytes one embedding row takes in the cache: ``hidden_size`` elements of ``dtype``."""
+    return positive_int("hidden_size", hidden_size) * dtype.itemsize
+
+
 @dataclass(frozen=True)
 class CacheStats:
     """Counters since construction; bytes are the embeddings' own sizes."""

@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 
+from vitkit.bench.plot import save_figures
 from vitkit.bench.results import write_results
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
 from vitkit.checks import non_negative_int, positive_int
+from vitkit.encoders import IMPLS
 
 
 def _int_list(text: str) -> list[int]:
@@ -61,8 +63,6 @@ def _fraction_list(text: str) -> list[float]:
 
 
 def _impl_list(text: str) -> list[str]:
-    from vitkit.encoders import IMPLS
-
     impls = text.split(",")
     for impl in impls:
         if impl not in IMPLS:
@@ -230,8 +230,6 @@ def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]
     path = write_results(results, output_path(args.out, results, sweep, settings))
     print(f"wrote {path}")
     if not args.no_plots:
-        from vitkit.bench.plot import save_figures
-
         for png in save_figures(results, path.parent, prefix=path.stem + "-"):
             print(f"wrote {png}")
     print(format_table(results))

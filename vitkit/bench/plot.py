@@ -13,6 +13,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from vitkit.bench.results import load_results
+
 # The axis each sweep varies, in the order we look for one that takes several values.
 X_AXES = ("requests", "images_per_request", "resolution", "hit_fraction", "max_tokens_per_call")
 X_LABELS = {
@@ -176,8 +178,6 @@ def figures(results: Mapping[str, Any]) -> dict[str, Figure]:
 def plot_results_file(path: str | Path, folder: str | Path | None = None) -> dict[str, Figure]:
     """Load a results file and return its figures; with ``folder``, also save them there as PNGs
     named after the file."""
-    from vitkit.bench.results import load_results
-
     path = Path(path)
     results = load_results(path)
     if folder is not None:

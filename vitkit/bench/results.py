@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.checks import non_negative_int
+from vitkit.embed import MODES
 
 SCHEMA = "vitkit.bench/1"
 KINDS = ("gpu", "cpu-smoke")
-MODES = ("batched", "per_request")
 
 _INT, _NUM, _STR = (int,), (int, float), (str,)
 _OPT_INT, _OPT_NUM = (int, type(None)), (int, float, type(None))

@@ -24,19 +24,21 @@ from tqdm.auto import tqdm
 from vitkit.bench.flops import item_flops
 from vitkit.bench.machine import MatmulPeak, machine_info, measure_matmul_peak, versions
 from vitkit.bench.memory import memory_report
-from vitkit.bench.results import MODES, SCHEMA
+from vitkit.bench.results import SCHEMA
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY, Sweep, SweepPoint
-from vitkit.bench.timing import Stopwatch, TimedEncoder, summarize, synchronize
-from vitkit.cache import EmbeddingCache
+from vitkit.bench.timing import EventTimedEncoder, Stopwatch, synchronize, timing_stats
+from vitkit.cache import EmbeddingCache, embedding_row_bytes
 from vitkit.checks import non_negative_int, positive_int
-from vitkit.embed import embed_chunks
+from vitkit.embed import MODES, embed_chunks
+from vitkit.encoders import build_encoder
 from vitkit.item import MultimodalItem, move_items_to_device
+from vitkit.processing import synthetic_items
 from vitkit.request import Request
 from vitkit.span import Span
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-ItemFactory = Callable[[str, list[tuple[int, int]], int], list[MultimodalItem]]
-EncoderFactory = Callable[[str, str], Any]
+MakeItems = Callable[[str, list[tuple[int, int]], int], list[MultimodalItem]]
+MakeEncoder = Callable[[str, str], Any]
 
 
 @dataclass(frozen=True)
@@ -70,15 +72,7 @@ class RunSettings:
             raise ValueError("impls is empty: name at least one of 'vitkit', 'stock'")
 
 
-def default_item_factory(preset: str, sizes: list[tuple[int, int]], seed: int) -> list[MultimodalItem]:
-    from vitkit.processing import synthetic_items
-
-    return synthetic_items(preset, sizes, seed)
-
-
-def default_encoder_factory(settings: RunSettings) -> EncoderFactory:
-    from vitkit.encoders import build_encoder
-
+def default_encoder_factory(settings: RunSettings) -> MakeEncoder:
     def build(name: str, impl: str) -> Any:
         return build_encoder(name, device=settings.device, dtype=DTYPES[settings.dtype], impl=impl)
 
@@ -104,7 +98,7 @@ def image_sizes(encoder: Any, point: SweepPoint) -> tuple[list[tuple[int, int]],
     return [(point.resolution, point.resolution)] * n, point.resolution
 
 
-def build_requests(items: Sequence[MultimodalItem], images_per_request: int, text_tokens: int) -> list[Request]:
+def layout_requests(items: Sequence[MultimodalItem], images_per_request: int, text_tokens: int) -> list[Request]:
     """Requests of ``images_per_request`` consecutive items each, text before, between and after."""
     if len(items) % images_per_request:
         raise ValueError(f"{len(items)} items do not split into requests of {images_per_request} images")
@@ -142,13 +136,13 @@ class _Point:
     patches: int
 
 
-def prepare_point(point: SweepPoint, encoder: Any, make_items: ItemFactory, settings: RunSettings, seed: int) -> _Point:
+def prepare_point(point: SweepPoint, encoder: Any, make_items: MakeItems, settings: RunSettings, seed: int) -> _Point:
     sizes, resolution = image_sizes(encoder, point)
     items = make_items(encoder.name, sizes, seed)
     if len({item.hash for item in items}) != len(items):
         raise ValueError(f"point {point}: synthetic items are not distinct; batching would de-duplicate them")
     move_items_to_device(items, settings.device)
-    requests = build_requests(items, point.images_per_request, settings.text_tokens)
+    requests = layout_requests(items, point.images_per_request, settings.text_tokens)
     hits = random.Random(seed).sample(items, round(point.hit_fraction * len(items)))
     layers = flop_layers(encoder)
     flops = {item.hash: item_flops(encoder.config, item, num_layers=layers).total for item in items}
@@ -159,7 +153,7 @@ def prepare_point(point: SweepPoint, encoder: Any, make_items: ItemFactory, sett
 
 def _prefilled_cache(prep: _Point, hidden: int, dtype: torch.dtype, device: str) -> EmbeddingCache:
     # Room for every item twice over: the sweep measures batching, not eviction.
-    row_bytes = hidden * torch.finfo(dtype).bits // 8
+    row_bytes = embedding_row_bytes(hidden, dtype)
     cache = EmbeddingCache(2 * row_bytes * sum(item.num_tokens for item in prep.items) + 1)
     for item in prep.hits:
         cache.put(item.hash, torch.zeros(item.num_tokens, hidden, dtype=dtype, device=device))
@@ -172,7 +166,7 @@ def _memory_allocated(device: str) -> int | None:
 
 def measure_mode(prep: _Point, encoder: Any, mode: str, point: SweepPoint, settings: RunSettings) -> dict[str, Any]:
     """Warm up, then time ``repeats`` steps of ``mode``; returns the raw figures of one row."""
-    device, timed = settings.device, TimedEncoder(encoder, settings.device)
+    device, timed = settings.device, EventTimedEncoder(encoder, settings.device)
     on_gpu = torch.device(device).type == "cuda"
     samples: dict[str, list[float]] = {"step": [], "encoder": [], "bookkeeping": [], "wall": []}
     peak = base = None
@@ -217,8 +211,8 @@ def _repeats_for(settings: RunSettings, step_ms: float) -> int:
 def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str, raw: dict, peak: MatmulPeak) -> dict:
     """One results row: the schema's required fields, then extras."""
     result, samples = raw["result"], raw["samples"]
-    step, enc, book = (summarize(samples[k]) for k in ("step", "encoder", "bookkeeping"))
-    wall = summarize(samples["wall"])
+    step, enc, book = (timing_stats(samples[k]) for k in ("step", "encoder", "bookkeeping"))
+    wall = timing_stats(samples["wall"])
     seconds = step.median_ms / 1e3
     flops = sum(prep.flops[h] for h in result.encoded_hashes)
     rate = peak.tflops * 1e12
@@ -241,7 +235,7 @@ def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str
         "encoder_mfu": flops / (enc.median_ms / 1e3) / rate if enc.median_ms > 0 else 0.0,
         "step_wall_ms_median": wall.median_ms, "repeats": step.repeats,
         "base_mem_bytes": raw["base"],
-        "out_bytes_per_token": encoder.hidden_size * torch.finfo(encoder.dtype).bits // 8,
+        "out_bytes_per_token": embedding_row_bytes(encoder.hidden_size, encoder.dtype),
         "dtype": str(encoder.dtype).removeprefix("torch."),
     }
 
@@ -293,14 +287,14 @@ def run_sweeps(
     sweeps: Sequence[Sweep],
     settings: RunSettings,
     *,
-    make_encoder: EncoderFactory | None = None,
-    make_items: ItemFactory | None = None,
+    make_encoder: MakeEncoder | None = None,
+    make_items: MakeItems | None = None,
     peak: MatmulPeak | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure every point of ``sweeps`` in both modes for each impl; returns the results object."""
     make_encoder = make_encoder or default_encoder_factory(settings)
-    make_items = make_items or default_item_factory
+    make_items = make_items or synthetic_items
     peak = peak or measure_matmul_peak(settings.device, repeats=settings.matmul_repeats)
     points = list(enumerate(p for s in sweeps for p in s.points()))
     order = list(dict.fromkeys(p.encoder for _, p in points))

@@ -26,10 +26,10 @@ class TimingStats:
     repeats: int
 
 
-def summarize(samples_ms: Sequence[float]) -> TimingStats:
+def timing_stats(samples_ms: Sequence[float]) -> TimingStats:
     """Median, 10th/90th percentile (linear interpolation), mean, min and max of ``samples_ms``."""
     if len(samples_ms) == 0:
-        raise ValueError("summarize needs at least one timing sample, got none")
+        raise ValueError("timing_stats needs at least one timing sample, got none")
     x = np.asarray(samples_ms, dtype=float)
     p10, median, p90 = np.percentile(x, [10, 50, 90])
     return TimingStats(float(median), float(p10), float(p90), float(x.mean()), float(x.min()), float(x.max()), len(x))
@@ -91,10 +91,10 @@ def time_callable(
         fn()
         watch.stop()
         samples.append(watch.elapsed_ms())
-    return summarize(samples)
+    return timing_stats(samples)
 
 
-class TimedEncoder:
+class EventTimedEncoder:
     """Wraps an encoder so that each of its calls is bracketed by a Stopwatch.
 
     ``embed_chunks`` sees an ordinary encoder; after the step, ``encoder_ms()`` is the time spent

@@ -17,6 +17,10 @@ from typing import Any
 import ipywidgets as widgets
 import torch
 
+from vitkit.bench.plot import plot_memory_model, plot_sweep, sweep_names, x_axis
+from vitkit.bench.results import find_results, load_results, write_results
+from vitkit.bench.run import RunSettings, run_sweeps
+from vitkit.bench.sweeps import get_sweeps
 from vitkit.viz.render import figure_png, html_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,8 +37,6 @@ def gpu_available() -> bool:
 def stored_results(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
     """The GPU results files in ``folder`` (oldest first), loaded and validated, keyed by path;
     {} when there are none. Files that are not valid results are left out (``find_results``)."""
-    from vitkit.bench.results import find_results, load_results
-
     folder = Path(folder)
     if not folder.is_dir():
         return {}
@@ -62,10 +64,6 @@ def run_benchmark(
     A GPU run is saved to ``results/<device>/notebook-<sweep>-<time>.json`` (``save`` defaults to
     True on a GPU, False on CPU: a smoke run is for looking at, not for keeping).
     """
-    from vitkit.bench.results import write_results
-    from vitkit.bench.run import RunSettings, run_sweeps
-    from vitkit.bench.sweeps import get_sweeps
-
     device = device or ("cuda" if gpu_available() else "cpu")
     on_gpu = torch.device(device).type == "cuda"
     preset = sweep or ("full" if on_gpu else "cpu-smoke")
@@ -90,8 +88,6 @@ def run_benchmark(
 def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, object]]:
     """One row per (encoder, impl, point) of ``sweep``: both modes' step times, the speedup
     (per-request / batched step time), batched images/s, MFU and peak memory (MiB)."""
-    from vitkit.bench.plot import x_axis
-
     rows = [r for r in results["rows"] if r.get("sweep", "sweep") == sweep]
     axis = x_axis(rows)
     pairs: dict[tuple, dict[str, Mapping[str, Any]]] = {}
@@ -184,8 +180,6 @@ class BenchView(widgets.VBox):
         return self.sources.get(self.source.value)
 
     def _on_source(self, change: dict) -> None:
-        from vitkit.bench.plot import sweep_names
-
         results = self.sources.get(change["new"])
         if results is None:
             return
@@ -206,8 +200,6 @@ class BenchView(widgets.VBox):
 
     def draw(self) -> None:
         """Plot the selected sweep of the selected results, and its table."""
-        from vitkit.bench.plot import plot_memory_model, plot_sweep
-
         if self.results is None or self.sweep.value is None:
             return
         if self.sweep.value == MEMORY_MODEL:  # predicted vs measured peak memory per token budget
