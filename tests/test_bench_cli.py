@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vitkit.bench.cli import build_parser, format_table, main, settings_from_args
+from vitkit.bench.run import RunSettings
 from vitkit.bench.sweeps import SWEEPS, Sweep, get_sweeps
 
 
@@ -51,6 +52,12 @@ def test_list_sweeps(capsys):
     assert all(name in out for name in SWEEPS) and "7 sweeps" in out
 
 
+def test_cli_defaults_are_run_settings_for_the_device():
+    assert parse("--device", "cpu")[2] == RunSettings.for_device("cpu")
+    assert parse("--device", "cpu", "--quick")[2] == RunSettings.for_device("cpu", quick=True)
+    assert RunSettings.for_device("cpu", repeats=None, dtype="bf16").dtype == "bf16"  # None keeps the default
+
+
 def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu():
     sweep, _, settings = parse("--device", "cpu", "--quick")
     assert sweep == "cpu-smoke" and settings.repeats == 3
@@ -68,7 +75,7 @@ def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu():
     (["--dtype", "int8"], "invalid choice"),
     (["--repeats", "0"], "must be a positive int, got 0"),
     (["--warmup", "-1", "--device", "cpu"], "warmup must be a non-negative int, got -1"),
-    (["--seconds-per-mode", "0", "--device", "cpu"], "seconds-per-mode must be > 0"),
+    (["--seconds-per-mode", "0", "--device", "cpu"], "seconds.per.mode must be > 0"),
 ])
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

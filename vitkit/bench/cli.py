@@ -17,13 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vitkit.bench.plot import save_figures
 from vitkit.bench.results import write_results
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
-from vitkit.checks import non_negative_int, positive_int
+from vitkit.checks import positive_int
 from vitkit.encoders import IMPLS
 
 
@@ -114,28 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], RunSettings]:
     """Resolve defaults that depend on the device: (sweep name, overrides, run settings)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device")
-    # Without a GPU every default is the tiny smoke sweep: full-size towers on CPU take many minutes.
-    sweep = args.sweep or (("quick" if args.quick else "full") if on_gpu else "cpu-smoke")
-    repeats = args.repeats or (3 if args.quick else 10 if on_gpu else 2)
-    warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
-    non_negative_int("--warmup", warmup)
-    if not args.seconds_per_mode > 0:
-        raise ValueError(f"--seconds-per-mode must be > 0, got {args.seconds_per_mode}")
+    settings = RunSettings.for_device(
+        args.device, quick=args.quick, sweep=args.sweep, dtype=args.dtype, impls=tuple(args.impl),
+        repeats=args.repeats, warmup=args.warmup, seconds_per_mode=args.seconds_per_mode, check=not args.no_check,
+    )
     overrides = {
         "encoder": args.encoder, "requests": args.requests, "images_per_request": args.images_per_request,
         "resolution": args.resolution, "hit_fraction": args.hit_fraction,
         "max_tokens_per_call": args.max_tokens_per_call,
     }
-    settings = RunSettings(
-        device=device, dtype=args.dtype or ("bf16" if on_gpu else "fp32"), impls=tuple(args.impl),
-        repeats=repeats, warmup=warmup, kind="gpu" if on_gpu else "cpu-smoke", sweep=sweep,
-        matmul_repeats=30 if on_gpu else 5, seconds_per_mode=args.seconds_per_mode, check=not args.no_check,
-    )
-    return sweep, overrides, settings
+    return settings.sweep, overrides, settings
 
 
 def describe_sweeps() -> str:

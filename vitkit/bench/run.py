@@ -71,6 +71,26 @@ class RunSettings:
         if not self.impls:
             raise ValueError("impls is empty: name at least one of 'vitkit', 'stock'")
 
+    @classmethod
+    def for_device(cls, device: str | None = None, *, quick: bool = False, **overrides: Any) -> RunSettings:
+        """Settings for ``device`` (default: cuda when torch sees one, else cpu).
+
+        On a GPU: bf16, 10 repeats (3 with ``quick``), 3 warm-up steps, a 30-repeat matmul peak,
+        sweep "full" ("quick"). On CPU: the labelled smoke run (kind "cpu-smoke", sweep
+        "cpu-smoke"), fp32, 2 repeats (3 with ``quick``), 1 warm-up step, a 5-repeat peak: full-size
+        towers on CPU take many minutes. ``overrides`` replace fields; None values are ignored.
+        """
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = torch.device(device).type == "cuda"
+        if on_gpu and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        defaults = dict(
+            device=device, dtype="bf16" if on_gpu else "fp32", repeats=3 if quick else 10 if on_gpu else 2,
+            warmup=3 if on_gpu else 1, matmul_repeats=30 if on_gpu else 5, kind="gpu" if on_gpu else "cpu-smoke",
+            sweep=("quick" if quick else "full") if on_gpu else "cpu-smoke",
+        )
+        return cls(**defaults | {key: value for key, value in overrides.items() if value is not None})
+
 
 def default_encoder_factory(settings: RunSettings) -> MakeEncoder:
     def build(name: str, impl: str) -> Any:

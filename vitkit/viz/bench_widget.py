@@ -64,21 +64,16 @@ def run_benchmark(
     A GPU run is saved to ``results/<device>/notebook-<sweep>-<time>.json`` (``save`` defaults to
     True on a GPU, False on CPU: a smoke run is for looking at, not for keeping).
     """
-    device = device or ("cuda" if gpu_available() else "cpu")
-    on_gpu = torch.device(device).type == "cuda"
-    preset = sweep or ("full" if on_gpu else "cpu-smoke")
+    settings = RunSettings.for_device(device, sweep=sweep)
+    preset = settings.sweep
     chosen = get_sweeps(preset)
     if sweeps is not None:
         unknown = set(sweeps) - {s.name for s in chosen}
         if unknown:
             raise ValueError(f"sweeps {sorted(unknown)} are not in preset {preset!r}; it has {[s.name for s in chosen]}")
         chosen = tuple(s for s in chosen if s.name in sweeps)
-    settings = RunSettings(
-        device=device, dtype="bf16" if on_gpu else "fp32", repeats=10 if on_gpu else 2, warmup=3 if on_gpu else 1,
-        kind="gpu" if on_gpu else "cpu-smoke", sweep=preset, matmul_repeats=30 if on_gpu else 5,
-    )
     results = run_sweeps(chosen, settings, progress=progress)
-    if save if save is not None else on_gpu:
+    if save if save is not None else settings.kind == "gpu":
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = REPO / "results" / results["machine"]["slug"] / f"notebook-{preset}-{stamp}.json"
         results["saved_to"] = _relative(write_results(results, path))
