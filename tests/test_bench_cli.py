@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
+from conftest import fake_bench_results
 from vitkit.bench.cli import build_parser, format_table, main, settings_from_args
 from vitkit.bench.run import RunSettings
 from vitkit.bench.sweeps import SWEEPS, Sweep, get_sweeps
-
-
-def fake_results(**kwargs):
-    """The hand-made results of test_bench_plot.py, loaded by path (works in any import mode)."""
-    spec = importlib.util.spec_from_file_location("_bench_plot_data", Path(__file__).with_name("test_bench_plot.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.fake_results(**kwargs)
 
 
 def parse(*argv):
@@ -127,7 +118,7 @@ def test_sweep_points_are_the_product_of_axes():
 
 def test_main_runs_writes_and_prints_a_table(tmp_path, capsys):
     def fake_run(sweeps, settings, progress):
-        return fake_results(kind=settings.kind)
+        return fake_bench_results(kind=settings.kind)
 
     assert main(["--device", "cpu", "--out", str(tmp_path), "--no-progress"], run=fake_run) == 0
     out = capsys.readouterr().out
@@ -137,7 +128,7 @@ def test_main_runs_writes_and_prints_a_table(tmp_path, capsys):
 
 
 def test_format_table_has_a_line_per_row():
-    results = fake_results()
+    results = fake_bench_results()
     table = format_table(results)
     lines = table.splitlines()
     rows = [line for line in lines if line.startswith(("clip-batch ", "qwen-resolution "))]

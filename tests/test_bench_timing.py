@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
+from conftest import bench_row
 from vitkit.bench.machine import device_slug, machine_info, measure_matmul_peak, versions
 from vitkit.bench.memory import calibrate, memory_report, predict_peak
 from vitkit.bench.run import RunSettings, _repeats_for
@@ -66,10 +68,9 @@ def test_repeats_fit_the_time_budget():
 
 def mem_row(budget, calls, act=1000, out=10, base=10**6, mode="batched"):
     during = max(out * sum(calls[:k]) + act * rows for k, rows in enumerate(calls))
-    return {"sweep": "token-budget", "encoder": "e", "impl": "vitkit", "mode": mode, "requests": 4,
-            "images_per_request": 1, "resolution": 448, "hit_fraction": 0.0, "max_tokens_per_call": budget,
-            "call_tokens": calls, "step_rows": sum(calls), "base_mem_bytes": base, "out_bytes_per_token": out,
-            "peak_mem_bytes": base + max(during, 3 * out * sum(calls))}
+    return bench_row("token-budget", mode, requests=4, resolution=448, encoder="e", max_tokens_per_call=budget,
+                     call_tokens=tuple(calls), step_rows=sum(calls), base_mem_bytes=base, out_bytes_per_token=out,
+                     peak=base + max(during, 3 * out * sum(calls)))
 
 
 def test_memory_model_recovers_a_linear_law():
@@ -77,7 +78,7 @@ def test_memory_model_recovers_a_linear_law():
     rows += [mem_row(b, [400], mode="per_request") for b in (100, 200)]  # not modelled
     model = calibrate(rows[2])
     assert model.act_bytes_per_token == pytest.approx(1000) and model.calibrated_max_call_tokens == 400
-    assert predict_peak(model, rows[0]) == rows[0]["peak_mem_bytes"]
+    assert predict_peak(model, rows[0]) == rows[0].peak_mem_bytes
     report = memory_report(rows)
     assert [e["max_tokens_per_call"] for e in report] == [100, 200, None]
     assert [e["calibration"] for e in report] == [False, False, True]
@@ -87,20 +88,20 @@ def test_memory_model_recovers_a_linear_law():
 def test_memory_model_end_of_step_copies_bind_for_cheap_calls():
     # Activations of 5 bytes a row are less than the 3 copies of 10-byte outputs at the end.
     rows = [mem_row(100, [100] * 4, act=5), mem_row(None, [400], act=5)]
-    model = calibrate(rows[1] | {"peak_mem_bytes": rows[1]["base_mem_bytes"] + 5 * 400})
-    assert predict_peak(model, rows[0]) == rows[0]["base_mem_bytes"] + 3 * 10 * 400
+    model = calibrate(replace(rows[1], peak_mem_bytes=rows[1].base_mem_bytes + 5 * 400))
+    assert predict_peak(model, rows[0]) == rows[0].base_mem_bytes + 3 * 10 * 400
 
 
 def test_memory_report_measures_the_miss():
     rows = [mem_row(100, [100] * 4), mem_row(None, [400])]
-    rows[0]["peak_mem_bytes"] += 50_000  # 50 KB more than the law says
+    rows[0] = replace(rows[0], peak_mem_bytes=rows[0].peak_mem_bytes + 50_000)  # 50 KB more than the law says
     (small, _) = memory_report(rows)
-    assert small["error"] == pytest.approx(50_000 / (rows[0]["peak_mem_bytes"] - 50_000))
+    assert small["error"] == pytest.approx(50_000 / (rows[0].peak_mem_bytes - 50_000))
     assert small["step_error"] > small["error"] > 0
     assert memory_report([rows[0]]) == []  # one budget alone: nothing to predict
     with pytest.raises(ValueError, match="without calls or peak memory"):
-        calibrate(rows[0] | {"peak_mem_bytes": None})
-    assert memory_report([r | {"peak_mem_bytes": None} for r in rows]) == []  # CPU rows
+        calibrate(replace(rows[0], peak_mem_bytes=None))
+    assert memory_report([replace(r, peak_mem_bytes=None) for r in rows]) == []  # CPU rows
 
 
 def test_machine_info_and_versions_on_cpu():

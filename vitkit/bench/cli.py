@@ -19,6 +19,7 @@ from typing import Any
 
 from vitkit.bench.plot import save_figures
 from vitkit.bench.results import write_results
+from vitkit.bench.rows import BenchRow
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
 from vitkit.checks import positive_int
@@ -140,12 +141,12 @@ def format_table(results: dict[str, Any]) -> str:
            f"{'step ms':>9} {'enc ms':>9} {'book%':>6} {'img/s':>9} {'MFU%':>6} {'peak MiB':>9}"
     lines = [head, "-" * len(head)]
     for r in results["rows"]:
-        mem = f"{r['peak_mem_bytes'] / 2**20:9.0f}" if r["peak_mem_bytes"] is not None else f"{'-':>9}"
+        mem = f"{r.peak_mem_bytes / 2**20:9.0f}" if r.peak_mem_bytes is not None else f"{'-':>9}"
         lines.append(
-            f"{r.get('sweep', ''):<18.18} {r['encoder']:<18.18} {r['impl']:<6} {r['mode']:<11} "
-            f"{r['requests']:>4} x {r['images_per_request']:<2} {str(r['resolution']):>6} {r['encoder_calls']:>5} "
-            f"{r['step_ms_median']:9.2f} {r['encoder_ms_median']:9.2f} {100 * r.get('bookkeeping_share', 0):6.1f} "
-            f"{r['images_per_s']:9.1f} {100 * r['mfu']:6.1f} {mem}"
+            f"{r.sweep:<18.18} {r.encoder:<18.18} {r.impl:<6} {r.mode:<11} "
+            f"{r.requests:>4} x {r.images_per_request:<2} {str(r.resolution):>6} {r.encoder_calls:>5} "
+            f"{r.step_ms_median:9.2f} {r.encoder_ms_median:9.2f} {_percent(r.bookkeeping_share, 6, 1)} "
+            f"{r.images_per_s:9.1f} {100 * r.mfu:6.1f} {mem}"
         )
     for e in results.get("memory_model", []):
         lines.append(f"memory model {e['encoder']} {e['mode']} budget={e['max_tokens_per_call']}: predicted "
@@ -163,28 +164,33 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     """Per sweep, encoder and impl: the batched path at the point with the most images, and
     how it compares with the per-request path there."""
     lines = []
-    keyed: dict[tuple, dict[str, dict]] = {}
+    keyed: dict[tuple, dict[str, BenchRow]] = {}
     for r in results["rows"]:
-        key = (r.get("sweep", ""), r["encoder"], r["impl"], r["requests"], r["images_per_request"],
-               repr(r["resolution"]), r.get("hit_fraction"), r.get("max_tokens_per_call"))
-        keyed.setdefault(key, {})[r["mode"]] = r
-    best: dict[tuple, dict[str, dict]] = {}
+        key = (r.sweep, r.encoder, r.impl, r.requests, r.images_per_request, repr(r.resolution), r.hit_fraction,
+               r.max_tokens_per_call)
+        keyed.setdefault(key, {})[r.mode] = r
+    best: dict[tuple, dict[str, BenchRow]] = {}
     for key, modes in keyed.items():
         if "batched" in modes and "per_request" in modes:
             group = key[:3]
-            if group not in best or modes["batched"]["images"] >= best[group]["batched"]["images"]:
+            if group not in best or modes["batched"].images >= best[group]["batched"].images:
                 best[group] = modes
     for (sweep, encoder, impl), modes in best.items():
         b, p = modes["batched"], modes["per_request"]
-        lines.append(f"{sweep}: {encoder} {impl} at {b['requests']} x {b['images_per_request']} ({b['resolution']}): "
-                     f"batched {b['images_per_s']:.1f} img/s, MFU {100 * b['mfu']:.1f}%, bookkeeping "
-                     f"{100 * b.get('bookkeeping_share', 0):.2f}%; per-request {p['images_per_s']:.1f} img/s; "
-                     f"speedup {p['step_ms_median'] / b['step_ms_median']:.2f}x{_diff_note(b)}")
+        lines.append(f"{sweep}: {encoder} {impl} at {b.requests} x {b.images_per_request} ({b.resolution}): "
+                     f"batched {b.images_per_s:.1f} img/s, MFU {100 * b.mfu:.1f}%, bookkeeping "
+                     f"{_percent(b.bookkeeping_share, 0, 2)}%; per-request {p.images_per_s:.1f} img/s; "
+                     f"speedup {p.step_ms_median / b.step_ms_median:.2f}x{_diff_note(b)}")
     return lines
 
 
-def _diff_note(row: dict[str, Any]) -> str:
-    diff = row.get("modes_max_rel_diff")
+def _percent(share: float | None, width: int, digits: int) -> str:
+    """``share`` as a percentage, or "-" when the row did not record it."""
+    return f"{'-':>{width}}" if share is None else f"{100 * share:{width}.{digits}f}"
+
+
+def _diff_note(row: BenchRow) -> str:
+    diff = row.modes_max_rel_diff
     return "" if diff is None else f"; modes differ by {diff:.1e} (max rel)"
 
 

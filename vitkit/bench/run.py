@@ -25,6 +25,7 @@ from vitkit.bench.flops import item_flops
 from vitkit.bench.machine import MatmulPeak, machine_info, measure_matmul_peak, versions
 from vitkit.bench.memory import memory_report
 from vitkit.bench.results import SCHEMA
+from vitkit.bench.rows import BenchRow
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY, Sweep, SweepPoint
 from vitkit.bench.timing import EventTimedEncoder, Stopwatch, synchronize, timing_stats
 from vitkit.cache import EmbeddingCache, embedding_row_bytes
@@ -228,36 +229,37 @@ def _repeats_for(settings: RunSettings, step_ms: float) -> int:
     return max(min(settings.repeats, settings.min_repeats), min(settings.repeats, fit))
 
 
-def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str, raw: dict, peak: MatmulPeak) -> dict:
-    """One results row: the schema's required fields, then extras."""
+def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str, raw: dict, peak: MatmulPeak,
+             modes_max_rel_diff: float | None = None) -> BenchRow:
+    """One results row of ``mode`` at ``point`` from ``measure_mode``'s figures."""
     result, samples = raw["result"], raw["samples"]
     step, enc, book = (timing_stats(samples[k]) for k in ("step", "encoder", "bookkeeping"))
     wall = timing_stats(samples["wall"])
     seconds = step.median_ms / 1e3
     flops = sum(prep.flops[h] for h in result.encoded_hashes)
     rate = peak.tflops * 1e12
-    return {
-        "encoder": encoder.name, "mode": mode, "impl": impl,
-        "requests": point.requests, "images_per_request": point.images_per_request, "images": point.images,
-        "resolution": prep.resolution, "tokens": result.encoded_tokens, "encoder_calls": result.encoder_calls,
-        "step_ms_median": step.median_ms, "step_ms_p10": step.p10_ms, "step_ms_p90": step.p90_ms,
-        "encoder_ms_median": enc.median_ms, "bookkeeping_ms_median": book.median_ms,
-        "images_per_s": point.images / seconds, "tokens_per_s": result.encoded_tokens / seconds,
-        "peak_mem_bytes": raw["peak"], "model_flops": flops, "mfu": flops / seconds / rate,
-        # extras
-        "sweep": point.sweep, "hit_fraction": point.hit_fraction, "max_tokens_per_call": point.max_tokens_per_call,
-        "encoded_items": result.encoded_items, "cache_hits": result.cache_hits, "call_tokens": list(result.call_tokens),
-        "patches": prep.patches, "step_rows": sum(item.num_tokens for item in prep.items),
-        "step_ms_mean": step.mean_ms, "step_ms_min": step.min_ms, "step_ms_max": step.max_ms,
-        "encoder_ms_p10": enc.p10_ms, "encoder_ms_p90": enc.p90_ms,
-        "bookkeeping_ms_p10": book.p10_ms, "bookkeeping_ms_p90": book.p90_ms,
-        "bookkeeping_share": book.median_ms / step.median_ms if step.median_ms > 0 else 0.0,
-        "encoder_mfu": flops / (enc.median_ms / 1e3) / rate if enc.median_ms > 0 else 0.0,
-        "step_wall_ms_median": wall.median_ms, "repeats": step.repeats,
-        "base_mem_bytes": raw["base"],
-        "out_bytes_per_token": embedding_row_bytes(encoder.hidden_size, encoder.dtype),
-        "dtype": str(encoder.dtype).removeprefix("torch."),
-    }
+    return BenchRow(
+        encoder=encoder.name, mode=mode, impl=impl,
+        requests=point.requests, images_per_request=point.images_per_request, images=point.images,
+        resolution=prep.resolution, tokens=result.encoded_tokens, encoder_calls=result.encoder_calls,
+        step_ms_median=step.median_ms, step_ms_p10=step.p10_ms, step_ms_p90=step.p90_ms,
+        encoder_ms_median=enc.median_ms, bookkeeping_ms_median=book.median_ms,
+        images_per_s=point.images / seconds, tokens_per_s=result.encoded_tokens / seconds,
+        peak_mem_bytes=raw["peak"], model_flops=flops, mfu=flops / seconds / rate,
+        sweep=point.sweep, hit_fraction=point.hit_fraction, max_tokens_per_call=point.max_tokens_per_call,
+        encoded_items=result.encoded_items, cache_hits=result.cache_hits, call_tokens=tuple(result.call_tokens),
+        patches=prep.patches, step_rows=sum(item.num_tokens for item in prep.items),
+        step_ms_mean=step.mean_ms, step_ms_min=step.min_ms, step_ms_max=step.max_ms,
+        encoder_ms_p10=enc.p10_ms, encoder_ms_p90=enc.p90_ms,
+        bookkeeping_ms_p10=book.p10_ms, bookkeeping_ms_p90=book.p90_ms,
+        bookkeeping_share=book.median_ms / step.median_ms if step.median_ms > 0 else 0.0,
+        encoder_mfu=flops / (enc.median_ms / 1e3) / rate if enc.median_ms > 0 else 0.0,
+        step_wall_ms_median=wall.median_ms, repeats=step.repeats,
+        base_mem_bytes=raw["base"],
+        out_bytes_per_token=embedding_row_bytes(encoder.hidden_size, encoder.dtype),
+        dtype=str(encoder.dtype).removeprefix("torch."),
+        modes_max_rel_diff=modes_max_rel_diff,
+    )
 
 
 def _free(device: str) -> None:
@@ -286,7 +288,7 @@ def modes_max_rel_diff(prep: _Point, encoder: Any, point: SweepPoint, settings: 
     return worst
 
 
-def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) -> list[dict]:
+def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) -> list[BenchRow]:
     """Both modes at one point; the items are the same for every impl (same seed)."""
     prep = prepare_point(point, encoder, make_items, settings, seed)
     diff = modes_max_rel_diff(prep, encoder, point, settings) if settings.check else None
@@ -296,7 +298,7 @@ def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) 
         shape = f"{point.requests}x{point.images_per_request} {prep.resolution}"
         bar.set_postfix_str(f"{point.sweep} {impl} {mode} {shape}")
         raw = measure_mode(prep, encoder, mode, point, settings)
-        rows.append(make_row(point, prep, encoder, impl, mode, raw, peak) | {"modes_max_rel_diff": diff})
+        rows.append(make_row(point, prep, encoder, impl, mode, raw, peak, modes_max_rel_diff=diff))
         bar.update()
     del prep, raw
     _free(settings.device)
@@ -312,13 +314,14 @@ def run_sweeps(
     peak: MatmulPeak | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Measure every point of ``sweeps`` in both modes for each impl; returns the results object."""
+    """Measure every point of ``sweeps`` in both modes for each impl; returns the results object
+    (``vitkit.bench.results``), its rows ``BenchRow``."""
     make_encoder = make_encoder or default_encoder_factory(settings)
     make_items = make_items or synthetic_items
     peak = peak or measure_matmul_peak(settings.device, repeats=settings.matmul_repeats)
     points = list(enumerate(p for s in sweeps for p in s.points()))
     order = list(dict.fromkeys(p.encoder for _, p in points))
-    rows: list[dict] = []
+    rows: list[BenchRow] = []
     total = len(points) * len(settings.impls) * len(MODES)
     bar = tqdm(total=total, desc="vitkit.bench", unit="run", disable=not progress)
     # One encoder at a time (grouped by encoder, then impl), so peak memory holds one model's weights.

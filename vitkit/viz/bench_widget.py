@@ -17,8 +17,9 @@ from typing import Any
 import ipywidgets as widgets
 import torch
 
-from vitkit.bench.plot import plot_memory_model, plot_sweep, sweep_names, x_axis
+from vitkit.bench.plot import plot_memory_model, plot_sweep, sweep_names, sweep_rows, x_axis
 from vitkit.bench.results import find_results, load_results, write_results
+from vitkit.bench.rows import BenchRow
 from vitkit.bench.run import RunSettings, run_sweeps
 from vitkit.bench.sweeps import get_sweeps
 from vitkit.viz.render import figure_png, html_table
@@ -83,25 +84,25 @@ def run_benchmark(
 def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, object]]:
     """One row per (encoder, impl, point) of ``sweep``: both modes' step times, the speedup
     (per-request / batched step time), batched images/s, MFU and peak memory (MiB)."""
-    rows = [r for r in results["rows"] if r.get("sweep", "sweep") == sweep]
+    rows = sweep_rows(results, sweep)
     axis = x_axis(rows)
-    pairs: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    pairs: dict[tuple, dict[str, BenchRow]] = {}
     for r in rows:
-        pairs.setdefault((r["encoder"], r["impl"], repr(r[axis])), {})[r["mode"]] = r
+        pairs.setdefault((r.encoder, r.impl, repr(getattr(r, axis))), {})[r.mode] = r
     out = []
     for (encoder, impl, _), modes in pairs.items():
         b, p = modes.get("batched"), modes.get("per_request")
         if b is None or p is None:
             continue
         out.append({
-            "encoder": encoder, "impl": impl, axis: b[axis],
-            "images": b["images"],
-            "batched ms": round(b["step_ms_median"], 3),
-            "per-request ms": round(p["step_ms_median"], 3),
-            "speedup": round(p["step_ms_median"] / b["step_ms_median"], 2),
-            "batched img/s": round(b["images_per_s"], 1),
-            "batched MFU %": round(100 * b["mfu"], 1),
-            "peak MiB": "-" if b["peak_mem_bytes"] is None else round(b["peak_mem_bytes"] / 2**20),
+            "encoder": encoder, "impl": impl, axis: getattr(b, axis),
+            "images": b.images,
+            "batched ms": round(b.step_ms_median, 3),
+            "per-request ms": round(p.step_ms_median, 3),
+            "speedup": round(p.step_ms_median / b.step_ms_median, 2),
+            "batched img/s": round(b.images_per_s, 1),
+            "batched MFU %": round(100 * b.mfu, 1),
+            "peak MiB": "-" if b.peak_mem_bytes is None else round(b.peak_mem_bytes / 2**20),
         })
     return out
 
