@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import cache_state
 from vitkit import CacheStats, EmbeddingCache
 
 ROW = 4 * 4  # bytes of one (1, 4) float32 row
@@ -13,9 +14,8 @@ def _emb(rows, fill=0.0):
 
 
 def _state(cache):
-    """Everything a transaction must restore, as plain values."""
-    owners = {o for k in cache.keys() for o in ("a", "b", "c") if cache.is_pinned(k, o)}
-    return cache.keys(), cache.stats(), {o: cache.pinned_by(o) for o in owners}
+    """Everything a transaction must restore, as plain values (the tests' owners are a, b, c)."""
+    return cache_state(cache, ("a", "b", "c"))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, None, "64"])

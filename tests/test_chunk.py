@@ -3,13 +3,10 @@
 import pytest
 import torch
 
-from vitkit import ChunkEntry, EmbeddingCache, MultimodalItem, Request, Span, assemble_chunk, find_chunk_items
+from conftest import item as _item
+from vitkit import ChunkEntry, EmbeddingCache, Request, Span, assemble_chunk, find_chunk_items
 
 HIDDEN = 3
-
-
-def _item(n, seed):
-    return MultimodalItem(torch.full((2,), float(seed)), n)
 
 
 def _emb(item, seed):

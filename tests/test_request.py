@@ -5,11 +5,8 @@ import re
 import pytest
 import torch
 
+from conftest import item as _item
 from vitkit import MultimodalItem, Request, Span
-
-
-def _item(n, seed=0):
-    return MultimodalItem(torch.full((2,), float(seed)), n)
 
 
 def test_spans_are_coerced_and_prompt_len_defaults_to_last_stop():
