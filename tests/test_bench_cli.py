@@ -75,19 +75,20 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_unknown_sweep_and_bad_axes_raise_value_errors():
-    with pytest.raises(ValueError, match="unknown sweep 'nope'"):
-        get_sweeps("nope")
-    with pytest.raises(ValueError, match="cannot override 'batch'"):
-        get_sweeps("clip-batch", {"batch": [1]})
-    with pytest.raises(ValueError, match="requests must be a positive int, got -1"):
-        Sweep("x", "clip-tiny", requests=(1, -1))
-    with pytest.raises(ValueError, match="hit fraction must be in"):
-        Sweep("x", "clip-tiny", hit_fractions=(1.5,))
-    with pytest.raises(ValueError, match="resolution 'big'"):
-        Sweep("x", "clip-tiny", resolutions=("big",))
-    with pytest.raises(ValueError, match="images_per_request is empty"):
-        Sweep("x", "clip-tiny", images_per_request=())
+@pytest.mark.parametrize("make, message", [
+    pytest.param(lambda: get_sweeps("nope"), "unknown sweep 'nope'", id="unknown sweep"),
+    pytest.param(lambda: get_sweeps("clip-batch", {"batch": [1]}), "cannot override 'batch'", id="unknown axis"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", requests=(1, -1)), "sweep 'x': requests must be a positive int, got -1",
+                 id="negative requests"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", hit_fractions=(1.5,)), "hit fraction must be in", id="hit fraction"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", resolutions=("big",)), "resolution 'big'", id="resolution label"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", resolutions=(0,)), r"resolution \(px side\) must be a positive int, got 0",
+                 id="resolution 0"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", images_per_request=()), "images_per_request is empty", id="empty axis"),
+])
+def test_unknown_sweep_and_bad_axes_raise_value_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_gpu_defaults(monkeypatch):

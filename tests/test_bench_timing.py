@@ -60,10 +60,19 @@ def test_repeats_fit_the_time_budget():
     assert _repeats_for(settings, step_ms=10.0) == 10
     assert _repeats_for(settings, step_ms=200.0) == 5
     assert _repeats_for(settings, step_ms=5000.0) == 3
-    with pytest.raises(ValueError, match="repeats must be a positive int"):
-        RunSettings(repeats=0)
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        RunSettings(dtype="int4")
+
+
+@pytest.mark.parametrize("field, message", [
+    ({"repeats": 0}, "repeats must be a positive int, got 0"),
+    ({"dtype": "int4"}, "dtype must be one of"),
+    ({"warmup": -1}, "warmup must be a non-negative int, got -1"),
+    ({"min_repeats": True}, "min_repeats must be a positive int, got True"),
+    ({"seconds_per_mode": 0.0}, "seconds_per_mode must be > 0"),
+    ({"impls": ()}, "impls is empty"),
+])
+def test_bad_run_settings_name_the_field(field, message):
+    with pytest.raises(ValueError, match=message):
+        RunSettings(**field)
 
 
 def mem_row(budget, calls, act=1000, out=10, base=10**6, mode="batched"):
