@@ -65,6 +65,7 @@ def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu():
     (["--impl", "fast"], "impl must be one of"),
     (["--dtype", "int8"], "invalid choice"),
     (["--repeats", "0"], "must be a positive int, got 0"),
+    (["--repeats", "2,3"], "got .2,3."),  # one value: not silently the first of a list
     (["--warmup", "-1", "--device", "cpu"], "warmup must be a non-negative int, got -1"),
     (["--seconds-per-mode", "0", "--device", "cpu"], "seconds.per.mode must be > 0"),
 ])

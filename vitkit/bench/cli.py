@@ -26,51 +26,56 @@ from vitkit.checks import positive_int
 from vitkit.encoders import IMPLS
 
 
-def _int_list(text: str) -> list[int]:
-    values = []
-    for part in text.split(","):
+def _positive_int(part: str) -> int:
+    try:
+        value = int(part)
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {part!r}") from None
+    return positive_int("each value", value)
+
+
+def _fraction(part: str) -> float:
+    try:
+        value = float(part)
+    except ValueError:
+        raise ValueError(f"expected comma-separated fractions, got {part!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"hit fractions must be in [0, 1), got {value}")
+    return value
+
+
+def _budget(part: str) -> int | None:
+    return None if part.strip().lower() == "none" else _positive_int(part)
+
+
+def _resolution(part: str) -> int | str:
+    return part if part in RESOLUTION_LABELS else _positive_int(part)
+
+
+def _impl(part: str) -> str:
+    if part not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {part!r}")
+    return part
+
+
+def _list_of(parse: Callable[[str], Any]) -> Callable[[str], list]:
+    """An argparse type: comma-separated values, each through ``parse``; errors name the text."""
+    def parse_list(text: str) -> list:
         try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {part!r} in {text!r}") from None
+            return [parse(part) for part in text.split(",")]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
+    return parse_list
+
+
+def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: one value through ``parse`` ("2,3" is an error, not 2)."""
+    def parse_one(text: str) -> Any:
         try:
-            values.append(positive_int(f"each value of {text!r}", value))
+            return parse(text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
-    return values
-
-
-def _budget_list(text: str) -> list[int | None]:
-    return [None if part.strip().lower() == "none" else _int_list(part)[0] for part in text.split(",")]
-
-
-def _resolution_list(text: str) -> list[int | str]:
-    return [part if part in RESOLUTION_LABELS else _int_list(part)[0] for part in text.split(",")]
-
-
-def _fraction_list(text: str) -> list[float]:
-    values = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {part!r}") from None
-        if not 0.0 <= value < 1.0:
-            raise argparse.ArgumentTypeError(f"hit fractions must be in [0, 1), got {value}")
-        values.append(value)
-    return values
-
-
-def _impl_list(text: str) -> list[str]:
-    impls = text.split(",")
-    for impl in impls:
-        if impl not in IMPLS:
-            raise argparse.ArgumentTypeError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return impls
-
-
-def _positive(text: str) -> int:
-    return _int_list(text)[0]
+    return parse_one
 
 
 def _asks_for_stream(argv: Sequence[str] | None) -> bool:
@@ -90,16 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="GPU sanity run, about a minute: the 'quick' sweep, 3 repeats (CPU: the smoke sweep)")
     p.add_argument("--encoder", help="encoder preset for every sweep of the run (e.g. clip-l-336)")
-    p.add_argument("--requests", type=_int_list, help="requests per step, e.g. 1,2,4")
-    p.add_argument("--images-per-request", type=_int_list, help="images per request, e.g. 1,4,8")
-    p.add_argument("--resolution", type=_resolution_list,
+    p.add_argument("--requests", type=_list_of(_positive_int), help="requests per step, e.g. 1,2,4")
+    p.add_argument("--images-per-request", type=_list_of(_positive_int), help="images per request, e.g. 1,4,8")
+    p.add_argument("--resolution", type=_list_of(_resolution),
                    help="image side in px, or 'mixed' (variable-resolution towers; fixed ones use their own size)")
-    p.add_argument("--hit-fraction", type=_fraction_list, help="share of the step's images already cached, e.g. 0,0.5")
-    p.add_argument("--max-tokens-per-call", type=_budget_list, help="encoder token budgets, e.g. 512,2048,none")
-    p.add_argument("--impl", type=_impl_list, default=["vitkit"], help="vitkit, stock or vitkit,stock")
+    p.add_argument("--hit-fraction", type=_list_of(_fraction), help="share of the step's images already cached, e.g. 0,0.5")
+    p.add_argument("--max-tokens-per-call", type=_list_of(_budget), help="encoder token budgets, e.g. 512,2048,none")
+    p.add_argument("--impl", type=_list_of(_impl), default=["vitkit"], help="vitkit, stock or vitkit,stock")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--repeats", type=_positive, help="timed steps per point and mode (default 10 GPU, 3 quick, 2 CPU)")
+    p.add_argument("--repeats", type=_single(_positive_int),
+                   help="timed steps per point and mode (default 10 GPU, 3 quick, 2 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3 GPU, 1 CPU)")
     p.add_argument("--seconds-per-mode", type=float, default=2.0,
                    help="timed-step budget per point and mode: slow points get fewer repeats, at least 3 (default 2)")
