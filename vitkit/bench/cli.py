@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from vitkit.bench.plot import save_figures
 from vitkit.bench.results import write_results
 from vitkit.bench.rows import BenchRow
+from vitkit.bench.stream_cli import main as stream_main
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
 from vitkit.checks import positive_int
@@ -79,8 +81,6 @@ def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _asks_for_stream(argv: Sequence[str] | None) -> bool:
-    import sys
-
     args = list(sys.argv[1:] if argv is None else argv)
     return "--sweep=stream" in args or any(a == "--sweep" and b == "stream" for a, b in zip(args, args[1:]))
 
@@ -208,8 +208,6 @@ def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings:
 
 def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]] = run_sweeps) -> int:
     if _asks_for_stream(argv):  # the stream benchmark has its own axes (vitkit.bench.stream_cli)
-        from vitkit.bench.stream_cli import main as stream_main
-
         return stream_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
