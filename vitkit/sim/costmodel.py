@@ -24,6 +24,7 @@ from vitkit.item import MultimodalItem
 from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.timing import EncoderTime
 
+
 @dataclass(frozen=True)
 class CallCost:
     """Modelled time of one encoder call: ``intercept_ms + ms_per_token * tokens`` (ms)."""
