@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
+from conftest import fake_bench_results
 from vitkit.bench.cli import build_parser, format_table, main, settings_from_args
+from vitkit.bench.run import RunSettings
 from vitkit.bench.sweeps import SWEEPS, Sweep, get_sweeps
-
-
-def fake_results(**kwargs):
-    """The hand-made results of test_bench_plot.py, loaded by path (works in any import mode)."""
-    spec = importlib.util.spec_from_file_location("_bench_plot_data", Path(__file__).with_name("test_bench_plot.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.fake_results(**kwargs)
 
 
 def parse(*argv):
@@ -51,6 +43,12 @@ def test_list_sweeps(capsys):
     assert all(name in out for name in SWEEPS) and "7 sweeps" in out
 
 
+def test_cli_defaults_are_run_settings_for_the_device():
+    assert parse("--device", "cpu")[2] == RunSettings.for_device("cpu")
+    assert parse("--device", "cpu", "--quick")[2] == RunSettings.for_device("cpu", quick=True)
+    assert RunSettings.for_device("cpu", repeats=None, dtype="bf16").dtype == "bf16"  # None keeps the default
+
+
 def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu():
     sweep, _, settings = parse("--device", "cpu", "--quick")
     assert sweep == "cpu-smoke" and settings.repeats == 3
@@ -59,16 +57,17 @@ def test_quick_means_few_repeats_and_the_smoke_sweep_on_cpu():
 
 @pytest.mark.parametrize("argv, message", [
     (["--sweep", "nope"], "invalid choice: 'nope'"),
-    (["--requests", "1,-2"], "must be positive"),
+    (["--requests", "1,-2"], "must be a positive int, got -2"),
     (["--requests", "1,x"], "comma-separated integers"),
-    (["--images-per-request", "0"], "must be positive"),
+    (["--images-per-request", "0"], "must be a positive int, got 0"),
     (["--hit-fraction", "1.0"], r"\[0, 1\)"),
     (["--resolution", "huge"], "comma-separated integers"),
     (["--impl", "fast"], "impl must be one of"),
     (["--dtype", "int8"], "invalid choice"),
-    (["--repeats", "0"], "must be positive"),
-    (["--warmup", "-1", "--device", "cpu"], "warmup must be >= 0"),
-    (["--seconds-per-mode", "0", "--device", "cpu"], "seconds-per-mode must be > 0"),
+    (["--repeats", "0"], "must be a positive int, got 0"),
+    (["--repeats", "2,3"], "got .2,3."),  # one value: not silently the first of a list
+    (["--warmup", "-1", "--device", "cpu"], "warmup must be a non-negative int, got -1"),
+    (["--seconds-per-mode", "0", "--device", "cpu"], "seconds.per.mode must be > 0"),
 ])
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -77,19 +76,20 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_unknown_sweep_and_bad_axes_raise_value_errors():
-    with pytest.raises(ValueError, match="unknown sweep 'nope'"):
-        get_sweeps("nope")
-    with pytest.raises(ValueError, match="cannot override 'batch'"):
-        get_sweeps("clip-batch", {"batch": [1]})
-    with pytest.raises(ValueError, match="requests must be positive ints, got -1"):
-        Sweep("x", "clip-tiny", requests=(1, -1))
-    with pytest.raises(ValueError, match="hit fraction must be in"):
-        Sweep("x", "clip-tiny", hit_fractions=(1.5,))
-    with pytest.raises(ValueError, match="resolution 'big'"):
-        Sweep("x", "clip-tiny", resolutions=("big",))
-    with pytest.raises(ValueError, match="images_per_request is empty"):
-        Sweep("x", "clip-tiny", images_per_request=())
+@pytest.mark.parametrize("make, message", [
+    pytest.param(lambda: get_sweeps("nope"), "unknown sweep 'nope'", id="unknown sweep"),
+    pytest.param(lambda: get_sweeps("clip-batch", {"batch": [1]}), "cannot override 'batch'", id="unknown axis"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", requests=(1, -1)), "sweep 'x': requests must be a positive int, got -1",
+                 id="negative requests"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", hit_fractions=(1.5,)), "hit fraction must be in", id="hit fraction"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", resolutions=("big",)), "resolution 'big'", id="resolution label"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", resolutions=(0,)), r"resolution \(px side\) must be a positive int, got 0",
+                 id="resolution 0"),
+    pytest.param(lambda: Sweep("x", "clip-tiny", images_per_request=()), "images_per_request is empty", id="empty axis"),
+])
+def test_unknown_sweep_and_bad_axes_raise_value_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_gpu_defaults(monkeypatch):
@@ -120,7 +120,7 @@ def test_sweep_points_are_the_product_of_axes():
 
 def test_main_runs_writes_and_prints_a_table(tmp_path, capsys):
     def fake_run(sweeps, settings, progress):
-        return fake_results(kind=settings.kind)
+        return fake_bench_results(kind=settings.kind)
 
     assert main(["--device", "cpu", "--out", str(tmp_path), "--no-progress"], run=fake_run) == 0
     out = capsys.readouterr().out
@@ -130,7 +130,7 @@ def test_main_runs_writes_and_prints_a_table(tmp_path, capsys):
 
 
 def test_format_table_has_a_line_per_row():
-    results = fake_results()
+    results = fake_bench_results()
     table = format_table(results)
     lines = table.splitlines()
     rows = [line for line in lines if line.startswith(("clip-batch ", "qwen-resolution "))]

@@ -127,17 +127,21 @@ def test_item_flops_reads_qwen_grid_from_meta():
         item_flops(config, bare)
 
 
-def test_bad_inputs_raise():
+@pytest.mark.parametrize("call, message", [
+    pytest.param(lambda clip, qwen: qwen_vision_flops(clip, (1, 4, 4)), "qwen2_5_vl_vision", id="wrong config"),
+    pytest.param(lambda clip, qwen: qwen_window_lengths(qwen, (1, 3, 4)), "multiples of spatial_merge_size",
+                 id="odd grid"),
+    pytest.param(lambda clip, qwen: qwen_window_lengths(qwen, (1, 0, 4)), r"grid_thw\[1\] must be a positive int, got 0",
+                 id="empty grid"),
+    pytest.param(lambda clip, qwen: vit_flops(clip, include_head=True), "SigLIP only", id="head on CLIP"),
+    pytest.param(lambda clip, qwen: vit_flops(clip, num_layers=0), "num_layers must be a positive int, got 0",
+                 id="no layers"),
+])
+def test_bad_inputs_raise(call, message):
     clip = tiny_config(CLIPVisionConfig, "clip-tiny", "eager")
     qwen = tiny_config(Qwen2_5_VLVisionConfig, "qwen2.5-vl-tiny", "eager")
-    with pytest.raises(ValueError, match="qwen2_5_vl_vision"):
-        qwen_vision_flops(clip, (1, 4, 4))
-    with pytest.raises(ValueError, match="multiples of spatial_merge_size"):
-        qwen_window_lengths(qwen, (1, 3, 4))
-    with pytest.raises(ValueError, match="positive int"):
-        qwen_window_lengths(qwen, (1, 0, 4))
-    with pytest.raises(ValueError, match="SigLIP only"):
-        vit_flops(clip, include_head=True)
+    with pytest.raises(ValueError, match=message):
+        call(clip, qwen)
 
 
 def test_flop_count_sums_by_term():

@@ -3,60 +3,25 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
 
+from conftest import fake_bench_results
 from vitkit.bench.plot import figures, plot_memory_model, plot_sweep, save_figures, sweep_names, x_axis
-from vitkit.bench.results import SCHEMA, validate_results
-
-
-def fake_row(sweep, mode, requests=1, resolution=336, hit=0.0, budget=None, step=10.0, peak=2**30, **extra):
-    images = requests
-    return {
-        "encoder": "clip-l-336", "mode": mode, "impl": "vitkit", "requests": requests, "images_per_request": 1,
-        "images": images, "resolution": resolution, "tokens": 576 * images, "encoder_calls": 1 if mode == "batched" else requests,
-        "step_ms_median": step, "step_ms_p10": 0.9 * step, "step_ms_p90": 1.2 * step, "encoder_ms_median": 0.95 * step,
-        "bookkeeping_ms_median": 0.05 * step, "images_per_s": images / step * 1e3, "tokens_per_s": 576 * images / step * 1e3,
-        "peak_mem_bytes": peak, "model_flops": int(3.5e11) * images, "mfu": 0.5, "sweep": sweep, "hit_fraction": hit,
-        "max_tokens_per_call": budget, "bookkeeping_share": 0.05, "call_tokens": [576 * images],
-        "base_mem_bytes": peak // 2, "out_bytes_per_token": 2048,
-    } | extra
-
-
-def fake_results(kind="gpu"):
-    rows = []
-    for n in (1, 4, 16, 64):
-        rows.append(fake_row("clip-batch", "batched", requests=n, step=5.0 + n))
-        rows.append(fake_row("clip-batch", "per_request", requests=n, step=5.0 * n))
-    for side in (224, 448, "mixed"):
-        rows.append(fake_row("qwen-resolution", "batched", requests=8, resolution=side, step=20.0))
-        rows.append(fake_row("qwen-resolution", "per_request", requests=8, resolution=side, step=30.0))
-    results = {
-        "schema": SCHEMA, "kind": kind, "machine": {"device_name": "NVIDIA H100 80GB HBM3", "slug": "h100"},
-        "versions": {"torch": "2.11"}, "settings": {}, "matmul_peak": {"tflops": 780.0, "label": "cuda-bf16"},
-        "rows": rows,
-        "memory_model": [
-            {"encoder": "qwen2.5-vl-7b", "impl": "vitkit", "mode": "batched", "max_tokens_per_call": b,
-             "max_call_tokens": b, "calibration": b == 4096, "predicted_peak_bytes": 2**30 + b * 2**18,
-             "measured_peak_bytes": 2**30 + b * 2**18 + 2**24, "error": 0.01, "step_error": 0.05}
-            for b in (512, 1024, 4096)
-        ],
-    }
-    validate_results(results)
-    return results
 
 
 def test_one_figure_per_sweep_and_the_memory_model():
-    figs = figures(fake_results())
+    figs = figures(fake_bench_results())
     assert list(figs) == ["clip-batch", "qwen-resolution", "memory-model"]
-    assert sweep_names(fake_results()) == ["clip-batch", "qwen-resolution"]
+    assert sweep_names(fake_bench_results()) == ["clip-batch", "qwen-resolution"]
 
 
 def test_batch_figure_axes_hold_the_rows():
-    fig = plot_sweep(fake_results(), "clip-batch")
+    fig = plot_sweep(fake_bench_results(), "clip-batch")
     latency, throughput, speedup, mfu, memory, share = fig.axes[:6]
     assert latency.get_xscale() == "log"  # 1..64 requests on a log2 axis
     batched = latency.lines[0]
@@ -69,8 +34,8 @@ def test_batch_figure_axes_hold_the_rows():
 
 
 def test_mixed_resolution_is_a_category():
-    results = fake_results()
-    rows = [r for r in results["rows"] if r["sweep"] == "qwen-resolution"]
+    results = fake_bench_results()
+    rows = [r for r in results["rows"] if r.sweep == "qwen-resolution"]
     assert x_axis(rows) == "resolution"
     fig = plot_sweep(results, "qwen-resolution")
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
@@ -78,9 +43,8 @@ def test_mixed_resolution_is_a_category():
 
 
 def test_cpu_smoke_is_labelled_and_memory_says_not_measured():
-    results = fake_results(kind="cpu-smoke")
-    for row in results["rows"]:
-        row["peak_mem_bytes"] = None
+    results = fake_bench_results(kind="cpu-smoke")
+    results["rows"] = [replace(row, peak_mem_bytes=None, base_mem_bytes=None) for row in results["rows"]]
     fig = plot_sweep(results, "clip-batch")
     assert "CPU SMOKE" in fig._suptitle.get_text()
     assert any("not measured" in t.get_text() for t in fig.axes[4].texts)
@@ -88,31 +52,31 @@ def test_cpu_smoke_is_labelled_and_memory_says_not_measured():
 
 
 def test_memory_model_figure_plots_prediction_and_measurement():
-    fig = plot_memory_model(fake_results())
+    fig = plot_memory_model(fake_bench_results())
     measured, predicted = fig.axes[0].lines[:2]
     assert list(measured.get_xdata()) == [512, 1024, 4096]
     assert measured.get_ydata()[0] > predicted.get_ydata()[0]
-    assert plot_memory_model(fake_results() | {"memory_model": []}) is None
+    assert plot_memory_model(fake_bench_results() | {"memory_model": []}) is None
 
 
 def test_save_figures_writes_pngs(tmp_path):
-    paths = save_figures(fake_results(), tmp_path / "figs", prefix="run-")
+    paths = save_figures(fake_bench_results(), tmp_path / "figs", prefix="run-")
     assert sorted(p.name for p in paths) == ["run-clip-batch.png", "run-memory-model.png", "run-qwen-resolution.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
 
 def test_unknown_sweep_is_an_error():
     with pytest.raises(ValueError, match="no rows for sweep 'nope'"):
-        plot_sweep(fake_results(), "nope")
+        plot_sweep(fake_bench_results(), "nope")
 
 
 def test_plot_results_file_and_find_results(tmp_path):
     from vitkit.bench.plot import plot_results_file
     from vitkit.bench.results import find_results, write_results
 
-    older = write_results(fake_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
-    newer = write_results(fake_results(), tmp_path / "clip-batch-vitkit-bf16-20260102T000000Z.json")
-    smoke = write_results(fake_results(kind="cpu-smoke"), tmp_path / "cpu-smoke-vitkit-fp32-20260103T000000Z.json")
+    older = write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+    newer = write_results(fake_bench_results(), tmp_path / "clip-batch-vitkit-bf16-20260102T000000Z.json")
+    smoke = write_results(fake_bench_results(kind="cpu-smoke"), tmp_path / "cpu-smoke-vitkit-fp32-20260103T000000Z.json")
     (tmp_path / "notes.json").write_text("{}")  # not a results file: skipped
     assert find_results(tmp_path) == [older, newer, smoke]
     assert find_results(tmp_path, kind="gpu") == [older, newer]

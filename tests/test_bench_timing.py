@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
+from conftest import bench_row
 from vitkit.bench.machine import device_slug, machine_info, measure_matmul_peak, versions
 from vitkit.bench.memory import calibrate, memory_report, predict_peak
 from vitkit.bench.run import RunSettings, _repeats_for
-from vitkit.bench.timing import Stopwatch, TimedEncoder, summarize, time_callable
+from vitkit.bench.timing import EventTimedEncoder, Stopwatch, time_callable, timing_stats
 
 
 def test_summarize_percentiles():
-    stats = summarize([float(x) for x in range(1, 12)])  # 1..11
+    stats = timing_stats([float(x) for x in range(1, 12)])  # 1..11
     assert (stats.median_ms, stats.p10_ms, stats.p90_ms) == (6.0, 2.0, 10.0)
     assert stats.min_ms == 1.0 and stats.max_ms == 11.0 and stats.repeats == 11
     with pytest.raises(ValueError, match="at least one"):
-        summarize([])
+        timing_stats([])
 
 
 def test_time_callable_counts_warmup_and_repeats():
     calls = []
     stats = time_callable(lambda: calls.append(time.sleep(0.002)), device="cpu", warmup=2, repeats=3)
     assert len(calls) == 5 and stats.repeats == 3 and stats.median_ms >= 1.5
-    with pytest.raises(ValueError, match="repeats > 0"):
+    with pytest.raises(ValueError, match="repeats must be a positive int, got 0"):
         time_callable(lambda: None, device="cpu", repeats=0)
 
 
@@ -37,7 +39,7 @@ def test_timed_encoder_separates_encoder_time_and_passes_attributes():
             time.sleep(0.01)
             return [torch.zeros(1, 2) for _ in items]
 
-    timed = TimedEncoder(Slow(), "cpu")
+    timed = EventTimedEncoder(Slow(), "cpu")
     step = Stopwatch("cpu")
     step.start()
     timed([1, 2])
@@ -58,18 +60,26 @@ def test_repeats_fit_the_time_budget():
     assert _repeats_for(settings, step_ms=10.0) == 10
     assert _repeats_for(settings, step_ms=200.0) == 5
     assert _repeats_for(settings, step_ms=5000.0) == 3
-    with pytest.raises(ValueError, match="repeats must be a positive int"):
-        RunSettings(repeats=0)
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        RunSettings(dtype="int4")
+
+
+@pytest.mark.parametrize("field, message", [
+    ({"repeats": 0}, "repeats must be a positive int, got 0"),
+    ({"dtype": "int4"}, "dtype must be one of"),
+    ({"warmup": -1}, "warmup must be a non-negative int, got -1"),
+    ({"min_repeats": True}, "min_repeats must be a positive int, got True"),
+    ({"seconds_per_mode": 0.0}, "seconds_per_mode must be > 0"),
+    ({"impls": ()}, "impls is empty"),
+])
+def test_bad_run_settings_name_the_field(field, message):
+    with pytest.raises(ValueError, match=message):
+        RunSettings(**field)
 
 
 def mem_row(budget, calls, act=1000, out=10, base=10**6, mode="batched"):
     during = max(out * sum(calls[:k]) + act * rows for k, rows in enumerate(calls))
-    return {"sweep": "token-budget", "encoder": "e", "impl": "vitkit", "mode": mode, "requests": 4,
-            "images_per_request": 1, "resolution": 448, "hit_fraction": 0.0, "max_tokens_per_call": budget,
-            "call_tokens": calls, "step_rows": sum(calls), "base_mem_bytes": base, "out_bytes_per_token": out,
-            "peak_mem_bytes": base + max(during, 3 * out * sum(calls))}
+    return bench_row("token-budget", mode, requests=4, resolution=448, encoder="e", max_tokens_per_call=budget,
+                     call_tokens=tuple(calls), step_rows=sum(calls), base_mem_bytes=base, out_bytes_per_token=out,
+                     peak=base + max(during, 3 * out * sum(calls)))
 
 
 def test_memory_model_recovers_a_linear_law():
@@ -77,7 +87,7 @@ def test_memory_model_recovers_a_linear_law():
     rows += [mem_row(b, [400], mode="per_request") for b in (100, 200)]  # not modelled
     model = calibrate(rows[2])
     assert model.act_bytes_per_token == pytest.approx(1000) and model.calibrated_max_call_tokens == 400
-    assert predict_peak(model, rows[0]) == rows[0]["peak_mem_bytes"]
+    assert predict_peak(model, rows[0]) == rows[0].peak_mem_bytes
     report = memory_report(rows)
     assert [e["max_tokens_per_call"] for e in report] == [100, 200, None]
     assert [e["calibration"] for e in report] == [False, False, True]
@@ -87,20 +97,20 @@ def test_memory_model_recovers_a_linear_law():
 def test_memory_model_end_of_step_copies_bind_for_cheap_calls():
     # Activations of 5 bytes a row are less than the 3 copies of 10-byte outputs at the end.
     rows = [mem_row(100, [100] * 4, act=5), mem_row(None, [400], act=5)]
-    model = calibrate(rows[1] | {"peak_mem_bytes": rows[1]["base_mem_bytes"] + 5 * 400})
-    assert predict_peak(model, rows[0]) == rows[0]["base_mem_bytes"] + 3 * 10 * 400
+    model = calibrate(replace(rows[1], peak_mem_bytes=rows[1].base_mem_bytes + 5 * 400))
+    assert predict_peak(model, rows[0]) == rows[0].base_mem_bytes + 3 * 10 * 400
 
 
 def test_memory_report_measures_the_miss():
     rows = [mem_row(100, [100] * 4), mem_row(None, [400])]
-    rows[0]["peak_mem_bytes"] += 50_000  # 50 KB more than the law says
+    rows[0] = replace(rows[0], peak_mem_bytes=rows[0].peak_mem_bytes + 50_000)  # 50 KB more than the law says
     (small, _) = memory_report(rows)
-    assert small["error"] == pytest.approx(50_000 / (rows[0]["peak_mem_bytes"] - 50_000))
+    assert small["error"] == pytest.approx(50_000 / (rows[0].peak_mem_bytes - 50_000))
     assert small["step_error"] > small["error"] > 0
     assert memory_report([rows[0]]) == []  # one budget alone: nothing to predict
     with pytest.raises(ValueError, match="without calls or peak memory"):
-        calibrate(rows[0] | {"peak_mem_bytes": None})
-    assert memory_report([r | {"peak_mem_bytes": None} for r in rows]) == []  # CPU rows
+        calibrate(replace(rows[0], peak_mem_bytes=None))
+    assert memory_report([replace(r, peak_mem_bytes=None) for r in rows]) == []  # CPU rows
 
 
 def test_machine_info_and_versions_on_cpu():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import cache_state
 from vitkit import CacheStats, EmbeddingCache
 
 ROW = 4 * 4  # bytes of one (1, 4) float32 row
@@ -13,9 +14,8 @@ def _emb(rows, fill=0.0):
 
 
 def _state(cache):
-    """Everything a transaction must restore, as plain values."""
-    owners = {o for k in cache.keys() for o in ("a", "b", "c") if cache.is_pinned(k, o)}
-    return cache.keys(), cache.stats(), {o: cache.pinned_by(o) for o in owners}
+    """Everything a transaction must restore, as plain values (the tests' owners are a, b, c)."""
+    return cache_state(cache, ("a", "b", "c"))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, None, "64"])
@@ -112,10 +112,16 @@ def test_column_view_is_stored_compact():
     assert cache.peek("c").untyped_storage().nbytes() == 4 * ROW
 
 
-def test_put_rejects_non_tensor():
+@pytest.mark.parametrize("call, error, message", [
+    pytest.param(lambda c: c.put("k", [1.0]), TypeError, "cache put 'k': embedding must be a torch.Tensor, got list",
+                 id="put non-tensor"),
+    pytest.param(lambda c: c.pin("zz", "r9"), KeyError, "cannot pin 'zz' for owner 'r9'", id="pin missing key"),
+])
+def test_bad_calls_name_the_key(call, error, message):
     cache = EmbeddingCache(100)
-    with pytest.raises(TypeError, match="cache put 'k': embedding must be a torch.Tensor, got list"):
-        cache.put("k", [1.0])
+    with pytest.raises(error, match=message):
+        call(cache)
+    assert _state(cache) == _state(EmbeddingCache(100))  # and change nothing
 
 
 def test_pin_refcounts():
@@ -134,11 +140,6 @@ def test_pin_refcounts():
     assert cache.pinned_by("r2") == frozenset()
     assert cache.unpin("missing", "r2") is False
     assert cache.is_pinned("missing") is False
-
-
-def test_pin_missing_key_raises_naming_key_and_owner():
-    with pytest.raises(KeyError, match="cannot pin 'zz' for owner 'r9'"):
-        EmbeddingCache(8).pin("zz", "r9")
 
 
 def test_put_with_pin_owner_pins_atomically():

@@ -3,13 +3,10 @@
 import pytest
 import torch
 
-from vitkit import ChunkEntry, EmbeddingCache, MultimodalItem, Request, Span, assemble_chunk, find_chunk_items
+from conftest import item as _item
+from vitkit import ChunkEntry, EmbeddingCache, Request, Span, assemble_chunk, find_chunk_items
 
 HIDDEN = 3
-
-
-def _item(n, seed):
-    return MultimodalItem(torch.full((2,), float(seed)), n)
 
 
 def _emb(item, seed):
@@ -52,35 +49,22 @@ def test_find_chunk_items_reads_the_cache_and_counts(layout):
     assert (s.hits, s.misses) == (1, 1)
 
 
-def test_empty_window_rejected(layout):
+@pytest.mark.parametrize("window, error, message", [
+    ((3, 3), ValueError, r"request 'r': window Span\(3, 3\) is empty"),
+    ((-2, 4), ValueError, r"request 'r': bad window \(-2, 4\): .*start must be >= 0"),
+    ((5, 4), ValueError, r"request 'r': bad window \(5, 4\)"),
+    ((10, 20), ValueError, r"request 'r': window Span\(10, 20\) runs past the prompt \(prompt_len=19\)"),
+    ([0, 4], TypeError, "request 'r': bad window"),
+])
+def test_bad_windows_name_the_request(layout, window, error, message):
     req, _ = layout
-    with pytest.raises(ValueError, match=r"request 'r': window Span\(3, 3\) is empty"):
-        find_chunk_items(req, (3, 3))
+    with pytest.raises(error, match=message):
+        find_chunk_items(req, window)
 
 
-def test_negative_window_start_rejected(layout):
+def test_window_up_to_the_prompt_end_is_fine(layout):
     req, _ = layout
-    with pytest.raises(ValueError, match=r"request 'r': bad window \(-2, 4\): .*start must be >= 0"):
-        find_chunk_items(req, (-2, 4))
-
-
-def test_reversed_window_rejected(layout):
-    req, _ = layout
-    with pytest.raises(ValueError, match=r"request 'r': bad window \(5, 4\)"):
-        find_chunk_items(req, (5, 4))
-
-
-def test_window_past_prompt_rejected(layout):
-    req, _ = layout
-    with pytest.raises(ValueError, match=r"request 'r': window Span\(10, 20\) runs past the prompt \(prompt_len=19\)"):
-        find_chunk_items(req, (10, 20))
-    assert find_chunk_items(req, (10, 19))  # up to the end is fine
-
-
-def test_window_of_wrong_type_rejected(layout):
-    req, _ = layout
-    with pytest.raises(TypeError, match="request 'r': bad window"):
-        find_chunk_items(req, [0, 4])
+    assert find_chunk_items(req, (10, 19))
 
 
 def _filled(req, embs, window):
@@ -123,34 +107,22 @@ def test_assemble_rejects_empty_window(layout):
             assemble_chunk(entries, (4, 4))
 
 
-def test_assemble_missing_embedding_names_item(layout):
+@pytest.mark.parametrize("entries, window, message", [
+    pytest.param(lambda req, a, b, c: find_chunk_items(req, (0, 8)), (0, 8),
+                 lambda a, b: rf"chunk entry 0 \(item {a.hash[:12]}, span Span\(2, 6\)\) has no embedding", id="miss"),
+    pytest.param(lambda req, a, b, c: [ChunkEntry(a, Span(2, 6), torch.zeros(3, HIDDEN))], (0, 8),
+                 lambda a, b: r"embedding has shape \(3, 3\), expected \(4, hidden\)", id="row count"),
+    pytest.param(lambda req, a, b, c: [ChunkEntry(a, Span(2, 6), torch.zeros(4))], (0, 8),
+                 lambda a, b: r"shape \(4,\), expected \(4, hidden\)", id="1-d"),
+    pytest.param(lambda req, a, b, c: [ChunkEntry(c, Span(15, 17), _emb(c, 3))], (0, 8),
+                 lambda a, b: r"does not overlap window Span\(0, 8\)", id="outside window"),
+    pytest.param(lambda req, a, b, c: [ChunkEntry(b, Span(9, 14), _emb(b, 2)), ChunkEntry(a, Span(2, 6), _emb(a, 1))],
+                 (0, 19), lambda a, b: r"chunk entry 1 .* out of prompt order .* Span\(9, 14\)", id="out of order"),
+])
+def test_assemble_rejects_bad_entries_by_name(layout, entries, window, message):
     req, (a, b, c) = layout
-    entries = find_chunk_items(req, (0, 8))
-    with pytest.raises(ValueError, match=rf"chunk entry 0 \(item {a.hash[:12]}, span Span\(2, 6\)\) has no embedding"):
-        assemble_chunk(entries, (0, 8))
-
-
-def test_assemble_wrong_row_count_names_shapes(layout):
-    req, (a, b, c) = layout
-    entries = [ChunkEntry(a, Span(2, 6), torch.zeros(3, HIDDEN))]
-    with pytest.raises(ValueError, match=r"embedding has shape \(3, 3\), expected \(4, hidden\)"):
-        assemble_chunk(entries, (0, 8))
-    with pytest.raises(ValueError, match=r"shape \(4,\), expected \(4, hidden\)"):
-        assemble_chunk([ChunkEntry(a, Span(2, 6), torch.zeros(4))], (0, 8))
-
-
-def test_assemble_rejects_entry_outside_window(layout):
-    req, (a, b, c) = layout
-    entries = [ChunkEntry(c, Span(15, 17), _emb(c, 3))]
-    with pytest.raises(ValueError, match=r"does not overlap window Span\(0, 8\)"):
-        assemble_chunk(entries, (0, 8))
-
-
-def test_assemble_rejects_out_of_order_entries(layout):
-    req, (a, b, c) = layout
-    entries = [ChunkEntry(b, Span(9, 14), _emb(b, 2)), ChunkEntry(a, Span(2, 6), _emb(a, 1))]
-    with pytest.raises(ValueError, match=r"chunk entry 1 .* out of prompt order .* Span\(9, 14\)"):
-        assemble_chunk(entries, (0, 19))
+    with pytest.raises(ValueError, match=message(a, b)):
+        assemble_chunk(entries(req, a, b, c), window)
 
 
 def test_assembled_chunk_keeps_device_and_dtype(layout):

@@ -3,22 +3,13 @@
 import pytest
 import torch
 
+from conftest import cache_state as _state
+from conftest import item as _item
+from conftest import reference
 from vitkit import EmbeddingCache, MultimodalItem, Request, embed_chunks, plan_calls
 
-HIDDEN = 4
+HIDDEN = 4  # conftest.reference's default width
 ROW_BYTES = HIDDEN * 4  # float32
-
-
-def _item(n, seed):
-    return MultimodalItem(torch.full((3,), float(seed)), n)
-
-
-def reference(item):
-    """Deterministic embedding that depends only on the item's feature (and row index)."""
-    base = float(item.cpu_feature.sum())
-    rows = torch.arange(item.num_tokens, dtype=torch.float32).unsqueeze(1)
-    cols = torch.arange(HIDDEN, dtype=torch.float32).unsqueeze(0)
-    return base * 1000 + rows * 10 + cols
 
 
 class SpyEncoder:
@@ -40,10 +31,6 @@ class SpyEncoder:
     @property
     def encoded(self):
         return [h for call in self.calls for h in call]
-
-
-def _state(cache, owners=()):
-    return cache.keys(), cache.stats(), {o: cache.pinned_by(o) for o in owners}
 
 
 def _full(request):

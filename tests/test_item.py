@@ -92,22 +92,6 @@ def test_feature_nbytes():
     assert MultimodalItem(torch.zeros(3, 4, dtype=torch.float16), 1).feature_nbytes == 24
 
 
-@pytest.mark.parametrize("num_tokens", [0, -3, 2.0, True, "4"])
-def test_bad_num_tokens(num_tokens):
-    with pytest.raises(ValueError, match=f"num_tokens must be a positive int, got {num_tokens!r}"):
-        MultimodalItem(_feature(), num_tokens)
-
-
-def test_feature_must_be_a_tensor():
-    with pytest.raises(TypeError, match="feature must be a torch.Tensor, got list"):
-        MultimodalItem([1.0, 2.0], 2)
-
-
-def test_bad_modality():
-    with pytest.raises(ValueError, match="modality must be one of .* got 'audio'"):
-        MultimodalItem(_feature(), 2, modality="audio")
-
-
 def test_video_modality_accepted():
     assert MultimodalItem(_feature(), 2, modality="video").modality == "video"
 
@@ -202,15 +186,19 @@ def test_to_cpu_reuses_the_kept_cpu_feature():
     assert MultimodalItem(f, 4).to("cpu").feature is f  # already on the host: unchanged
 
 
-@pytest.mark.parametrize("bad", [123, b"ab", ""])
-def test_explicit_hash_must_be_a_non_empty_string(bad):
+BAD_ITEMS = [  # (constructor arguments, error, message)
+    *[({"num_tokens": bad}, ValueError, f"num_tokens must be a positive int, got {bad!r}") for bad in (0, -3, 2.0, True, "4")],
+    ({"feature": [1.0, 2.0]}, TypeError, "feature must be a torch.Tensor, got list"),
+    ({"modality": "audio"}, ValueError, "modality must be one of .* got 'audio'"),
     # the cache is keyed by str and error messages print hash[:12]
-    with pytest.raises(TypeError, match=f"hash must be a non-empty str .* got {bad!r}"):
-        MultimodalItem(_feature(), 4, hash=bad)
-
-
-@pytest.mark.parametrize("bad", [[1, 2], (1, 16, 16), "grid"])
-def test_meta_must_be_a_mapping(bad):
+    *[({"hash": bad}, TypeError, f"hash must be a non-empty str .* got {bad!r}") for bad in (123, b"ab", "")],
     # regression: a list/tuple/str meta died in the hash with a bare IndexError/TypeError
-    with pytest.raises(TypeError, match="MultimodalItem meta must be a mapping .*" + re.escape(f"got {bad!r}")):
-        MultimodalItem(_feature(), 4, meta=bad)
+    *[({"meta": bad}, TypeError, "MultimodalItem meta must be a mapping .*" + re.escape(f"got {bad!r}"))
+      for bad in ([1, 2], (1, 16, 16), "grid")],
+]
+
+
+@pytest.mark.parametrize("arguments, error, message", BAD_ITEMS, ids=[repr(a) for a, _, _ in BAD_ITEMS])
+def test_bad_items_name_the_field_and_value(arguments, error, message):
+    with pytest.raises(error, match=message):
+        MultimodalItem(**{"feature": _feature(), "num_tokens": 4} | arguments)

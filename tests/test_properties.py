@@ -12,17 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import cache_state, reference
 from vitkit import EmbeddingCache, MultimodalItem, Request, embed_chunks
 
 HIDDEN = 2
 ROW_BYTES = HIDDEN * 4  # float32
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def reference(item):
-    base = float(item.cpu_feature[0])
-    rows = torch.arange(item.num_tokens, dtype=torch.float32).unsqueeze(1)
-    return base * 1000 + rows * 10 + torch.arange(HIDDEN, dtype=torch.float32)
 
 
 @dataclass
@@ -85,7 +80,7 @@ class Spy:
         for key in self.must_stay:
             assert key in self.cache, f"pinned entry {key[:12]} evicted"
         self.calls.append(list(items))
-        return [reference(it) for it in items]
+        return [reference(it, HIDDEN) for it in items]
 
 
 class Failing(Spy):
@@ -100,10 +95,6 @@ class Failing(Spy):
         if self.how == "raise":
             raise RuntimeError("encoder failed")
         return [o[:-1] for o in out]  # one row short
-
-
-def _state(cache, rids):
-    return cache.keys(), cache.stats(), {rid: cache.pinned_by(rid) for rid in rids}
 
 
 def _windows(request, size):
@@ -143,13 +134,13 @@ def _step(data, cache, batch, mode, budget, rids):
     must_stay = set().union(*(cache.pinned_by(rid) for rid in holders))
     fail = data.draw(st.sampled_from([None, None, (1, "raise"), (1, "rows"), (2, "raise"), (2, "rows")]))
     if fail is not None:
-        before = _state(cache, rids)
+        before = cache_state(cache, rids)
         cache.refused.clear()
         encoder = Failing(cache, must_stay, *fail)
         try:  # fails only if the step makes at least `fail[0]` calls
             return encoder, embed_chunks(batch, encoder, cache, mode=mode, max_tokens_per_call=budget)
         except (RuntimeError, ValueError):
-            assert _state(cache, rids) == before  # a failed step changes nothing
+            assert cache_state(cache, rids) == before  # a failed step changes nothing
     cache.refused.clear()
     encoder = Spy(cache, must_stay)
     return encoder, embed_chunks(batch, encoder, cache, mode=mode, max_tokens_per_call=budget)
@@ -211,7 +202,7 @@ def _check_window(request, window, emb):
         assert emb is None
         return
     expected = torch.cat(
-        [reference(it)[max(window[0], sp.start) - sp.start : min(window[1], sp.stop) - sp.start] for it, sp in touched]
+        [reference(it, HIDDEN)[max(window[0], sp.start) - sp.start : min(window[1], sp.stop) - sp.start] for it, sp in touched]
     )
     assert torch.equal(emb, expected)
 
@@ -247,7 +238,7 @@ def test_chunks_rebuild_every_request_and_cache_invariants_hold(mode, scenario, 
     chunks, encodes, rejected_keys, cache = _run(scenario, mode, data)
     for r in scenario.requests:
         if r.items:
-            full = torch.cat([reference(it) for it in r.items])
+            full = torch.cat([reference(it, HIDDEN) for it in r.items])
             assert torch.equal(torch.cat(chunks[r.rid]), full)
         else:
             assert chunks[r.rid] == []

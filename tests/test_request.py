@@ -5,11 +5,8 @@ import re
 import pytest
 import torch
 
+from conftest import item as _item
 from vitkit import MultimodalItem, Request, Span
-
-
-def _item(n, seed=0):
-    return MultimodalItem(torch.full((2,), float(seed)), n)
 
 
 def test_spans_are_coerced_and_prompt_len_defaults_to_last_stop():
@@ -46,39 +43,9 @@ def test_bad_span_names_request_and_item(span, error, detail):
         Request("r9", [_item(4), _item(4, 1)], [(0, 4), span])
 
 
-def test_overlapping_spans_rejected_naming_request_and_items():
-    with pytest.raises(ValueError, match=r"request 'r2': span of item 1 Span\(3, 5\) overlaps span of item 0 Span\(0, 4\)"):
-        Request("r2", [_item(4), _item(2, 1)], [(0, 4), (3, 5)])
-
-
-def test_unsorted_spans_rejected():
-    with pytest.raises(ValueError, match=r"request 7: span of item 1 Span\(0, 2\) comes before span of item 0 Span\(5, 9\)"):
-        Request(7, [_item(4), _item(2, 1)], [(5, 9), (0, 2)])
-
-
 def test_adjacent_spans_are_fine():
     req = Request("r", [_item(4), _item(2, 1)], [(0, 4), (4, 6)])
     assert req.prompt_len == 6
-
-
-def test_items_and_spans_count_must_match():
-    with pytest.raises(ValueError, match="request 'r3': 2 items but 1 spans"):
-        Request("r3", [_item(1), _item(1)], [(0, 1)])
-
-
-def test_items_must_be_items():
-    with pytest.raises(TypeError, match="request 'r4': items must be MultimodalItem, got Tensor"):
-        Request("r4", [torch.zeros(2)], [(0, 1)])
-
-
-def test_bad_span_value_is_a_type_error():
-    with pytest.raises(TypeError):
-        Request("r5", [_item(2)], [[0, 2]])
-
-
-def test_prompt_len_must_cover_the_spans():
-    with pytest.raises(ValueError, match=r"request 'r6': last span Span\(2, 6\) ends past prompt_len=5"):
-        Request("r6", [_item(4)], [(2, 6)], prompt_len=5)
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True])
@@ -95,19 +62,30 @@ def test_from_segments_lays_out_text_and_items():
     assert req.prompt_len == 15
 
 
-def test_from_segments_rejects_bad_segment():
-    with pytest.raises(TypeError, match="request 's' segment 1: expected a text token count"):
-        Request.from_segments("s", [2, -1])
-    with pytest.raises(TypeError, match="segment 0"):
-        Request.from_segments("s", ["hello"])
-
-
 def test_request_is_frozen():
     req = Request("r", [], [])
     with pytest.raises(AttributeError):
         req.rid = "other"
 
 
-def test_unhashable_request_id_is_named():
-    with pytest.raises(TypeError, match=r"request id must be hashable, got list \['a'\]"):
-        Request(["a"], (), ())
+@pytest.mark.parametrize("make, error, message", [
+    pytest.param(lambda: Request("r2", [_item(4), _item(2, 1)], [(0, 4), (3, 5)]), ValueError,
+                 r"request 'r2': span of item 1 Span\(3, 5\) overlaps span of item 0 Span\(0, 4\)", id="overlap"),
+    pytest.param(lambda: Request(7, [_item(4), _item(2, 1)], [(5, 9), (0, 2)]), ValueError,
+                 r"request 7: span of item 1 Span\(0, 2\) comes before span of item 0 Span\(5, 9\)", id="unsorted"),
+    pytest.param(lambda: Request("r3", [_item(1), _item(1)], [(0, 1)]), ValueError,
+                 "request 'r3': 2 items but 1 spans", id="count mismatch"),
+    pytest.param(lambda: Request("r4", [torch.zeros(2)], [(0, 1)]), TypeError,
+                 "request 'r4': items must be MultimodalItem, got Tensor", id="not an item"),
+    pytest.param(lambda: Request("r5", [_item(2)], [[0, 2]]), TypeError, "request 'r5' item 0: bad span", id="list span"),
+    pytest.param(lambda: Request("r6", [_item(4)], [(2, 6)], prompt_len=5), ValueError,
+                 r"request 'r6': last span Span\(2, 6\) ends past prompt_len=5", id="prompt_len short"),
+    pytest.param(lambda: Request.from_segments("s", [2, -1]), TypeError,
+                 "request 's' segment 1: expected a text token count", id="negative text segment"),
+    pytest.param(lambda: Request.from_segments("s", ["hello"]), TypeError, "segment 0", id="str segment"),
+    pytest.param(lambda: Request(["a"], (), ()), TypeError, r"request id must be hashable, got list \['a'\]",
+                 id="unhashable rid"),
+])
+def test_bad_requests_name_the_request(make, error, message):
+    with pytest.raises(error, match=message):
+        make()

@@ -24,7 +24,7 @@ def row(encoder, mode, requests, images_per_request, tokens_per_image, ms_per_ca
         "tokens": tokens, "encoder_calls": calls, "step_ms_median": ms + 0.2, "step_ms_p10": ms,
         "step_ms_p90": ms + 0.5, "encoder_ms_median": ms, "bookkeeping_ms_median": 0.2,
         "images_per_s": images / ms * 1e3, "tokens_per_s": tokens / ms * 1e3, "peak_mem_bytes": None,
-        "model_flops": 0, "mfu": 0.0,
+        "model_flops": 0, "mfu": 0.0, "sweep": "synthetic",
     }
 
 

@@ -22,31 +22,22 @@ def test_coerce_accepts_span_and_pair():
     assert Span.coerce((1, 2)) == span
 
 
-@pytest.mark.parametrize("bad", [[1, 2], (1, 2, 3), "ab", None])
-def test_coerce_rejects_other_values(bad):
-    with pytest.raises(TypeError, match="Span or a"):
-        Span.coerce(bad)
-
-
-def test_negative_start_names_numbers():
-    with pytest.raises(ValueError, match=r"start must be >= 0, got \[-1, 4\)"):
-        Span(-1, 4)
-
-
-def test_stop_before_start_names_numbers():
-    with pytest.raises(ValueError, match=r"stop must be >= start, got \[5, 4\)"):
-        Span(5, 4)
-
-
-@pytest.mark.parametrize("start, stop", [(1.0, 3), (0, "3"), (True, 3), (0, False)])
-def test_non_int_offsets_raise_type_error(start, stop):
-    with pytest.raises(TypeError, match="must be an int"):
-        Span(start, stop)
-
-
-def test_from_inclusive_rejects_non_int_end():
-    with pytest.raises(TypeError, match="end must be an int"):
-        Span.from_inclusive(0, 2.5)
+@pytest.mark.parametrize("make, error, message", [
+    pytest.param(lambda: Span(-1, 4), ValueError, r"start must be >= 0, got \[-1, 4\)", id="negative start"),
+    pytest.param(lambda: Span(5, 4), ValueError, r"stop must be >= start, got \[5, 4\)", id="stop before start"),
+    pytest.param(lambda: Span(1.0, 3), TypeError, "start must be an int", id="float start"),
+    pytest.param(lambda: Span(0, "3"), TypeError, "stop must be an int", id="str stop"),
+    pytest.param(lambda: Span(True, 3), TypeError, "start must be an int", id="bool start"),
+    pytest.param(lambda: Span(0, False), TypeError, "stop must be an int", id="bool stop"),
+    pytest.param(lambda: Span.from_inclusive(0, 2.5), TypeError, "end must be an int", id="float inclusive end"),
+    pytest.param(lambda: Span.coerce([1, 2]), TypeError, "Span or a", id="coerce list"),
+    pytest.param(lambda: Span.coerce((1, 2, 3)), TypeError, "Span or a", id="coerce triple"),
+    pytest.param(lambda: Span.coerce("ab"), TypeError, "Span or a", id="coerce str"),
+    pytest.param(lambda: Span.coerce(None), TypeError, "Span or a", id="coerce None"),
+])
+def test_bad_spans_name_the_numbers(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
 
 
 @pytest.mark.parametrize(

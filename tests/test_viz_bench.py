@@ -6,20 +6,21 @@ import json
 
 import pytest
 
+from conftest import fake_bench_results
 from vitkit.bench.results import write_results
 from vitkit.viz import bench_widget as bv
 from vitkit.viz.bench_widget import SMOKE_LABEL, BenchView, bench_view, speedup_rows, stored_results
 
 
-def test_speedup_rows_pair_the_modes(fake_bench_results):
+def test_speedup_rows_pair_the_modes():
     table = speedup_rows(fake_bench_results(), "clip-batch")
-    assert [r["requests"] for r in table] == [1, 8, 64]
-    assert table[-1]["speedup"] == round(4.0 * 64 / (4.0 + 8), 2)
-    assert table[-1]["peak MiB"] == 3 * 1024
+    assert [r["requests"] for r in table] == [1, 4, 16, 64]
+    assert table[-1]["speedup"] == round(5.0 * 64 / (5.0 + 64), 2)
+    assert table[-1]["peak MiB"] == 1024
     assert [r["resolution"] for r in speedup_rows(fake_bench_results(), "qwen-resolution")] == [224, 448, "mixed"]
 
 
-def test_stored_results_reads_gpu_files_and_skips_the_rest(tmp_path, fake_bench_results):
+def test_stored_results_reads_gpu_files_and_skips_the_rest(tmp_path):
     write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
     write_results(fake_bench_results(kind="cpu-smoke", device="cpu"), tmp_path / "cpu-smoke-vitkit-fp32-20260102T000000Z.json")
     (tmp_path / "notes.json").write_text(json.dumps({"not": "results"}))
@@ -28,7 +29,7 @@ def test_stored_results_reads_gpu_files_and_skips_the_rest(tmp_path, fake_bench_
     assert stored_results(tmp_path / "missing") == {}
 
 
-def test_view_switches_sweep_and_source(fake_bench_results):
+def test_view_switches_sweep_and_source():
     view = BenchView({"h100.json": fake_bench_results(), "smoke": fake_bench_results(kind="cpu-smoke", device="cpu")})
     assert view.source.value == "h100.json"
     assert "GPU measurement</b> on NVIDIA H100" in view.header.value and SMOKE_LABEL not in view.header.value
@@ -49,7 +50,7 @@ def test_no_gpu_and_nothing_stored_says_so(tmp_path):
     assert "No stored results" in view.note.value and view.results is None and view.figure.value == b""
 
 
-def test_cpu_smoke_button_adds_a_labelled_run(tmp_path, monkeypatch, fake_bench_results):
+def test_cpu_smoke_button_adds_a_labelled_run(tmp_path, monkeypatch):
     calls = []
 
     def fake_run(sweep=None, **kwargs):
@@ -64,7 +65,7 @@ def test_cpu_smoke_button_adds_a_labelled_run(tmp_path, monkeypatch, fake_bench_
     assert bytes(view.figure.value).startswith(b"\x89PNG") and not view.smoke_button.disabled
 
 
-def test_gpu_run_is_shown_first_next_to_stored_results(tmp_path, monkeypatch, fake_bench_results):
+def test_gpu_run_is_shown_first_next_to_stored_results(tmp_path, monkeypatch):
     write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
     monkeypatch.setattr(bv, "run_benchmark", lambda sweep=None: fake_bench_results(device="NVIDIA H200") | {"saved_to": "x.json"})
     view = bench_view("quick", run=True, folder=tmp_path)

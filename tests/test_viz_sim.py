@@ -94,7 +94,7 @@ def test_unknown_encoder_is_an_error():
 def test_results_without_a_fittable_model_are_reported_not_fatal(tmp_path, fake_bench_results):
     one_point = fake_bench_results()
     # only the batched Qwen rows: every call the same size, so no line can be fitted
-    one_point["rows"] = [r for r in one_point["rows"] if r["sweep"] == "qwen-resolution" and r["mode"] == "batched"]
+    one_point["rows"] = [r for r in one_point["rows"] if r.sweep == "qwen-resolution" and r.mode == "batched"]
     write_results(one_point, tmp_path / "qwen-only-vitkit-bf16-20260101T000000Z.json")
     with pytest.raises(ValueError, match="cannot fit an encoder cost model to .*qwen-only"):
         cost_models(tmp_path)

@@ -9,9 +9,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vitkit.checks import positive_int
+
 
 def tensor_nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
+
+
+def embedding_row_bytes(hidden_size: int, dtype: torch.dtype) -> int:
+    """Bytes one embedding row takes in the cache: ``hidden_size`` elements of ``dtype``."""
+    return positive_int("hidden_size", hidden_size) * dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -51,9 +58,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, capacity_bytes: int) -> None:
-        if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
-            raise ValueError(f"EmbeddingCache capacity_bytes must be a positive int, got {capacity_bytes!r}")
-        self.capacity_bytes = capacity_bytes
+        self.capacity_bytes = positive_int("EmbeddingCache capacity_bytes", capacity_bytes)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
         self._owned: dict[Hashable, set[str]] = {}
         self.bytes = 0

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import xxhash
 
+from vitkit.checks import positive_int
+
 MODALITIES = ("image", "video")
 
 
@@ -85,8 +87,7 @@ class MultimodalItem:
     def __post_init__(self) -> None:
         if not isinstance(self.feature, torch.Tensor):
             raise TypeError(f"MultimodalItem feature must be a torch.Tensor, got {type(self.feature).__name__}")
-        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
-            raise ValueError(f"MultimodalItem num_tokens must be a positive int, got {self.num_tokens!r}")
+        positive_int("MultimodalItem num_tokens", self.num_tokens)
         if self.modality not in MODALITIES:
             raise ValueError(f"MultimodalItem modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.meta is not None and not isinstance(self.meta, Mapping):

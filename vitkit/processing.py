@@ -18,6 +18,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+from vitkit.checks import positive_int
 from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
 from vitkit.item import MultimodalItem
 from vitkit.request import Request
@@ -114,9 +115,10 @@ def synthetic_items(
 
 
 def _check_size(k: int, size: Sequence[int]) -> tuple[int, int]:
-    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in size):
-        raise ValueError(f"synthetic_items: size {k} must be (height, width) positive ints in pixels, got {size!r}")
-    return int(size[0]), int(size[1])
+    if len(size) != 2:
+        raise ValueError(f"synthetic_items: size {k} must be (height, width) in pixels, got {size!r}")
+    return positive_int(f"synthetic_items: size {k} height (px)", size[0]), \
+        positive_int(f"synthetic_items: size {k} width (px)", size[1])
 
 
 def count_text_tokens(text: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from vitkit.checks import non_negative_int
 from vitkit.item import MultimodalItem
 from vitkit.span import Span
 
@@ -62,8 +63,7 @@ class Request:
         if self.prompt_len is None:
             object.__setattr__(self, "prompt_len", self.spans[-1].stop if self.spans else 0)
             return
-        if isinstance(self.prompt_len, bool) or not isinstance(self.prompt_len, int) or self.prompt_len < 0:
-            raise ValueError(f"request {self.rid!r}: prompt_len must be a non-negative int, got {self.prompt_len!r}")
+        non_negative_int(f"request {self.rid!r}: prompt_len", self.prompt_len)
         if self.spans and self.spans[-1].stop > self.prompt_len:
             raise ValueError(
                 f"request {self.rid!r}: last span {self.spans[-1]} ends past prompt_len={self.prompt_len}"

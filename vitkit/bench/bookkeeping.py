@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from vitkit.bench.machine import machine_info, versions
-from vitkit.bench.timing import TimedEncoder, summarize
+from vitkit.bench.timing import EventTimedEncoder, timing_stats
 from vitkit.cache import EmbeddingCache
 from vitkit.embed import embed_chunks
 from vitkit.item import MultimodalItem, content_hash
@@ -40,7 +40,7 @@ def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return summarize(samples).median_ms
+    return timing_stats(samples).median_ms
 
 
 def measure_hashing(sizes_mb: Sequence[float], repeats: int, spread_mb: float = 256) -> list[dict]:
@@ -96,7 +96,7 @@ def make_step(requests: int, images: int, tokens: int, hidden: int, text_tokens:
 def _time_step(batch, encoder, capacity: int, mode: str, warm: bool, repeats: int, max_seconds: float) -> dict:
     """Median step, encoder and bookkeeping ms over ``repeats`` steps (cold: a fresh cache each),
     fewer (at least 3) when the steps would take over ``max_seconds``."""
-    timed = TimedEncoder(encoder, "cpu")
+    timed = EventTimedEncoder(encoder, "cpu")
     steps, enc, calls = [], [], 0
     cache = EmbeddingCache(capacity)
     t0 = time.perf_counter()
@@ -111,9 +111,9 @@ def _time_step(batch, encoder, capacity: int, mode: str, warm: bool, repeats: in
         steps.append((time.perf_counter() - t0) * 1e3)
         enc.append(timed.encoder_ms())
         calls = result.encoder_calls
-    step, encoder_ms = summarize(steps).median_ms, summarize(enc).median_ms
+    step, encoder_ms = timing_stats(steps).median_ms, timing_stats(enc).median_ms
     # the median of per-step differences, so one noisy step does not skew the result
-    book = summarize([s - e for s, e in zip(steps, enc)]).median_ms
+    book = timing_stats([s - e for s, e in zip(steps, enc)]).median_ms
     items = sum(len(request.items) for request, _ in batch)
     return {
         "mode": mode,

@@ -13,67 +13,74 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from vitkit.bench.plot import save_figures
 from vitkit.bench.results import write_results
+from vitkit.bench.rows import BenchRow
+from vitkit.bench.stream_cli import main as stream_main
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
+from vitkit.checks import positive_int
+from vitkit.encoders import IMPLS
 
-def _int_list(text: str) -> list[int]:
-    values = []
-    for part in text.split(","):
+
+def _positive_int(part: str) -> int:
+    try:
+        value = int(part)
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {part!r}") from None
+    return positive_int("each value", value)
+
+
+def _fraction(part: str) -> float:
+    try:
+        value = float(part)
+    except ValueError:
+        raise ValueError(f"expected comma-separated fractions, got {part!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"hit fractions must be in [0, 1), got {value}")
+    return value
+
+
+def _budget(part: str) -> int | None:
+    return None if part.strip().lower() == "none" else _positive_int(part)
+
+
+def _resolution(part: str) -> int | str:
+    return part if part in RESOLUTION_LABELS else _positive_int(part)
+
+
+def _impl(part: str) -> str:
+    if part not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {part!r}")
+    return part
+
+
+def _list_of(parse: Callable[[str], Any]) -> Callable[[str], list]:
+    """An argparse type: comma-separated values, each through ``parse``; errors name the text."""
+    def parse_list(text: str) -> list:
         try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {part!r} in {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"values must be positive, got {value} in {text!r}")
-        values.append(value)
-    return values
+            return [parse(part) for part in text.split(",")]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
+    return parse_list
 
 
-def _budget_list(text: str) -> list[int | None]:
-    return [None if part.strip().lower() == "none" else _int_list(part)[0] for part in text.split(",")]
-
-
-def _resolution_list(text: str) -> list[int | str]:
-    return [part if part in RESOLUTION_LABELS else _int_list(part)[0] for part in text.split(",")]
-
-
-def _fraction_list(text: str) -> list[float]:
-    values = []
-    for part in text.split(","):
+def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: one value through ``parse`` ("2,3" is an error, not 2)."""
+    def parse_one(text: str) -> Any:
         try:
-            value = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {part!r}") from None
-        if not 0.0 <= value < 1.0:
-            raise argparse.ArgumentTypeError(f"hit fractions must be in [0, 1), got {value}")
-        values.append(value)
-    return values
-
-
-def _impl_list(text: str) -> list[str]:
-    from vitkit.encoders import IMPLS
-
-    impls = text.split(",")
-    for impl in impls:
-        if impl not in IMPLS:
-            raise argparse.ArgumentTypeError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return impls
-
-
-def _positive(text: str) -> int:
-    return _int_list(text)[0]
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse_one
 
 
 def _asks_for_stream(argv: Sequence[str] | None) -> bool:
-    import sys
-
     args = list(sys.argv[1:] if argv is None else argv)
     return "--sweep=stream" in args or any(a == "--sweep" and b == "stream" for a, b in zip(args, args[1:]))
 
@@ -88,16 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="GPU sanity run, about a minute: the 'quick' sweep, 3 repeats (CPU: the smoke sweep)")
     p.add_argument("--encoder", help="encoder preset for every sweep of the run (e.g. clip-l-336)")
-    p.add_argument("--requests", type=_int_list, help="requests per step, e.g. 1,2,4")
-    p.add_argument("--images-per-request", type=_int_list, help="images per request, e.g. 1,4,8")
-    p.add_argument("--resolution", type=_resolution_list,
+    p.add_argument("--requests", type=_list_of(_positive_int), help="requests per step, e.g. 1,2,4")
+    p.add_argument("--images-per-request", type=_list_of(_positive_int), help="images per request, e.g. 1,4,8")
+    p.add_argument("--resolution", type=_list_of(_resolution),
                    help="image side in px, or 'mixed' (variable-resolution towers; fixed ones use their own size)")
-    p.add_argument("--hit-fraction", type=_fraction_list, help="share of the step's images already cached, e.g. 0,0.5")
-    p.add_argument("--max-tokens-per-call", type=_budget_list, help="encoder token budgets, e.g. 512,2048,none")
-    p.add_argument("--impl", type=_impl_list, default=["vitkit"], help="vitkit, stock or vitkit,stock")
+    p.add_argument("--hit-fraction", type=_list_of(_fraction), help="share of the step's images already cached, e.g. 0,0.5")
+    p.add_argument("--max-tokens-per-call", type=_list_of(_budget), help="encoder token budgets, e.g. 512,2048,none")
+    p.add_argument("--impl", type=_list_of(_impl), default=["vitkit"], help="vitkit, stock or vitkit,stock")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--repeats", type=_positive, help="timed steps per point and mode (default 10 GPU, 3 quick, 2 CPU)")
+    p.add_argument("--repeats", type=_single(_positive_int),
+                   help="timed steps per point and mode (default 10 GPU, 3 quick, 2 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3 GPU, 1 CPU)")
     p.add_argument("--seconds-per-mode", type=float, default=2.0,
                    help="timed-step budget per point and mode: slow points get fewer repeats, at least 3 (default 2)")
@@ -111,29 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[str, dict[str, Any], RunSettings]:
     """Resolve defaults that depend on the device: (sweep name, overrides, run settings)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device")
-    # Without a GPU every default is the tiny smoke sweep: full-size towers on CPU take many minutes.
-    sweep = args.sweep or (("quick" if args.quick else "full") if on_gpu else "cpu-smoke")
-    repeats = args.repeats or (3 if args.quick else 10 if on_gpu else 2)
-    warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
-    if warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {warmup}")
-    if not args.seconds_per_mode > 0:
-        raise ValueError(f"--seconds-per-mode must be > 0, got {args.seconds_per_mode}")
+    settings = RunSettings.for_device(
+        args.device, quick=args.quick, sweep=args.sweep, dtype=args.dtype, impls=tuple(args.impl),
+        repeats=args.repeats, warmup=args.warmup, seconds_per_mode=args.seconds_per_mode, check=not args.no_check,
+    )
     overrides = {
         "encoder": args.encoder, "requests": args.requests, "images_per_request": args.images_per_request,
         "resolution": args.resolution, "hit_fraction": args.hit_fraction,
         "max_tokens_per_call": args.max_tokens_per_call,
     }
-    settings = RunSettings(
-        device=device, dtype=args.dtype or ("bf16" if on_gpu else "fp32"), impls=tuple(args.impl),
-        repeats=repeats, warmup=warmup, kind="gpu" if on_gpu else "cpu-smoke", sweep=sweep,
-        matmul_repeats=30 if on_gpu else 5, seconds_per_mode=args.seconds_per_mode, check=not args.no_check,
-    )
-    return sweep, overrides, settings
+    return settings.sweep, overrides, settings
 
 
 def describe_sweeps() -> str:
@@ -152,12 +147,12 @@ def format_table(results: dict[str, Any]) -> str:
            f"{'step ms':>9} {'enc ms':>9} {'book%':>6} {'img/s':>9} {'MFU%':>6} {'peak MiB':>9}"
     lines = [head, "-" * len(head)]
     for r in results["rows"]:
-        mem = f"{r['peak_mem_bytes'] / 2**20:9.0f}" if r["peak_mem_bytes"] is not None else f"{'-':>9}"
+        mem = f"{r.peak_mem_bytes / 2**20:9.0f}" if r.peak_mem_bytes is not None else f"{'-':>9}"
         lines.append(
-            f"{r.get('sweep', ''):<18.18} {r['encoder']:<18.18} {r['impl']:<6} {r['mode']:<11} "
-            f"{r['requests']:>4} x {r['images_per_request']:<2} {str(r['resolution']):>6} {r['encoder_calls']:>5} "
-            f"{r['step_ms_median']:9.2f} {r['encoder_ms_median']:9.2f} {100 * r.get('bookkeeping_share', 0):6.1f} "
-            f"{r['images_per_s']:9.1f} {100 * r['mfu']:6.1f} {mem}"
+            f"{r.sweep:<18.18} {r.encoder:<18.18} {r.impl:<6} {r.mode:<11} "
+            f"{r.requests:>4} x {r.images_per_request:<2} {str(r.resolution):>6} {r.encoder_calls:>5} "
+            f"{r.step_ms_median:9.2f} {r.encoder_ms_median:9.2f} {_percent(r.bookkeeping_share, 6, 1)} "
+            f"{r.images_per_s:9.1f} {100 * r.mfu:6.1f} {mem}"
         )
     for e in results.get("memory_model", []):
         lines.append(f"memory model {e['encoder']} {e['mode']} budget={e['max_tokens_per_call']}: predicted "
@@ -175,28 +170,33 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     """Per sweep, encoder and impl: the batched path at the point with the most images, and
     how it compares with the per-request path there."""
     lines = []
-    keyed: dict[tuple, dict[str, dict]] = {}
+    keyed: dict[tuple, dict[str, BenchRow]] = {}
     for r in results["rows"]:
-        key = (r.get("sweep", ""), r["encoder"], r["impl"], r["requests"], r["images_per_request"],
-               repr(r["resolution"]), r.get("hit_fraction"), r.get("max_tokens_per_call"))
-        keyed.setdefault(key, {})[r["mode"]] = r
-    best: dict[tuple, dict[str, dict]] = {}
+        key = (r.sweep, r.encoder, r.impl, r.requests, r.images_per_request, repr(r.resolution), r.hit_fraction,
+               r.max_tokens_per_call)
+        keyed.setdefault(key, {})[r.mode] = r
+    best: dict[tuple, dict[str, BenchRow]] = {}
     for key, modes in keyed.items():
         if "batched" in modes and "per_request" in modes:
             group = key[:3]
-            if group not in best or modes["batched"]["images"] >= best[group]["batched"]["images"]:
+            if group not in best or modes["batched"].images >= best[group]["batched"].images:
                 best[group] = modes
     for (sweep, encoder, impl), modes in best.items():
         b, p = modes["batched"], modes["per_request"]
-        lines.append(f"{sweep}: {encoder} {impl} at {b['requests']} x {b['images_per_request']} ({b['resolution']}): "
-                     f"batched {b['images_per_s']:.1f} img/s, MFU {100 * b['mfu']:.1f}%, bookkeeping "
-                     f"{100 * b.get('bookkeeping_share', 0):.2f}%; per-request {p['images_per_s']:.1f} img/s; "
-                     f"speedup {p['step_ms_median'] / b['step_ms_median']:.2f}x{_diff_note(b)}")
+        lines.append(f"{sweep}: {encoder} {impl} at {b.requests} x {b.images_per_request} ({b.resolution}): "
+                     f"batched {b.images_per_s:.1f} img/s, MFU {100 * b.mfu:.1f}%, bookkeeping "
+                     f"{_percent(b.bookkeeping_share, 0, 2)}%; per-request {p.images_per_s:.1f} img/s; "
+                     f"speedup {p.step_ms_median / b.step_ms_median:.2f}x{_diff_note(b)}")
     return lines
 
 
-def _diff_note(row: dict[str, Any]) -> str:
-    diff = row.get("modes_max_rel_diff")
+def _percent(share: float | None, width: int, digits: int) -> str:
+    """``share`` as a percentage, or "-" when the row did not record it."""
+    return f"{'-':>{width}}" if share is None else f"{100 * share:{width}.{digits}f}"
+
+
+def _diff_note(row: BenchRow) -> str:
+    diff = row.modes_max_rel_diff
     return "" if diff is None else f"; modes differ by {diff:.1e} (max rel)"
 
 
@@ -208,8 +208,6 @@ def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings:
 
 def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]] = run_sweeps) -> int:
     if _asks_for_stream(argv):  # the stream benchmark has its own axes (vitkit.bench.stream_cli)
-        from vitkit.bench.stream_cli import main as stream_main
-
         return stream_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -228,8 +226,6 @@ def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]
     path = write_results(results, output_path(args.out, results, sweep, settings))
     print(f"wrote {path}")
     if not args.no_plots:
-        from vitkit.bench.plot import save_figures
-
         for png in save_figures(results, path.parent, prefix=path.stem + "-"):
             print(f"wrote {png}")
     print(format_table(results))

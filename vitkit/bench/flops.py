@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from vitkit.checks import positive_int
+
 FIXED_RESOLUTION = ("clip_vision_model", "siglip_vision_model")
 QWEN_VISION = ("qwen2_5_vl_vision",)
 
@@ -55,17 +57,11 @@ class FlopCount:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"total": self.total}
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _layer_count(config: Any, num_layers: int | None) -> int:
     total = getattr(config, "num_hidden_layers", None) or getattr(config, "depth")
     if num_layers is None:
         return total
-    _positive("num_layers", num_layers)
+    positive_int("num_layers", num_layers)
     if num_layers > total:
         raise ValueError(f"num_layers={num_layers} exceeds the config's {total} layers")
     return num_layers
@@ -111,7 +107,7 @@ def qwen_window_lengths(config: Any, grid_thw: tuple[int, int, int]) -> list[int
     ``window_size // patch_size`` patches per side, tiled from the top-left corner of each frame,
     the last row and column of windows cut short by the image edge.
     """
-    t, h, w = (_positive(f"grid_thw[{k}]", int(v)) for k, v in enumerate(grid_thw))
+    t, h, w = (positive_int(f"grid_thw[{k}]", int(v)) for k, v in enumerate(grid_thw))
     merge = config.spatial_merge_size
     if h % merge or w % merge:
         raise ValueError(f"grid_thw {grid_thw}: height and width must be multiples of spatial_merge_size={merge}")

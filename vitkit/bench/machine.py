@@ -7,8 +7,10 @@ import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
+import transformers
 
 from vitkit.bench.timing import time_callable
 
@@ -71,8 +73,6 @@ def machine_info(device: torch.device | str | None = None) -> dict:
 
 def versions() -> dict:
     """Versions of the stack that changes the numbers."""
-    import transformers
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -99,8 +99,6 @@ def _git_commit() -> str | None:
 
 
 def _vitkit_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("vitkit")
     except PackageNotFoundError:

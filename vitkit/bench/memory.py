@@ -16,9 +16,11 @@ path's calls follow the requests, not the budget.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from vitkit.bench.rows import BenchRow
 
 GROUP_KEYS = ("sweep", "encoder", "impl", "mode", "requests", "images_per_request", "resolution", "hit_fraction")
 
@@ -44,53 +46,57 @@ def _largest_call(calls: Sequence[int]) -> int:
     return max(range(len(calls)), key=lambda k: (calls[k], -k))  # first of the largest
 
 
-def calibrate(row: Mapping[str, Any]) -> MemoryModel:
+def _modelled(row: BenchRow) -> bool:
+    """A row the model can use: its calls, peak and base memory and row bytes were recorded."""
+    return bool(row.call_tokens) and None not in (row.peak_mem_bytes, row.base_mem_bytes, row.out_bytes_per_token)
+
+
+def calibrate(row: BenchRow) -> MemoryModel:
     """Fit the activation bytes per row to one measured row, at its largest encoder call."""
-    calls = row.get("call_tokens") or []
-    if not calls or row.get("peak_mem_bytes") is None:
+    if not _modelled(row):
         raise ValueError(f"cannot calibrate the memory model on a row without calls or peak memory "
-                         f"(mode {row.get('mode')!r}, budget {row.get('max_tokens_per_call')!r})")
-    step = row["peak_mem_bytes"] - row["base_mem_bytes"]
-    out = row["out_bytes_per_token"]
+                         f"(mode {row.mode!r}, budget {row.max_tokens_per_call!r})")
+    calls, out = row.call_tokens, row.out_bytes_per_token
+    step = row.peak_mem_bytes - row.base_mem_bytes
     k = _largest_call(calls)
     act = (step - out * sum(calls[:k])) / calls[k]
-    return MemoryModel(act, out, row["max_tokens_per_call"], calls[k])
+    return MemoryModel(act, out, row.max_tokens_per_call, calls[k])
 
 
-def predict_peak(model: MemoryModel, row: Mapping[str, Any]) -> float:
+def predict_peak(model: MemoryModel, row: BenchRow) -> float:
     """Predicted peak bytes of ``row``'s step: its base allocation plus the model's step bytes."""
-    calls = row["call_tokens"]
-    return row["base_mem_bytes"] + model.step_bytes(calls, row.get("step_rows", sum(calls)))
+    calls = row.call_tokens
+    assembled = row.step_rows if row.step_rows is not None else sum(calls)
+    return row.base_mem_bytes + model.step_bytes(calls, assembled)
 
 
-def _groups(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+def _groups(rows: Sequence[BenchRow]) -> dict[tuple, list[BenchRow]]:
+    groups: dict[tuple, list[BenchRow]] = {}
     for row in rows:
-        if row.get("mode") != "batched" or row.get("peak_mem_bytes") is None or not row.get("call_tokens"):
-            continue
-        groups.setdefault(tuple(row.get(k) for k in GROUP_KEYS), []).append(row)
-    return {key: members for key, members in groups.items() if len({m["max_tokens_per_call"] for m in members}) > 1}
+        if row.mode == "batched" and _modelled(row):
+            groups.setdefault(tuple(getattr(row, k) for k in GROUP_KEYS), []).append(row)
+    return {key: members for key, members in groups.items() if len({m.max_tokens_per_call for m in members}) > 1}
 
 
-def memory_report(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def memory_report(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
     """For each group of batched rows that differ only in ``max_tokens_per_call``: calibrate on
     the row with the largest call and predict every row. Errors are (measured - predicted) /
     predicted, for the whole peak and for the step's own part (``step_error``, the stricter one)."""
     report = []
     for key, members in _groups(rows).items():
-        anchor = max(members, key=lambda r: max(r["call_tokens"]))
+        anchor = max(members, key=lambda r: max(r.call_tokens))
         model = calibrate(anchor)
-        for row in sorted(members, key=lambda r: max(r["call_tokens"])):
+        for row in sorted(members, key=lambda r: max(r.call_tokens)):
             predicted = predict_peak(model, row)
-            step_pred = predicted - row["base_mem_bytes"]
-            step_meas = row["peak_mem_bytes"] - row["base_mem_bytes"]
+            step_pred = predicted - row.base_mem_bytes
+            step_meas = row.peak_mem_bytes - row.base_mem_bytes
             report.append(dict(zip(GROUP_KEYS, key)) | {
-                "max_tokens_per_call": row["max_tokens_per_call"],
-                "max_call_tokens": max(row["call_tokens"]),
+                "max_tokens_per_call": row.max_tokens_per_call,
+                "max_call_tokens": max(row.call_tokens),
                 "calibration": row is anchor,
                 "predicted_peak_bytes": int(predicted),
-                "measured_peak_bytes": row["peak_mem_bytes"],
-                "error": (row["peak_mem_bytes"] - predicted) / predicted,
+                "measured_peak_bytes": row.peak_mem_bytes,
+                "error": (row.peak_mem_bytes - predicted) / predicted,
                 "step_error": (step_meas - step_pred) / step_pred if step_pred else None,
                 "model": asdict(model),
             })

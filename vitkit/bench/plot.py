@@ -13,6 +13,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from vitkit.bench.results import load_results
+from vitkit.bench.rows import BenchRow
+
 # The axis each sweep varies, in the order we look for one that takes several values.
 X_AXES = ("requests", "images_per_request", "resolution", "hit_fraction", "max_tokens_per_call")
 X_LABELS = {
@@ -27,17 +30,18 @@ MODE_STYLE = {"batched": dict(marker="o", linestyle="-"), "per_request": dict(ma
 
 def sweep_names(results: Mapping[str, Any]) -> list[str]:
     """Sweep names in the order their rows appear."""
-    return list(dict.fromkeys(row.get("sweep", "sweep") for row in results["rows"]))
+    return list(dict.fromkeys(row.sweep for row in results["rows"]))
 
 
-def _rows(results: Mapping[str, Any], sweep: str) -> list[Mapping[str, Any]]:
-    return [row for row in results["rows"] if row.get("sweep", "sweep") == sweep]
+def sweep_rows(results: Mapping[str, Any], sweep: str) -> list[BenchRow]:
+    """The rows of ``sweep``, in file order."""
+    return [row for row in results["rows"] if row.sweep == sweep]
 
 
-def x_axis(rows: Sequence[Mapping[str, Any]]) -> str:
+def x_axis(rows: Sequence[BenchRow]) -> str:
     """The first of ``X_AXES`` that takes more than one value in ``rows`` (else "requests")."""
     for axis in X_AXES:
-        if len({repr(row.get(axis)) for row in rows}) > 1:
+        if len({repr(getattr(row, axis)) for row in rows}) > 1:
             return axis
     return "requests"
 
@@ -51,10 +55,10 @@ def _positions(values: Sequence[Any]) -> tuple[list[float], list[str] | None]:
     return [float(index["none" if v is None else str(v)]) for v in values], labels
 
 
-def _series(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], list[Mapping[str, Any]]]:
-    series: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+def _series(rows: Sequence[BenchRow]) -> dict[tuple[str, str, str], list[BenchRow]]:
+    series: dict[tuple[str, str, str], list[BenchRow]] = {}
     for row in rows:
-        series.setdefault((row["encoder"], row["impl"], row["mode"]), []).append(row)
+        series.setdefault((row.encoder, row.impl, row.mode), []).append(row)
     return series
 
 
@@ -90,7 +94,7 @@ SCALE = {"mfu": 100.0, "bookkeeping_share": 100.0, "peak_mem_bytes": 1 / 2**30}
 
 def plot_sweep(results: Mapping[str, Any], sweep: str) -> Figure:
     """Six panels over the sweep's varying axis; one line per (encoder, impl, mode)."""
-    rows = _rows(results, sweep)
+    rows = sweep_rows(results, sweep)
     if not rows:
         raise ValueError(f"no rows for sweep {sweep!r}; sweeps in this file: {sweep_names(results)}")
     axis = x_axis(rows)
@@ -102,9 +106,9 @@ def plot_sweep(results: Mapping[str, Any], sweep: str) -> Figure:
             if metric == "speedup" and mode != "batched":
                 continue
             _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis)
-        xs, labels = _positions([r[axis] for r in rows])
+        xs, labels = _positions([getattr(r, axis) for r in rows])
         _decorate(ax, axis, xs, labels, ylabel)
-        if metric == "peak_mem_bytes" and all(r["peak_mem_bytes"] is None for r in rows):
+        if metric == "peak_mem_bytes" and all(r.peak_mem_bytes is None for r in rows):
             ax.text(0.5, 0.5, "not measured on CPU", transform=ax.transAxes, ha="center", va="center")
         elif ax.lines:
             ax.legend(fontsize=7)
@@ -113,25 +117,24 @@ def plot_sweep(results: Mapping[str, Any], sweep: str) -> Figure:
 
 
 def _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis) -> None:
-    xs_all, labels = _positions([r[axis] for r in rows])
+    xs_all, labels = _positions([getattr(r, axis) for r in rows])
     pos = {id(r): x for r, x in zip(rows, xs_all)}
     xs = [pos[id(r)] for r in members]
     label = f"{encoder} {impl} {mode}"
     if metric == "speedup":
-        other = {repr(r[axis]): r for r in rows
-                 if (r["encoder"], r["impl"], r["mode"]) == (encoder, impl, "per_request")}
-        pairs = [(x, other[repr(r[axis])]["step_ms_median"] / r["step_ms_median"])
-                 for x, r in zip(xs, members) if repr(r[axis]) in other]
+        other = {repr(getattr(r, axis)): r for r in rows if (r.encoder, r.impl, r.mode) == (encoder, impl, "per_request")}
+        pairs = [(x, other[repr(getattr(r, axis))].step_ms_median / r.step_ms_median)
+                 for x, r in zip(xs, members) if repr(getattr(r, axis)) in other]
         if pairs:
             ax.plot(*zip(*pairs), marker="o", label=f"{encoder} {impl}")
             ax.axhline(1.0, color="grey", linewidth=0.8)
         return
     scale = SCALE.get(metric, 1.0)
-    ys = [r[metric] * scale if r.get(metric) is not None else float("nan") for r in members]
+    ys = [getattr(r, metric) * scale if getattr(r, metric) is not None else float("nan") for r in members]
     ax.plot(xs, ys, label=label, **MODE_STYLE.get(mode, {}))
     if metric == "step_ms_median":
-        low = [r["step_ms_median"] - r["step_ms_p10"] for r in members]
-        high = [r["step_ms_p90"] - r["step_ms_median"] for r in members]
+        low = [r.step_ms_median - r.step_ms_p10 for r in members]
+        high = [r.step_ms_p90 - r.step_ms_median for r in members]
         ax.errorbar(xs, ys, yerr=[low, high], fmt="none", capsize=3, color=ax.lines[-1].get_color())
 
 
@@ -176,8 +179,6 @@ def figures(results: Mapping[str, Any]) -> dict[str, Figure]:
 def plot_results_file(path: str | Path, folder: str | Path | None = None) -> dict[str, Figure]:
     """Load a results file and return its figures; with ``folder``, also save them there as PNGs
     named after the file."""
-    from vitkit.bench.results import load_results
-
     path = Path(path)
     results = load_results(path)
     if folder is not None:

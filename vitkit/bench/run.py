@@ -24,18 +24,22 @@ from tqdm.auto import tqdm
 from vitkit.bench.flops import item_flops
 from vitkit.bench.machine import MatmulPeak, machine_info, measure_matmul_peak, versions
 from vitkit.bench.memory import memory_report
-from vitkit.bench.results import MODES, SCHEMA
+from vitkit.bench.results import SCHEMA
+from vitkit.bench.rows import BenchRow
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY, Sweep, SweepPoint
-from vitkit.bench.timing import Stopwatch, TimedEncoder, summarize, synchronize
-from vitkit.cache import EmbeddingCache
-from vitkit.embed import embed_chunks
+from vitkit.bench.timing import EventTimedEncoder, Stopwatch, synchronize, timing_stats
+from vitkit.cache import EmbeddingCache, embedding_row_bytes
+from vitkit.checks import non_negative_int, positive_int
+from vitkit.embed import MODES, embed_chunks
+from vitkit.encoders import build_encoder
 from vitkit.item import MultimodalItem, move_items_to_device
+from vitkit.processing import synthetic_items
 from vitkit.request import Request
 from vitkit.span import Span
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-ItemFactory = Callable[[str, list[tuple[int, int]], int], list[MultimodalItem]]
-EncoderFactory = Callable[[str, str], Any]
+MakeItems = Callable[[str, list[tuple[int, int]], int], list[MultimodalItem]]
+MakeEncoder = Callable[[str, str], Any]
 
 
 @dataclass(frozen=True)
@@ -59,25 +63,37 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats <= 0:
-            raise ValueError(f"repeats must be a positive int, got {self.repeats!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a non-negative int, got {self.warmup!r}")
+        for name in ("repeats", "min_repeats", "matmul_repeats"):
+            positive_int(name, getattr(self, name))
+        for name in ("warmup", "text_tokens", "seed"):
+            non_negative_int(name, getattr(self, name))
         if not self.seconds_per_mode > 0:
             raise ValueError(f"seconds_per_mode must be > 0, got {self.seconds_per_mode!r}")
         if not self.impls:
             raise ValueError("impls is empty: name at least one of 'vitkit', 'stock'")
 
+    @classmethod
+    def for_device(cls, device: str | None = None, *, quick: bool = False, **overrides: Any) -> RunSettings:
+        """Settings for ``device`` (default: cuda when torch sees one, else cpu).
 
-def default_item_factory(preset: str, sizes: list[tuple[int, int]], seed: int) -> list[MultimodalItem]:
-    from vitkit.processing import synthetic_items
+        On a GPU: bf16, 10 repeats (3 with ``quick``), 3 warm-up steps, a 30-repeat matmul peak,
+        sweep "full" ("quick"). On CPU: the labelled smoke run (kind "cpu-smoke", sweep
+        "cpu-smoke"), fp32, 2 repeats (3 with ``quick``), 1 warm-up step, a 5-repeat peak: full-size
+        towers on CPU take many minutes. ``overrides`` replace fields; None values are ignored.
+        """
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = torch.device(device).type == "cuda"
+        if on_gpu and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        defaults = dict(
+            device=device, dtype="bf16" if on_gpu else "fp32", repeats=3 if quick else 10 if on_gpu else 2,
+            warmup=3 if on_gpu else 1, matmul_repeats=30 if on_gpu else 5, kind="gpu" if on_gpu else "cpu-smoke",
+            sweep=("quick" if quick else "full") if on_gpu else "cpu-smoke",
+        )
+        return cls(**defaults | {key: value for key, value in overrides.items() if value is not None})
 
-    return synthetic_items(preset, sizes, seed)
 
-
-def default_encoder_factory(settings: RunSettings) -> EncoderFactory:
-    from vitkit.encoders import build_encoder
-
+def default_encoder_factory(settings: RunSettings) -> MakeEncoder:
     def build(name: str, impl: str) -> Any:
         return build_encoder(name, device=settings.device, dtype=DTYPES[settings.dtype], impl=impl)
 
@@ -103,7 +119,7 @@ def image_sizes(encoder: Any, point: SweepPoint) -> tuple[list[tuple[int, int]],
     return [(point.resolution, point.resolution)] * n, point.resolution
 
 
-def build_requests(items: Sequence[MultimodalItem], images_per_request: int, text_tokens: int) -> list[Request]:
+def layout_requests(items: Sequence[MultimodalItem], images_per_request: int, text_tokens: int) -> list[Request]:
     """Requests of ``images_per_request`` consecutive items each, text before, between and after."""
     if len(items) % images_per_request:
         raise ValueError(f"{len(items)} items do not split into requests of {images_per_request} images")
@@ -141,13 +157,13 @@ class _Point:
     patches: int
 
 
-def prepare_point(point: SweepPoint, encoder: Any, make_items: ItemFactory, settings: RunSettings, seed: int) -> _Point:
+def prepare_point(point: SweepPoint, encoder: Any, make_items: MakeItems, settings: RunSettings, seed: int) -> _Point:
     sizes, resolution = image_sizes(encoder, point)
     items = make_items(encoder.name, sizes, seed)
     if len({item.hash for item in items}) != len(items):
         raise ValueError(f"point {point}: synthetic items are not distinct; batching would de-duplicate them")
     move_items_to_device(items, settings.device)
-    requests = build_requests(items, point.images_per_request, settings.text_tokens)
+    requests = layout_requests(items, point.images_per_request, settings.text_tokens)
     hits = random.Random(seed).sample(items, round(point.hit_fraction * len(items)))
     layers = flop_layers(encoder)
     flops = {item.hash: item_flops(encoder.config, item, num_layers=layers).total for item in items}
@@ -158,7 +174,7 @@ def prepare_point(point: SweepPoint, encoder: Any, make_items: ItemFactory, sett
 
 def _prefilled_cache(prep: _Point, hidden: int, dtype: torch.dtype, device: str) -> EmbeddingCache:
     # Room for every item twice over: the sweep measures batching, not eviction.
-    row_bytes = hidden * torch.finfo(dtype).bits // 8
+    row_bytes = embedding_row_bytes(hidden, dtype)
     cache = EmbeddingCache(2 * row_bytes * sum(item.num_tokens for item in prep.items) + 1)
     for item in prep.hits:
         cache.put(item.hash, torch.zeros(item.num_tokens, hidden, dtype=dtype, device=device))
@@ -171,7 +187,7 @@ def _memory_allocated(device: str) -> int | None:
 
 def measure_mode(prep: _Point, encoder: Any, mode: str, point: SweepPoint, settings: RunSettings) -> dict[str, Any]:
     """Warm up, then time ``repeats`` steps of ``mode``; returns the raw figures of one row."""
-    device, timed = settings.device, TimedEncoder(encoder, settings.device)
+    device, timed = settings.device, EventTimedEncoder(encoder, settings.device)
     on_gpu = torch.device(device).type == "cuda"
     samples: dict[str, list[float]] = {"step": [], "encoder": [], "bookkeeping": [], "wall": []}
     peak = base = None
@@ -213,36 +229,37 @@ def _repeats_for(settings: RunSettings, step_ms: float) -> int:
     return max(min(settings.repeats, settings.min_repeats), min(settings.repeats, fit))
 
 
-def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str, raw: dict, peak: MatmulPeak) -> dict:
-    """One results row: the schema's required fields, then extras."""
+def make_row(point: SweepPoint, prep: _Point, encoder: Any, impl: str, mode: str, raw: dict, peak: MatmulPeak,
+             modes_max_rel_diff: float | None = None) -> BenchRow:
+    """One results row of ``mode`` at ``point`` from ``measure_mode``'s figures."""
     result, samples = raw["result"], raw["samples"]
-    step, enc, book = (summarize(samples[k]) for k in ("step", "encoder", "bookkeeping"))
-    wall = summarize(samples["wall"])
+    step, enc, book = (timing_stats(samples[k]) for k in ("step", "encoder", "bookkeeping"))
+    wall = timing_stats(samples["wall"])
     seconds = step.median_ms / 1e3
     flops = sum(prep.flops[h] for h in result.encoded_hashes)
     rate = peak.tflops * 1e12
-    return {
-        "encoder": encoder.name, "mode": mode, "impl": impl,
-        "requests": point.requests, "images_per_request": point.images_per_request, "images": point.images,
-        "resolution": prep.resolution, "tokens": result.encoded_tokens, "encoder_calls": result.encoder_calls,
-        "step_ms_median": step.median_ms, "step_ms_p10": step.p10_ms, "step_ms_p90": step.p90_ms,
-        "encoder_ms_median": enc.median_ms, "bookkeeping_ms_median": book.median_ms,
-        "images_per_s": point.images / seconds, "tokens_per_s": result.encoded_tokens / seconds,
-        "peak_mem_bytes": raw["peak"], "model_flops": flops, "mfu": flops / seconds / rate,
-        # extras
-        "sweep": point.sweep, "hit_fraction": point.hit_fraction, "max_tokens_per_call": point.max_tokens_per_call,
-        "encoded_items": result.encoded_items, "cache_hits": result.cache_hits, "call_tokens": list(result.call_tokens),
-        "patches": prep.patches, "step_rows": sum(item.num_tokens for item in prep.items),
-        "step_ms_mean": step.mean_ms, "step_ms_min": step.min_ms, "step_ms_max": step.max_ms,
-        "encoder_ms_p10": enc.p10_ms, "encoder_ms_p90": enc.p90_ms,
-        "bookkeeping_ms_p10": book.p10_ms, "bookkeeping_ms_p90": book.p90_ms,
-        "bookkeeping_share": book.median_ms / step.median_ms if step.median_ms > 0 else 0.0,
-        "encoder_mfu": flops / (enc.median_ms / 1e3) / rate if enc.median_ms > 0 else 0.0,
-        "step_wall_ms_median": wall.median_ms, "repeats": step.repeats,
-        "base_mem_bytes": raw["base"],
-        "out_bytes_per_token": encoder.hidden_size * torch.finfo(encoder.dtype).bits // 8,
-        "dtype": str(encoder.dtype).removeprefix("torch."),
-    }
+    return BenchRow(
+        encoder=encoder.name, mode=mode, impl=impl,
+        requests=point.requests, images_per_request=point.images_per_request, images=point.images,
+        resolution=prep.resolution, tokens=result.encoded_tokens, encoder_calls=result.encoder_calls,
+        step_ms_median=step.median_ms, step_ms_p10=step.p10_ms, step_ms_p90=step.p90_ms,
+        encoder_ms_median=enc.median_ms, bookkeeping_ms_median=book.median_ms,
+        images_per_s=point.images / seconds, tokens_per_s=result.encoded_tokens / seconds,
+        peak_mem_bytes=raw["peak"], model_flops=flops, mfu=flops / seconds / rate,
+        sweep=point.sweep, hit_fraction=point.hit_fraction, max_tokens_per_call=point.max_tokens_per_call,
+        encoded_items=result.encoded_items, cache_hits=result.cache_hits, call_tokens=tuple(result.call_tokens),
+        patches=prep.patches, step_rows=sum(item.num_tokens for item in prep.items),
+        step_ms_mean=step.mean_ms, step_ms_min=step.min_ms, step_ms_max=step.max_ms,
+        encoder_ms_p10=enc.p10_ms, encoder_ms_p90=enc.p90_ms,
+        bookkeeping_ms_p10=book.p10_ms, bookkeeping_ms_p90=book.p90_ms,
+        bookkeeping_share=book.median_ms / step.median_ms if step.median_ms > 0 else 0.0,
+        encoder_mfu=flops / (enc.median_ms / 1e3) / rate if enc.median_ms > 0 else 0.0,
+        step_wall_ms_median=wall.median_ms, repeats=step.repeats,
+        base_mem_bytes=raw["base"],
+        out_bytes_per_token=embedding_row_bytes(encoder.hidden_size, encoder.dtype),
+        dtype=str(encoder.dtype).removeprefix("torch."),
+        modes_max_rel_diff=modes_max_rel_diff,
+    )
 
 
 def _free(device: str) -> None:
@@ -271,7 +288,7 @@ def modes_max_rel_diff(prep: _Point, encoder: Any, point: SweepPoint, settings: 
     return worst
 
 
-def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) -> list[dict]:
+def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) -> list[BenchRow]:
     """Both modes at one point; the items are the same for every impl (same seed)."""
     prep = prepare_point(point, encoder, make_items, settings, seed)
     diff = modes_max_rel_diff(prep, encoder, point, settings) if settings.check else None
@@ -281,7 +298,7 @@ def _measure_point(point, encoder, impl, make_items, settings, seed, peak, bar) 
         shape = f"{point.requests}x{point.images_per_request} {prep.resolution}"
         bar.set_postfix_str(f"{point.sweep} {impl} {mode} {shape}")
         raw = measure_mode(prep, encoder, mode, point, settings)
-        rows.append(make_row(point, prep, encoder, impl, mode, raw, peak) | {"modes_max_rel_diff": diff})
+        rows.append(make_row(point, prep, encoder, impl, mode, raw, peak, modes_max_rel_diff=diff))
         bar.update()
     del prep, raw
     _free(settings.device)
@@ -292,18 +309,19 @@ def run_sweeps(
     sweeps: Sequence[Sweep],
     settings: RunSettings,
     *,
-    make_encoder: EncoderFactory | None = None,
-    make_items: ItemFactory | None = None,
+    make_encoder: MakeEncoder | None = None,
+    make_items: MakeItems | None = None,
     peak: MatmulPeak | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Measure every point of ``sweeps`` in both modes for each impl; returns the results object."""
+    """Measure every point of ``sweeps`` in both modes for each impl; returns the results object
+    (``vitkit.bench.results``), its rows ``BenchRow``."""
     make_encoder = make_encoder or default_encoder_factory(settings)
-    make_items = make_items or default_item_factory
+    make_items = make_items or synthetic_items
     peak = peak or measure_matmul_peak(settings.device, repeats=settings.matmul_repeats)
     points = list(enumerate(p for s in sweeps for p in s.points()))
     order = list(dict.fromkeys(p.encoder for _, p in points))
-    rows: list[dict] = []
+    rows: list[BenchRow] = []
     total = len(points) * len(settings.impls) * len(MODES)
     bar = tqdm(total=total, desc="vitkit.bench", unit="run", disable=not progress)
     # One encoder at a time (grouped by encoder, then impl), so peak memory holds one model's weights.

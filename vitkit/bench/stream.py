@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vitkit.checks import positive_int
 from vitkit.encoders.buckets import Buckets, pack, padding_waste
 from vitkit.encoders.presets import get_preset
 from vitkit.item import MultimodalItem
@@ -37,8 +38,7 @@ class StreamSpec:
 
     def __post_init__(self) -> None:
         get_preset(self.encoder)  # names an unknown preset
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0:
-            raise ValueError(f"stream: steps must be a positive int, got {self.steps!r}")
+        positive_int("stream: steps", self.steps)
         for name in ("images_per_step", "images_per_request", "sides"):
             lo, hi = getattr(self, name)
             if not (isinstance(lo, int) and isinstance(hi, int) and 0 < lo <= hi):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from vitkit.bench.stream import StreamSpec
+from vitkit.bench.stream_plot import save_stream_figure
 from vitkit.bench.stream_run import DTYPES, StreamSettings, format_stream_table, run_stream, write_stream_results
 
 # Each tower's stream on a GPU (the regime) and its CPU smoke twin.
@@ -104,8 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = write_stream_results(results, folder / f"stream-{spec.encoder}-{stamp}.json")
         print(f"wrote {path}")
         if not args.no_plots:
-            from vitkit.bench.stream_plot import save_stream_figure
-
             print(f"wrote {save_stream_figure(results, path.with_suffix('.png'))}")
         print(format_stream_table(results), flush=True)
     return 0

@@ -39,15 +39,17 @@ from tqdm.auto import tqdm
 
 from vitkit.bench.machine import machine_info, versions
 from vitkit.bench.stream import StreamSpec, generate_stream, make_stream_items, step_requests
-from vitkit.bench.timing import Stopwatch, TimedEncoder, synchronize
-from vitkit.cache import EmbeddingCache
+from vitkit.bench.run import DTYPES
+from vitkit.bench.timing import EventTimedEncoder, Stopwatch, synchronize
+from vitkit.cache import EmbeddingCache, embedding_row_bytes
+from vitkit.checks import positive_int
 from vitkit.embed import MODES, embed_chunks
+from vitkit.encoders import build_encoder, default_buckets
 from vitkit.encoders.buckets import Buckets
 from vitkit.item import MultimodalItem
 from vitkit.span import Span
 
 SCHEMA = "vitkit.stream/1"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -68,16 +70,12 @@ class StreamSettings:
         if self.dtype not in DTYPES:
             raise ValueError(f"stream: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         for name in ("cold_steps", "steady_repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"stream: {name} must be a positive int, got {value!r}")
+            positive_int(f"stream: {name}", getattr(self, name))
         if not self.impls:
             raise ValueError("stream: impls is empty")
 
 
 def _build(spec: StreamSpec, settings: StreamSettings, impl: str):
-    from vitkit.encoders import build_encoder, default_buckets  # transformers: only when a tower is built
-
     buckets = None
     if settings.buckets is not None and impl == "vitkit":
         default = default_buckets(spec.encoder)
@@ -88,11 +86,11 @@ def _build(spec: StreamSpec, settings: StreamSettings, impl: str):
 
 def _cache(items: dict[int, MultimodalItem], encoder) -> EmbeddingCache:
     # Room for every image of the stream: the stream measures batching, not eviction.
-    row_bytes = encoder.hidden_size * torch.finfo(encoder.dtype).bits // 8
+    row_bytes = embedding_row_bytes(encoder.hidden_size, encoder.dtype)
     return EmbeddingCache(row_bytes * sum(item.num_tokens for item in items.values()) + 1)
 
 
-def _run_steps(batches, encoder, timed: TimedEncoder, cache: EmbeddingCache, mode: str, device: str,
+def _run_steps(batches, encoder, timed: EventTimedEncoder, cache: EmbeddingCache, mode: str, device: str,
                bar=None) -> list[dict]:
     """Run each step's batch through ``embed_chunks`` and time it; one row per step."""
     rows = []
@@ -199,7 +197,7 @@ def run_stream(spec: StreamSpec, settings: StreamSettings, *, progress: bool = T
     out: dict[str, list] = {"warmups": [], "summaries": [], "steady": [], "steps": [], "cold": []}
     for impl in settings.impls:
         encoder = _build(spec, settings, impl)
-        timed = TimedEncoder(encoder, settings.device)
+        timed = EventTimedEncoder(encoder, settings.device)
         tag = {"encoder": spec.encoder, "impl": impl}
         if subprocess_cold:
             cold_pass = _cold_in_subprocess(spec, settings, impl)

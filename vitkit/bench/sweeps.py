@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from vitkit.checks import positive_int
+
 # A resolution is a square side in pixels, "native" (the fixed-resolution tower's own size),
 # or "mixed" (a fixed cycle of sizes and aspect ratios, below).
 Resolution = int | str
@@ -63,10 +65,8 @@ def _check_positive_ints(sweep: str, axis: str, values: tuple, *, allow_none: bo
     if not values:
         raise ValueError(f"sweep {sweep!r}: {axis} is empty")
     for v in values:
-        if v is None and allow_none:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"sweep {sweep!r}: {axis} must be positive ints, got {v!r} in {values}")
+        if v is not None or not allow_none:
+            positive_int(f"sweep {sweep!r}: {axis}", v)
 
 
 def check_sweep(sweep: Sweep) -> None:
@@ -85,8 +85,8 @@ def check_sweep(sweep: Sweep) -> None:
                 raise ValueError(
                     f"sweep {name!r}: resolution {r!r} is neither a pixel side nor one of {RESOLUTION_LABELS}"
                 )
-        elif isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-            raise ValueError(f"sweep {name!r}: resolution must be a positive pixel side, got {r!r}")
+        else:
+            positive_int(f"sweep {name!r}: resolution (px side)", r)
     if not sweep.hit_fractions:
         raise ValueError(f"sweep {name!r}: hit_fractions is empty")
     for h in sweep.hit_fractions:

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitkit.checks import non_negative_int, positive_int
+
 
 @dataclass(frozen=True)
 class TimingStats:
@@ -24,10 +26,10 @@ class TimingStats:
     repeats: int
 
 
-def summarize(samples_ms: Sequence[float]) -> TimingStats:
+def timing_stats(samples_ms: Sequence[float]) -> TimingStats:
     """Median, 10th/90th percentile (linear interpolation), mean, min and max of ``samples_ms``."""
     if len(samples_ms) == 0:
-        raise ValueError("summarize needs at least one timing sample, got none")
+        raise ValueError("timing_stats needs at least one timing sample, got none")
     x = np.asarray(samples_ms, dtype=float)
     p10, median, p90 = np.percentile(x, [10, 50, 90])
     return TimingStats(float(median), float(p10), float(p90), float(x.mean()), float(x.min()), float(x.max()), len(x))
@@ -77,8 +79,8 @@ def time_callable(
     fn: Callable[[], Any], *, device: torch.device | str, warmup: int = 3, repeats: int = 10
 ) -> TimingStats:
     """Run ``fn`` ``warmup`` times untimed, then time ``repeats`` calls one by one."""
-    if warmup < 0 or repeats <= 0:
-        raise ValueError(f"time_callable needs warmup >= 0 and repeats > 0, got warmup={warmup}, repeats={repeats}")
+    non_negative_int("time_callable warmup", warmup)
+    positive_int("time_callable repeats", repeats)
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -89,10 +91,10 @@ def time_callable(
         fn()
         watch.stop()
         samples.append(watch.elapsed_ms())
-    return summarize(samples)
+    return timing_stats(samples)
 
 
-class TimedEncoder:
+class EventTimedEncoder:
     """Wraps an encoder so that each of its calls is bracketed by a Stopwatch.
 
     ``embed_chunks`` sees an ordinary encoder; after the step, ``encoder_ms()`` is the time spent

@@ -11,7 +11,6 @@ the slope: fit to the resolutions you will simulate.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +19,10 @@ from typing import Any
 
 import torch
 
+from vitkit.bench.results import load_results
 from vitkit.item import MultimodalItem
 from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.timing import EncoderTime
-
-BENCH_SCHEMA = "vitkit.bench/1"
-_NEEDED = ("encoder", "impl", "mode", "tokens", "encoder_calls", "encoder_ms_median")
 
 
 @dataclass(frozen=True)
@@ -42,21 +39,6 @@ class CallCost:
 
     def call_ms(self, tokens: int) -> float:
         return self.intercept_ms + self.ms_per_token * tokens
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    """Read a bench results file and check its schema and the row fields the fit needs."""
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, Mapping) or data.get("schema") != BENCH_SCHEMA:
-        raise ValueError(f"{path}: field 'schema' must be {BENCH_SCHEMA!r}, got {data.get('schema') if isinstance(data, Mapping) else data!r}")
-    rows = data.get("rows")
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{path}: field 'rows' must be a non-empty list")
-    for k, row in enumerate(rows):
-        missing = [f for f in _NEEDED if f not in row]
-        if missing:
-            raise ValueError(f"{path}: row {k} lacks field(s) {missing}")
-    return dict(data)
 
 
 def _line_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
@@ -89,10 +71,10 @@ def fit_cost_models(results: Mapping[str, Any] | str | Path, *, modes: Sequence[
     source = f"{results if isinstance(results, (str, Path)) else 'results'} ({machine})"
     groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for row in data["rows"]:
-        if (modes is not None and row["mode"] not in modes) or row["encoder_calls"] <= 0:
+        if (modes is not None and row.mode not in modes) or row.encoder_calls <= 0:
             continue
-        calls = row["encoder_calls"]
-        groups.setdefault((row["encoder"], row["impl"]), []).append((row["tokens"] / calls, row["encoder_ms_median"] / calls))
+        calls = row.encoder_calls
+        groups.setdefault((row.encoder, row.impl), []).append((row.tokens / calls, row.encoder_ms_median / calls))
     models = {}
     for (encoder, impl), points in groups.items():
         xs = [p[0] for p in points]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import xxhash
 
+from vitkit.cache import embedding_row_bytes
 from vitkit.item import MultimodalItem
 
 QWEN_MERGED_PATCH = 28  # Qwen2.5-VL: 14-pixel patches, 2x2 merged into one token
@@ -60,7 +61,7 @@ class FakeEncoder:
     @property
     def bytes_per_token(self) -> int:
         """Bytes one embedding row takes in the cache."""
-        return self.hidden_size * torch.empty((), dtype=self.dtype).element_size()
+        return embedding_row_bytes(self.hidden_size, self.dtype)
 
     def embed(self, item: MultimodalItem) -> torch.Tensor:
         # any str hash (an explicit one need not be hex), hashed to a stable seed
@@ -78,7 +79,7 @@ def bytes_per_token(encoder: object) -> int | None:
         return encoder.bytes_per_token
     hidden, dtype = getattr(encoder, "hidden_size", None), getattr(encoder, "dtype", None)
     if isinstance(hidden, int) and isinstance(dtype, torch.dtype):
-        return hidden * torch.empty((), dtype=dtype).element_size()
+        return embedding_row_bytes(hidden, dtype)
     return None
 
 

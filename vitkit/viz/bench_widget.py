@@ -17,6 +17,11 @@ from typing import Any
 import ipywidgets as widgets
 import torch
 
+from vitkit.bench.plot import plot_memory_model, plot_sweep, sweep_names, sweep_rows, x_axis
+from vitkit.bench.results import find_results, load_results, write_results
+from vitkit.bench.rows import BenchRow
+from vitkit.bench.run import RunSettings, run_sweeps
+from vitkit.bench.sweeps import get_sweeps
 from vitkit.viz.render import figure_png, html_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,8 +38,6 @@ def gpu_available() -> bool:
 def stored_results(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
     """The GPU results files in ``folder`` (oldest first), loaded and validated, keyed by path;
     {} when there are none. Files that are not valid results are left out (``find_results``)."""
-    from vitkit.bench.results import find_results, load_results
-
     folder = Path(folder)
     if not folder.is_dir():
         return {}
@@ -62,25 +65,16 @@ def run_benchmark(
     A GPU run is saved to ``results/<device>/notebook-<sweep>-<time>.json`` (``save`` defaults to
     True on a GPU, False on CPU: a smoke run is for looking at, not for keeping).
     """
-    from vitkit.bench.results import write_results
-    from vitkit.bench.run import RunSettings, run_sweeps
-    from vitkit.bench.sweeps import get_sweeps
-
-    device = device or ("cuda" if gpu_available() else "cpu")
-    on_gpu = torch.device(device).type == "cuda"
-    preset = sweep or ("full" if on_gpu else "cpu-smoke")
+    settings = RunSettings.for_device(device, sweep=sweep)
+    preset = settings.sweep
     chosen = get_sweeps(preset)
     if sweeps is not None:
         unknown = set(sweeps) - {s.name for s in chosen}
         if unknown:
             raise ValueError(f"sweeps {sorted(unknown)} are not in preset {preset!r}; it has {[s.name for s in chosen]}")
         chosen = tuple(s for s in chosen if s.name in sweeps)
-    settings = RunSettings(
-        device=device, dtype="bf16" if on_gpu else "fp32", repeats=10 if on_gpu else 2, warmup=3 if on_gpu else 1,
-        kind="gpu" if on_gpu else "cpu-smoke", sweep=preset, matmul_repeats=30 if on_gpu else 5,
-    )
     results = run_sweeps(chosen, settings, progress=progress)
-    if save if save is not None else on_gpu:
+    if save if save is not None else settings.kind == "gpu":
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = REPO / "results" / results["machine"]["slug"] / f"notebook-{preset}-{stamp}.json"
         results["saved_to"] = _relative(write_results(results, path))
@@ -90,27 +84,25 @@ def run_benchmark(
 def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, object]]:
     """One row per (encoder, impl, point) of ``sweep``: both modes' step times, the speedup
     (per-request / batched step time), batched images/s, MFU and peak memory (MiB)."""
-    from vitkit.bench.plot import x_axis
-
-    rows = [r for r in results["rows"] if r.get("sweep", "sweep") == sweep]
+    rows = sweep_rows(results, sweep)
     axis = x_axis(rows)
-    pairs: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    pairs: dict[tuple, dict[str, BenchRow]] = {}
     for r in rows:
-        pairs.setdefault((r["encoder"], r["impl"], repr(r[axis])), {})[r["mode"]] = r
+        pairs.setdefault((r.encoder, r.impl, repr(getattr(r, axis))), {})[r.mode] = r
     out = []
     for (encoder, impl, _), modes in pairs.items():
         b, p = modes.get("batched"), modes.get("per_request")
         if b is None or p is None:
             continue
         out.append({
-            "encoder": encoder, "impl": impl, axis: b[axis],
-            "images": b["images"],
-            "batched ms": round(b["step_ms_median"], 3),
-            "per-request ms": round(p["step_ms_median"], 3),
-            "speedup": round(p["step_ms_median"] / b["step_ms_median"], 2),
-            "batched img/s": round(b["images_per_s"], 1),
-            "batched MFU %": round(100 * b["mfu"], 1),
-            "peak MiB": "-" if b["peak_mem_bytes"] is None else round(b["peak_mem_bytes"] / 2**20),
+            "encoder": encoder, "impl": impl, axis: getattr(b, axis),
+            "images": b.images,
+            "batched ms": round(b.step_ms_median, 3),
+            "per-request ms": round(p.step_ms_median, 3),
+            "speedup": round(p.step_ms_median / b.step_ms_median, 2),
+            "batched img/s": round(b.images_per_s, 1),
+            "batched MFU %": round(100 * b.mfu, 1),
+            "peak MiB": "-" if b.peak_mem_bytes is None else round(b.peak_mem_bytes / 2**20),
         })
     return out
 
@@ -184,8 +176,6 @@ class BenchView(widgets.VBox):
         return self.sources.get(self.source.value)
 
     def _on_source(self, change: dict) -> None:
-        from vitkit.bench.plot import sweep_names
-
         results = self.sources.get(change["new"])
         if results is None:
             return
@@ -206,8 +196,6 @@ class BenchView(widgets.VBox):
 
     def draw(self) -> None:
         """Plot the selected sweep of the selected results, and its table."""
-        from vitkit.bench.plot import plot_memory_model, plot_sweep
-
         if self.results is None or self.sweep.value is None:
             return
         if self.sweep.value == MEMORY_MODEL:  # predicted vs measured peak memory per token budget

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from PIL import Image
 
+from vitkit.checks import positive_int
 from vitkit.images import image_paths, load_images
 from vitkit.item import MultimodalItem
 from vitkit.processing import make_items
@@ -14,8 +15,7 @@ from vitkit.processing import make_items
 
 def resize_longer_side(image: Image.Image, size: int) -> Image.Image:
     """``image`` scaled (bicubic) so that its longer side is ``size`` px, aspect ratio kept."""
-    if size <= 0:
-        raise ValueError(f"image size must be a positive number of pixels, got {size}")
+    positive_int("image size (px)", size)
     w, h = image.size
     scale = size / max(w, h)
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
@@ -47,7 +47,7 @@ def photo_items(size: int, count: int, preset: str = "qwen2.5-vl-7b") -> list[tu
     photo is the same item object (and hash) in every request that shows it.
     """
     available = len(_photos())
-    if count <= 0 or count > available:
+    if positive_int("photo count", count) > available:
         raise ValueError(f"asked for {count} photos; data/ holds {available}")
     # two threads: the processor's numpy work releases the GIL, so a new size costs about half
     with ThreadPoolExecutor(max_workers=2) as pool:

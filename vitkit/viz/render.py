@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, is_dataclass
 
+from IPython.display import HTML, Image
 from matplotlib.figure import Figure
-
 
 CELL = 'style="padding:1px 8px;border-bottom:1px solid #ddd;text-align:left"'
 
@@ -39,16 +40,10 @@ def html_table(rows: Sequence[Mapping[str, object]], *, max_rows: int | None = N
 def show(fig: Figure):
     """``fig`` as an IPython PNG image: displays the same in every front end and in nbclient,
     whatever matplotlib backend the kernel has (these figures are built without pyplot)."""
-    from IPython.display import Image
-
     return Image(data=figure_png(fig), format="png")
 
 
 def show_table(rows: Sequence[Mapping[str, object]] | Sequence[object]):
     """``rows`` (dicts, or dataclass instances) as an IPython HTML table."""
-    from dataclasses import asdict, is_dataclass
-
-    from IPython.display import HTML
-
     dicts = [asdict(r) if is_dataclass(r) else dict(r) for r in rows]
     return HTML(html_table(dicts))
