@@ -149,7 +149,7 @@ class Scheduler:
             raise ValueError(f"request {arrival.rid!r}: prompt_len must be a positive int, got {arrival.prompt_len!r}")
         for name in ("arrival_ms", "abort_ms"):
             value = getattr(arrival, name)
-            # NaN compares false both ways: a NaN arrival never joins (plan_steps would loop for
+            # NaN compares false both ways: a NaN arrival never joins (the step loop would wait for
             # ever) and a NaN abort would be silently dropped
             if not (value is None and name == "abort_ms") and not _is_finite_number(value):
                 raise ValueError(f"request {arrival.rid!r}: {name} must be a finite number (ms), got {value!r}")
