@@ -85,18 +85,23 @@ def run_steps(
     now = 0.0 if first is None else first
     while not policy.idle:
         step = policy.schedule(now, view)
-        ran = None if step is None else _execute(step, requests, timed, cache, (mode, pin, max_tokens_per_call), duration)
-        if ran is not None:
+        if step is not None:
+            ran = _execute(step, requests, timed, cache, (mode, pin, max_tokens_per_call), duration)
             yield ran
-        if ran is not None and step.windows:
-            now += ran.duration_ms
-            continue
-        later = policy.next_arrival_ms()
-        if later is None or later <= now:  # a policy that runs nothing now must wait for someone
-            if policy.idle:
-                break
-            raise RuntimeError(f"policy {type(policy).__name__} ran nothing at {now} ms and has no later arrival")
-        now = later
+            if step.windows:
+                now += ran.duration_ms
+                continue
+        now = _wait(policy, now)
+
+
+def _wait(policy: Policy, now: float) -> float:
+    """Nothing ran at ``now``: the clock jumps to the next arrival (or stays, if all is done)."""
+    later = policy.next_arrival_ms()
+    if policy.idle:
+        return now
+    if later is None or later <= now:  # asking again at the same time would loop for ever
+        raise RuntimeError(f"policy {type(policy).__name__} ran nothing at {now} ms and has no later arrival")
+    return later
 
 
 def _execute(step: Step, requests: Mapping[Hashable, Request], encoder: TimedEncoderLike, cache: EmbeddingCache,
