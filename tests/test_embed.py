@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vitkit import EmbeddingCache, MultimodalItem, Request, embed_chunks, plan_calls
+from vitkit.embed import FATES
 
 HIDDEN = 4
 ROW_BYTES = HIDDEN * 4  # float32
@@ -282,7 +283,7 @@ def test_outcomes_agree_with_the_step_totals(mode, size, capacity_rows, budget):
     _, results = _run_steps(requests, size, SpyEncoder(), cache, mode=mode, max_tokens_per_call=budget, pin=False)
     for res in results:
         fates = [o.fate for window in res.outcomes for o in window]
-        assert set(fates) <= {"hit", "encoded", "shared", "re-encoded"}
+        assert set(fates) <= set(FATES)
         assert fates.count("hit") == res.cache_hits
         assert len(fates) - fates.count("hit") == res.cache_misses
         assert fates.count("encoded") + fates.count("re-encoded") == res.encoded_items
