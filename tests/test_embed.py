@@ -7,6 +7,7 @@ from conftest import cache_state as _state
 from conftest import item as _item
 from conftest import reference
 from vitkit import EmbeddingCache, MultimodalItem, Request, embed_chunks, plan_calls
+from vitkit.embed import FATES
 
 HIDDEN = 4  # conftest.reference's default width
 ROW_BYTES = HIDDEN * 4  # float32
@@ -189,6 +190,94 @@ def test_budget_applies_within_each_request_in_per_request_mode():
     enc = SpyEncoder()
     res = embed_chunks([(r1, (0, 9)), (r2, (0, 2))], enc, EmbeddingCache(1 << 20), mode="per_request", max_tokens_per_call=6)
     assert res.call_tokens == (6, 3, 2)
+
+
+# ---------------------------------------------------------------- per-window outcomes
+
+
+def _fates(result):
+    return [[(o.index, o.fate, o.call) for o in window] for window in result.outcomes]
+
+
+def test_outcomes_batched_first_miss_encodes_later_ones_share():
+    requests = _scenario()  # S is r1's item 0, r2's item 1, r3's item 1
+    res = embed_chunks([(r, (0, r.prompt_len)) for r in requests], SpyEncoder(), EmbeddingCache(1 << 20))
+    assert _fates(res) == [
+        [(0, "encoded", 0), (1, "encoded", 0)],
+        [(0, "encoded", 0), (1, "shared", 0)],
+        [(0, "encoded", 0), (1, "shared", 0)],
+    ]
+    assert [o.hash for o in res.outcomes[1]] == [it.hash for it in requests[1].items]
+
+
+def test_outcomes_per_request_later_request_hits_earlier_put():
+    requests = _scenario()
+    res = embed_chunks([(r, (0, r.prompt_len)) for r in requests], SpyEncoder(), EmbeddingCache(1 << 20),
+                       mode="per_request")
+    assert _fates(res) == [
+        [(0, "encoded", 0), (1, "encoded", 0)],
+        [(0, "encoded", 1), (1, "hit", None)],
+        [(0, "encoded", 2), (1, "hit", None)],
+    ]
+
+
+def test_outcomes_name_the_call_of_a_split_step():
+    items = [_item(n, k) for k, n in enumerate([3, 3, 5, 1, 1, 9])]
+    req = Request.from_segments("b", items)
+    res = embed_chunks([(req, (0, req.prompt_len))], SpyEncoder(), EmbeddingCache(1 << 20), max_tokens_per_call=6)
+    assert [o.call for o in res.outcomes[0]] == [0, 0, 1, 1, 2, 3]  # calls [3, 3] [5, 1] [1] [9]
+
+
+def test_outcomes_same_image_twice_in_one_window_is_encoded_then_shared():
+    x = _item(2, 1)
+    req = Request.from_segments("twice", [x, 1, MultimodalItem(x.feature.clone(), 2)])
+    for mode in ("batched", "per_request"):
+        res = embed_chunks([(req, (0, 5))], SpyEncoder(), EmbeddingCache(1 << 20), mode=mode)
+        assert _fates(res) == [[(0, "encoded", 0), (1, "shared", 0)]]
+        assert res.encoded_items == 1
+
+
+def test_outcomes_straddling_image_lost_between_windows_is_re_encoded():
+    big = _item(6, 1)
+    req = Request.from_segments("s", [2, big, 2])  # big spans [2, 8)
+    cache = EmbeddingCache(6 * ROW_BYTES)
+    first = embed_chunks([(req, (0, 4))], SpyEncoder(), cache, pin=False)
+    embed_chunks([(Request.from_segments("o", [_item(6, 9)]), (0, 6))], SpyEncoder(), cache, pin=False)
+    again = embed_chunks([(req, (4, 8))], SpyEncoder(), cache, pin=False)
+    assert _fates(first) == [[(0, "encoded", 0)]] and _fates(again) == [[(0, "re-encoded", 0)]]
+    assert again.encoded_items == 1
+    # with pinning the same traffic leaves it cached: a hit
+    cache = EmbeddingCache(12 * ROW_BYTES)
+    embed_chunks([(req, (0, 4))], SpyEncoder(), cache)
+    embed_chunks([(Request.from_segments("o", [_item(6, 9)]), (0, 6))], SpyEncoder(), cache)
+    assert _fates(embed_chunks([(req, (4, 8))], SpyEncoder(), cache)) == [[(0, "hit", None)]]
+
+
+def test_outcomes_image_shown_again_later_and_lost_is_re_encoded():
+    x = _item(2, 1)
+    req = Request.from_segments("rep", [x, 4, MultimodalItem(x.feature.clone(), 2)])  # [0,2) [6,8)
+    cache = EmbeddingCache(1)  # holds nothing
+    embed_chunks([(req, (0, 4))], SpyEncoder(), cache)
+    res = embed_chunks([(req, (4, 8))], SpyEncoder(), cache)
+    assert _fates(res) == [[(1, "re-encoded", 0)]]
+
+
+@pytest.mark.parametrize("mode", ["batched", "per_request"])
+@pytest.mark.parametrize("size, capacity_rows, budget", [(1, 4, None), (3, 8, 4), (5, 1 << 10, None), (6, 0, 9)])
+def test_outcomes_agree_with_the_step_totals(mode, size, capacity_rows, budget):
+    requests = _scenario()
+    cache = EmbeddingCache(max(1, capacity_rows * ROW_BYTES))
+    _, results = _run_steps(requests, size, SpyEncoder(), cache, mode=mode, max_tokens_per_call=budget, pin=False)
+    for res in results:
+        fates = [o.fate for window in res.outcomes for o in window]
+        assert set(fates) <= set(FATES)
+        assert fates.count("hit") == res.cache_hits
+        assert len(fates) - fates.count("hit") == res.cache_misses
+        assert fates.count("encoded") + fates.count("re-encoded") == res.encoded_items
+        encodes = [o for window in res.outcomes for o in window if o.fate in ("encoded", "re-encoded")]
+        # one encoding lookup per encode; by call (stable: first misses in batch order) they are the encode order
+        assert [o.hash for o in sorted(encodes, key=lambda o: o.call)] == list(res.encoded_hashes)
+        assert {o.call for window in res.outcomes for o in window if o.call is not None} == set(range(res.encoder_calls))
 
 
 # ---------------------------------------------------------------- pinning across windows

@@ -8,8 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vitkit.request import Request
 from vitkit.sim.fake import FakeEncoder
-from vitkit.sim.run import StepRow, compare, prepare, simulate, summarize, summary_records
+from vitkit.sim.run import StepRow, compare, prepare, replay, simulate, summarize, summary_records
+from vitkit.sim.scheduler import Arrival, Scheduler
 from vitkit.sim.trace import ImageSpec, Trace, TraceRequest
 from vitkit.sim.workload import WorkloadParams, generate_workload
 
@@ -207,3 +209,85 @@ def test_real_tiny_encoder_gives_the_same_windows_in_both_modes():
         b = runs[1].embeddings[key]
         assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-5, atol=1e-6), key
     assert all(r.encoder_ms >= 0 for r in runs[0].rows) and runs[0].summary.encoder_ms > 0
+
+
+# ---------------------------------------------------------------- the step loop
+
+
+def test_default_duration_replays_the_planned_schedule_in_every_configuration(catalog):
+    planned = [(s.index, s.time_ms, tuple((w.rid, w.start, w.stop) for w in s.windows)) for s in catalog.steps]
+    for run in compare(catalog, [2048 * TOKEN_BYTES], encoder=ENCODER, progress=False):
+        assert [(r.step, r.time_ms, r.windows) for r in run.rows] == planned
+        assert all(r.duration_ms == 50.0 for r in run.rows if r.windows)
+
+
+def test_window_rows_are_the_outcomes_and_add_up_to_the_step_rows(catalog):
+    for mode in ("batched", "per_request"):
+        run = simulate(catalog, 2048 * TOKEN_BYTES, encoder=ENCODER, mode=mode, pin=False)
+        by_step = {}
+        for w in run.window_rows:
+            by_step.setdefault(w.step, []).append(w)
+            assert w.hit == tuple(f == "hit" for f in w.fates)
+            assert all(a <= (f in ("encoded", "re-encoded")) for f, a in zip(w.fates, w.again))
+            assert all(a for f, a in zip(w.fates, w.again) if f == "re-encoded")  # lost: encoded before in the run
+        for row in run.rows:
+            windows = by_step.get(row.step, [])
+            fates = [f for w in windows for f in w.fates]
+            assert [(w.rid, w.start, w.stop) for w in windows] == list(row.windows)
+            assert fates.count("hit") == row.hits and len(fates) - row.hits == row.misses
+            assert fates.count("encoded") + fates.count("re-encoded") == row.encoded_items
+            assert fates.count("re-encoded") == row.request_re_encodings
+            assert sum(sum(w.again) for w in windows) == row.re_encodings
+        assert run.summary.request_re_encodings > 0
+
+
+def test_closed_loop_a_costly_step_delays_the_next_one():
+    # The clock moves by what each step cost: 1 ms per encoded token plus 5 ms. B arrives at 100 ms;
+    # with 50 ms steps A's first two steps are done by then, with the encode-heavy clock only one is.
+    images = {"big": ImageSpec(672, 672)}  # 576 tokens
+    trace = Trace("closed", (TraceRequest("A", 0.0, (100, "big", 400)), TraceRequest("B", 100.0, (8, "big", 8))), images)
+    stream = prepare(trace, chunked_prefill_size=256, long_prefill_token_threshold=128, step_ms=50.0)
+    fixed = simulate(stream, 10_000 * TOKEN_BYTES, encoder=ENCODER)
+    costly = simulate(stream, 10_000 * TOKEN_BYTES, encoder=ENCODER,
+                      step_duration=lambda step, result: 5.0 + result.encoded_tokens)
+    assert [r.time_ms for r in fixed.rows[:3]] == [0.0, 50.0, 100.0]
+    assert [r.duration_ms for r in costly.rows[:2]] == [5.0 + 576, 5.0]
+    assert [r.time_ms for r in costly.rows[:3]] == [0.0, 581.0, 586.0]
+    for run in (fixed, costly):  # each step starts where the last one's duration ended
+        assert all(b.time_ms == a.time_ms + a.duration_ms for a, b in zip(run.rows, run.rows[1:]))
+    # B joins in the first step at or after its arrival: step 2 with 50 ms steps, step 1 here
+    assert fixed.rows[2].admitted == ("B",) and costly.rows[1].admitted == ("B",)
+    # B's image was encoded for A already: a hit, in both
+    assert costly.rows[1].encoder_calls == 0
+
+
+def test_policy_sees_the_requests_and_the_live_cache(catalog):
+    seen = []
+
+    class Watching(Scheduler):
+        def schedule(self, now_ms, view=None):
+            seen.append((set(view.requests), view.cache.bytes))
+            return super().schedule(now_ms, view)
+
+    policy = Watching(4096, long_prefill_token_threshold=1024)
+    for arrival in catalog.arrivals:
+        policy.add(arrival)
+    run = replay(catalog.requests, policy, ENCODER, 8192 * TOKEN_BYTES)
+    assert all(rids == set(catalog.requests) for rids, _ in seen)
+    assert [b for _, b in seen[1 : len(run.rows)]] == [r.cache_bytes for r in run.rows[:-1]]
+
+
+def test_bad_durations_and_stalling_policies_are_named(catalog):
+    with pytest.raises(ValueError, match="step_ms must be > 0, got 0"):
+        prepare("product-catalog", step_ms=0)
+    with pytest.raises(ValueError, match="step_duration must return a finite number of ms >= 0, got nan for step 0"):
+        simulate(catalog, 8192 * TOKEN_BYTES, encoder=ENCODER, step_duration=lambda s, r: float("nan"))
+
+    class Stalling(Scheduler):
+        def schedule(self, now_ms, view=None):
+            return None  # never admits anyone
+
+    policy = Stalling(64)
+    policy.add(Arrival("A", 3))
+    with pytest.raises(RuntimeError, match="policy Stalling ran nothing at 0.0 ms and has no later arrival"):
+        replay({"A": Request("A", (), (), prompt_len=3)}, policy, ENCODER, 1024)

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitkit.sim.scheduler import Arrival, Scheduler, Window, plan_steps
+from vitkit.sim.engine import plan_steps
+from vitkit.sim.scheduler import Arrival, Scheduler, Window
 
 
 def windows(steps):
@@ -113,3 +114,26 @@ def test_schedule_invariants(stream, budget, max_running, cap):
             partial = [w for w in step.windows if w.stop < prompt_len[w.rid]]
             assert all(w is step.windows[-1] for w in partial)
     assert progress == prompt_len  # every prompt runs to its end
+
+
+def test_fixed_chunk_advances_every_unfinished_request_by_the_chunk():
+    scheduler = Scheduler.fixed_chunk(4)
+    for rid, n in (("A", 10), ("B", 3), ("C", 8)):
+        scheduler.add(Arrival(rid, n))
+    steps = []
+    while (step := scheduler.schedule(50.0 * len(steps))) is not None:
+        steps.append(step)
+    assert windows(steps) == [[("A", 0, 4), ("B", 0, 3), ("C", 0, 4)], [("A", 4, 8), ("C", 4, 8)], [("A", 8, 10)]]
+    assert [s.finished for s in steps] == [("B",), ("C",), ("A",)] and scheduler.idle
+    with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
+        Scheduler.fixed_chunk(0)
+
+
+def test_nothing_to_run_is_no_step_unless_an_abort_is_recorded():
+    scheduler = Scheduler(8)
+    scheduler.add(Arrival("A", 3, 100.0))
+    scheduler.add(Arrival("B", 3, 200.0, abort_ms=50.0))
+    assert scheduler.schedule(0.0) is None  # nobody has arrived
+    step = scheduler.schedule(60.0)  # B's abort is due: recorded in a step without windows
+    assert step.windows == () and step.aborted == ("B",) and step.index == 0
+    assert scheduler.next_arrival_ms() == 100.0

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
 from vitkit.embed import MODES
+from vitkit.span import Span
 from vitkit.viz import PlanSettings, chunk_explorer, chunk_plan, draw_token_lines, html_table
 from vitkit.viz.photos import photo_items
 
@@ -179,12 +180,16 @@ def test_per_request_steps_match_one_per_request_embed_chunks_call_per_step():
     # handing the whole step to embed_chunks(mode="per_request") in one call
     from vitkit.cache import EmbeddingCache
     from vitkit.embed import embed_chunks
-    from vitkit.viz.plan import TOY_BYTES_PER_TOKEN, toy_encoder, windows_at
+    from vitkit.viz.plan import TOY_BYTES_PER_TOKEN, toy_encoder
 
     plan = chunk_plan(num_requests=4, images_per_request=2, image_size=336, chunk_size=96, cache_tokens=300, distinct_images=3)
     cache = EmbeddingCache(300 * TOY_BYTES_PER_TOKEN)
+    requests = {r.rid: r for r in plan.requests}
     for step in plan.steps_of("per_request"):
-        result = embed_chunks(windows_at(plan.requests, step.step, 96), toy_encoder, cache, mode="per_request")
+        batch = [(requests[w.request], w.window) for w in plan.windows_of("per_request") if w.step == step.step]
+        assert batch == [(r, Span(96 * step.step, min(96 * (step.step + 1), r.prompt_len)))
+                         for r in plan.requests if 96 * step.step < r.prompt_len]  # chunk_size tokens a step
+        result = embed_chunks(batch, toy_encoder, cache, mode="per_request")
         assert (result.encoder_calls, result.encoded_items, result.cache_hits, result.cache_misses) == (
             step.encoder_calls, step.encoded_items, step.cache_hits, step.cache_misses
         )

@@ -21,11 +21,41 @@ from vitkit.span import Span
 
 Encoder = Callable[[list[MultimodalItem]], Sequence[torch.Tensor]]
 MODES = ("batched", "per_request")
+FATES = ("hit", "encoded", "shared", "re-encoded")
+ENCODING_FATES = ("encoded", "re-encoded")  # the lookups that made their item's encode happen
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What happened to one item a window touched, in one step.
+
+    ``fate`` is one of:
+
+    - ``"hit"``: the cache had it (``call`` is None);
+    - ``"encoded"``: this lookup missed, first in the step, and the item was encoded in ``call``;
+    - ``"shared"``: an earlier lookup of this step (another window, or earlier in this one) missed
+      the same content first; that one encode, in ``call``, served both (batched de-duplication);
+    - ``"re-encoded"``: as ``"encoded"``, but the request had already needed this content in an
+      earlier window (one of its spans with this hash starts before the window does): an image
+      straddling a window boundary, or shown again later in the prompt, that the cache lost in
+      between. Pinning exists to make this zero.
+    """
+
+    index: int  # into request.items
+    hash: str
+    fate: str
+    call: int | None  # index of the encoder call within the step; None for a hit
 
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """What a step produced: one chunk embedding (or None) per batch entry, and what it cost."""
+    """What a step produced: one chunk embedding (or None) per batch entry, and what it cost.
+
+    ``outcomes[k]`` lists, in prompt order, every item batch entry ``k``'s window touched and its
+    ``ItemOutcome``; the step totals follow from them (``cache_hits`` counts the ``"hit"`` fates,
+    ``cache_misses`` the others, ``encoded_items`` the ``"encoded"`` and ``"re-encoded"`` ones).
+    Calls are numbered in the order they ran, across requests in per-request mode.
+    """
 
     embeddings: list[torch.Tensor | None]
     encoder_calls: int
@@ -35,6 +65,7 @@ class EmbedResult:
     cache_misses: int  # lookups that missed, before de-duplication
     call_tokens: tuple[int, ...] = field(default=())  # embedding rows per encoder call
     encoded_hashes: tuple[str, ...] = field(default=())  # content hashes encoded, in call order
+    outcomes: tuple[tuple[ItemOutcome, ...], ...] = field(default=())  # per batch entry, prompt order
 
 
 def plan_calls(items: Sequence[MultimodalItem], max_tokens_per_call: int | None) -> list[list[MultimodalItem]]:
@@ -119,6 +150,7 @@ class _Tally:
     hashes: list[str] = field(default_factory=list)
     hits: int = 0
     misses: int = 0
+    outcomes: list[tuple[ItemOutcome, ...]] = field(default_factory=list)
 
 
 def _encode_and_store(
@@ -129,12 +161,17 @@ def _encode_and_store(
     pin_owners: dict[str, list[Hashable]],
     tally: _Tally,
     wanted_by: Mapping[str, Sequence[Hashable]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Encode ``misses`` in planned calls, then put them (pinned for their later windows)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Encode ``misses`` in planned calls, then put them (pinned for their later windows).
+
+    Returns each hash's embedding and the index (within the step) of the call that encoded it.
+    """
     encoded: dict[str, torch.Tensor] = {}
+    call_of: dict[str, int] = {}
     for call in plan_calls(misses, max_tokens_per_call):
         for item, emb in zip(call, run_encoder(encoder, call, wanted_by)):
             encoded[item.hash] = emb
+            call_of[item.hash] = len(tally.calls)
             tally.hashes.append(item.hash)
         tally.calls.append(sum(item.num_tokens for item in call))
         tally.items += len(call)
@@ -143,7 +180,7 @@ def _encode_and_store(
         if cache.put(key, emb, pin_owner=owners[0] if owners else None):
             for owner in owners[1:]:
                 cache.pin(key, owner)
-    return encoded
+    return encoded, call_of
 
 
 def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry]) -> set[str]:
@@ -166,6 +203,31 @@ def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries:
                 cache.pin(key, request.rid)
         else:
             cache.unpin(key, request.rid)
+
+
+def _outcomes(
+    batch: Sequence[tuple[Request, Span]], entries_per_window: Sequence[Sequence[ChunkEntry]], call_of: Mapping[str, int]
+) -> list[tuple[ItemOutcome, ...]]:
+    """Each window's touched items and their fates; the first miss of a hash in the step is the
+    one that encoded it (``_unique_misses`` keeps first occurrences), later misses shared it."""
+    claimed: set[str] = set()
+    out = []
+    for (request, window), entries in zip(batch, entries_per_window):
+        earlier = {item.hash for item, span in zip(request.items, request.spans) if span.start < window.start}
+        marks = []
+        for e in entries:
+            key = e.item.hash
+            if e.embedding is not None:
+                fate = "hit"
+            elif key in claimed:
+                fate = "shared"
+            else:
+                fate = "re-encoded" if key in earlier else "encoded"
+                claimed.add(key)
+            index = request.spans.index(e.span)  # spans are unique; items may repeat
+            marks.append(ItemOutcome(index, key, fate, None if fate == "hit" else call_of[key]))
+        out.append(tuple(marks))
+    return out
 
 
 def _fill(entries: Sequence[ChunkEntry], encoded: dict[str, torch.Tensor]) -> list[ChunkEntry]:
@@ -206,7 +268,8 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> lis
             if e.embedding is None:
                 wanted_by.setdefault(e.item.hash, []).append(request.rid)
     misses = _unique_misses(batch, found)
-    encoded = _encode_and_store(encoder, cache, misses, max_tokens_per_call, owners, tally, wanted_by)
+    encoded, call_of = _encode_and_store(encoder, cache, misses, max_tokens_per_call, owners, tally, wanted_by)
+    tally.outcomes += _outcomes(batch, found, call_of)
     out = []
     for (request, window), entries, keys in zip(batch, found, later):
         try:
@@ -254,6 +317,10 @@ def embed_chunks(
     a request's pins are released when its window reaches the end of its prompt
     (``pin=False`` turns pinning off, to measure what it saves). If the encoder raises or
     returns bad shapes, the cache is left exactly as it was.
+
+    The result's ``outcomes`` say, per batch entry, which items the window touched and what
+    became of each (``ItemOutcome``: hit, encoded, shared, re-encoded, and by which call), so a
+    caller never needs to watch the cache to learn what a step did.
     """
     if not isinstance(cache, EmbeddingCache):
         raise TypeError(f"cache must be an EmbeddingCache, got {type(cache).__name__}")
@@ -277,4 +344,5 @@ def embed_chunks(
         cache_misses=tally.misses,
         call_tokens=tuple(tally.calls),
         encoded_hashes=tuple(tally.hashes),
+        outcomes=tuple(tally.outcomes),
     )

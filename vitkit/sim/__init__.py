@@ -3,10 +3,12 @@
 
 Modules, in the order a step flows through them: ``scheduler`` (who runs which window),
 ``trace`` / ``workload`` (the request stream), ``fake`` / ``costmodel`` / ``timing`` (the
-encoder and its time), ``run`` (the replay and its tables), ``plot`` (figures).
+encoder and its time), ``engine`` (the one step loop), ``run`` (the replay and its tables),
+``plot`` (figures).
 """
 
 from vitkit.sim.costmodel import CallCost, ModelledEncoder, fit_cost_model, fit_cost_models, load_results
+from vitkit.sim.engine import fixed_step, plan_steps, run_steps
 from vitkit.sim.fake import FakeEncoder, bytes_per_token, cache_bytes_for_tokens, fake_item, qwen_like_tokens
 from vitkit.sim.run import (
     RunSummary,
@@ -22,7 +24,7 @@ from vitkit.sim.run import (
     summary_records,
     to_records,
 )
-from vitkit.sim.scheduler import Arrival, Scheduler, Step, Window, plan_steps
+from vitkit.sim.scheduler import Arrival, Scheduler, Step, Window
 from vitkit.sim.timing import EncoderTime, TimedEncoder
 from vitkit.sim.trace import ImageSpec, Trace, TraceRequest, example_traces, load_trace, save_trace, trace_from_json, trace_to_json
 from vitkit.sim.workload import WorkloadParams, build_requests, generate_workload, processing_items
@@ -31,7 +33,7 @@ __all__ = [
     "Arrival", "CallCost", "EncoderTime", "FakeEncoder", "ImageSpec", "ModelledEncoder", "RunSummary",
     "Scheduler", "SimRun", "Step", "StepRow", "Stream", "TimedEncoder", "Trace", "TraceRequest", "Window",
     "WindowRow", "WorkloadParams", "build_requests", "bytes_per_token", "cache_bytes_for_tokens", "compare", "example_traces",
-    "fake_item", "fit_cost_model", "fit_cost_models", "generate_workload", "load_results", "load_trace",
-    "plan_steps", "prepare", "processing_items", "qwen_like_tokens", "replay", "save_trace", "simulate",
+    "fake_item", "fit_cost_model", "fixed_step", "fit_cost_models", "generate_workload", "load_results", "load_trace",
+    "plan_steps", "prepare", "processing_items", "qwen_like_tokens", "replay", "run_steps", "save_trace", "simulate",
     "summarize", "summary_records", "to_records", "trace_from_json", "trace_to_json",
 ]

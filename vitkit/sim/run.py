@@ -1,23 +1,22 @@
-"""Replay a request stream through the scheduler, driving ``embed_chunks`` step by step.
+"""Replay a request stream through the step loop and keep what happened, as tables.
 
-The schedule is planned once (``plan_steps``) and replayed for each configuration (embedding
-mode, cache size, pinning), so every configuration sees exactly the same windows. Each step
-yields one ``StepRow`` (a tidy table: one row per step) and one ``WindowRow`` per window; the
-``RunSummary`` is computed from the rows, so the two always agree.
+``vitkit.sim.engine.run_steps`` is the loop (policy decides, ``embed_chunks`` runs, the clock
+moves on); this module reads each step's ``EmbedResult`` into one ``StepRow`` (a tidy table: one
+row per step) and one ``WindowRow`` per window, straight from the result's per-window outcomes.
+The ``RunSummary`` is computed from the rows, so the two always agree.
 
-Two re-encoding counts are kept. ``re_encodings``: encodes of a content hash that had been
-encoded before in the run (evicted, or never stored, in between). ``request_re_encodings``:
-encodes of an image for a request that had already had that image encoded for it, i.e. an image
-straddling a window boundary (or shown again later in the same prompt) lost between the
-request's windows; pinning exists to make this zero.
+Two re-encoding counts are kept. ``re_encodings``: encodes of a content hash that an earlier
+encoder call of the run had encoded (evicted, or never stored, in between).
+``request_re_encodings``: the ``"re-encoded"`` outcomes, i.e. an image that its request had
+already needed in an earlier window (straddling a window boundary, or shown again later in the
+same prompt) and that was lost in between and encoded again; pinning exists to make this zero.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vitkit.cache import CacheStats, EmbeddingCache
-from vitkit.embed import EmbedResult, Encoder, embed_chunks
+from vitkit.embed import ENCODING_FATES, Encoder
 from vitkit.request import Request
+from vitkit.sim.engine import DEFAULT_STEP_MS, StepDuration, StepRun, fixed_step, plan_steps, run_steps
 from vitkit.sim.fake import FakeEncoder, bytes_per_token, fake_item
-from vitkit.sim.scheduler import Step, plan_steps
-from vitkit.sim.timing import EncoderTime, TimedEncoderLike, as_timed
+from vitkit.sim.scheduler import Arrival, Policy, Scheduler, Step
 from vitkit.sim.trace import Trace, load_trace
 from vitkit.sim.workload import ItemFactory, build_requests
 
@@ -40,6 +39,7 @@ class StepRow:
 
     step: int
     time_ms: float  # scheduler clock at the step
+    duration_ms: float  # how far the clock moved after it (step_duration; 0 when no window ran)
     mode: str
     pin: bool
     capacity_bytes: int
@@ -71,14 +71,17 @@ class StepRow:
 
 @dataclass(frozen=True)
 class WindowRow:
-    """One request's window in a step: the items it touched and which of them hit the cache."""
+    """One request's window in a step: the items it touched and what became of each (per
+    touched item, prompt order; ``fates`` as ``vitkit.embed.ItemOutcome.fate``)."""
 
     step: int
     rid: Hashable
     start: int
     stop: int
-    items: tuple[int, ...]  # indices into the request's items, prompt order
-    hit: tuple[bool, ...]  # per touched item
+    items: tuple[int, ...]  # indices into the request's items
+    hit: tuple[bool, ...]
+    fates: tuple[str, ...]  # "hit" | "encoded" | "shared" | "re-encoded"
+    again: tuple[bool, ...]  # encoded by this window although an earlier encoder call of the run had encoded it
 
 
 @dataclass(frozen=True)
@@ -166,141 +169,110 @@ def summarize(
     )
 
 
-class _LoggedCache(EmbeddingCache):
-    """An ``EmbeddingCache`` that logs whether each lookup hit, so the runner can tell which
-    window missed which item (``find_chunk_items`` looks items up in batch, then prompt order)."""
+def _window_rows(ran: StepRun, encoded_before: set[str]) -> list[WindowRow]:
+    """The step's windows as rows, read off ``embed_chunks``' per-window outcomes.
 
-    def __init__(self, capacity_bytes: int) -> None:
-        super().__init__(capacity_bytes)
-        self.lookups: list[bool] = []
-
-    def get(self, key: str) -> torch.Tensor | None:
-        embedding = super().get(key)
-        self.lookups.append(embedding is not None)
-        return embedding
-
-
-@dataclass
-class _Ledger:
-    """Encode counts across steps: per content hash, and per (rid, content hash)."""
-
-    by_hash: Counter = field(default_factory=Counter)
-    by_item: Counter = field(default_factory=Counter)
-
-    def count_hashes(self, hashes: Iterable[str]) -> int:
-        again = 0
-        for key in hashes:
-            again += self.by_hash[key] > 0
-            self.by_hash[key] += 1
-        return again
-
-    def count_items(self, window_rows: Iterable[WindowRow], requests: Mapping[Hashable, Request]) -> int:
-        again = 0
-        for w in window_rows:  # every missed lookup is encoded in its step, in both modes
-            items = requests[w.rid].items
-            missed = {items[index].hash for index, hit in zip(w.items, w.hit) if not hit}
-            for key in missed:  # a window encodes an image once however often it shows it
-                again += self.by_item[(w.rid, key)] > 0
-                self.by_item[(w.rid, key)] += 1
-        return again
+    ``again`` marks an encode of content that an earlier call of the run had encoded
+    (``encoded_before``, updated here): earlier steps, or in per-request mode an earlier request
+    of this step whose put did not stay in the cache.
+    """
+    first_call: dict[str, int] = {}  # hash -> first call of this step that encoded it
+    for outcomes in ran.result.outcomes:
+        for o in outcomes:
+            if o.fate in ENCODING_FATES:
+                first_call[o.hash] = min(o.call, first_call.get(o.hash, o.call))
+    rows = []
+    for w, outcomes in zip(ran.step.windows, ran.result.outcomes):
+        again = tuple(
+            o.fate in ENCODING_FATES and (o.hash in encoded_before or first_call[o.hash] < o.call) for o in outcomes
+        )
+        rows.append(WindowRow(
+            ran.step.index, w.rid, w.start, w.stop, items=tuple(o.index for o in outcomes),
+            hit=tuple(o.fate == "hit" for o in outcomes), fates=tuple(o.fate for o in outcomes), again=again,
+        ))
+    encoded_before.update(first_call)
+    return rows
 
 
-def _window_rows(step: Step, requests: Mapping[Hashable, Request], lookups: Sequence[bool]) -> list[WindowRow]:
-    out, pos = [], 0
-    for w in step.windows:
-        request = requests[w.rid]
-        touched = [k for k, span in enumerate(request.spans) if span.overlaps(w.span)]
-        out.append(WindowRow(step.index, w.rid, w.start, w.stop, tuple(touched), tuple(lookups[pos : pos + len(touched)])))
-        pos += len(touched)
-    if pos != len(lookups):  # would mean embed_chunks looked items up in another order
-        raise RuntimeError(f"step {step.index}: {len(lookups)} cache lookups for {pos} touched items")
-    return out
-
-
-@dataclass(frozen=True)
-class _Measured:
-    """One step as run: what ``embed_chunks`` returned, its wall and encoder time, cache before/after."""
-
-    result: EmbedResult
-    wall_ms: float
-    spent: EncoderTime
-    before: CacheStats
-    after: CacheStats
-
-
-def _run_step(step: Step, requests: Mapping[Hashable, Request], encoder: TimedEncoderLike,
-              cache: _LoggedCache, embed_kwargs: dict[str, Any]) -> _Measured:
-    for rid in step.aborted:  # an aborted request's next window will never come
-        cache.release(rid)
-    before = cache.stats()
-    cache.lookups.clear()
-    batch = [(requests[w.rid], w.span) for w in step.windows]
-    start = time.perf_counter()
-    result = embed_chunks(batch, encoder, cache, **embed_kwargs)
-    wall_ms = (time.perf_counter() - start) * 1e3
-    for rid in step.finished:  # embed_chunks released them at their last window; make sure
-        cache.release(rid)
-    return _Measured(result, wall_ms, encoder.take_time(), before, cache.stats())
-
-
-def _step_row(step: Step, m: _Measured, config: tuple[str, bool, int], again: tuple[int, int]) -> StepRow:
+def _step_row(ran: StepRun, config: tuple[str, bool, int], windows: Sequence[WindowRow]) -> StepRow:
     mode, pin, capacity_bytes = config
-    r = m.result
+    step, r = ran.step, ran.result
     return StepRow(
-        step=step.index, time_ms=step.time_ms, mode=mode, pin=pin, capacity_bytes=capacity_bytes,
-        windows=tuple((w.rid, w.start, w.stop) for w in step.windows), tokens=step.tokens,
-        items_touched=r.cache_hits + r.cache_misses, hits=r.cache_hits, misses=r.cache_misses,
+        step=step.index, time_ms=step.time_ms, duration_ms=ran.duration_ms, mode=mode, pin=pin,
+        capacity_bytes=capacity_bytes, windows=tuple((w.rid, w.start, w.stop) for w in step.windows),
+        tokens=step.tokens, items_touched=r.cache_hits + r.cache_misses, hits=r.cache_hits, misses=r.cache_misses,
         encoder_calls=r.encoder_calls, encoded_items=r.encoded_items, encoded_tokens=r.encoded_tokens,
-        call_tokens=r.call_tokens, re_encodings=again[0], request_re_encodings=again[1],
-        evictions=m.after.evictions - m.before.evictions, rejected=m.after.rejected - m.before.rejected,
-        cache_bytes=m.after.bytes, pinned_bytes=m.after.pinned_bytes,
-        encoder_ms=m.spent.reported_ms, bookkeeping_ms=max(0.0, m.wall_ms - m.spent.measured_ms),
+        call_tokens=r.call_tokens, re_encodings=sum(sum(w.again) for w in windows),
+        request_re_encodings=sum(w.fates.count("re-encoded") for w in windows),
+        evictions=ran.after.evictions - ran.before.evictions, rejected=ran.after.rejected - ran.before.rejected,
+        cache_bytes=ran.after.bytes, pinned_bytes=ran.after.pinned_bytes,
+        encoder_ms=ran.encoder_time.reported_ms,
+        bookkeeping_ms=max(0.0, ran.wall_ms - ran.encoder_time.measured_ms),
         admitted=step.admitted, finished=step.finished, aborted=step.aborted,
     )
 
 
 def replay(
     requests: Mapping[Hashable, Request],
-    steps: Sequence[Step],
+    policy: Policy,
     encoder: Encoder,
     capacity_bytes: int,
     *,
     mode: str = "batched",
     pin: bool = True,
     max_tokens_per_call: int | None = None,
+    step_duration: StepDuration | None = None,
     keep_embeddings: bool = False,
     progress: bool = False,
 ) -> SimRun:
-    """Run planned ``steps`` over ``requests`` with a fresh cache of ``capacity_bytes``.
+    """Run ``policy`` over ``requests`` with a fresh cache of ``capacity_bytes``, in tables.
 
-    ``encoder_ms`` is the encoder's own report (``ModelledEncoder``) or its measured wall time
-    (any other encoder, wrapped in ``TimedEncoder``); ``bookkeeping_ms`` is the rest of the
-    step's wall time in ``embed_chunks``.
+    ``policy`` is used up (it keeps the schedule's state). ``step_duration`` moves the clock
+    after each step (default: a fixed ``step_ms``, see ``vitkit.sim.engine``). ``encoder_ms`` is
+    the encoder's own report (``ModelledEncoder``) or its measured wall time (any other encoder,
+    wrapped in ``TimedEncoder``); ``bookkeeping_ms`` is the rest of the step's wall time in
+    ``embed_chunks``.
     """
-    cache = _LoggedCache(capacity_bytes)
-    timed = as_timed(encoder)
-    ledger = _Ledger()
-    embed_kwargs = {"mode": mode, "pin": pin, "max_tokens_per_call": max_tokens_per_call}
+    cache = EmbeddingCache(capacity_bytes)
+    encoded_before: set[str] = set()
     rows, window_rows, embeddings = [], [], {}
-    for step in tqdm(steps, desc=f"{mode} pin={pin}", disable=not progress, leave=False):
-        measured = _run_step(step, requests, timed, cache, embed_kwargs)
-        windows = _window_rows(step, requests, cache.lookups)
-        again = (ledger.count_hashes(measured.result.encoded_hashes), ledger.count_items(windows, requests))
-        rows.append(_step_row(step, measured, (mode, pin, capacity_bytes), again))
+    loop = run_steps(requests, policy, encoder, cache, mode=mode, pin=pin,
+                     max_tokens_per_call=max_tokens_per_call, step_duration=step_duration)
+    for ran in tqdm(loop, desc=f"{mode} pin={pin}", disable=not progress, leave=False):
+        windows = _window_rows(ran, encoded_before)
+        rows.append(_step_row(ran, (mode, pin, capacity_bytes), windows))
         window_rows += windows
         if keep_embeddings:
-            embeddings.update({(step.index, w.rid): e for w, e in zip(step.windows, measured.result.embeddings)})
+            embeddings.update({(ran.step.index, w.rid): e for w, e in zip(ran.step.windows, ran.result.embeddings)})
     summary = summarize(rows, mode, pin, capacity_bytes, bytes_per_token(encoder))
     return SimRun(tuple(rows), tuple(window_rows), summary, cache.stats(), embeddings, cache)
 
 
 @dataclass(frozen=True)
 class Stream:
-    """A trace made ready to replay: its requests (items built, hashed) and its planned steps."""
+    """A trace made ready to replay: its requests (items built, hashed), their arrivals, and the
+    token-budget scheduler's settings (tokens; ``step_ms``: the default fixed step duration)."""
 
     trace: Trace
     requests: Mapping[Hashable, Request]
-    steps: tuple[Step, ...]
+    arrivals: tuple[Arrival, ...]
+    chunked_prefill_size: int = 2048
+    max_running: int | None = None
+    long_prefill_token_threshold: int | None = None
+    step_ms: float = DEFAULT_STEP_MS
+
+    def scheduler(self) -> Scheduler:
+        """A fresh scheduler with every arrival queued (a policy serves one run)."""
+        scheduler = Scheduler(self.chunked_prefill_size, self.max_running, self.long_prefill_token_threshold)
+        for arrival in self.arrivals:
+            scheduler.add(arrival)
+        return scheduler
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        """The schedule every run replays with the default fixed ``step_ms`` (see ``plan_steps``)."""
+        return tuple(plan_steps(self.arrivals, self.chunked_prefill_size, max_running=self.max_running,
+                                long_prefill_token_threshold=self.long_prefill_token_threshold, step_ms=self.step_ms))
 
 
 def prepare(
@@ -309,22 +281,18 @@ def prepare(
     chunked_prefill_size: int = 2048,
     max_running: int | None = None,
     long_prefill_token_threshold: int | None = None,
-    step_ms: float = 50.0,
+    step_ms: float = DEFAULT_STEP_MS,
     make_item: ItemFactory = fake_item,
 ) -> Stream:
-    """Load (a path or an example name), build the requests and plan the schedule, once."""
+    """Load (a path or an example name) and build the requests, once; check the scheduler settings."""
     if not isinstance(trace, Trace):
         trace = load_trace(trace)
     requests = build_requests(trace, make_item)
-    arrivals = trace.arrivals({rid: r.prompt_len for rid, r in requests.items()})
-    steps = plan_steps(
-        arrivals,
-        chunked_prefill_size,
-        max_running=max_running,
-        long_prefill_token_threshold=long_prefill_token_threshold,
-        step_ms=step_ms,
-    )
-    return Stream(trace, requests, tuple(steps))
+    arrivals = tuple(trace.arrivals({rid: r.prompt_len for rid, r in requests.items()}))
+    fixed_step(step_ms)  # a bad step_ms fails here, not at the first run
+    stream = Stream(trace, requests, arrivals, chunked_prefill_size, max_running, long_prefill_token_threshold, step_ms)
+    stream.scheduler()  # likewise bad scheduler settings or arrivals
+    return stream
 
 
 def simulate(
@@ -335,18 +303,21 @@ def simulate(
     mode: str = "batched",
     pin: bool = True,
     max_tokens_per_call: int | None = None,
+    step_duration: StepDuration | None = None,
     keep_embeddings: bool = False,
     progress: bool = False,
 ) -> SimRun:
-    """Replay a prepared stream once (default encoder: ``FakeEncoder()``)."""
+    """Replay a prepared stream once under its scheduler (default encoder: ``FakeEncoder()``;
+    default step duration: the stream's fixed ``step_ms``)."""
     return replay(
         stream.requests,
-        stream.steps,
+        stream.scheduler(),
         FakeEncoder() if encoder is None else encoder,
         capacity_bytes,
         mode=mode,
         pin=pin,
         max_tokens_per_call=max_tokens_per_call,
+        step_duration=fixed_step(stream.step_ms) if step_duration is None else step_duration,
         keep_embeddings=keep_embeddings,
         progress=progress,
     )
@@ -360,13 +331,16 @@ def compare(
     pins: Sequence[bool] = (True, False),
     encoder: Encoder | None = None,
     max_tokens_per_call: int | None = None,
+    step_duration: StepDuration | None = None,
     progress: bool = True,
 ) -> list[SimRun]:
-    """Replay the same stream for every mode x capacity x pin setting (a fresh cache each)."""
+    """Replay the same stream for every mode x capacity x pin setting (a fresh cache and
+    scheduler each)."""
     configs = [(m, c, p) for m in modes for c in capacities_bytes for p in pins]
     runs = []
     for mode, capacity, pin in tqdm(configs, desc="sim configs", disable=not progress):
-        runs.append(simulate(stream, capacity, encoder=encoder, mode=mode, pin=pin, max_tokens_per_call=max_tokens_per_call))
+        runs.append(simulate(stream, capacity, encoder=encoder, mode=mode, pin=pin,
+                             max_tokens_per_call=max_tokens_per_call, step_duration=step_duration))
     return runs
 
 

@@ -1,28 +1,35 @@
-"""Chunked-prefill scheduler model: which window of which prompt runs in each step.
+"""Chunked-prefill scheduler policies: which window of which prompt runs in each step.
 
-The scheduler only decides (nano-vllm's split): it hands out token windows and never encodes.
-Each step has a token budget, ``chunked_prefill_size``. Running requests take it first, in
-arrival order; then waiting requests that have arrived join, in arrival order, while budget is
-left (and, optionally, while fewer than ``max_running`` run). A request granted ``g`` tokens runs
-the window ``[done, done + g)`` and leaves when its prompt is done. This is SGLang's
-``PrefillAdder`` (the chunked request continues first, then new requests; only the last one
-admitted can be cut, so at most one request is part-way through its prompt between steps) and
-vLLM v1's order (running before waiting, ``max_num_batched_tokens``, ``max_num_seqs``), for the
-prefill phase only: decode tokens are not modelled.
+The scheduler only decides (nano-vllm's split): asked for a step at the current clock
+(``schedule(now_ms, view)``), it hands out token windows and never encodes; ``vitkit.sim.engine``
+runs them and moves the clock. ``Scheduler`` gives each step a token budget,
+``chunked_prefill_size``. Running requests take it first, in arrival order; then waiting requests
+that have arrived join, in arrival order, while budget is left (and, optionally, while fewer than
+``max_running`` run). A request granted ``g`` tokens runs the window ``[done, done + g)`` and
+leaves when its prompt is done. This is SGLang's ``PrefillAdder`` (the chunked request continues
+first, then new requests; only the last one admitted can be cut, so at most one request is
+part-way through its prompt between steps) and vLLM v1's order (running before waiting,
+``max_num_batched_tokens``, ``max_num_seqs``), for the prefill phase only: decode tokens are not
+modelled.
 
 Optionally each request gets at most ``long_prefill_token_threshold`` tokens a step (vLLM v1's
 knob of that name). Then several requests can be part-way through their prompts at once, and an
 image straddling one request's window boundary can be evicted by another request's encodes
 before its next window runs; that is the case the cache's pins are for. Without the cap only the
 last request of a step is cut, and it runs first in the next step, before anything is stored.
+With the cap and no step budget (``Scheduler.fixed_chunk``) every unfinished request advances the
+same number of tokens each step: notebook 01's simplest chunked prefill.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
+from vitkit.cache import EmbeddingCache
+from vitkit.request import Request
 from vitkit.span import Span
 
 
@@ -68,6 +75,29 @@ class Arrival:
     abort_ms: float | None = None
 
 
+@dataclass(frozen=True)
+class SchedulerView:
+    """What a policy may look at when it decides a step: every request's items (by rid) and the
+    embedding cache as it is now (live: read it, do not change it)."""
+
+    requests: Mapping[Hashable, Request]
+    cache: EmbeddingCache
+
+
+class Policy(Protocol):
+    """A scheduler the step loop can drive; it only decides, the loop runs and keeps the clock."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and nothing runs: the loop stops."""
+
+    def next_arrival_ms(self) -> float | None:
+        """When the next waiting request arrives (ms), or None."""
+
+    def schedule(self, now_ms: float, view: SchedulerView | None = None) -> Step | None:
+        """The step to run at ``now_ms``, or None when nothing runs or happens then."""
+
+
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -79,15 +109,18 @@ def _is_finite_number(value: object) -> bool:
 
 
 class Scheduler:
-    """Prefill scheduler state: waiting queue, running set (both in arrival order), progress."""
+    """Prefill scheduler state: waiting queue, running set (both in arrival order), progress,
+    and the aborts still to come. ``chunked_prefill_size=None``: no step budget."""
 
     def __init__(
         self,
-        chunked_prefill_size: int,
+        chunked_prefill_size: int | None,
         max_running: int | None = None,
         long_prefill_token_threshold: int | None = None,
     ) -> None:
-        self.chunked_prefill_size = _check_positive_int("chunked_prefill_size", chunked_prefill_size)
+        self.chunked_prefill_size = (
+            None if chunked_prefill_size is None else _check_positive_int("chunked_prefill_size", chunked_prefill_size)
+        )
         self.max_running = None if max_running is None else _check_positive_int("max_running", max_running)
         self.per_request_cap = (
             None
@@ -97,22 +130,32 @@ class Scheduler:
         self.waiting: list[Arrival] = []  # sorted by arrival time, ties in add order
         self.running: list[Arrival] = []
         self.done_tokens: dict[Hashable, int] = {}
+        self._pending_aborts: list[Arrival] = []  # add order
         self._seen: set[Hashable] = set()
         self._steps = 0
 
+    @classmethod
+    def fixed_chunk(cls, chunk_size: int) -> Scheduler:
+        """Every unfinished request advances ``chunk_size`` tokens a step, all at once (no step
+        budget, no limit on running requests): notebook 01's policy."""
+        return cls(None, long_prefill_token_threshold=_check_positive_int("chunk_size", chunk_size))
+
     def add(self, arrival: Arrival) -> None:
-        """Queue a request; it may join from the first step at or after ``arrival_ms``."""
+        """Queue a request; it may join from the first step at or after ``arrival_ms``, and is
+        aborted before the first step at or after its ``abort_ms``."""
         if arrival.rid in self._seen:
             raise ValueError(f"request {arrival.rid!r} was already added")
         if isinstance(arrival.prompt_len, bool) or not isinstance(arrival.prompt_len, int) or arrival.prompt_len <= 0:
             raise ValueError(f"request {arrival.rid!r}: prompt_len must be a positive int, got {arrival.prompt_len!r}")
         for name in ("arrival_ms", "abort_ms"):
             value = getattr(arrival, name)
-            # NaN compares false both ways: a NaN arrival never joins (plan_steps would loop for
+            # NaN compares false both ways: a NaN arrival never joins (the step loop would wait for
             # ever) and a NaN abort would be silently dropped
             if not (value is None and name == "abort_ms") and not _is_finite_number(value):
                 raise ValueError(f"request {arrival.rid!r}: {name} must be a finite number (ms), got {value!r}")
         self._seen.add(arrival.rid)
+        if arrival.abort_ms is not None:
+            self._pending_aborts.append(arrival)
         # insert after every request arriving at the same time or earlier: stable arrival order
         k = len(self.waiting)
         while k > 0 and self.waiting[k - 1].arrival_ms > arrival.arrival_ms:
@@ -136,9 +179,17 @@ class Scheduler:
     def next_arrival_ms(self) -> float | None:
         return self.waiting[0].arrival_ms if self.waiting else None
 
-    def schedule(self, now_ms: float, aborted: Iterable[Hashable] = ()) -> Step:
-        """Decide one step at ``now_ms`` and advance every granted request by its window."""
-        budget = self.chunked_prefill_size
+    def schedule(self, now_ms: float, view: SchedulerView | None = None) -> Step | None:
+        """Decide one step at ``now_ms`` and advance every granted request by its window.
+
+        Requests whose ``abort_ms`` has come are dropped first. When nothing can run (no running
+        request, none arrived), the step has no windows and is returned only to record aborts;
+        otherwise None. This policy does not look at ``view``.
+        """
+        aborted = self._apply_aborts(now_ms)
+        if not self.running and not (self.waiting and self.waiting[0].arrival_ms <= now_ms):
+            return self._record(now_ms, (), (), (), aborted) if aborted else None
+        budget = math.inf if self.chunked_prefill_size is None else self.chunked_prefill_size
         windows: list[Window] = []
         for arrival in self.running:
             if budget == 0:
@@ -157,11 +208,20 @@ class Scheduler:
         self.running = [a for a in self.running if a.rid not in finished]
         for rid in finished:
             del self.done_tokens[rid]
-        step = Step(self._steps, now_ms, tuple(windows), tuple(admitted), finished, tuple(aborted))
+        return self._record(now_ms, tuple(windows), tuple(admitted), finished, aborted)
+
+    def _apply_aborts(self, now_ms: float) -> tuple[Hashable, ...]:
+        due = [a for a in self._pending_aborts if a.abort_ms <= now_ms]
+        self._pending_aborts = [a for a in self._pending_aborts if a.abort_ms > now_ms]
+        return tuple(a.rid for a in due if self.abort(a.rid))  # finished ones are not aborted
+
+    def _record(self, now_ms: float, windows: tuple[Window, ...], admitted: tuple[Hashable, ...],
+                finished: tuple[Hashable, ...], aborted: tuple[Hashable, ...]) -> Step:
+        step = Step(self._steps, now_ms, windows, admitted, finished, aborted)
         self._steps += 1
         return step
 
-    def _grant(self, arrival: Arrival, budget: int, windows: list[Window]) -> int:
+    def _grant(self, arrival: Arrival, budget: float, windows: list[Window]) -> int:
         start = self.done_tokens[arrival.rid]
         granted = min(arrival.prompt_len - start, budget)
         if self.per_request_cap is not None:
@@ -169,46 +229,3 @@ class Scheduler:
         windows.append(Window(arrival.rid, start, start + granted))
         self.done_tokens[arrival.rid] = start + granted
         return granted
-
-
-def plan_steps(
-    arrivals: Iterable[Arrival],
-    chunked_prefill_size: int,
-    *,
-    max_running: int | None = None,
-    long_prefill_token_threshold: int | None = None,
-    step_ms: float = 50.0,
-) -> list[Step]:
-    """The whole schedule of a stream: steps every ``step_ms`` until every request is done.
-
-    The clock is open-loop: a step lasts ``step_ms`` whatever the encoder costs, so both
-    embedding modes replay the very same windows (the encoder time is reported, not fed back).
-    When nothing runs, the clock jumps to the next arrival. A request is aborted before the
-    first step at or after its ``abort_ms``.
-    """
-    if not step_ms > 0:
-        raise ValueError(f"step_ms must be > 0, got {step_ms!r}")
-    scheduler = Scheduler(chunked_prefill_size, max_running, long_prefill_token_threshold)
-    pending_aborts: list[Arrival] = []
-    for arrival in arrivals:
-        scheduler.add(arrival)
-        if arrival.abort_ms is not None:
-            pending_aborts.append(arrival)
-    steps: list[Step] = []
-    now = scheduler.next_arrival_ms() or 0.0
-    while not scheduler.idle:
-        due = [a for a in pending_aborts if a.abort_ms <= now]
-        pending_aborts = [a for a in pending_aborts if a.abort_ms > now]
-        aborted = tuple(a.rid for a in due if scheduler.abort(a.rid))
-        if not scheduler.running and scheduler.waiting and scheduler.waiting[0].arrival_ms > now:
-            if aborted:  # record the aborts even though nothing runs until the next arrival
-                steps.append(scheduler.schedule(now, aborted))
-            now = scheduler.next_arrival_ms()
-            continue
-        if scheduler.idle:
-            if aborted:
-                steps.append(scheduler.schedule(now, aborted))
-            break
-        steps.append(scheduler.schedule(now, aborted))
-        now += step_ms
-    return steps

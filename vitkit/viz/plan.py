@@ -1,14 +1,15 @@
 """Notebook 01's model: chunk windows over a few requests, step by step, in both embed modes.
 
-``chunk_plan`` lays out requests from the photos in ``data/``, cuts each prompt into windows
-and runs every step through ``embed_chunks`` twice, once per mode, each mode with its own cache,
-recording for every window which items it touches and whether each was a cache hit, encoded by
-this window, or shared (encoded once in the step for another window that missed it too).
+``chunk_plan`` lays out requests from the photos in ``data/`` and replays them through
+``vitkit.sim``'s step loop twice, once per mode, each mode with its own cache; every window's
+items and their fates (cache hit, encoded by this window, or shared: encoded once in the step
+for another window that missed it too) come from ``embed_chunks``' per-window outcomes.
 
-Scheduling is deliberately the simplest chunked prefill: every unfinished request advances by
-``chunk_size`` tokens per step, so step ``s`` gives each request the window
-``[s * chunk_size, (s + 1) * chunk_size)``. SGLang and vLLM share one token budget between the
-requests of a step instead; ``vitkit.sim`` models that, notebook 01 only needs the windows.
+Scheduling is deliberately the simplest chunked prefill (``Scheduler.fixed_chunk``): every
+unfinished request advances by ``chunk_size`` tokens per step, so step ``s`` gives each request
+the window ``[s * chunk_size, (s + 1) * chunk_size)``. SGLang and vLLM share one token budget
+between the requests of a step instead; ``vitkit.sim``'s ``Scheduler`` models that, notebook 01
+only needs the windows.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vitkit.cache import EmbeddingCache
-from vitkit.chunk import ChunkEntry, find_chunk_items
-from vitkit.embed import MODES, embed_chunks
+from vitkit.embed import ENCODING_FATES, MODES
 from vitkit.item import MultimodalItem
 from vitkit.processing import make_request
 from vitkit.request import Request
+from vitkit.sim.run import StepRow, WindowRow, replay
+from vitkit.sim.scheduler import Arrival, Scheduler
 from vitkit.span import Span
 from vitkit.viz.photos import photo_items, photo_names
 
@@ -64,7 +65,7 @@ class ItemInWindow:
     photo: str
     part: Span  # tokens of the item's span inside the window
     status: str  # "hit" | "encoded" (by this window) | "shared" (encoded in this step for another window)
-    again: bool = False  # encoded although an earlier step had encoded it already (evicted or never stored)
+    again: bool = False  # encoded although an earlier encoder call had encoded it already (evicted or never stored)
 
 
 @dataclass(frozen=True)
@@ -177,86 +178,40 @@ def plan_requests(settings: PlanSettings) -> tuple[list[Request], list[tuple[str
     return requests, photos
 
 
-def windows_at(requests: Sequence[Request], step: int, chunk_size: int) -> list[tuple[Request, Span]]:
-    """The ``(request, window)`` pairs of step ``step``: unfinished requests, in request order."""
-    start = step * chunk_size
-    return [(r, Span(start, min(start + chunk_size, r.prompt_len))) for r in requests if start < r.prompt_len]
-
-
 def chunk_plan(settings: PlanSettings | None = None, **overrides: object) -> ChunkPlan:
-    """Run ``settings`` (or ``PlanSettings(**overrides)``) through both modes, step by step."""
+    """Run ``settings`` (or ``PlanSettings(**overrides)``) through both modes, step by step.
+
+    Per-request mode serves a step's requests one after another (as SGLang's legacy path does),
+    so a request finds in the cache what an earlier request of the same step put there.
+    """
     settings = settings or PlanSettings(**overrides)
     requests, photos = plan_requests(settings)
+    by_rid = {r.rid: r for r in requests}
+    capacity = max(1, settings.cache_tokens * TOY_BYTES_PER_TOKEN)  # 1 byte holds nothing
     windows: list[WindowResult] = []
     steps: list[StepResult] = []
     for mode in MODES:
-        cache = EmbeddingCache(max(1, settings.cache_tokens * TOY_BYTES_PER_TOKEN))  # 1 byte holds nothing
-        ever_encoded: set[str] = set()
-        step = 0
-        while batch := windows_at(requests, step, settings.chunk_size):
-            w, s = _run_step(mode, step, batch, photos, cache, ever_encoded)
-            windows += w
-            steps.append(s)
-            step += 1
+        policy = Scheduler.fixed_chunk(settings.chunk_size)
+        for r in requests:
+            policy.add(Arrival(r.rid, r.prompt_len))
+        run = replay(by_rid, policy, toy_encoder, capacity, mode=mode)
+        windows += [_window_result(mode, w, by_rid[w.rid], photos) for w in run.window_rows]
+        steps += [_step_result(row) for row in run.rows]
     return ChunkPlan(settings, tuple(requests), tuple(photos), tuple(windows), tuple(steps), photo_names())
 
 
-def _run_step(
-    mode: str,
-    step: int,
-    batch: list[tuple[Request, Span]],
-    photos: Sequence[tuple[str, ...]],
-    cache: EmbeddingCache,
-    ever_encoded: set[str],
-) -> tuple[list[WindowResult], StepResult]:
-    """One step of ``mode``. Per-request mode serves requests one after another (as SGLang's
-    legacy path does), so each request's lookups see the puts of the requests before it: run it
-    as one ``embed_chunks`` call per request to observe the cache between them."""
-    groups = [batch] if mode == "batched" else [[pair] for pair in batch]
-    windows, calls, items, tokens, hits, misses, again = [], 0, 0, 0, 0, 0, 0
-    for group in groups:
-        present = {e.item.hash for r, w in group for e in _touching(r, w) if cache.peek(e.item.hash) is not None}
-        result = embed_chunks(group, toy_encoder, cache, mode=mode)
-        encoded = list(result.encoded_hashes)
-        again += sum(h in ever_encoded for h in encoded)
-        windows += _window_results(mode, step, group, photos, present, encoded, ever_encoded)
-        ever_encoded.update(encoded)
-        calls, items, tokens = calls + result.encoder_calls, items + result.encoded_items, tokens + result.encoded_tokens
-        hits, misses = hits + result.cache_hits, misses + result.cache_misses
-    stats = cache.stats()
-    return windows, StepResult(mode, step, len(batch), calls, items, tokens, hits, misses, again, stats.bytes, stats.pinned_bytes)
+def _window_result(mode: str, row: WindowRow, request: Request, photos: Sequence[tuple[str, ...]]) -> WindowResult:
+    window = Span(row.start, row.stop)
+    marks = tuple(
+        ItemInWindow(index, photos[request.rid][index], request.spans[index].intersect(window),
+                     "encoded" if fate in ENCODING_FATES else fate, again)
+        for index, fate, again in zip(row.items, row.fates, row.again)
+    )
+    return WindowResult(mode, row.step, request.rid, window, marks)
 
 
-def _touching(request: Request, window: Span) -> list[ChunkEntry]:
-    return find_chunk_items(request, window, None)  # no cache: touches no counters or recency
-
-
-def _window_results(
-    mode: str,
-    step: int,
-    group: list[tuple[Request, Span]],
-    photos: Sequence[tuple[str, ...]],
-    present: set[str],
-    encoded: list[str],
-    ever_encoded: set[str],
-) -> list[WindowResult]:
-    """Label each touched item: hit if cached before the call, else encoded by the first window
-    of the call that missed it and shared by any later one (batched de-duplication)."""
-    unclaimed = set(encoded)
-    out = []
-    for request, window in group:
-        marks = []
-        for entry in _touching(request, window):
-            index = request.spans.index(entry.span)  # spans are unique; items may repeat
-            key = entry.item.hash
-            if key in present:
-                status = "hit"
-            elif key in unclaimed:
-                status = "encoded"
-                unclaimed.discard(key)
-            else:
-                status = "shared"
-            again = status == "encoded" and key in ever_encoded
-            marks.append(ItemInWindow(index, photos[request.rid][index], entry.span.intersect(window), status, again))
-        out.append(WindowResult(mode, step, request.rid, window, tuple(marks)))
-    return out
+def _step_result(row: StepRow) -> StepResult:
+    return StepResult(
+        row.mode, row.step, len(row.windows), row.encoder_calls, row.encoded_items, row.encoded_tokens,
+        row.hits, row.misses, row.re_encodings, row.cache_bytes, row.pinned_bytes,
+    )
