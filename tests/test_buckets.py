@@ -37,7 +37,7 @@ def test_pack_encodes_every_item_once_within_the_largest_bucket(buckets, sizes):
 
 @pytest.mark.parametrize("bad, match", [
     (dict(sizes=()), "sizes is empty"), (dict(sizes=(4, 2)), "strictly ascending"),
-    (dict(sizes=(0, 2)), "positive int"), (dict(sizes=(2, 4), max_items=0), "max_items"),
+    (dict(sizes=(0, 2)), "size in .* must be a positive int"), (dict(sizes=(2, 4), max_items=0), "max_items"),
     (dict(sizes=(2, 6), multiple=4), "not a multiple of 4"),
 ])
 def test_bad_buckets_raise_naming_the_problem(bad, match):
@@ -46,7 +46,7 @@ def test_bad_buckets_raise_naming_the_problem(bad, match):
 
 
 def test_pack_rejects_non_positive_sizes():
-    with pytest.raises(ValueError, match="item 1 has size 0"):
+    with pytest.raises(ValueError, match="item 1's size must be a positive int, got 0"):
         pack([3, 0], Buckets((4,), 2))
 
 

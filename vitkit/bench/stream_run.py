@@ -169,7 +169,7 @@ def cold_rows(spec: StreamSpec, settings: StreamSettings, impl: str) -> list[dic
     """The first ``cold_steps`` steps, batched, on a new encoder with nothing warmed up."""
     items, batches = _batches(spec, settings)
     encoder = _build(spec, settings, impl)
-    timed = TimedEncoder(encoder, settings.device)
+    timed = EventTimedEncoder(encoder, settings.device)
     return _run_steps(batches[: settings.cold_steps], encoder, timed, _cache(items, encoder), "batched",
                       settings.device)
 

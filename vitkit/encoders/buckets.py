@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vitkit.checks import positive_int
+
 
 @dataclass(frozen=True)
 class Buckets:
@@ -36,15 +38,14 @@ class Buckets:
         object.__setattr__(self, "sizes", sizes)
         if not sizes:
             raise ValueError("buckets: sizes is empty; give at least one size")
+        positive_int("buckets: multiple", self.multiple)
         for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
-                raise ValueError(f"buckets: every size must be a positive int, got {s!r} in {sizes}")
+            positive_int(f"buckets: size in {sizes}", s)
             if s % self.multiple:
                 raise ValueError(f"buckets: size {s} is not a multiple of {self.multiple} (sizes {sizes})")
         if list(sizes) != sorted(set(sizes)):
             raise ValueError(f"buckets: sizes must be strictly ascending, got {sizes}")
-        if isinstance(self.max_items, bool) or not isinstance(self.max_items, int) or self.max_items <= 0:
-            raise ValueError(f"buckets: max_items must be a positive int, got {self.max_items!r}")
+        positive_int("buckets: max_items", self.max_items)
 
     @property
     def largest(self) -> int:
@@ -82,8 +83,7 @@ def pack(sizes: Sequence[int], buckets: Buckets) -> list[Pack]:
     input order), so a caller restores the input order from the indices.
     """
     for k, s in enumerate(sizes):
-        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
-            raise ValueError(f"pack: item {k} has size {s!r}; sizes must be positive ints")
+        positive_int(f"pack: item {k}'s size", s)
     order = sorted(range(len(sizes)), key=lambda k: -sizes[k])
     open_packs: list[list[int]] = []
     loads: list[int] = []
