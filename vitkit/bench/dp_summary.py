@@ -1,0 +1,112 @@
+"""Merge the per-N data-parallel runs (``dp-n<N>.json``) into one results object: speedup and
+scaling efficiency against one GPU, batched over per-request, token-balanced over round-robin,
+and the issue's targets; a short table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vitkit.bench.dp import SCHEMA
+
+# Issue 11's targets for the Qwen2.5-VL tower, 32 mixed-size images a step, token-balanced.
+TARGET_ENCODER = "qwen2.5-vl-7b"
+TARGET_SPEEDUP = {2: 1.85, 4: 3.4}
+TARGET_BALANCE = 1.05  # max rank load / mean, within 5% of perfect
+TARGET_GATHER_SHARE = 0.05
+DEFAULT_GATHER = "all_gather_into_tensor"
+
+
+def write_json(results: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def _same_setup(row: dict[str, Any]) -> tuple:
+    return (row["device_name"], row["encoder"], row["impl"], row["dtype"], row["images"], row["images_per_request"])
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results object from per-N runs: every row, with ``speedup`` / ``efficiency`` against
+    the N=1 row of the same setup and mode (None without one), ``batched_over_per_request`` and
+    ``balanced_over_round_robin`` (step-time ratios; None when the other row is missing)."""
+    for k, r in enumerate(runs):
+        if r.get("schema") != SCHEMA:
+            raise ValueError(f"run {k}: schema {r.get('schema')!r}, expected {SCHEMA!r}")
+    rows = [dict(row) for r in sorted(runs, key=lambda r: r["world_size"]) for row in r["rows"]]
+    single = {(_same_setup(r), r["mode"]): r for r in rows if r["world_size"] == 1}
+    index = {(_same_setup(r), r["world_size"], r["mode"], r["policy"], r["gather"]): r for r in rows}
+    for r in rows:
+        base = single.get((_same_setup(r), r["mode"]))
+        r["speedup"] = base["step_ms_median"] / r["step_ms_median"] if base else None
+        r["efficiency"] = r["speedup"] / r["world_size"] if base else None
+        key = (_same_setup(r), r["world_size"])
+        other = index.get((*key, "per_request", r["policy"], r["gather"]))
+        r["batched_over_per_request"] = (other["step_ms_median"] / r["step_ms_median"]
+                                         if other and r["mode"] == "batched" else None)
+        rr = index.get((*key, r["mode"], "round-robin", r["gather"]))
+        r["balanced_over_round_robin"] = (rr["step_ms_median"] / r["step_ms_median"]
+                                          if rr and r["policy"] == "token-balanced" and r["world_size"] > 1 else None)
+    runs_meta = [{k: v for k, v in r.items() if k != "rows"} for r in runs]
+    merged = {"schema": SCHEMA, "kind": "merged", "runs": runs_meta, "rows": rows}
+    merged["targets"] = target_checks(merged)
+    return merged
+
+
+def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets on the batched, token-balanced Qwen rows (default gather) at each N > 1."""
+    checks = []
+    for r in results["rows"]:
+        if (r["encoder"], r["mode"], r["policy"], r["gather"]) != (TARGET_ENCODER, "batched", "token-balanced",
+                                                                  DEFAULT_GATHER) or r["world_size"] == 1:
+            continue
+        n, where = r["world_size"], f"N={r['world_size']} {r['device_name']}"
+        if n in TARGET_SPEEDUP:
+            checks.append(_check(where, "speedup", r["speedup"], ">=", TARGET_SPEEDUP[n]))
+        checks.append(_check(where, "load_balance", r["load_balance"], "<=", TARGET_BALANCE))
+        checks.append(_check(where, "gather_share", r["gather_share"], "<=", TARGET_GATHER_SHARE))
+    return checks
+
+
+def _check(where: str, what: str, value: float | None, op: str, target: float) -> dict[str, Any]:
+    ok = None if value is None else (value >= target if op == ">=" else value <= target)
+    return {"where": where, "what": what, "value": value, "op": op, "target": target, "met": ok}
+
+
+def merge_folder(folder: Path, *, plots: bool = True) -> dict[str, Any]:
+    """Merge ``folder/dp-n*.json`` into ``folder/dp.json`` (and ``dp.png``); returns the object."""
+    files = sorted(Path(folder).glob("dp-n*.json"))
+    if not files:
+        raise ValueError(f"merge: no dp-n*.json files in {folder}")
+    merged = merge([json.loads(f.read_text()) for f in files])
+    write_json(merged, Path(folder) / "dp.json")
+    if plots:
+        from vitkit.viz.dp_view import dp_scaling_figure
+
+        dp_scaling_figure(merged).savefig(Path(folder) / "dp.png", dpi=110)
+    return merged
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One line per row, then the target checks."""
+    head = (f"{'N':>2} {'card':<22} {'encoder':<15} {'mode':<11} {'policy':<14} {'gather':<22} {'step ms':>8} "
+            f"{'img/s':>7} {'speedup':>7} {'eff':>5} {'bal':>5} {'t-bal':>5} {'gath ms':>7} {'gath%':>5} "
+            f"{'b/pr':>5} {'tb/rr':>5}")
+    lines = [head, "-" * len(head)]
+    for r in results["rows"]:
+        lines.append(
+            f"{r['world_size']:>2} {r['device_name']:<22.22} {r['encoder']:<15.15} {r['mode']:<11} {r['policy']:<14} "
+            f"{r['gather']:<22} {r['step_ms_median']:8.2f} {r['images_per_s']:7.1f} {_fmt(r.get('speedup'), '7.2f')} "
+            f"{_fmt(r.get('efficiency'), '5.2f')} {r['load_balance']:5.3f} {r['encode_time_balance']:5.3f} "
+            f"{r['gather_ms_median']:7.3f} {100 * r['gather_share']:5.1f} "
+            f"{_fmt(r.get('batched_over_per_request'), '5.2f')} {_fmt(r.get('balanced_over_round_robin'), '5.2f')}")
+    for c in results.get("targets", []):
+        state = {True: "met", False: "MISSED", None: "no N=1 run"}[c["met"]]
+        lines.append(f"target {c['where']}: {c['what']} {_fmt(c['value'], '.3f')} {c['op']} {c['target']}: {state}")
+    return "\n".join(lines)
