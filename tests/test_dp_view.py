@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from vitkit.viz.dp_view import PANELS, dp_scaling_figure, dp_table_rows, load_dp_results, scaling_series
+from vitkit.viz.dp_view import (PANELS, dp_scaling_figure, dp_table_rows, load_dp_results, scaling_series,
+                                stored_dp_results)
 
 
 def _row(n, encoder, mode, policy, step_ms, gather="all_gather_into_tensor", device="NVIDIA H100 80GB HBM3"):
@@ -66,3 +67,9 @@ def test_load_and_table_rows(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="rows"):
         load_dp_results(path)
+
+
+def test_stored_results_are_none_until_a_run_is_stored(tmp_path):
+    assert stored_dp_results(tmp_path / "dp.json") is None
+    (tmp_path / "dp.json").write_text(json.dumps(fake_results()))
+    assert len(stored_dp_results(tmp_path / "dp.json")["rows"]) == len(fake_results()["rows"])

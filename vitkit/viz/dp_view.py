@@ -14,6 +14,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+REPO = Path(__file__).resolve().parents[2]
+STORED_DP = REPO / "results" / "h100" / "dp" / "dp.json"  # where the H100 runs are merged
 DEFAULT_GATHER = "all_gather_into_tensor"
 POLICY_COLORS = {"token-balanced": "tab:blue", "round-robin": "tab:orange", "contiguous": "tab:green"}
 MODE_STYLE = {"batched": dict(marker="o", linestyle="-"), "per_request": dict(marker="s", linestyle="--")}
@@ -28,6 +30,11 @@ def load_dp_results(path: str | Path) -> dict[str, Any]:
     if "rows" not in results:
         raise ValueError(f"{path}: not a vitkit.bench.dp results file (no 'rows')")
     return results
+
+
+def stored_dp_results(path: str | Path = STORED_DP) -> dict[str, Any] | None:
+    """The stored merged results, or None when none are stored yet (the notebook says so)."""
+    return load_dp_results(path) if Path(path).is_file() else None
 
 
 def scaling_series(rows: Sequence[Mapping[str, Any]], encoder: str, gather: str = DEFAULT_GATHER
