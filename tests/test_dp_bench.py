@@ -70,8 +70,9 @@ def test_table_warns_when_dp_rows_differ_from_single_gpu_rows():
     runs = fake_runs()
     runs[0]["rows"][0]["max_rel_diff_vs_single"] = 0.9
     runs[0]["rows"][1]["max_rel_diff_vs_single"] = 0.03
+    runs[0]["rows"][1]["captures_during_timing"] = 2
     warnings = [line for line in format_table(merge(runs)).splitlines() if line.startswith("WARNING")]
-    assert len(warnings) == 1 and "round-robin" not in warnings[0] and "0.9" in warnings[0]
+    assert len(warnings) == 2 and "0.9" in warnings[0] and "round-robin" in warnings[1] and "2 captures" in warnings[1]
 
 
 def test_merge_rejects_another_schema():
@@ -135,4 +136,6 @@ def test_torchrun_two_cpu_processes_write_rows_and_the_merge(tmp_path):
         assert r["device_name"] == "cpu" and r["world_size"] in (1, 2) and r["speedup"] > 0
         assert r["max_rel_diff_vs_single"] < 1e-4  # float32: the DP rows are the single-process rows
         assert 1.0 <= r["load_balance"] and r["images_per_s"] > 0
+        assert r["compiles_during_timing"] == 0 and r["captures_during_timing"] == 0  # CPU: eager, padded
+        assert r["padding_waste"] is not None and r["padding_waste"] >= 0
     assert (out / "dp.png").stat().st_size > 0 and (out / "dp-n1.json").exists() and (out / "dp-n2.json").exists()

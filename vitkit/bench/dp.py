@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import inspect
 import os
 import random
 from collections.abc import Sequence
@@ -193,15 +194,23 @@ def time_step(dp: DataParallelEncoder, step: Step, mode: str, where: Dist) -> di
 
 
 def measure_config(dp: DataParallelEncoder, steps: list[Step], mode: str, settings: DPSettings,
-                   where: Dist) -> list[dict[str, float]]:
+                   where: Dist) -> dict[str, Any]:
     """This rank's samples: ``warmup`` untimed passes (items checked across ranks), then
-    ``repeats`` timed passes over the steps."""
+    ``repeats`` timed passes over the steps; with the wrapped encoder's counters over the timed
+    passes (compiles and captures must stay 0 after its warm-up; rows padded to buckets)."""
     dp.check_items = True
     for _ in range(settings.warmup):
         for step in steps:
             time_step(dp, step, mode, where)
     dp.check_items = False
-    return [time_step(dp, step, mode, where) for _ in range(settings.repeats) for step in steps]
+    stats = getattr(dp.encoder, "stats", None)
+    before = stats.copy() if stats is not None else None
+    samples = [time_step(dp, step, mode, where) for _ in range(settings.repeats) for step in steps]
+    counters = {}
+    if before is not None:
+        delta = dp.encoder.stats - before
+        counters = {k: getattr(delta, k) for k in ("compiles", "captures", "real_rows", "padded_rows")}
+    return {"samples": samples, "counters": counters}
 
 
 def max_rel_diff(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float:
@@ -253,12 +262,7 @@ def measure_encoder(name: str, settings: DPSettings, where: Dist, bar) -> list[d
     from vitkit.encoders import build_encoder
 
     encoder = build_encoder(name, device=where.device, dtype=DTYPES[settings.dtype], impl=settings.impl)
-    warm = getattr(encoder, "warmup", None)
-    if callable(warm):
-        warm()  # every bucket compiled and captured before anything is timed
-    elif where.rank == 0 and getattr(encoder, "graphs", None) is not None:
-        print(f"vitkit.bench.dp: {name} has no warmup(): graphs are captured per layout during each "
-              "configuration's warm-up pass (slow); --impl vitkit-eager avoids that", flush=True)
+    warmup_s = warm_up(encoder, where)
     steps = make_steps(encoder, settings, where.device)
     reference = encoder(steps[0].items)
     # One GPU: every policy and gather is the wrapped encoder itself; measure it once.
@@ -270,9 +274,10 @@ def measure_encoder(name: str, settings: DPSettings, where: Dist, bar) -> list[d
             for gather in gathers:
                 bar.set_postfix_str(f"{name} {mode} {policy} {gather}")
                 dp = DataParallelEncoder(encoder, policy=policy, gather=gather, timed=True)
-                samples = measure_config(dp, steps, mode, settings, where)
-                diff = max_rel_diff(dp(steps[0].items), reference)
-                per_rank = _gather_objects((samples, diff), where)
+                measured = measure_config(dp, steps, mode, settings, where)
+                measured["diff"] = max_rel_diff(dp(steps[0].items), reference)
+                measured["warmup_s"] = warmup_s
+                per_rank = _gather_objects(measured, where)
                 if where.rank == 0:
                     rows.append(make_row(encoder, settings, where, mode, policy, gather, steps, per_rank))
                 bar.update()
@@ -283,14 +288,27 @@ def measure_encoder(name: str, settings: DPSettings, where: Dist, bar) -> list[d
     return rows
 
 
+def warm_up(encoder: Any, where: Dist) -> float:
+    """The wrapped encoder's ``warmup`` (every bucket compiled and captured before anything is
+    timed; a progress bar on rank 0 only); its seconds, 0.0 when it has none."""
+    warm = getattr(encoder, "warmup", None)
+    if not callable(warm):
+        return 0.0
+    takes_progress = "progress" in inspect.signature(warm).parameters
+    report = warm(progress=where.rank == 0) if takes_progress else warm()
+    return float(getattr(report, "seconds", 0.0))
+
+
 def device_name(device: torch.device) -> str:
     """The card's name (what every row records), or "cpu"."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def make_row(encoder: Any, settings: DPSettings, where: Dist, mode: str, policy: str, gather: str,
-             steps: list[Step], per_rank: list[tuple[list[dict], float]]) -> dict[str, Any]:
-    figures = combine([samples for samples, _ in per_rank])
+             steps: list[Step], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results row from every rank's ``measure_config`` output (plus ``diff``, ``warmup_s``)."""
+    figures = combine([m["samples"] for m in per_rank])
+    counters = {k: sum(m["counters"].get(k, 0) for m in per_rank) for k in per_rank[0]["counters"]}
     seconds = figures["step_ms_median"] / 1e3
     rows = float(np.mean([s.rows for s in steps]))
     return {
@@ -300,7 +318,11 @@ def make_row(encoder: Any, settings: DPSettings, where: Dist, mode: str, policy:
         "requests": settings.images // settings.images_per_request, "rows_per_step": rows,
         "images_per_s": settings.images / seconds, "rows_per_s": rows / seconds,
         **figures,
-        "max_rel_diff_vs_single": max(d for _, d in per_rank),
+        "max_rel_diff_vs_single": max(m["diff"] for m in per_rank),
+        "warmup_s": max(m["warmup_s"] for m in per_rank),
+        # the wrapped encoders' counters over the timed passes, summed over ranks
+        "compiles_during_timing": counters.get("compiles"), "captures_during_timing": counters.get("captures"),
+        "padding_waste": counters["padded_rows"] / counters["real_rows"] if counters.get("real_rows") else None,
         "dtype": settings.dtype,
     }
 

@@ -96,24 +96,35 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _pct(value: float | None) -> str:
+    return f"{'-':>5}" if value is None else f"{100 * value:5.1f}"
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """One line per row, then the target checks."""
+    """One line per row, then warnings and the target checks. Columns: bal = max rank rows / mean
+    (assignment), t-bal = max rank encode time / mean (measured), gath = the collective on the
+    least-waiting rank, pad% = rows padded to buckets / real rows, b/pr = batched over per-request,
+    tb/rr = token-balanced over round-robin (step-time ratios)."""
     head = (f"{'N':>2} {'card':<22} {'encoder':<15} {'mode':<11} {'policy':<14} {'gather':<22} {'step ms':>8} "
             f"{'img/s':>7} {'speedup':>7} {'eff':>5} {'bal':>5} {'t-bal':>5} {'gath ms':>7} {'gath%':>5} "
-            f"{'b/pr':>5} {'tb/rr':>5}")
+            f"{'pad%':>5} {'b/pr':>5} {'tb/rr':>5}")
     lines = [head, "-" * len(head)]
     for r in results["rows"]:
         lines.append(
             f"{r['world_size']:>2} {r['device_name']:<22.22} {r['encoder']:<15.15} {r['mode']:<11} {r['policy']:<14} "
             f"{r['gather']:<22} {r['step_ms_median']:8.2f} {r['images_per_s']:7.1f} {_fmt(r.get('speedup'), '7.2f')} "
             f"{_fmt(r.get('efficiency'), '5.2f')} {r['load_balance']:5.3f} {r['encode_time_balance']:5.3f} "
-            f"{r['gather_ms_median']:7.3f} {100 * r['gather_share']:5.1f} "
+            f"{r['gather_ms_median']:7.3f} {100 * r['gather_share']:5.1f} {_pct(r.get('padding_waste'))} "
             f"{_fmt(r.get('batched_over_per_request'), '5.2f')} {_fmt(r.get('balanced_over_round_robin'), '5.2f')}")
     for r in results["rows"]:
         diff = r.get("max_rel_diff_vs_single")
         if diff is not None and diff > DIFF_WARNING:
             lines.append(f"WARNING N={r['world_size']} {r['encoder']} {r['mode']} {r['policy']} {r['gather']}: "
                          f"DP rows differ from the single-GPU rows by {diff:.3g} (max rel; expected < {DIFF_WARNING})")
+        if r.get("compiles_during_timing") or r.get("captures_during_timing"):
+            lines.append(f"WARNING N={r['world_size']} {r['encoder']} {r['mode']} {r['policy']} {r['gather']}: "
+                         f"{r.get('compiles_during_timing') or 0} compiles / {r.get('captures_during_timing') or 0} captures while "
+                         "timing (expected 0 after warm-up): the times include them")
     for c in results.get("targets", []):
         state = {True: "met", False: "MISSED", None: "no N=1 run"}[c["met"]]
         lines.append(f"target {c['where']}: {c['what']} {_fmt(c['value'], '.3f')} {c['op']} {c['target']}: {state}")
