@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vitkit.bench.cli import main as bench_main
-from vitkit.bench.dp import SCHEMA, DPSettings, combine
-from vitkit.bench.dp_summary import format_table, merge, merge_folder, write_json
+from vitkit.bench.dp import DPSettings
+from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge, merge_folder, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

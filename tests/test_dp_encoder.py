@@ -62,6 +62,10 @@ def _worker(rank: int, world: int, init_file: str, backend: str = "gloo") -> Non
                     # one DPCall per non-empty call, each with the whole plan
                     assert len(dp.calls) == 3, (where, len(dp.calls))
                     assert all(t >= 0 for c in dp.calls for t in c.times_ms().values())
+            plain = DataParallelEncoder(encoder)  # defaults, untimed: records nothing
+            for g, w in zip(plain(items), encoder(items)):
+                torch.testing.assert_close(g, w, **tol)
+            assert plain.calls == [] and plain.policy == "token-balanced"
         if not gpu:
             _check_mismatch_raises(rank)
     except BaseException:

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from vitkit.bench.dp_summary import SCHEMA, combine
 from vitkit.bench.machine import machine_info, versions
 from vitkit.bench.results import MODES
 from vitkit.bench.run import DTYPES, build_requests
@@ -46,7 +47,6 @@ from vitkit.item import MultimodalItem, move_items_to_device
 from vitkit.request import Request
 from vitkit.span import Span
 
-SCHEMA = "vitkit.bench.dp/1"
 GPU_ENCODERS = ("qwen2.5-vl-7b", "clip-l-336")
 CPU_ENCODERS = ("qwen2.5-vl-tiny", "clip-tiny")
 # A rank that dies leaves the others in a collective: torchrun stops them, and failing that the
@@ -223,32 +223,6 @@ def max_rel_diff(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> f
     return worst
 
 
-def combine(per_rank: list[list[dict[str, float]]]) -> dict[str, Any]:
-    """Rank samples -> one row's figures. A step lasts until its slowest rank ends; the gather's
-    own cost is its time on the rank that waited least (the last to finish encoding), the wait
-    for stragglers is the most any rank spent in it."""
-    def each(key: str, how) -> np.ndarray:
-        return np.array([how([rank[i][key] for rank in per_rank]) for i in range(len(per_rank[0]))])
-
-    step = each("step", max)
-    encode = np.array([[rank[i]["encode"] for rank in per_rank] for i in range(len(per_rank[0]))])
-    enc_balance = encode.max(axis=1) / np.maximum(encode.mean(axis=1), 1e-9) if encode.any() else np.ones(len(step))
-    critical, mean = each("critical_rows", max), each("mean_rows", max)
-    gather = each("gather", min)
-    return {
-        "step_ms_median": float(np.median(step)), "step_ms_p10": float(np.percentile(step, 10)),
-        "step_ms_p90": float(np.percentile(step, 90)),
-        "encode_ms_median": float(np.median(each("encode", max))),
-        "gather_ms_median": float(np.median(gather)), "gather_wait_ms_median": float(np.median(each("gather", max))),
-        "reorder_ms_median": float(np.median(each("reorder", max))),
-        "gather_share": float(np.median(gather / step)),
-        # rows on the critical path (the most-loaded rank, summed over calls) / the mean rank's
-        "load_balance": float(critical.sum() / mean.sum()) if mean.sum() else 1.0,
-        "encode_time_balance": float(np.median(enc_balance)),
-        "encoder_calls": float(np.median(each("calls", max))), "samples": len(step),
-    }
-
-
 def _gather_objects(obj: Any, where: Dist) -> list[Any]:
     if where.world_size == 1:
         return [obj]
@@ -257,12 +231,14 @@ def _gather_objects(obj: Any, where: Dist) -> list[Any]:
     return out
 
 
-def measure_encoder(name: str, settings: DPSettings, where: Dist, bar) -> list[dict[str, Any]]:
+def measure_encoder(name: str, settings: DPSettings, where: Dist, bar: tqdm) -> list[dict[str, Any]]:
     """Every (mode, policy, gather) of one tower; rows on rank 0, [] elsewhere."""
     from vitkit.encoders import build_encoder
 
     encoder = build_encoder(name, device=where.device, dtype=DTYPES[settings.dtype], impl=settings.impl)
-    warmup_s = warm_up(encoder, where)
+    warmup_s = warm_up(encoder, where, progress=not bar.disable)
+    if where.rank == 0:
+        print(f"vitkit.bench.dp N={where.world_size}: {name} warm-up {warmup_s:.1f} s", flush=True)
     steps = make_steps(encoder, settings, where.device)
     reference = encoder(steps[0].items)
     # One GPU: every policy and gather is the wrapped encoder itself; measure it once.
@@ -288,14 +264,14 @@ def measure_encoder(name: str, settings: DPSettings, where: Dist, bar) -> list[d
     return rows
 
 
-def warm_up(encoder: Any, where: Dist) -> float:
+def warm_up(encoder: Any, where: Dist, progress: bool = True) -> float:
     """The wrapped encoder's ``warmup`` (every bucket compiled and captured before anything is
     timed; a progress bar on rank 0 only); its seconds, 0.0 when it has none."""
     warm = getattr(encoder, "warmup", None)
     if not callable(warm):
         return 0.0
     takes_progress = "progress" in inspect.signature(warm).parameters
-    report = warm(progress=where.rank == 0) if takes_progress else warm()
+    report = warm(progress=progress and where.rank == 0) if takes_progress else warm()
     return float(getattr(report, "seconds", 0.0))
 
 

@@ -1,6 +1,7 @@
-"""Merge the per-N data-parallel runs (``dp-n<N>.json``) into one results object: speedup and
-scaling efficiency against one GPU, batched over per-request, token-balanced over round-robin,
-and the issue's targets; a short table."""
+"""Results of the data-parallel sweep: one row's figures from every rank's samples, and the merge
+of the per-N runs (``dp-n<N>.json``) into one results object: speedup and scaling efficiency
+against one GPU, batched over per-request, token-balanced over round-robin, and the issue's
+targets; a short table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitkit.bench.dp import SCHEMA
+import numpy as np
+
+SCHEMA = "vitkit.bench.dp/1"
 
 # Issue 11's targets for the Qwen2.5-VL tower, 32 mixed-size images a step, token-balanced.
 TARGET_ENCODER = "qwen2.5-vl-7b"
@@ -19,6 +22,32 @@ DEFAULT_GATHER = "all_gather_into_tensor"
 # bf16 batches of different composition round differently: the single-GPU sweeps see up to ~3%
 # between modes (results/h100). Rows in the wrong order or from the wrong item differ by O(1).
 DIFF_WARNING = 0.1
+
+
+def combine(per_rank: list[list[dict[str, float]]]) -> dict[str, Any]:
+    """Rank samples -> one row's figures. A step lasts until its slowest rank ends; the gather's
+    own cost is its time on the rank that waited least (the last to finish encoding), the wait
+    for stragglers is the most any rank spent in it."""
+    def each(key: str, how) -> np.ndarray:
+        return np.array([how([rank[i][key] for rank in per_rank]) for i in range(len(per_rank[0]))])
+
+    step = each("step", max)
+    encode = np.array([[rank[i]["encode"] for rank in per_rank] for i in range(len(per_rank[0]))])
+    enc_balance = encode.max(axis=1) / np.maximum(encode.mean(axis=1), 1e-9) if encode.any() else np.ones(len(step))
+    critical, mean = each("critical_rows", max), each("mean_rows", max)
+    gather = each("gather", min)
+    return {
+        "step_ms_median": float(np.median(step)), "step_ms_p10": float(np.percentile(step, 10)),
+        "step_ms_p90": float(np.percentile(step, 90)),
+        "encode_ms_median": float(np.median(each("encode", max))),
+        "gather_ms_median": float(np.median(gather)), "gather_wait_ms_median": float(np.median(each("gather", max))),
+        "reorder_ms_median": float(np.median(each("reorder", max))),
+        "gather_share": float(np.median(gather / step)),
+        # rows on the critical path (the most-loaded rank, summed over calls) / the mean rank's
+        "load_balance": float(critical.sum() / mean.sum()) if mean.sum() else 1.0,
+        "encode_time_balance": float(np.median(enc_balance)),
+        "encoder_calls": float(np.median(each("calls", max))), "samples": len(step),
+    }
 
 
 def write_json(results: dict[str, Any], path: Path) -> Path:

@@ -143,13 +143,15 @@ class DataParallelEncoder:
         plan = self.plan(items)
         rows = [[items[i].num_tokens for i in share] for share in plan.items]
         max_rows = max(sum(r) for r in rows)
-        marks = [_mark(self.device)]
+        marks = []
+        mark = (lambda: marks.append(_mark(self.device))) if self.timed else (lambda: None)
+        mark()
         local = self._encode_local([items[i] for i in plan.items[self.rank]], max_rows)
-        marks.append(_mark(self.device))
+        mark()
         parts = self._gather(local) if max_rows else [local] * self.world_size
-        marks.append(_mark(self.device))
+        mark()
         out = self._reorder(parts, plan, rows, len(items))
-        marks.append(_mark(self.device))
+        mark()
         if self.timed:
             self.calls.append(DPCall(plan, self.rank, tuple(marks)))
         return list(torch.split(out, [item.num_tokens for item in items]))
