@@ -209,7 +209,8 @@ def measure_config(dp: DataParallelEncoder, steps: list[Step], mode: str, settin
     counters = {}
     if before is not None:
         delta = dp.encoder.stats - before
-        counters = {k: getattr(delta, k) for k in ("compiles", "captures", "real_rows", "padded_rows")}
+        counters = {k: getattr(delta, k) for k in ("compiles", "captures", "real_rows", "padded_rows", "packs",
+                                                   "unbucketed")}
     return {"samples": samples, "counters": counters}
 
 
@@ -299,6 +300,7 @@ def make_row(encoder: Any, settings: DPSettings, where: Dist, mode: str, policy:
         # the wrapped encoders' counters over the timed passes, summed over ranks
         "compiles_during_timing": counters.get("compiles"), "captures_during_timing": counters.get("captures"),
         "padding_waste": counters["padded_rows"] / counters["real_rows"] if counters.get("real_rows") else None,
+        "packs_during_timing": counters.get("packs"), "unbucketed_during_timing": counters.get("unbucketed"),
         "dtype": settings.dtype,
     }
 
