@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from vitkit.bench.dp_summary import SCHEMA, combine
+from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge_folder, write_json
 from vitkit.bench.machine import machine_info, versions
 from vitkit.bench.results import MODES
 from vitkit.bench.run import DTYPES, build_requests
@@ -377,8 +377,6 @@ def settings_from_args(args: argparse.Namespace) -> DPSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vitkit.bench.dp_summary import format_table, merge_folder, write_json
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.merge is not None:
