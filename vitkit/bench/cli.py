@@ -7,6 +7,7 @@ Examples::
     python -m vitkit.bench --sweep clip-batch --requests 1,8,64 --impl vitkit,stock
     python -m vitkit.bench --sweep token-budget --max-tokens-per-call 512,none
     python -m vitkit.bench --sweep stream        # a stream of changing layouts (vitkit.bench.stream_cli)
+    torchrun --nproc-per-node 2 -m vitkit.bench --sweep dp --out results/h100/dp   # see vitkit.bench.dp
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vitkit.bench", description=intro, epilog=examples,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", choices=sorted(SWEEPS), metavar="NAME",
-                   help="named sweep (default: full on GPU, cpu-smoke on CPU); --list-sweeps shows them")
+                   help="named sweep (default: full on GPU, cpu-smoke on CPU); --list-sweeps shows them; "
+                        "'--sweep dp' first runs the multi-GPU sweep (python -m vitkit.bench.dp, under torchrun)")
     p.add_argument("--list-sweeps", action="store_true", help="print the named sweeps and exit")
     p.add_argument("--quick", action="store_true",
                    help="GPU sanity run, about a minute: the 'quick' sweep, 3 repeats (CPU: the smoke sweep)")
@@ -206,9 +208,26 @@ def output_path(out: Path | None, results: dict[str, Any], sweep: str, settings:
     return folder / f"{sweep}-{'-'.join(settings.impls)}-{settings.dtype}-{stamp}.json"
 
 
+def _without_dp_sweep(argv: list[str]) -> list[str] | None:
+    """``argv`` without its ``--sweep dp`` (or ``--sweep=dp``), or None when it asks another sweep."""
+    for k, arg in enumerate(argv):
+        if arg == "--sweep=dp":
+            return argv[:k] + argv[k + 1:]
+        if arg == "--sweep" and argv[k + 1:k + 2] == ["dp"]:
+            return argv[:k] + argv[k + 2:]
+    return None
+
+
 def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]] = run_sweeps) -> int:
     if _asks_for_stream(argv):  # the stream benchmark has its own axes (vitkit.bench.stream_cli)
         return stream_main(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = _without_dp_sweep(argv)
+    if rest is not None:
+        # The multi-GPU sweep has its own options and runs under torchrun: vitkit.bench.dp.
+        from vitkit.bench.dp import main as dp_main
+
+        return dp_main(rest)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_sweeps:
