@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge_folder, write_json
 from vitkit.bench.machine import machine_info, versions
-from vitkit.bench.results import MODES
-from vitkit.bench.run import DTYPES, build_requests
+
+from vitkit.bench.run import DTYPES, layout_requests
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY
+from vitkit.embed import MODES
 from vitkit.bench.timing import Stopwatch, synchronize
 from vitkit.cache import EmbeddingCache
 from vitkit.embed import embed_chunks
@@ -160,7 +161,7 @@ def make_steps(encoder: Any, settings: DPSettings, device: torch.device) -> list
         # Features live on each rank's GPU before the step, as in the single-GPU sweeps: the
         # host-to-device copy is not what is measured.
         move_items_to_device(items, device)
-        requests = build_requests(items, settings.images_per_request, settings.text_tokens)
+        requests = layout_requests(items, settings.images_per_request, settings.text_tokens)
         steps.append(Step([(r, Span(0, r.prompt_len)) for r in requests], items))
     return steps
 
