@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vitkit.viz.dp_view import (PANELS, dp_scaling_figure, dp_table_rows, load_dp_results, scaling_series,
+from vitkit.bench.dp_plot import (PANELS, dp_scaling_figure, dp_table_rows, load_dp_results, scaling_series,
                                 stored_dp_results)
 
 

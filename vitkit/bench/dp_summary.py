@@ -115,7 +115,7 @@ def merge_folder(folder: Path, *, plots: bool = True) -> dict[str, Any]:
     merged = merge([json.loads(f.read_text()) for f in files])
     write_json(merged, Path(folder) / "dp.json")
     if plots:
-        from vitkit.viz.dp_view import dp_scaling_figure
+        from vitkit.bench.dp_plot import dp_scaling_figure  # matplotlib only when plotting
 
         dp_scaling_figure(merged).savefig(Path(folder) / "dp.png", dpi=110)
     return merged

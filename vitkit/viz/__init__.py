@@ -8,7 +8,7 @@
 
 from vitkit.viz.bench_widget import BenchView, bench_view, gpu_available, run_benchmark, speedup_rows, stored_results
 from vitkit.viz.chunk_widget import ChunkExplorer, chunk_explorer
-from vitkit.viz.dp_view import dp_scaling_figure, dp_table_rows, load_dp_results, stored_dp_results
+from vitkit.bench.dp_plot import dp_scaling_figure, dp_table_rows, load_dp_results, stored_dp_results
 from vitkit.viz.plan import ChunkPlan, ItemInWindow, PlanSettings, StepResult, WindowResult, chunk_plan
 from vitkit.viz.render import figure_png, html_table, show, show_table
 from vitkit.viz.sim_widget import SimExplorer, SimSettings, run_sim, sim_explorer, summary_rows
