@@ -1,0 +1,98 @@
+"""When requests arrive: Poisson at a rate, bursts, or a trace's own times (all seeded).
+
+A load sweep replays one request stream at several rates. The Poisson process draws its gaps
+once, as unit-rate exponentials from the seed, and divides them by the rate: every rate of a
+sweep sees the same arrival pattern, compressed or stretched, so the latency-versus-load curve
+moves with the load and not with the luck of each draw.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+
+from vitkit.sim.trace import Trace
+
+PROCESSES = ("poisson", "bursts", "trace")
+
+
+def _check_count(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"number of arrivals must be an int >= 0, got {n!r}")
+    return n
+
+
+def _check_rate(rate_per_s: object) -> float:
+    if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) or not (math.isfinite(rate_per_s) and rate_per_s > 0):
+        raise ValueError(f"rate_per_s must be a finite number > 0 (requests per second), got {rate_per_s!r}")
+    return float(rate_per_s)
+
+
+def poisson_times(n: int, rate_per_s: float, seed: int = 0) -> tuple[float, ...]:
+    """``n`` arrival times (ms) of a Poisson process at ``rate_per_s``; the first at 0 ms."""
+    _check_count(n)
+    rate = _check_rate(rate_per_s)
+    rng = random.Random(seed)
+    unit_gaps = [rng.expovariate(1.0) for _ in range(max(0, n - 1))]  # same pattern at every rate
+    times, now = [0.0], 0.0
+    for gap in unit_gaps:
+        now += gap * 1000.0 / rate
+        times.append(now)
+    return tuple(times[:n])
+
+
+def burst_times(n: int, rate_per_s: float, burst_size: int) -> tuple[float, ...]:
+    """``n`` arrival times (ms): bursts of ``burst_size`` requests at once, evenly spaced so the
+    mean rate is ``rate_per_s`` (a burst every ``burst_size / rate_per_s`` seconds)."""
+    _check_count(n)
+    rate = _check_rate(rate_per_s)
+    if isinstance(burst_size, bool) or not isinstance(burst_size, int) or burst_size <= 0:
+        raise ValueError(f"burst_size must be a positive int, got {burst_size!r}")
+    gap_ms = burst_size * 1000.0 / rate
+    return tuple((k // burst_size) * gap_ms for k in range(n))
+
+
+@dataclass(frozen=True)
+class ArrivalProcess:
+    """How a stream's requests arrive: ``"poisson"`` at ``rate_per_s``, ``"bursts"`` of
+    ``burst_size`` at a mean ``rate_per_s``, or ``"trace"`` (the trace's own times, unchanged)."""
+
+    kind: str = "poisson"
+    rate_per_s: float | None = None
+    burst_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROCESSES:
+            raise ValueError(f"arrival process kind must be one of {PROCESSES}, got {self.kind!r}")
+        if self.kind != "trace":
+            _check_rate(self.rate_per_s)
+
+    def times(self, n: int) -> tuple[float, ...]:
+        """``n`` arrival times (ms); not defined for ``"trace"``, whose times are its own."""
+        if self.kind == "poisson":
+            return poisson_times(n, self.rate_per_s, self.seed)
+        if self.kind == "bursts":
+            return burst_times(n, self.rate_per_s, self.burst_size)
+        raise ValueError("an arrival process of kind 'trace' keeps the trace's times; it draws none")
+
+    def apply(self, trace: Trace) -> Trace:
+        """``trace`` with its requests (in trace order) arriving at this process's times.
+
+        An abort keeps its delay after the arrival. ``"trace"`` returns the trace unchanged.
+        """
+        if self.kind == "trace":
+            return trace
+        times = self.times(len(trace.requests))
+        requests = []
+        for req, at in zip(trace.requests, times):
+            abort = None if req.abort_ms is None else round(at + (req.abort_ms - req.arrival_ms), 6)
+            requests.append(replace(req, arrival_ms=round(at, 6), abort_ms=abort))
+        return Trace(trace.name, tuple(requests), trace.images, trace.description)
+
+    def label(self) -> str:
+        if self.kind == "trace":
+            return "trace times"
+        extra = f", bursts of {self.burst_size}" if self.kind == "bursts" else ""
+        return f"{self.kind} {self.rate_per_s:g}/s{extra}"

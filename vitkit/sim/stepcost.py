@@ -1,0 +1,200 @@
+"""What a scheduler step costs on the replay clock: encoder + language-model prefill + bookkeeping.
+
+A serving engine's prefill step runs the vision encoder on the step's misses, then the language
+model over every token of the step's windows (text and image placeholders alike); the next step
+starts when both are done. The replay advances its clock by that sum, so a slow step delays
+every request in it and every request queued behind it.
+
+- **Encoder**: a ``CallCost`` per call, fitted to stored GPU results: a stream benchmark file
+  (``stream-*.json``, the bucketed encoder on a changing stream of calls, the regime a server
+  lives in) when one exists, else the sweep (``full-*.json``), fitted by relative error so the
+  fixed cost of a small call, the cost batching saves, is modelled well. Or measured: the real
+  encoder, timed (``vitkit.sim.timing.TimedEncoder``).
+- **Prefill**: anything with ``step_ms(windows) -> ms``, windows as ``(context_tokens_before,
+  new_tokens)``: the fitted H100 model ``vitkit.sim.prefill.load_prefill_cost()``, the GPU
+  runner that really runs the decoder, or ``FlopPrefillCost`` (an estimate from FLOPs at an
+  assumed utilisation, labelled so, for when no measurement is stored).
+- **Bookkeeping**: the host time ``embed_chunks`` spends around the encoder (lookups, puts,
+  assembly), a constant per step taken from the same results file.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from vitkit.embed import EmbedResult
+from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models, load_results, load_stream_results
+from vitkit.sim.latency import StepTime
+from vitkit.sim.timing import TimedEncoderLike
+
+STORED = Path(__file__).resolve().parents[2] / "results" / "h100"
+DEFAULT_ENCODER = "qwen2.5-vl-7b"
+
+
+class PrefillModel(Protocol):
+    def step_ms(self, windows: Sequence[tuple[int, int]]) -> float: ...
+
+
+def check_windows(windows: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``windows`` as ``(context_before, new_tokens)`` pairs of ints (>= 0 and > 0)."""
+    out = []
+    for k, window in enumerate(windows):
+        ok = isinstance(window, tuple) and len(window) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in window)
+        if not ok or window[0] < 0 or window[1] <= 0:
+            raise ValueError(f"prefill window {k} must be (context_tokens >= 0, new_tokens > 0), got {window!r}")
+        out.append(window)
+    return out
+
+
+@dataclass(frozen=True)
+class FlopPrefillCost:
+    """Prefill time estimated from FLOPs at an assumed fraction of a peak (not measured).
+
+    Per new token ``2 * params`` FLOPs (the GEMMs); per (query, key) pair of causal attention
+    ``4 * layers * heads * head_dim``. Defaults: Qwen2.5-VL-7B's decoder (6.5e9 non-embedding
+    parameters, 28 layers x 28 heads x 128) at 50% of an H100's 989 TFLOP/s dense bf16.
+    """
+
+    params: float = 6.5e9
+    attn_flops_per_pair: float = 4 * 28 * 28 * 128
+    peak_flops: float = 989e12
+    utilisation: float = 0.5
+    intercept_ms: float = 1.0  # launches, norms, small kernels per step
+    source: str = "estimate: Qwen2.5-VL-7B decoder FLOPs at 50% of 989 TFLOP/s (not measured)"
+
+    def step_ms(self, windows: Sequence[tuple[int, int]]) -> float:
+        checked = check_windows(windows)
+        if not checked:
+            return 0.0
+        gemm = sum(2 * self.params * new for _, new in checked)
+        attn = sum(self.attn_flops_per_pair * new * (ctx + (new + 1) / 2) for ctx, new in checked)
+        return self.intercept_ms + (gemm + attn) / (self.peak_flops * self.utilisation) * 1e3
+
+
+def default_prefill() -> PrefillModel:
+    """The stored H100 prefill fit (``vitkit.sim.prefill``) when it is there, else the labelled
+    ``FlopPrefillCost`` estimate."""
+    try:
+        from vitkit.sim.prefill import load_prefill_cost  # measured on the H100, when shipped
+    except ImportError:
+        return FlopPrefillCost()
+    try:
+        return load_prefill_cost()
+    except FileNotFoundError:
+        return FlopPrefillCost()
+
+
+def prefill_source(prefill: object) -> str:
+    return str(getattr(prefill, "source", None) or type(prefill).__name__)
+
+
+def _newest(folder: Path, pattern: str) -> list[Path]:
+    return sorted(folder.glob(pattern), key=lambda p: p.name, reverse=True)
+
+
+@dataclass(frozen=True)
+class EncoderCost:
+    """An encoder's per-call cost model and the bookkeeping ms per step from the same file."""
+
+    call: CallCost
+    bookkeeping_ms: float
+    source: str  # which file and regime (stream or sweep) it was fitted to
+
+    def step_ms(self, call_rows: Sequence[int]) -> float:
+        """Encoder ms of a step whose calls produced ``call_rows`` embedding rows each."""
+        return sum(self.call.call_ms(rows) for rows in call_rows)
+
+
+def _from_stream(path: Path, encoder: str, impl: str | None) -> EncoderCost | None:
+    data = load_stream_results(path)
+    models = fit_stream_cost_models(path)
+    keys = [k for k in models if k[0] == encoder and (impl is None or k[1] == impl)]
+    if not keys:
+        return None
+    key = sorted(keys)[-1]
+    rows = [r for r in data["rows"] if (r["encoder"], r["impl"]) == key]
+    book = statistics.median(max(0.0, r["step_ms"] - r["encoder_ms"]) for r in rows)
+    return EncoderCost(models[key], book, f"stream fit {path.name} ({key[0]}/{key[1]})")
+
+
+def _from_sweep(path: Path, encoder: str, impl: str | None) -> EncoderCost | None:
+    data = load_results(path)
+    impl = impl or "vitkit"
+    if not any(r["encoder"] == encoder and r["impl"] == impl for r in data["rows"]):
+        return None
+    call = replace(fit_cost_models(data, relative=True)[(encoder, impl)], source=f"{path} ({data['machine'].get('device_name', '?')})")
+    rows = [r for r in data["rows"] if r["encoder"] == encoder and r["impl"] == impl]
+    book = statistics.median(r["bookkeeping_ms_median"] for r in rows)
+    return EncoderCost(call, book, f"sweep fit {path.name} ({encoder}/{impl})")
+
+
+def load_encoder_cost(folder: str | Path = STORED, encoder: str = DEFAULT_ENCODER, impl: str | None = None) -> EncoderCost:
+    """The encoder cost fitted to the newest stored results in ``folder``: a stream file
+    (``stream-*.json``) first, else a sweep (``full-*.json``). ValueError when neither has it."""
+    folder = Path(folder)
+    for path in _newest(folder, "stream-*.json"):
+        found = _from_stream(path, encoder, impl)
+        if found is not None:
+            return found
+    for path in _newest(folder, "full-*.json"):
+        found = _from_sweep(path, encoder, impl)
+        if found is not None:
+            return found
+    raise ValueError(f"no stream-*.json or full-*.json in {folder} has rows for encoder {encoder!r} impl {impl or 'any'!r}")
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """The modelled parts of a step: encoder calls, language-model prefill, bookkeeping."""
+
+    encoder: EncoderCost
+    prefill: PrefillModel = field(default_factory=default_prefill)
+
+    def label(self) -> str:
+        return f"encoder: {self.encoder.source}; prefill: {prefill_source(self.prefill)}"
+
+
+def prefill_windows(windows: Sequence[tuple[Any, int, int]]) -> list[tuple[int, int]]:
+    """``(rid, start, stop)`` windows as the prefill model's ``(context_before, new_tokens)``."""
+    return [(start, stop - start) for _, start, stop in windows if stop > start]
+
+
+class StepClock:
+    """The replay's ``step_duration(step, result) -> ms``: each step's cost, also kept as
+    ``StepTime`` rows (``times``) for the latency tables.
+
+    Encoder ms come from ``encoder_timer`` when given (a real encoder's measured time, through
+    its ``take_time()``), else from the cost model applied to the step's calls
+    (``result.call_tokens``); prefill ms from ``costs.prefill`` (model or GPU runner).
+    """
+
+    def __init__(self, costs: StepCosts, encoder_timer: TimedEncoderLike | None = None) -> None:
+        self.costs = costs
+        self.encoder_timer = encoder_timer
+        self.times: list[StepTime] = []
+
+    def __call__(self, step: Any, result: EmbedResult) -> float:
+        windows = tuple((w.rid, w.start, w.stop) for w in step.windows)
+        if self.encoder_timer is not None:
+            encoder_ms = self.encoder_timer.take_time().reported_ms
+        else:
+            encoder_ms = self.costs.encoder.step_ms(result.call_tokens)
+        pairs = prefill_windows(windows)
+        prefill_ms = self.costs.prefill.step_ms(pairs) if pairs else 0.0
+        book = self.costs.encoder.bookkeeping_ms if windows else 0.0
+        st = StepTime(step.index, step.time_ms, encoder_ms, prefill_ms, book, windows, tuple(step.finished))
+        self.times.append(st)
+        return st.duration_ms
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return path
