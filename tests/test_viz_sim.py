@@ -45,7 +45,8 @@ def test_figures_are_labelled_in_tokens(runs):
     figs = sim_figures(runs)
     assert list(figs) == ["hits and calls", "re-encodings and time", "memory"]
     for fig in figs.values():
-        labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        assert not [ax for ax in fig.axes if ax.get_legend()]  # no legend over a panel's curves
+        labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
         assert labels and all("tok" in label and "MiB" not in label for label in labels)
     cache_ax = figs["memory"].axes[0]
     assert cache_ax.get_title() == "cache (embedding tokens)"
@@ -88,7 +89,16 @@ def test_cost_model_from_stored_results_sets_encoder_time(tmp_path, fake_bench_r
 
 def test_unknown_encoder_is_an_error():
     with pytest.raises(ValueError, match="has no cost model"):
-        run_sim(replace(SMALL, encoder="clip-l-336/vitkit"))
+        run_sim(replace(SMALL, encoder="no-such-encoder/vitkit"))
+
+
+def test_default_encoder_time_is_the_stored_cost_model_named_in_the_figures(runs):
+    explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)))
+    assert explorer.controls["encoder"].value == "qwen2.5-vl-7b/vitkit"
+    assert "full-vitkit-stock-bf16" in explorer.status.value and "fake" not in explorer.status.value
+    figs = sim_figures(explorer.runs, "encoder time: modelled from stored results, x")
+    assert all(fig._suptitle.get_text().startswith("encoder time: modelled") for fig in figs.values())
+    assert explorer.runs[0].summary.encoder_ms > 0
 
 
 def test_results_without_a_fittable_model_are_reported_not_fatal(tmp_path, fake_bench_results):

@@ -1,9 +1,14 @@
 """``python -m vitkit.sim [TRACE]``: replay a trace for both modes, pinning on/off, a few cache
-sizes, and print the summary table. ``--write-examples`` regenerates data/traces."""
+sizes, and print the summary table. ``--write-examples`` regenerates data/traces.
+
+``python -m vitkit.sim ttft ...``: time to first token against load (``vitkit.sim.ttft_report``).
+``python -m vitkit.sim validate ...``: the same on the GPU, real encoder and prefill against the
+cost models (``vitkit.sim.validate``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vitkit.sim.fake import FakeEncoder, cache_bytes_for_tokens
 from vitkit.sim.run import compare, prepare
@@ -14,6 +19,15 @@ COLUMNS = ("mode", "pin", "cache_tokens", "hit_rate", "encoder_calls", "encoded_
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "ttft":
+        from vitkit.sim.ttft_report import main as ttft_main
+
+        return ttft_main(argv[1:])
+    if argv and argv[0] == "validate":
+        from vitkit.sim.validate import main as validate_main  # imports torch's CUDA path
+
+        return validate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m vitkit.sim", description=__doc__)
     parser.add_argument("trace", nargs="?", default="product-catalog", help="trace file or example name")
     parser.add_argument("--write-examples", action="store_true", help="regenerate data/traces/*.json and exit")

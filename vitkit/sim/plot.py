@@ -49,6 +49,14 @@ def _style(run: SimRun, capacities: list[int]) -> dict:
     }
 
 
+def _figure_legend(fig: Figure, ax) -> None:
+    """One legend for the figure, below its panels: with a dozen runs a legend inside a panel
+    covers the curves."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+
+
 def series(run: SimRun, metric: str) -> list[float]:
     """Cumulative per-step series of ``metric`` (hit rate = hits so far / lookups so far)."""
     if metric == "hit_rate":
@@ -71,7 +79,7 @@ def plot_over_steps(runs: Sequence[SimRun], metrics: Sequence[str] = ("hit_rate"
             ax.plot([r.step for r in run.rows], series(run, metric), **_style(run, capacities))
         ax.set_xlabel("scheduler step")
         ax.set_title(METRICS[metric])
-    axes[0].legend(fontsize="small")
+    _figure_legend(fig, axes[0])
     return fig
 
 
@@ -88,7 +96,7 @@ def plot_cache_memory(runs: Sequence[SimRun]) -> Figure:
     for ax, title in ((ax_bytes, "cache MiB"), (ax_pinned, "pinned MiB")):
         ax.set_xlabel("scheduler step")
         ax.set_title(title)
-    ax_bytes.legend(fontsize="small")
+    _figure_legend(fig, ax_bytes)
     return fig
 
 

@@ -31,13 +31,20 @@ from vitkit.sim import (
     load_trace,
     prepare,
 )
+from vitkit.sim.latency import DECODE_NOTE
+from vitkit.sim.load import TTFT_WORKLOADS
 from vitkit.sim.plot import plot_cache_memory, plot_over_steps
+from vitkit.sim.plot_ttft import plot_ttft_vs_load
+from vitkit.sim.stepcost import StepCosts, default_prefill, load_encoder_cost
+from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, timed_replay
+from vitkit.sim.ttft_report import DEFAULT_RATES
 from vitkit.viz.bench_widget import STORED
 from vitkit.viz.render import figure_png, html_table
 
 FAKE_HIDDEN = 32
 FAKE_BYTES_PER_TOKEN = 4 * FAKE_HIDDEN  # float32 rows
 GENERATED = "generated (sliders)"
+DEFAULT_MODEL = "qwen2.5-vl-7b/vitkit"
 IMAGE_MIXES: dict[str, tuple[tuple[int, int], ...]] = {  # (height, width) px
     "448 x 448": ((448, 448),),
     "448 to 896, mixed": ((448, 448), (672, 448), (896, 672)),
@@ -64,7 +71,9 @@ class SimSettings:
     long_prefill_token_threshold: int | None = 512  # tokens per request per step (None: no cap)
     cache_tokens: tuple[int, ...] = (1024, 4096, 16384)  # embedding rows each cache holds
     pins: tuple[bool, ...] = (True, False)
-    encoder: str = "fake"  # "fake", or "<encoder>/<impl>" of a cost model fitted to stored results
+    # "<encoder>/<impl>" of a cost model fitted to stored results, or "fake" (CPU wall time of a
+    # fake encoder: not meaningful as a time); None: the stored Qwen2.5-VL model when there is one
+    encoder: str | None = None
 
 
 def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) -> dict[str, Any]:
@@ -90,11 +99,30 @@ def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) 
     return models
 
 
+def default_encoder(models: Mapping[str, Any]) -> str:
+    """The encoder-time choice shown first: the stored cost model of ``DEFAULT_MODEL`` (else of
+    any encoder) when stored results exist, "fake" only when there are none."""
+    if DEFAULT_MODEL in models:
+        return DEFAULT_MODEL
+    return sorted(models)[0] if models else "fake"
+
+
+def encoder_label(encoder: str, models: Mapping[str, Any]) -> str:
+    """What the figures say about their encoder time."""
+    if encoder == "fake":
+        return "encoder time: fake encoder on this CPU (not meaningful as a time)"
+    return f"encoder time: modelled from stored results, {encoder}, fitted to {models[encoder].source}"
+
+
 def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, progress: bool = False) -> list[SimRun]:
-    """Every mode x cache size x pin setting of ``settings``, on one planned schedule."""
+    """Every mode x cache size x pin setting of ``settings``, on one planned schedule.
+
+    ``models`` defaults to the cost models fitted to the stored results (``cost_models()``)."""
+    models = cost_models(STORED, []) if models is None else models
     trace = generate_workload(settings.workload) if settings.trace == GENERATED else load_trace(settings.trace)
     stream = prepare(trace, chunked_prefill_size=settings.chunked_prefill_size,
                      long_prefill_token_threshold=settings.long_prefill_token_threshold)
+    settings = replace(settings, encoder=settings.encoder or default_encoder(models))
     if settings.encoder == "fake":
         encoder = FakeEncoder(FAKE_HIDDEN)
     elif models and settings.encoder in models:
@@ -121,10 +149,14 @@ def summary_rows(runs: Sequence[SimRun]) -> list[dict[str, object]]:
     return rows
 
 
-def sim_figures(runs: Sequence[SimRun]) -> dict[str, Figure]:
-    """Per-step curves (hit rate, calls, re-encodings, encoder time) and cache memory."""
+def sim_figures(runs: Sequence[SimRun], label: str = "") -> dict[str, Figure]:
+    """Per-step curves (hit rate, calls, re-encodings, encoder time) and cache memory; ``label``
+    (where the encoder time comes from) titles each figure."""
     figs = {name: plot_over_steps(runs, metrics) for name, metrics in PANELS.items()}
     figs["memory"] = plot_memory_tokens(runs)
+    if label:
+        for fig in figs.values():
+            fig.suptitle(label, fontsize="small")
     return figs
 
 
@@ -151,8 +183,9 @@ class SimExplorer(widgets.VBox):
     def __init__(
         self, settings: SimSettings | None = None, models: Mapping[str, Any] | None = None, notes: Sequence[str] = ()
     ) -> None:
-        self.settings = settings or SimSettings()
         self.models = dict(models or {})
+        self.settings = settings or SimSettings()
+        self.settings = replace(self.settings, encoder=self.settings.encoder or default_encoder(self.models))
         self.notes = list(notes)  # e.g. results files no cost model could be fitted to
         self.controls = _controls(self.settings, self.models)
         self.figures = {name: widgets.Image(format="png", layout=widgets.Layout(max_width="100%")) for name in (*PANELS, "memory")}
@@ -195,7 +228,7 @@ class SimExplorer(widgets.VBox):
         for name in ("requests", "arrival_rate", "images_per_request", "image_sizes", "repeat_share", "turns"):
             self.controls[name].disabled = not generated  # an example trace fixes the workload
         self.runs = run_sim(settings, self.models)
-        for name, fig in sim_figures(self.runs).items():
+        for name, fig in sim_figures(self.runs, encoder_label(settings.encoder, self.models)).items():
             self.figures[name].value = figure_png(fig)
         self.rows = summary_rows(self.runs)
         self.table.value = html_table(self.rows)
@@ -203,7 +236,7 @@ class SimExplorer(widgets.VBox):
         steps = self.runs[0].summary.steps if self.runs else 0
         self.status.value = (
             f"{len(self.runs)} runs over the same {steps} scheduler steps "
-            f"&middot; encoder time: {'fake encoder on this CPU (not meaningful)' if settings.encoder == 'fake' else 'modelled from stored results, ' + settings.encoder}"
+            f"&middot; {html.escape(encoder_label(settings.encoder, self.models))}"
             f" <span style='color:#888'>(updated in {self.redraw_ms:.0f} ms)</span>"
             + "".join(f"<br><i>{html.escape(note)}</i>" for note in self.notes)
         )
@@ -240,3 +273,130 @@ def sim_explorer(settings: SimSettings | None = None, *, results_folder: str | P
     problems: list[str] = []
     models = cost_models(results_folder, problems)
     return SimExplorer(settings, models, problems)
+
+
+# ---------------------------------------------------------------- time to first token (issue 10)
+
+TTFT_CACHE_CHOICES = (2048, 4096, 8192, 16384, 65536)  # embedding tokens
+
+
+@dataclass(frozen=True)
+class TTFTSettings:
+    """One workload at several Poisson rates, both modes, one scheduler / cache / policy."""
+
+    workload: str = "small-images"  # a stock TTFT workload (vitkit.sim.load.TTFT_WORKLOADS)
+    rate_per_s: float = 40.0  # the rate the table reports (marked on the curves)
+    rates: tuple[float, ...] | None = None  # the curve's rates (None: the workload's defaults)
+    num_requests: int = 200
+    chunked_prefill_size: int = 2048
+    cache_tokens: int = 16384
+    policy: str = "legacy"
+
+
+def ttft_points(settings: TTFTSettings, costs: StepCosts) -> list[LoadPoint]:
+    """Both modes of ``settings`` at every rate of its curve and at ``rate_per_s``."""
+    rates = sorted({*(settings.rates or DEFAULT_RATES[settings.workload]), settings.rate_per_s})
+    base = ReplayConfig(chunked_prefill_size=settings.chunked_prefill_size, cache_tokens=settings.cache_tokens,
+                        policy=settings.policy)
+    configs = [replace(base, mode=mode) for mode in ("batched", "per_request")]
+    return load_sweep(settings.workload, rates, costs, configs, num_requests=settings.num_requests, progress=False)
+
+
+def ttft_rows(points: Sequence[LoadPoint], rate_per_s: float) -> list[dict[str, object]]:
+    """The table at one rate: each mode's TTFT, rates, encoder share and cache counts."""
+    rows = []
+    for p in points:
+        if p.rate_per_s != rate_per_s:
+            continue
+        s, c = p.run.summary, p.run.cache
+        rows.append({
+            "mode": p.run.config.mode, "policy": p.run.config.policy, "rate (req/s)": p.rate_per_s,
+            "TTFT p50 ms": round(s.ttft_p50_ms, 1), "TTFT p90 ms": round(s.ttft_p90_ms, 1), "TTFT p99 ms": round(s.ttft_p99_ms, 1),
+            "queue p99 ms": round(s.queue_p99_ms, 1), "done req/s": round(s.requests_per_s, 1),
+            "prompt tok/s": round(s.prompt_tokens_per_s), "encoder share": round(s.encoder_share, 3),
+            "re-encodings in a request": c.request_re_encodings, "refused puts": c.refused_puts,
+        })
+    return rows
+
+
+class TTFTExplorer(widgets.VBox):
+    """Time to first token against load, both modes, from the H100 cost models (named in the
+    figure). ``controls``: workload, rate, chunk size, cache size, admission policy."""
+
+    def __init__(self, settings: TTFTSettings | None = None, costs: StepCosts | None = None) -> None:
+        self.settings = settings or TTFTSettings()
+        self.costs = costs or StepCosts(load_encoder_cost(), default_prefill())
+        style, layout = {"description_width": "9em"}, widgets.Layout(width="26em")
+        s = self.settings
+        self.controls = {
+            "workload": widgets.Dropdown(options=list(TTFT_WORKLOADS), value=s.workload, description="workload", style=style, layout=layout),
+            "rate": widgets.FloatSlider(value=s.rate_per_s, min=1, max=100, step=1, description="request rate /s",
+                                        continuous_update=False, style=style, layout=layout),
+            "chunked_prefill_size": widgets.IntSlider(value=s.chunked_prefill_size, min=512, max=8192, step=512, description="tokens / step",
+                                                      continuous_update=False, style=style, layout=layout),
+            "cache_tokens": widgets.Dropdown(options=sorted({*TTFT_CACHE_CHOICES, s.cache_tokens}), value=s.cache_tokens,
+                                             description="cache (tokens)", style=style, layout=layout),
+            "policy": widgets.ToggleButtons(options=["legacy", "cache-aware"], value=s.policy, description="admission", style=style),
+        }
+        self.figure = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.table = widgets.HTML()
+        self.status = widgets.HTML()
+        self.points: list[LoadPoint] = []
+        self.rows: list[dict[str, object]] = []
+        grid = widgets.GridBox(list(self.controls.values()), layout=widgets.Layout(grid_template_columns="repeat(3, 27em)"))
+        super().__init__([grid, self.status, self.figure, self.table])
+        for control in self.controls.values():
+            control.observe(lambda _: self.redraw(), names="value")
+        self.redraw()
+
+    def current_settings(self) -> TTFTSettings:
+        c = self.controls
+        return replace(self.settings, workload=c["workload"].value, rate_per_s=float(c["rate"].value),
+                       chunked_prefill_size=c["chunked_prefill_size"].value, cache_tokens=c["cache_tokens"].value,
+                       policy=c["policy"].value)
+
+    def redraw(self) -> None:
+        start = time.perf_counter()
+        settings = self.current_settings()
+        self.points = ttft_points(settings, self.costs)
+        fig = plot_ttft_vs_load(self.points)
+        for ax in fig.axes:
+            ax.axvline(settings.rate_per_s, color="0.5", linewidth=0.8)
+        self.figure.value = figure_png(fig)
+        self.rows = ttft_rows(self.points, settings.rate_per_s)
+        self.table.value = html_table(self.rows)
+        ms = (time.perf_counter() - start) * 1e3
+        self.status.value = (f"{settings.num_requests} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
+                             f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())} "
+                             f"<span style='color:#888'>(updated in {ms:.0f} ms)</span>")
+
+
+def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path = STORED) -> TTFTExplorer:
+    """Notebook 03's lead view: TTFT against load from the encoder cost model fitted to the
+    stored results in ``results_folder`` and the stored prefill model."""
+    return TTFTExplorer(settings, StepCosts(load_encoder_cost(results_folder), default_prefill()))
+
+
+def admission_rows(
+    trace: str = "product-catalog",
+    cache_tokens: int = 4096,
+    *,
+    chunked_prefill_size: int = 4096,
+    long_prefill_token_threshold: int | None = 1024,
+    costs: StepCosts | None = None,
+) -> list[dict[str, object]]:
+    """Both admission policies x both modes on a stored trace (its own arrival times), with a
+    tight cache: re-encodings, refused puts and TTFT, timed by the stored cost models."""
+    costs = costs or StepCosts(load_encoder_cost(), default_prefill())
+    base = ReplayConfig(chunked_prefill_size=chunked_prefill_size, long_prefill_token_threshold=long_prefill_token_threshold,
+                        cache_tokens=cache_tokens)
+    rows = []
+    for mode in ("batched", "per_request"):
+        for policy in ("legacy", "cache-aware"):
+            run = timed_replay(load_trace(trace), costs, replace(base, mode=mode, policy=policy))
+            s, c = run.summary, run.cache
+            rows.append({"mode": mode, "admission": policy, "cache (tokens)": cache_tokens,
+                         "re-encodings in a request": c.request_re_encodings, "re-encodings": c.re_encodings,
+                         "refused puts": c.refused_puts, "forced grants": c.forced_grants,
+                         "TTFT p50 ms": round(s.ttft_p50_ms, 1), "TTFT p99 ms": round(s.ttft_p99_ms, 1)})
+    return rows

@@ -1,0 +1,88 @@
+"""Figures of timed replays: TTFT against load, and the admission policies side by side.
+
+One panel per workload; colour tells the mode (as in ``vitkit.sim.plot``), line style the
+percentile (p99 solid, p50 dashed), marker the admission policy. One legend for the whole
+figure, below the panels, so no legend covers a curve. The title names the cost models and
+says that decode is not modelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+from vitkit.sim.latency import DECODE_NOTE
+from vitkit.sim.plot import MODE_COLORS
+from vitkit.sim.ttft import LoadPoint
+
+PERCENTILES = {"ttft_p99_ms": ("p99", "-"), "ttft_p50_ms": ("p50", "--")}
+POLICY_MARKERS = {"legacy": "o", "cache-aware": "s"}
+
+
+def _curves(points: Sequence[LoadPoint]) -> dict[tuple[str, str, str], list[LoadPoint]]:
+    curves: dict[tuple[str, str, str], list[LoadPoint]] = {}
+    for p in points:
+        c = p.run.config
+        curves.setdefault((p.workload, c.mode, c.policy), []).append(p)
+    for curve in curves.values():
+        curve.sort(key=lambda p: p.rate_per_s)
+    return curves
+
+
+def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None, title: str | None = None) -> Figure:
+    """TTFT p50 and p99 (ms, log scale) against the arrival rate, one panel per workload."""
+    if not points:
+        raise ValueError("plot_ttft_vs_load needs at least one LoadPoint")
+    workloads = list(dict.fromkeys(p.workload for p in points))
+    curves = _curves(points)
+    policies = {key[2] for key in curves}
+    fig = Figure(figsize=(5.2 * len(workloads), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(workloads), squeeze=False)[0]
+    for ax, workload in zip(axes, workloads):
+        for (w, mode, policy), curve in curves.items():
+            if w != workload:
+                continue
+            for metric, (name, style) in PERCENTILES.items():
+                label = f"{mode} {name}" + (f", {policy}" if len(policies) > 1 else "")
+                ax.plot([p.rate_per_s for p in curve], [getattr(p.run.summary, metric) for p in curve],
+                        linestyle=style, marker=POLICY_MARKERS.get(policy, "^"), markersize=4,
+                        color=MODE_COLORS.get(mode, "tab:gray"), label=label)
+        if bound_ms is not None:
+            ax.axhline(bound_ms, color="tab:red", linewidth=0.8, linestyle=":", label=f"p99 bound {bound_ms:g} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("arrival rate, requests/s (Poisson)")
+        ax.set_ylabel("time to first token, ms")
+        ax.set_title(workload)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=min(4, len(unique)), fontsize="small")
+    sources = points[0].run.sources
+    fig.suptitle(title or f"TTFT vs load ({DECODE_NOTE.split(':')[0]}; decode not modelled)\n{sources}", fontsize="small")
+    return fig
+
+
+def plot_admission(rows: Sequence[dict], metrics: Sequence[str] = ("request_re_encodings", "refused_puts", "ttft_p99_ms")) -> Figure:
+    """Grouped bars per metric: one group per (trace, cache size), one bar per mode x policy
+    (colour: mode; hatched: cache-aware). ``rows`` are ``TimedRun.record()`` dicts with "trace"."""
+    if not rows:
+        raise ValueError("plot_admission needs at least one row")
+    groups = list(dict.fromkeys((r["trace"], r["cache_tokens"]) for r in rows))
+    configs = list(dict.fromkeys((r["mode"], r["policy"]) for r in rows))
+    width = 0.8 / len(configs)
+    fig = Figure(figsize=(4.6 * len(metrics), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    by_key = {(r["trace"], r["cache_tokens"], r["mode"], r["policy"]): r for r in rows}
+    for ax, metric in zip(axes, metrics):
+        for k, (mode, policy) in enumerate(configs):
+            values = [by_key.get((t, c, mode, policy), {}).get(metric, float("nan")) for t, c in groups]
+            ax.bar([g + (k - (len(configs) - 1) / 2) * width for g in range(len(groups))], values, width,
+                   color=MODE_COLORS.get(mode, "tab:gray"), hatch="//" if policy == "cache-aware" else None,
+                   edgecolor="white", label=f"{mode}, {policy}")
+        ax.set_xticks(range(len(groups)), [f"{t}\ncache {c}" for t, c in groups], fontsize="x-small", rotation=30, ha="right")
+        ax.set_title(metric.replace("_", " "))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(configs), fontsize="small")
+    fig.suptitle("admission policies (hatched: cache-aware); prefill only, decode not modelled", fontsize="small")
+    return fig
