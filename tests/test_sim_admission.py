@@ -105,3 +105,43 @@ def test_granted_step_never_refuses_a_put(layouts, capacity_images, cached, pinn
                 assert item.hash in cache
     adm.begin_step()
     assert not cache.pinned_by(HOLD_OWNER)  # holds last one step
+
+
+class _Refuser:
+    """An admission that grants nothing unless forced: every running request waits for ever."""
+
+    def __init__(self):
+        self.forced = 0
+
+    def check(self, rid):
+        pass
+
+    def begin_step(self, aborted=()):
+        pass
+
+    def grant(self, rid, start, stop, *, force=False):
+        self.forced += force
+        return stop if force else start
+
+
+def test_scheduler_breaks_a_deadlock_with_one_forced_grant_a_step():
+    from vitkit.sim.scheduler import Arrival, Scheduler
+
+    scheduler = Scheduler(100)
+    scheduler.admission = _Refuser()
+    scheduler.add(Arrival("a", 150, 0.0))
+    steps = [scheduler.schedule(float(t)) for t in range(2)]
+    assert [(w.start, w.stop) for s in steps for w in s.windows] == [(0, 100), (100, 150)]
+    assert scheduler.admission.forced == 2 and scheduler.idle
+
+
+def test_a_waiting_request_is_forced_in_when_nothing_runs():
+    from vitkit.sim.scheduler import Arrival, Scheduler
+
+    scheduler = Scheduler(100)
+    scheduler.admission = _Refuser()
+    scheduler.add(Arrival("a", 150, 0.0))
+    scheduler.add(Arrival("b", 50, 0.0))
+    step = scheduler.schedule(0.0)
+    assert [(w.rid, w.start, w.stop) for w in step.windows] == [("a", 0, 100)] and step.admitted == ("a",)
+    assert [a.rid for a in scheduler.waiting] == ["b"]  # b is held back (it was not forced)

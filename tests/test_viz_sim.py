@@ -111,3 +111,43 @@ def test_results_without_a_fittable_model_are_reported_not_fatal(tmp_path, fake_
     explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)), results_folder=tmp_path)
     assert explorer.controls["encoder"].options == ("fake",)
     assert "cannot fit an encoder cost model" in explorer.status.value
+
+
+# ---------------------------------------------------------------- time to first token
+
+
+def test_ttft_explorer_shows_both_modes_from_the_named_cost_models():
+    from vitkit.viz.sim_widget import TTFTSettings, ttft_explorer
+
+    explorer = ttft_explorer(TTFTSettings(num_requests=40, rates=(10.0, 80.0), rate_per_s=80.0))
+    assert [r["mode"] for r in explorer.rows] == ["batched", "per_request"]
+    assert all(r["rate (req/s)"] == 80.0 and r["TTFT p99 ms"] >= r["TTFT p50 ms"] > 0 for r in explorer.rows)
+    assert "full-vitkit-stock-bf16" in explorer.status.value and "decode is not modelled" in explorer.status.value
+    assert {p.rate_per_s for p in explorer.points} == {10.0, 80.0}
+    png = bytes(explorer.figure.value)
+    explorer.controls["policy"].value = "cache-aware"
+    assert all(r["policy"] == "cache-aware" for r in explorer.rows) and bytes(explorer.figure.value) != png
+    explorer.controls["workload"].value = "large-images"
+    assert "large-images" in explorer.status.value
+
+
+def test_ttft_figure_names_its_sources_and_keeps_legends_off_the_curves():
+    from vitkit.sim.plot_ttft import plot_ttft_vs_load
+    from vitkit.viz.sim_widget import TTFTSettings, ttft_points
+    from vitkit.sim import StepCosts, load_encoder_cost
+
+    points = ttft_points(TTFTSettings(num_requests=20, rates=(10.0,), rate_per_s=10.0), StepCosts(load_encoder_cost()))
+    fig = plot_ttft_vs_load(points, bound_ms=100.0)
+    assert not [ax for ax in fig.axes if ax.get_legend()] and len(fig.legends) == 1
+    assert "qwen2.5-vl-7b" in fig._suptitle.get_text() and "decode not modelled" in fig._suptitle.get_text()
+
+
+def test_admission_rows_compare_both_policies():
+    from vitkit.viz.sim_widget import admission_rows
+
+    rows = admission_rows("product-catalog", cache_tokens=4096)
+    assert [(r["mode"], r["admission"]) for r in rows] == [
+        ("batched", "legacy"), ("batched", "cache-aware"), ("per_request", "legacy"), ("per_request", "cache-aware")]
+    aware = [r for r in rows if r["admission"] == "cache-aware"]
+    assert all(r["re-encodings in a request"] == 0 and r["refused puts"] == 0 for r in aware)
+    assert any(r["refused puts"] > 0 for r in rows if r["admission"] == "legacy")

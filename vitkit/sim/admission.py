@@ -86,9 +86,12 @@ class CacheAwareAdmission:
                     f"{self.encoder_budget_tokens} tokens a step; cache-aware admission could never grant it"
                 )
 
-    def begin_step(self) -> None:
-        """Drop last step's holds and take stock of the space the cache can give this step."""
+    def begin_step(self, aborted: tuple[Hashable, ...] = ()) -> None:
+        """Drop last step's holds and the pins of requests aborted now (the loop would release
+        them only after this decision), and take stock of the space the cache can give."""
         self.cache.release(HOLD_OWNER)
+        for rid in aborted:
+            self.cache.release(rid)
         self._state = _StepState(self.cache.capacity_bytes - self.cache.pinned_bytes, self.encoder_budget_tokens)
 
     def grant(self, rid: Hashable, start: int, stop: int, *, force: bool = False) -> int:

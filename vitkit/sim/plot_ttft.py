@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import textwrap
+
 from matplotlib.figure import Figure
 
-from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.plot import MODE_COLORS
 from vitkit.sim.ttft import LoadPoint
 
@@ -37,7 +38,7 @@ def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None
     workloads = list(dict.fromkeys(p.workload for p in points))
     curves = _curves(points)
     policies = {key[2] for key in curves}
-    fig = Figure(figsize=(5.2 * len(workloads), 4.6), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 5.2 * len(workloads)), 4.8), layout="constrained")
     axes = fig.subplots(1, len(workloads), squeeze=False)[0]
     for ax, workload in zip(axes, workloads):
         for (w, mode, policy), curve in curves.items():
@@ -57,9 +58,10 @@ def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=min(4, len(unique)), fontsize="small")
-    sources = points[0].run.sources
-    fig.suptitle(title or f"TTFT vs load ({DECODE_NOTE.split(':')[0]}; decode not modelled)\n{sources}", fontsize="small")
+    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=min(2 + 2 * (len(workloads) > 1), len(unique)),
+               fontsize="small")
+    sources = "\n".join(textwrap.wrap(points[0].run.sources, 60 * len(workloads) + 40))
+    fig.suptitle(title or f"TTFT vs load (prefill only; decode not modelled)\n{sources}", fontsize="small")
     return fig
 
 

@@ -19,6 +19,12 @@ before its next window runs; that is the case the cache's pins are for. Without 
 last request of a step is cut, and it runs first in the next step, before anything is stored.
 With the cap and no step budget (``Scheduler.fixed_chunk``) every unfinished request advances the
 same number of tokens each step: notebook 01's simplest chunked prefill.
+
+With an ``admission`` policy set (``vitkit.sim.admission.CacheAwareAdmission``, vLLM's), a window
+is also cut just before the first image the cache or the step's encoder budget cannot take; a
+request whose window comes out empty waits (a waiting one, and those behind it, stay waiting, as
+in vLLM's first-come-first-served admission). If no window at all can be granted, the head
+request's is granted regardless (counted as forced), so the loop never spins.
 """
 
 from __future__ import annotations
@@ -108,6 +114,16 @@ def _is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class Admission(Protocol):
+    """Cuts windows by what the cache and the encoder can take (``vitkit.sim.admission``)."""
+
+    def check(self, rid: Hashable) -> None: ...
+
+    def begin_step(self, aborted: tuple[Hashable, ...] = ()) -> None: ...
+
+    def grant(self, rid: Hashable, start: int, stop: int, *, force: bool = False) -> int: ...
+
+
 class Scheduler:
     """Prefill scheduler state: waiting queue, running set (both in arrival order), progress,
     and the aborts still to come. ``chunked_prefill_size=None``: no step budget."""
@@ -133,6 +149,9 @@ class Scheduler:
         self._pending_aborts: list[Arrival] = []  # add order
         self._seen: set[Hashable] = set()
         self._steps = 0
+        # optional cache-aware admission (vitkit.sim.admission): cuts windows before an image the
+        # cache or the step's encoder budget cannot take; None grants by tokens alone
+        self.admission: Admission | None = None
 
     @classmethod
     def fixed_chunk(cls, chunk_size: int) -> Scheduler:
@@ -153,6 +172,8 @@ class Scheduler:
             # ever) and a NaN abort would be silently dropped
             if not (value is None and name == "abort_ms") and not _is_finite_number(value):
                 raise ValueError(f"request {arrival.rid!r}: {name} must be a finite number (ms), got {value!r}")
+        if self.admission is not None:
+            self.admission.check(arrival.rid)  # an image that can never fit is refused now, not spun on
         self._seen.add(arrival.rid)
         if arrival.abort_ms is not None:
             self._pending_aborts.append(arrival)
@@ -191,6 +212,8 @@ class Scheduler:
             return self._record(now_ms, (), (), (), aborted) if aborted else None
         budget = math.inf if self.chunked_prefill_size is None else self.chunked_prefill_size
         windows: list[Window] = []
+        if self.admission is not None:
+            self.admission.begin_step(aborted)
         for arrival in self.running:
             if budget == 0:
                 break
@@ -199,11 +222,14 @@ class Scheduler:
         while budget > 0 and self.waiting and self.waiting[0].arrival_ms <= now_ms:
             if self.max_running is not None and len(self.running) >= self.max_running:
                 break
-            arrival = self.waiting.pop(0)
-            self.running.append(arrival)
-            self.done_tokens[arrival.rid] = 0
-            admitted.append(arrival.rid)
-            budget -= self._grant(arrival, budget, windows)
+            granted = self._admit(budget, windows, admitted, force=False)
+            if granted == 0:  # admission held its first window back: it waits, and so do those behind it
+                break
+            budget -= granted
+        if not windows and self.running:  # every running request waits on space the others pin
+            budget -= self._grant(self.running[0], budget, windows, force=True)
+        elif not windows and self.waiting and self.waiting[0].arrival_ms <= now_ms:
+            budget -= self._admit(budget, windows, admitted, force=True)
         finished = tuple(a.rid for a in self.running if self.done_tokens[a.rid] == a.prompt_len)
         self.running = [a for a in self.running if a.rid not in finished]
         for rid in finished:
@@ -221,11 +247,28 @@ class Scheduler:
         self._steps += 1
         return step
 
-    def _grant(self, arrival: Arrival, budget: float, windows: list[Window]) -> int:
+    def _admit(self, budget: float, windows: list[Window], admitted: list[Hashable], force: bool) -> int:
+        """Grant the first waiting request its first window; it joins the running set unless
+        that window is empty (admission held it back)."""
+        arrival = self.waiting[0]
+        self.done_tokens[arrival.rid] = 0
+        granted = self._grant(arrival, budget, windows, force)
+        if granted == 0:
+            del self.done_tokens[arrival.rid]
+            return 0
+        self.running.append(self.waiting.pop(0))
+        admitted.append(arrival.rid)
+        return granted
+
+    def _grant(self, arrival: Arrival, budget: float, windows: list[Window], force: bool = False) -> int:
         start = self.done_tokens[arrival.rid]
         granted = min(arrival.prompt_len - start, budget)
         if self.per_request_cap is not None:
             granted = min(granted, self.per_request_cap)
+        if self.admission is not None:
+            granted = self.admission.grant(arrival.rid, start, start + granted, force=force) - start
+            if granted == 0:
+                return 0
         windows.append(Window(arrival.rid, start, start + granted))
         self.done_tokens[arrival.rid] = start + granted
         return granted
