@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,43 @@ def _compare(workload: str, mode: str, measured: TimedRun, modelled: TimedRun) -
     }
 
 
+def validate(
+    encoder: Any,
+    prefill_runner: Any,
+    modelled_costs: StepCosts,
+    *,
+    workloads: Sequence[str] = tuple(DEFAULTS),
+    modes: Sequence[str] = ("batched", "per_request"),
+    config: ReplayConfig = ReplayConfig(),
+    make_item: Any = None,
+    sizes: dict[str, tuple[float, int]] | None = None,
+    warm_passes: int = 1,
+) -> list[dict[str, Any]]:
+    """One comparison row per workload x mode: ``encoder`` (real, timed) and ``prefill_runner``
+    (real, ``step_ms``) against ``modelled_costs``, on the same requests and arrival times.
+    ``sizes``: workload -> (Poisson rate /s, requests); ``warm_passes`` untimed replays first."""
+    measured_costs = replace(modelled_costs, prefill=prefill_runner)
+    rows = []
+    for workload in workloads:
+        rate, n = (sizes or DEFAULTS)[workload]
+        process = ArrivalProcess("poisson", rate)
+        trace = process.apply(workload_trace(workload, n))
+        requests = build_requests(trace) if make_item is None else build_requests(trace, make_item)  # once: real pixels are heavy
+        for mode in modes:
+            run_config = replace(config, mode=mode)
+            # warm passes meet every shape the replay meets (compiled buckets, graphs); the last is timed
+            for _ in range(warm_passes + 1):
+                measured = timed_replay(trace, measured_costs, run_config, encoder=encoder, encoder_timer=TimedEncoder(encoder),
+                                        requests=requests, progress=True)
+            modelled = timed_replay(trace, modelled_costs, run_config)
+            rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label())))
+            r = rows[-1]
+            print(f"{workload:>13} {mode:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
+                  f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
+                  f"({r['p99_rel_err']:+.1%})")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vitkit.sim validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,34 +114,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=str(STORED), help="stored results the cost models were fitted to")
     args = parser.parse_args(argv)
 
-    modelled_costs = StepCosts(load_encoder_cost(args.results, PRESET), default_prefill())
-    encoder = _gpu_encoder()
-    measured_costs = replace(modelled_costs, prefill=gpu_prefill_runner())
-    make_item = processing_items(PRESET)
-    base = ReplayConfig(chunked_prefill_size=args.chunked_prefill_size, cache_tokens=args.cache_tokens)
-    rows = []
-    for workload in args.workloads:
-        rate, n = DEFAULTS[workload]
-        process = ArrivalProcess("poisson", rate)
-        trace = process.apply(workload_trace(workload, n))
-        requests = build_requests(trace, make_item)  # real pixels, once per workload
-        for mode in args.modes:
-            config = replace(base, mode=mode)
-            # first pass warms every shape the replay meets (compiled buckets, graphs); the second is timed
-            for _ in range(2):
-                measured = timed_replay(trace, measured_costs, config, encoder=encoder, encoder_timer=TimedEncoder(encoder),
-                                        requests=requests, progress=True)
-            modelled = timed_replay(trace, modelled_costs, config)
-            rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label())))
-            r = rows[-1]
-            print(f"{workload:>13} {mode:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
-                  f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
-                  f"({r['p99_rel_err']:+.1%})")
     from vitkit.bench.machine import machine_info, versions
 
+    modelled_costs = StepCosts(load_encoder_cost(args.results, PRESET), default_prefill())
+    encoder = _gpu_encoder()
+    runner = gpu_prefill_runner()
+    config = ReplayConfig(chunked_prefill_size=args.chunked_prefill_size, cache_tokens=args.cache_tokens)
+    rows = validate(encoder, runner, modelled_costs, workloads=args.workloads, modes=args.modes, config=config,
+                    make_item=processing_items(PRESET))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     data = {"schema": SCHEMA, "created": stamp, "note": DECODE_NOTE, "machine": machine_info(), "versions": versions(),
-            "sources": {"modelled": modelled_costs.label(), "measured_prefill": prefill_source(measured_costs.prefill),
+            "sources": {"modelled": modelled_costs.label(), "measured_prefill": prefill_source(runner),
                         "measured_encoder": f"{PRESET} bf16 {getattr(encoder, 'impl', '?')}"},
             "settings": vars(args), "rows": rows}
     print(write_json(Path(args.out) / f"ttft-validate-{stamp}.json", data))
