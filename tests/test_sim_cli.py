@@ -49,3 +49,13 @@ def test_validate_compares_measured_and_modelled_runs():
     # the same prefill both sides; the encoder side differs (CPU wall time of a fake vs the H100 model)
     assert row["measured_prefill_ms"] == pytest.approx(row["modelled_prefill_ms"], rel=0.5)
     assert row["p99_rel_err"] == pytest.approx((row["modelled_p99_ms"] - row["measured_p99_ms"]) / row["measured_p99_ms"])
+
+
+@pytest.mark.gpu
+def test_validate_on_the_gpu_runs_the_real_encoder_and_prefill(tmp_path):
+    from vitkit.sim.validate import main as validate_main
+
+    validate_main(["--out", str(tmp_path), "--workloads", "small-images", "--modes", "batched"])
+    (path,) = tmp_path.glob("ttft-validate-*.json")
+    row = json.loads(path.read_text())["rows"][0]
+    assert row["measured_p99_ms"] > 0 and row["measured_encoder_ms"] > 0 and row["measured_prefill_ms"] > 0

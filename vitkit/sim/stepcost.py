@@ -20,7 +20,7 @@ every request in it and every request queued behind it.
 
 from __future__ import annotations
 
-import json
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -91,7 +91,10 @@ def default_prefill() -> PrefillModel:
 
 
 def prefill_source(prefill: object) -> str:
-    return str(getattr(prefill, "source", None) or type(prefill).__name__)
+    """What timed the prefill: the model's ``source`` (folders dropped: they name this machine's
+    checkout, not the measurement), or the runner's class name."""
+    source = str(getattr(prefill, "source", None) or type(prefill).__name__)
+    return re.sub(r"\S*/([^/\s]+\.json)", r"\1", source)
 
 
 def _newest(folder: Path, pattern: str) -> list[Path]:
@@ -191,10 +194,3 @@ class StepClock:
         st = StepTime(step.index, step.time_ms, encoder_ms, prefill_ms, book, windows, tuple(step.finished))
         self.times.append(st)
         return st.duration_ms
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    return path

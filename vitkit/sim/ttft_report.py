@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vitkit.embed import MODES
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.load import TTFT_WORKLOADS
 from vitkit.sim.plot_ttft import plot_admission, plot_ttft_vs_load
-from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, write_json
+from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source
 from vitkit.sim.trace import example_traces, load_trace
 from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, sustainable_rate, timed_replay, workload_trace
 
 SCHEMA = "vitkit.ttft/1"
-MODES = ("batched", "per_request")
 ADMISSION_RATES = {"small-images": 60.0, "large-images": 6.0}  # requests/s, below saturation
 DEFAULT_RATES = {"small-images": (10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90), "large-images": (1, 2, 4, 6, 8, 9, 10, 11, 12)}
 ROW_COLUMNS = ("workload", "mode", "policy", "rate", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "encoder_share")
@@ -59,6 +60,14 @@ def _admission_rows(traces: Sequence[str], costs: StepCosts, cache_tokens: Seque
                     run = timed_replay(trace, costs, replace(base, mode=mode, policy=policy, cache_tokens=tokens))
                     rows.append({"trace": trace.name, **run.record(), "arrivals": arrivals})
     return rows
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """``data`` as indented JSON at ``path`` (folders made); non-JSON values as their str."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return path
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:
