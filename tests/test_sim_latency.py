@@ -136,10 +136,10 @@ def test_relative_fit_recovers_a_line_and_reports_errors():
 def test_stream_file_fit_and_preferred_over_sweep(tmp_path, fake_bench_results):
     (tmp_path / "full-x.json").write_text(json.dumps(fake_bench_results()))
     assert load_encoder_cost(tmp_path, "qwen2.5-vl-7b").source.startswith("sweep fit full-x.json")
-    rows = [{"encoder": "qwen2.5-vl-7b", "impl": "bucketed", "mode": "batched", "encoder_calls": c,
+    rows = [{"encoder": "qwen2.5-vl-7b", "impl": "vitkit", "mode": "batched", "encoder_calls": c,
              "encoded_items": c, "encoded_rows": r, "padded_rows": r, "encoder_ms": 1.5 * c + 0.02 * r,
              "step_ms": 1.5 * c + 0.02 * r + 0.3} for c, r in ((1, 256), (2, 2048), (1, 4096), (0, 0))]
-    stream = {"schema": "vitkit.stream/1", "machine": {"device_name": "H100"}, "rows": rows}
+    stream = {"schema": "vitkit.stream/1", "kind": "gpu", "machine": {"device_name": "H100"}, "steps": rows}
     (tmp_path / "stream-y.json").write_text(json.dumps(stream))
     cost = load_encoder_cost(tmp_path, "qwen2.5-vl-7b")
     assert cost.source.startswith("stream fit stream-y.json")
@@ -150,6 +150,8 @@ def test_stream_file_fit_and_preferred_over_sweep(tmp_path, fake_bench_results):
         fit_stream_cost_models(tmp_path / "full-x.json")
     with pytest.raises(ValueError, match="no stream-"):
         load_encoder_cost(tmp_path, "no-such-encoder")
+    (tmp_path / "stream-y.json").write_text(json.dumps(stream | {"kind": "cpu-smoke"}))
+    assert load_encoder_cost(tmp_path, "qwen2.5-vl-7b").source.startswith("sweep fit")  # a CPU stream times no GPU
 
 
 def test_stored_h100_encoder_cost_is_named_and_close():

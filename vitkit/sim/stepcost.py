@@ -34,6 +34,7 @@ from vitkit.sim.timing import TimedEncoderLike
 
 STORED = Path(__file__).resolve().parents[2] / "results" / "h100"
 DEFAULT_ENCODER = "qwen2.5-vl-7b"
+DEFAULT_IMPL = "vitkit"  # compiled, bucketed: what a server runs
 
 
 class PrefillModel(Protocol):
@@ -98,7 +99,8 @@ def prefill_source(prefill: object) -> str:
 
 
 def _newest(folder: Path, pattern: str) -> list[Path]:
-    return sorted(folder.glob(pattern), key=lambda p: p.name, reverse=True)
+    """Files matching ``pattern``, newest first by the UTC stamp that ends their names."""
+    return sorted(folder.glob(pattern), key=lambda p: (p.stem.rsplit("-", 1)[-1], p.name), reverse=True)
 
 
 @dataclass(frozen=True)
@@ -114,22 +116,31 @@ class EncoderCost:
         return sum(self.call.call_ms(rows) for rows in call_rows)
 
 
+def _pick_impl(impls: Sequence[str], impl: str | None) -> str | None:
+    """``impl`` when given and present; else vitkit's compiled path, else any."""
+    if impl is not None:
+        return impl if impl in impls else None
+    return DEFAULT_IMPL if DEFAULT_IMPL in impls else (sorted(impls)[0] if impls else None)
+
+
 def _from_stream(path: Path, encoder: str, impl: str | None) -> EncoderCost | None:
     data = load_stream_results(path)
+    if data.get("kind", "gpu") != "gpu":
+        return None  # a CPU smoke stream times no GPU
     models = fit_stream_cost_models(path)
-    keys = [k for k in models if k[0] == encoder and (impl is None or k[1] == impl)]
-    if not keys:
+    chosen = _pick_impl([k[1] for k in models if k[0] == encoder], impl)
+    if chosen is None:
         return None
-    key = sorted(keys)[-1]
-    rows = [r for r in data["rows"] if (r["encoder"], r["impl"]) == key]
+    key = (encoder, chosen)
+    rows = [r for r in data["steps"] if (r["encoder"], r["impl"]) == key]
     book = statistics.median(max(0.0, r["step_ms"] - r["encoder_ms"]) for r in rows)
     return EncoderCost(models[key], book, f"stream fit {path.name} ({key[0]}/{key[1]})")
 
 
 def _from_sweep(path: Path, encoder: str, impl: str | None) -> EncoderCost | None:
     data = load_results(path)
-    impl = impl or "vitkit"
-    if not any(r["encoder"] == encoder and r["impl"] == impl for r in data["rows"]):
+    impl = _pick_impl(sorted({r["impl"] for r in data["rows"] if r["encoder"] == encoder}), impl)
+    if impl is None or data.get("kind", "gpu") != "gpu":
         return None
     call = replace(fit_cost_models(data, relative=True)[(encoder, impl)], source=f"{path} ({data['machine'].get('device_name', '?')})")
     rows = [r for r in data["rows"] if r["encoder"] == encoder and r["impl"] == impl]
