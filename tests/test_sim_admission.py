@@ -127,8 +127,7 @@ class _Refuser:
 def test_scheduler_breaks_a_deadlock_with_one_forced_grant_a_step():
     from vitkit.sim.scheduler import Arrival, Scheduler
 
-    scheduler = Scheduler(100)
-    scheduler.admission = _Refuser()
+    scheduler = Scheduler(100, admission=_Refuser())
     scheduler.add(Arrival("a", 150, 0.0))
     steps = [scheduler.schedule(float(t)) for t in range(2)]
     assert [(w.start, w.stop) for s in steps for w in s.windows] == [(0, 100), (100, 150)]
@@ -138,8 +137,7 @@ def test_scheduler_breaks_a_deadlock_with_one_forced_grant_a_step():
 def test_a_waiting_request_is_forced_in_when_nothing_runs():
     from vitkit.sim.scheduler import Arrival, Scheduler
 
-    scheduler = Scheduler(100)
-    scheduler.admission = _Refuser()
+    scheduler = Scheduler(100, admission=_Refuser())
     scheduler.add(Arrival("a", 150, 0.0))
     scheduler.add(Arrival("b", 50, 0.0))
     step = scheduler.schedule(0.0)

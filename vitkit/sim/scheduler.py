@@ -133,6 +133,8 @@ class Scheduler:
         chunked_prefill_size: int | None,
         max_running: int | None = None,
         long_prefill_token_threshold: int | None = None,
+        *,
+        admission: Admission | None = None,
     ) -> None:
         self.chunked_prefill_size = (
             None if chunked_prefill_size is None else _check_positive_int("chunked_prefill_size", chunked_prefill_size)
@@ -151,7 +153,7 @@ class Scheduler:
         self._steps = 0
         # optional cache-aware admission (vitkit.sim.admission): cuts windows before an image the
         # cache or the step's encoder budget cannot take; None grants by tokens alone
-        self.admission: Admission | None = None
+        self.admission = admission
 
     @classmethod
     def fixed_chunk(cls, chunk_size: int) -> Scheduler:

@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vitkit.cache import EmbeddingCache
-from vitkit.embed import Encoder
+from vitkit.embed import MODES, Encoder
 from vitkit.request import Request
 from vitkit.sim.admission import POLICIES, CacheAwareAdmission
 from vitkit.sim.arrivals import ArrivalProcess
@@ -54,6 +54,8 @@ class ReplayConfig:
     max_tokens_per_call: int | None = None
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if isinstance(self.cache_tokens, bool) or not isinstance(self.cache_tokens, int) or self.cache_tokens <= 0:
@@ -91,11 +93,11 @@ class TimedRun:
 
 
 def _scheduler(config: ReplayConfig, requests: Mapping[Hashable, Request], cache: EmbeddingCache, row_bytes: int) -> Scheduler:
-    scheduler = Scheduler(config.chunked_prefill_size, config.max_running, config.long_prefill_token_threshold)
+    admission = None
     if config.policy == "cache-aware":
         budget = config.encoder_budget_tokens or config.chunked_prefill_size
-        scheduler.admission = CacheAwareAdmission(requests, cache, row_bytes, budget)
-    return scheduler
+        admission = CacheAwareAdmission(requests, cache, row_bytes, budget)
+    return Scheduler(config.chunked_prefill_size, config.max_running, config.long_prefill_token_threshold, admission=admission)
 
 
 def timed_replay(
@@ -119,7 +121,9 @@ def timed_replay(
     if requests is None:
         requests = build_requests(trace) if make_item is None else build_requests(trace, make_item)
     encoder = FakeEncoder(FAKE_HIDDEN) if encoder is None else encoder
-    row_bytes = bytes_per_token(encoder) or FAKE_HIDDEN * 4
+    row_bytes = bytes_per_token(encoder)
+    if row_bytes is None:  # the cache is sized in embedding rows: their width must be known
+        raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} has no hidden_size/dtype: cannot size a cache in rows")
     cache = EmbeddingCache(config.cache_tokens * row_bytes)
     scheduler = _scheduler(config, requests, cache, row_bytes)
     for arrival in trace.arrivals({rid: r.prompt_len for rid, r in requests.items()}):
@@ -148,7 +152,7 @@ def timed_replay(
     arrival_ms = {req.rid: req.arrival_ms for req in trace.requests}
     rows = request_latencies(clock.times, arrival_ms)
     summary = summarize_latency(rows, clock.times, arrival_ms)
-    return TimedRun(config, trace.description or trace.name, summary, counts, tuple(rows), tuple(clock.times),
+    return TimedRun(config, "trace times", summary, counts, tuple(rows), tuple(clock.times),
                     costs.label(), embeddings)
 
 
