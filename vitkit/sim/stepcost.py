@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from vitkit.bench.results import find_results
 from vitkit.embed import EmbedResult
 from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models, load_results, load_stream_results
 from vitkit.sim.latency import StepTime
@@ -150,17 +151,18 @@ def _from_sweep(path: Path, encoder: str, impl: str | None) -> EncoderCost | Non
 
 def load_encoder_cost(folder: str | Path = STORED, encoder: str = DEFAULT_ENCODER, impl: str | None = None) -> EncoderCost:
     """The encoder cost fitted to the newest stored results in ``folder``: a stream file
-    (``stream-*.json``) first, else a sweep (``full-*.json``). ValueError when neither has it."""
+    (``stream-*.json``) first, else a GPU sweep (``vitkit.bench/1``, e.g. ``full-*.json``).
+    ValueError when neither has it."""
     folder = Path(folder)
     for path in _newest(folder, "stream-*.json"):
         found = _from_stream(path, encoder, impl)
         if found is not None:
             return found
-    for path in _newest(folder, "full-*.json"):
+    for path in reversed(find_results(folder, kind="gpu") if folder.is_dir() else []):  # newest first
         found = _from_sweep(path, encoder, impl)
         if found is not None:
             return found
-    raise ValueError(f"no stream-*.json or full-*.json in {folder} has rows for encoder {encoder!r} impl {impl or 'any'!r}")
+    raise ValueError(f"no stream-*.json or GPU bench results in {folder} has rows for encoder {encoder!r} impl {impl or 'any'!r}")
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def encoder_label(encoder: str, models: Mapping[str, Any]) -> str:
     """What the figures say about their encoder time."""
     if encoder == "fake":
         return "encoder time: fake encoder on this CPU (not meaningful as a time)"
-    return f"encoder time: modelled from stored results, {encoder}, fitted to {models[encoder].source}"
+    return f"encoder time: modelled from stored results, {encoder}, fitted to {Path(models[encoder].source).name}"
 
 
 def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, progress: bool = False) -> list[SimRun]:
