@@ -62,6 +62,16 @@ def _admission_rows(traces: Sequence[str], costs: StepCosts, cache_tokens: Seque
     return rows
 
 
+def _portable(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with folders inside the checkout written relative to it (files are committed)."""
+    root = STORED.parents[1]
+    out = {}
+    for key, value in settings.items():
+        path = Path(value) if isinstance(value, str) and "/" in value else None
+        out[key] = str(path.resolve().relative_to(root)) if path and path.resolve().is_relative_to(root) else value
+    return out
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """``data`` as indented JSON at ``path`` (folders made); non-JSON values as their str."""
     path = Path(path)
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     data = {"schema": SCHEMA, "created": stamp, "note": DECODE_NOTE,
             "sources": {"encoder": costs.encoder.source, "encoder_fit": vars(costs.encoder.call) | {},
                         "bookkeeping_ms": costs.encoder.bookkeeping_ms, "prefill": prefill_source(costs.prefill)},
-            "settings": vars(args), "load": rows, "sustainable": sustainable, "admission": admission, "timing": timing}
+            "settings": _portable(vars(args)), "load": rows, "sustainable": sustainable, "admission": admission, "timing": timing}
     print(write_json(out / f"ttft-{stamp}.json", data))
     figures = {"load": plot_ttft_vs_load(points, args.bound_ms), "admission": plot_admission(admission)}
     for name, fig in figures.items():
