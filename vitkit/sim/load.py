@@ -29,6 +29,14 @@ TTFT_WORKLOADS: dict[str, tuple[WorkloadParams, str]] = {
     ),
 }
 
+# Poisson rates (requests/s) of each workload's latency-versus-load curve: from light load to
+# past saturation on the H100 cost models
+DEFAULT_RATES = {
+    "small-images": (10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90),
+    "large-images": (1, 2, 4, 6, 8, 9, 10, 11, 12),
+}
+ADMISSION_RATES = {"small-images": 60.0, "large-images": 6.0}  # the admission comparison's rate, near the knee
+
 
 def workload_params(name: str, num_requests: int | None = None) -> WorkloadParams:
     """The stock workload ``name`` (arrivals are set by the load sweep), optionally resized."""

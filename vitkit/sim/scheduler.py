@@ -84,7 +84,9 @@ class Arrival:
 @dataclass(frozen=True)
 class SchedulerView:
     """What a policy may look at when it decides a step: every request's items (by rid) and the
-    embedding cache as it is now (live: read it, do not change it)."""
+    embedding cache as it is now (live: read it, do not change it; cache-aware admission is the
+    one exception: it pins what it grants for the step, as vLLM's scheduler allocates encoder
+    cache space when it schedules an input)."""
 
     requests: Mapping[Hashable, Request]
     cache: EmbeddingCache

@@ -25,15 +25,13 @@ from typing import Any
 from vitkit.embed import MODES
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
-from vitkit.sim.load import TTFT_WORKLOADS
+from vitkit.sim.load import ADMISSION_RATES, DEFAULT_RATES, TTFT_WORKLOADS
 from vitkit.sim.plot_ttft import plot_admission, plot_ttft_vs_load
 from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source
 from vitkit.sim.trace import example_traces, load_trace
 from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, sustainable_rate, timed_replay, workload_trace
 
 SCHEMA = "vitkit.ttft/1"
-ADMISSION_RATES = {"small-images": 60.0, "large-images": 6.0}  # requests/s, below saturation
-DEFAULT_RATES = {"small-images": (10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90), "large-images": (1, 2, 4, 6, 8, 9, 10, 11, 12)}
 ROW_COLUMNS = ("workload", "mode", "policy", "rate", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "encoder_share")
 
 

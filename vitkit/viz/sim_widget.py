@@ -32,12 +32,11 @@ from vitkit.sim import (
     prepare,
 )
 from vitkit.sim.latency import DECODE_NOTE
-from vitkit.sim.load import TTFT_WORKLOADS
+from vitkit.sim.load import DEFAULT_RATES, TTFT_WORKLOADS
 from vitkit.sim.plot import plot_cache_memory, plot_over_steps
 from vitkit.sim.plot_ttft import plot_ttft_vs_load
 from vitkit.sim.stepcost import StepCosts, default_prefill, load_encoder_cost
 from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, timed_replay
-from vitkit.sim.ttft_report import DEFAULT_RATES
 from vitkit.viz.bench_widget import STORED
 from vitkit.viz.render import figure_png, html_table
 
