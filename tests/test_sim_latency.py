@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vitkit.bench.results import write_results
 from vitkit.sim.arrivals import ArrivalProcess, burst_times, poisson_times
 from vitkit.sim.costmodel import fit_call_cost, fit_stream_cost_models
 from vitkit.sim.latency import StepTime, percentile, request_latencies, summarize_latency
@@ -134,12 +135,13 @@ def test_relative_fit_recovers_a_line_and_reports_errors():
 
 
 def test_stream_file_fit_and_preferred_over_sweep(tmp_path, fake_bench_results):
-    (tmp_path / "full-x.json").write_text(json.dumps(fake_bench_results()))
-    assert load_encoder_cost(tmp_path, "qwen2.5-vl-7b").source.startswith("sweep fit full-x.json")
+    write_results(fake_bench_results(), tmp_path / "full-x-20260101T000000Z.json")
+    assert load_encoder_cost(tmp_path, "qwen2.5-vl-7b").source.startswith("sweep fit full-x-")
     rows = [{"encoder": "qwen2.5-vl-7b", "impl": "vitkit", "mode": "batched", "encoder_calls": c,
              "encoded_items": c, "encoded_rows": r, "padded_rows": r, "encoder_ms": 1.5 * c + 0.02 * r,
              "step_ms": 1.5 * c + 0.02 * r + 0.3} for c, r in ((1, 256), (2, 2048), (1, 4096), (0, 0))]
-    stream = {"schema": "vitkit.stream/1", "kind": "gpu", "machine": {"device_name": "H100"}, "steps": rows}
+    stream = {"schema": "vitkit.stream/1", "kind": "gpu", "machine": {"device_name": "H100"}, "versions": {},
+              "settings": {}, "warmups": [], "summaries": [], "steady": [], "cold": [], "steps": rows}
     (tmp_path / "stream-y.json").write_text(json.dumps(stream))
     cost = load_encoder_cost(tmp_path, "qwen2.5-vl-7b")
     assert cost.source.startswith("stream fit stream-y.json")
@@ -147,7 +149,7 @@ def test_stream_file_fit_and_preferred_over_sweep(tmp_path, fake_bench_results):
     assert cost.bookkeeping_ms == pytest.approx(0.3)
     assert cost.step_ms([256, 1024]) == pytest.approx(2 * 1.5 + 0.02 * 1280)
     with pytest.raises(ValueError, match="schema"):
-        fit_stream_cost_models(tmp_path / "full-x.json")
+        fit_stream_cost_models(tmp_path / "full-x-20260101T000000Z.json")
     with pytest.raises(ValueError, match="no stream-"):
         load_encoder_cost(tmp_path, "no-such-encoder")
     (tmp_path / "stream-y.json").write_text(json.dumps(stream | {"kind": "cpu-smoke"}))

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from vitkit.bench.results import find_results
+from vitkit.bench.results import find_results, load_results
+from vitkit.bench.stream_run import load_stream_results
 from vitkit.embed import EmbedResult
-from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models, load_results, load_stream_results
+from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models
 from vitkit.sim.latency import StepTime
 from vitkit.sim.timing import TimedEncoderLike
 
@@ -140,12 +141,12 @@ def _from_stream(path: Path, encoder: str, impl: str | None) -> EncoderCost | No
 
 def _from_sweep(path: Path, encoder: str, impl: str | None) -> EncoderCost | None:
     data = load_results(path)
-    impl = _pick_impl(sorted({r["impl"] for r in data["rows"] if r["encoder"] == encoder}), impl)
+    impl = _pick_impl(sorted({r.impl for r in data["rows"] if r.encoder == encoder}), impl)
     if impl is None or data.get("kind", "gpu") != "gpu":
         return None
     call = replace(fit_cost_models(data, relative=True)[(encoder, impl)], source=f"{path} ({data['machine'].get('device_name', '?')})")
-    rows = [r for r in data["rows"] if r["encoder"] == encoder and r["impl"] == impl]
-    book = statistics.median(r["bookkeeping_ms_median"] for r in rows)
+    rows = [r for r in data["rows"] if r.encoder == encoder and r.impl == impl]
+    book = statistics.median(r.bookkeeping_ms_median for r in rows)
     return EncoderCost(call, book, f"sweep fit {path.name} ({encoder}/{impl})")
 
 
