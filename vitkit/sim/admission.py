@@ -12,11 +12,13 @@ token, the request waits for a later step. A request holding an image that could
 (larger than the whole cache, or than the encoder budget) is refused when it is added, with a
 ValueError: a scheduler waiting for it to fit would loop for ever (a known vLLM failure).
 
-To make "fits" a promise and not a guess, the policy also *holds* (pins, under its own owner)
-every cached image a granted window touches, until the next step is scheduled: in per-request
-mode a later request's puts could otherwise evict an earlier request's hit before it is read.
-The space granted this step is then: pinned bytes + new images' bytes <= capacity, so every put
-of the step fits and no entry a window relies on is evicted in the step.
+To make "fits" a promise and not a guess, in per-request mode the policy also *holds* (pins,
+under its own owner) every cached image a granted window touches, until the next step is
+scheduled: a later request's puts could otherwise evict an earlier request's hit before it is
+read. (In batched mode every lookup comes before every put, so only the hits ``embed_chunks``
+pins for a later window take space.) The space granted this step is then: pinned bytes + held
+or newly pinned hits + new images' bytes <= capacity, so every put of the step fits and no entry
+a window relies on is evicted in the step.
 
 If, in some step, no window at all can be granted while requests are running (their pins hold
 the space each needs: a deadlock vLLM would break by preempting), the head running request's
@@ -47,7 +49,10 @@ class CacheAwareAdmission:
 
     ``bytes_per_token``: bytes one embedding row takes in the cache; ``encoder_budget_tokens``:
     embedding rows the encoder may produce in one step (vLLM's ``max_num_encoder_input_tokens``;
-    None: no limit besides the cache).
+    None: no limit besides the cache). ``hold_hits``: hold every cached item a granted window
+    touches (needed in per-request mode, where a later request's lookup follows earlier puts);
+    in batched mode every lookup precedes every put, so only hits that ``embed_chunks`` will pin
+    take space.
     """
 
     def __init__(
@@ -56,6 +61,8 @@ class CacheAwareAdmission:
         cache: EmbeddingCache,
         bytes_per_token: int,
         encoder_budget_tokens: int | None = None,
+        *,
+        hold_hits: bool = True,
     ) -> None:
         if isinstance(bytes_per_token, bool) or not isinstance(bytes_per_token, int) or bytes_per_token <= 0:
             raise ValueError(f"bytes_per_token must be a positive int, got {bytes_per_token!r}")
@@ -67,6 +74,7 @@ class CacheAwareAdmission:
         self.cache = cache
         self.bytes_per_token = bytes_per_token
         self.encoder_budget_tokens = encoder_budget_tokens
+        self.hold_hits = hold_hits
         self.forced = 0  # deadlock-breaking grants so far
         self._state = _StepState()
 
@@ -102,16 +110,14 @@ class CacheAwareAdmission:
         pins needs its bytes (it is held for the step). ``force``: grant it anyway, as the
         legacy policy would."""
         request, state = self.requests[rid], self._state
-        for item, span in zip(request.items, request.spans):
+        for k, (item, span) in enumerate(zip(request.items, request.spans)):
             if span.stop <= start or span.start >= stop:
                 continue
             key = item.hash
             if key in state.planned:
                 continue
             cached = key in self.cache
-            # a cached entry someone pins costs nothing; an unpinned one is held (pinned) for the
-            # step, so it takes its bytes like a new image, but no encoder tokens
-            nbytes = 0 if cached and self.cache.is_pinned(key) else item.num_tokens * self.bytes_per_token
+            nbytes = self._hit_bytes(request, k, stop) if cached else item.num_tokens * self.bytes_per_token
             tokens = 0 if cached else item.num_tokens
             fits = nbytes <= state.free_bytes and (state.budget_tokens is None or tokens <= state.budget_tokens)
             if not fits and not force:
@@ -120,7 +126,19 @@ class CacheAwareAdmission:
             if state.budget_tokens is not None:
                 state.budget_tokens -= tokens
             state.planned.add(key)
-            if cached:
+            if cached and self.hold_hits:
                 self.cache.pin(key, HOLD_OWNER)
         self.forced += force
         return stop
+
+    def _hit_bytes(self, request: Request, k: int, stop: int) -> int:
+        """Space a cached item of a granted window takes this step: none when someone pins it;
+        its bytes when it is held (per-request mode) or pinned by ``embed_chunks`` before the
+        step's puts because a later window of the request needs it (it runs past ``stop``, or
+        recurs later in the prompt: counted even if the recurrence falls inside the window,
+        which only over-reserves)."""
+        item, span = request.items[k], request.spans[k]
+        if self.cache.is_pinned(item.hash):
+            return 0
+        later = span.stop > stop or any(other.hash == item.hash for other in request.items[k + 1 :])
+        return item.num_tokens * self.bytes_per_token if self.hold_hits or later else 0

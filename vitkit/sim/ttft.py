@@ -96,7 +96,7 @@ def _scheduler(config: ReplayConfig, requests: Mapping[Hashable, Request], cache
     admission = None
     if config.policy == "cache-aware":
         budget = config.encoder_budget_tokens or config.chunked_prefill_size
-        admission = CacheAwareAdmission(requests, cache, row_bytes, budget)
+        admission = CacheAwareAdmission(requests, cache, row_bytes, budget, hold_hits=config.mode == "per_request")
     return Scheduler(config.chunked_prefill_size, config.max_running, config.long_prefill_token_threshold, admission=admission)
 
 
