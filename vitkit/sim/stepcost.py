@@ -94,8 +94,8 @@ def default_prefill() -> PrefillModel:
 
 
 def prefill_source(prefill: object) -> str:
-    """What timed the prefill: the model's ``source`` (folders dropped: they name this machine's
-    checkout, not the measurement), or the runner's class name."""
+    """What timed the prefill (or any model with a ``source``): its source with folders dropped
+    (they name this machine's checkout, not the measurement), or the runner's class name."""
     source = str(getattr(prefill, "source", None) or type(prefill).__name__)
     return re.sub(r"\S*/([^/\s]+\.json)", r"\1", source)
 

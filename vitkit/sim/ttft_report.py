@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out)
     data = {"schema": SCHEMA, "created": stamp, "note": DECODE_NOTE,
-            "sources": {"encoder": costs.encoder.source, "encoder_fit": vars(costs.encoder.call) | {},
+            "sources": {"encoder": costs.encoder.source, "encoder_fit": vars(costs.encoder.call) | {"source": prefill_source(costs.encoder.call)},
                         "bookkeeping_ms": costs.encoder.bookkeeping_ms, "prefill": prefill_source(costs.prefill)},
             "settings": _portable(vars(args)), "load": rows, "sustainable": sustainable, "admission": admission, "timing": timing}
     print(write_json(out / f"ttft-{stamp}.json", data))
