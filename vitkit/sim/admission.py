@@ -31,6 +31,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from vitkit.cache import EmbeddingCache
+from vitkit.checks import positive_int
 from vitkit.request import Request
 
 POLICIES = ("legacy", "cache-aware")
@@ -64,12 +65,9 @@ class CacheAwareAdmission:
         *,
         hold_hits: bool = True,
     ) -> None:
-        if isinstance(bytes_per_token, bool) or not isinstance(bytes_per_token, int) or bytes_per_token <= 0:
-            raise ValueError(f"bytes_per_token must be a positive int, got {bytes_per_token!r}")
-        if encoder_budget_tokens is not None and (
-            isinstance(encoder_budget_tokens, bool) or not isinstance(encoder_budget_tokens, int) or encoder_budget_tokens <= 0
-        ):
-            raise ValueError(f"encoder_budget_tokens must be a positive int or None, got {encoder_budget_tokens!r}")
+        positive_int("bytes_per_token", bytes_per_token)
+        if encoder_budget_tokens is not None:
+            positive_int("encoder_budget_tokens", encoder_budget_tokens)
         self.requests = requests
         self.cache = cache
         self.bytes_per_token = bytes_per_token

@@ -12,15 +12,14 @@ import math
 import random
 from dataclasses import dataclass, replace
 
+from vitkit.checks import non_negative_int, positive_int
 from vitkit.sim.trace import Trace
 
 PROCESSES = ("poisson", "bursts", "trace")
 
 
 def _check_count(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"number of arrivals must be an int >= 0, got {n!r}")
-    return n
+    return non_negative_int("number of arrivals", n)
 
 
 def _check_rate(rate_per_s: object) -> float:
@@ -47,8 +46,7 @@ def burst_times(n: int, rate_per_s: float, burst_size: int) -> tuple[float, ...]
     mean rate is ``rate_per_s`` (a burst every ``burst_size / rate_per_s`` seconds)."""
     _check_count(n)
     rate = _check_rate(rate_per_s)
-    if isinstance(burst_size, bool) or not isinstance(burst_size, int) or burst_size <= 0:
-        raise ValueError(f"burst_size must be a positive int, got {burst_size!r}")
+    positive_int("burst_size", burst_size)
     gap_ms = burst_size * 1000.0 / rate
     return tuple((k // burst_size) * gap_ms for k in range(n))
 

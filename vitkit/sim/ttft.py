@@ -22,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vitkit.cache import EmbeddingCache
+from vitkit.checks import positive_int
 from vitkit.embed import MODES, Encoder
 from vitkit.request import Request
 from vitkit.sim.admission import POLICIES, CacheAwareAdmission
@@ -58,8 +59,7 @@ class ReplayConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if isinstance(self.cache_tokens, bool) or not isinstance(self.cache_tokens, int) or self.cache_tokens <= 0:
-            raise ValueError(f"cache_tokens must be a positive int, got {self.cache_tokens!r}")
+        positive_int("cache_tokens", self.cache_tokens)
 
 
 @dataclass(frozen=True)
