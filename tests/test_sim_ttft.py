@@ -6,9 +6,10 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from vitkit.bench.decoder import check_windows
 from vitkit.sim.costmodel import CallCost
 from vitkit.sim.latency import percentile
-from vitkit.sim.stepcost import EncoderCost, StepCosts, check_windows
+from vitkit.sim.stepcost import EncoderCost, StepCosts
 from vitkit.sim.trace import ImageSpec, Trace, TraceRequest, load_trace
 from vitkit.sim.ttft import ReplayConfig, load_sweep, replay_at_rate, sustainable_rate, timed_replay, workload_trace
 from vitkit.sim.workload import build_requests

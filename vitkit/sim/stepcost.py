@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from vitkit.bench.decoder import check_windows
 from vitkit.bench.results import find_results, load_results
 from vitkit.bench.stream_run import load_stream_results
 from vitkit.embed import EmbedResult
@@ -41,18 +42,6 @@ DEFAULT_IMPL = "vitkit"  # compiled, bucketed: what a server runs
 
 class PrefillModel(Protocol):
     def step_ms(self, windows: Sequence[tuple[int, int]]) -> float: ...
-
-
-def check_windows(windows: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``windows`` as ``(context_before, new_tokens)`` pairs of ints (>= 0 and > 0)."""
-    out = []
-    for k, window in enumerate(windows):
-        ok = isinstance(window, tuple) and len(window) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in window)
-        if not ok or window[0] < 0 or window[1] <= 0:
-            raise ValueError(f"prefill window {k} must be (context_tokens >= 0, new_tokens > 0), got {window!r}")
-        out.append(window)
-    return out
 
 
 @dataclass(frozen=True)
@@ -72,9 +61,9 @@ class FlopPrefillCost:
     source: str = "estimate: Qwen2.5-VL-7B decoder FLOPs at 50% of 989 TFLOP/s (not measured)"
 
     def step_ms(self, windows: Sequence[tuple[int, int]]) -> float:
-        checked = check_windows(windows)
-        if not checked:
+        if not windows:
             return 0.0
+        checked = check_windows(windows)
         gemm = sum(2 * self.params * new for _, new in checked)
         attn = sum(self.attn_flops_per_pair * new * (ctx + (new + 1) / 2) for ctx, new in checked)
         return self.intercept_ms + (gemm + attn) / (self.peak_flops * self.utilisation) * 1e3
