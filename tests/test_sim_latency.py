@@ -157,9 +157,14 @@ def test_stream_file_fit_and_preferred_over_sweep(tmp_path, fake_bench_results):
 
 
 def test_stored_h100_encoder_cost_is_named_and_close():
-    cost = load_encoder_cost()
-    assert "qwen2.5-vl-7b" in cost.source and cost.call.median_rel_err < 0.1
-    assert cost.call.intercept_ms > 0  # the fixed cost per call that batching saves
+    cost = load_encoder_cost()  # the bucket model: the stream file regenerates its calls
+    assert "stream bucket fit" in cost.source and "qwen2.5-vl-7b" in cost.source and cost.call.median_rel_err < 0.1
+    assert cost.call.call_ms([256]) < cost.call.call_ms([256, 256]) < 2 * cost.call.call_ms([256])
+    line = load_encoder_cost(model="line")
+    assert line.source.startswith("stream fit") and line.call.median_rel_err < 0.1
+    assert line.call.intercept_ms > 0  # the fixed cost per call that batching saves
+    with pytest.raises(ValueError, match="model must be one of"):
+        load_encoder_cost(model="cubic")
 
 
 def test_flop_prefill_estimate_and_window_checks():

@@ -5,11 +5,12 @@ model over every token of the step's windows (text and image placeholders alike)
 starts when both are done. The replay advances its clock by that sum, so a slow step delays
 every request in it and every request queued behind it.
 
-- **Encoder**: a ``CallCost`` per call, fitted to stored GPU results: a stream benchmark file
-  (``stream-*.json``, the bucketed encoder on a changing stream of calls, the regime a server
-  lives in) when one exists, else the sweep (``full-*.json``), fitted by relative error so the
-  fixed cost of a small call, the cost batching saves, is modelled well. Or measured: the real
-  encoder, timed (``vitkit.sim.timing.TimedEncoder``).
+- **Encoder**: a cost per call fitted to stored GPU results. For the bucketed encoder (impl
+  ``vitkit``) with a stream benchmark file (``stream-*.json``, the encoder on a changing stream
+  of calls, the regime a server lives in): a ``BucketCost``, ms per bucket's graph replay plus
+  a per-call overhead, applied to the packs each call makes. Otherwise (``model="line"``, other
+  impls, or only a sweep ``full-*.json``) a ``CallCost`` line over rows per call, fitted by
+  relative error. Or measured: the real encoder, timed (``vitkit.sim.timing.TimedEncoder``).
 - **Prefill**: anything with ``step_ms(windows) -> ms``, windows as ``(context_tokens_before,
   new_tokens)``: the fitted H100 model ``vitkit.sim.prefill.load_prefill_cost()``, the GPU
   runner that really runs the decoder, or ``FlopPrefillCost`` (an estimate from FLOPs at an
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,14 +31,15 @@ from typing import Any, Protocol
 from vitkit.bench.decoder import check_windows
 from vitkit.bench.results import find_results, load_results
 from vitkit.bench.stream_run import load_stream_results
-from vitkit.embed import EmbedResult
-from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models
+from vitkit.embed import ENCODING_FATES, EmbedResult
+from vitkit.sim.costmodel import BucketCost, CallCost, fit_cost_models, fit_stream_bucket_cost, fit_stream_cost_models
 from vitkit.sim.latency import StepTime
 from vitkit.sim.timing import TimedEncoderLike
 
 STORED = Path(__file__).resolve().parents[2] / "results" / "h100"
 DEFAULT_ENCODER = "qwen2.5-vl-7b"
 DEFAULT_IMPL = "vitkit"  # compiled, bucketed: what a server runs
+ENCODER_MODELS = ("bucket", "line")  # bucket: BucketCost for the bucketed impl; line: CallCost
 
 
 class PrefillModel(Protocol):
@@ -98,13 +100,16 @@ def _newest(folder: Path, pattern: str) -> list[Path]:
 class EncoderCost:
     """An encoder's per-call cost model and the bookkeeping ms per step from the same file."""
 
-    call: CallCost
+    call: CallCost | BucketCost
     bookkeeping_ms: float
-    source: str  # which file and regime (stream or sweep) it was fitted to
+    source: str  # which file, regime (stream or sweep) and model (bucket or line) it was fitted to
 
-    def step_ms(self, call_rows: Sequence[int]) -> float:
-        """Encoder ms of a step whose calls produced ``call_rows`` embedding rows each."""
-        return sum(self.call.call_ms(rows) for rows in call_rows)
+    def step_ms(self, calls: Sequence[int | Sequence[int]]) -> float:
+        """Encoder ms of a step's calls, each given as its items' embedding rows (a list) or, for
+        the line model, as its total rows (an int; the bucket model reads an int as one item)."""
+        if isinstance(self.call, BucketCost):
+            return sum(self.call.call_ms(c) for c in calls)
+        return sum(self.call.call_ms(c if isinstance(c, int) else sum(c)) for c in calls)
 
 
 def _pick_impl(impls: Sequence[str], impl: str | None) -> str | None:
@@ -114,7 +119,7 @@ def _pick_impl(impls: Sequence[str], impl: str | None) -> str | None:
     return DEFAULT_IMPL if DEFAULT_IMPL in impls else (sorted(impls)[0] if impls else None)
 
 
-def _from_stream(path: Path, encoder: str, impl: str | None) -> EncoderCost | None:
+def _from_stream(path: Path, encoder: str, impl: str | None, model: str) -> EncoderCost | None:
     data = load_stream_results(path)
     if data.get("kind", "gpu") != "gpu":
         return None  # a CPU smoke stream times no GPU
@@ -125,6 +130,10 @@ def _from_stream(path: Path, encoder: str, impl: str | None) -> EncoderCost | No
     key = (encoder, chosen)
     rows = [r for r in data["steps"] if (r["encoder"], r["impl"]) == key]
     book = statistics.median(max(0.0, r["step_ms"] - r["encoder_ms"]) for r in rows)
+    # only that impl packs calls into bucket graphs; the calls are recomputed from the stream's spec
+    if model == "bucket" and chosen == DEFAULT_IMPL and "stream" in data["settings"]:
+        cost, _ = fit_stream_bucket_cost(path, encoder, chosen)
+        return EncoderCost(cost, book, f"stream bucket fit {path.name} ({key[0]}/{key[1]})")
     return EncoderCost(models[key], book, f"stream fit {path.name} ({key[0]}/{key[1]})")
 
 
@@ -139,13 +148,18 @@ def _from_sweep(path: Path, encoder: str, impl: str | None) -> EncoderCost | Non
     return EncoderCost(call, book, f"sweep fit {path.name} ({encoder}/{impl})")
 
 
-def load_encoder_cost(folder: str | Path = STORED, encoder: str = DEFAULT_ENCODER, impl: str | None = None) -> EncoderCost:
+def load_encoder_cost(folder: str | Path = STORED, encoder: str = DEFAULT_ENCODER, impl: str | None = None,
+                      model: str = "bucket") -> EncoderCost:
     """The encoder cost fitted to the newest stored results in ``folder``: a stream file
     (``stream-*.json``) first, else a GPU sweep (``vitkit.bench/1``, e.g. ``full-*.json``).
-    ValueError when neither has it."""
+    ``model``: ``"bucket"`` (default) fits the bucketed impl's ``BucketCost`` to a stream file;
+    ``"line"`` the older ``CallCost`` line (always used for other impls and for sweeps).
+    ValueError when neither file has it."""
+    if model not in ENCODER_MODELS:
+        raise ValueError(f"model must be one of {ENCODER_MODELS}, got {model!r}")
     folder = Path(folder)
     for path in _newest(folder, "stream-*.json"):
-        found = _from_stream(path, encoder, impl)
+        found = _from_stream(path, encoder, impl, model)
         if found is not None:
             return found
     for path in reversed(find_results(folder, kind="gpu") if folder.is_dir() else []):  # newest first
@@ -171,26 +185,49 @@ def prefill_windows(windows: Sequence[tuple[Any, int, int]]) -> list[tuple[int, 
     return [(start, stop - start) for _, start, stop in windows if stop > start]
 
 
+def call_item_rows(step: Any, result: EmbedResult, requests: Mapping[Hashable, Any]) -> list[list[int]]:
+    """Per encoder call of the step, in call order, the embedding rows of each item it encoded
+    (the lookups whose fate made the encode happen), read from ``result.outcomes``."""
+    calls: list[list[int]] = [[] for _ in result.call_tokens]
+    for window, outcomes in zip(step.windows, result.outcomes):
+        items = requests[window.rid].items
+        for o in outcomes:
+            if o.fate in ENCODING_FATES:
+                calls[o.call].append(items[o.index].num_tokens)
+    if [sum(c) for c in calls] != list(result.call_tokens):
+        raise ValueError(f"step {step.index}: items per call {calls} do not add up to the calls' rows {result.call_tokens}")
+    return calls
+
+
 class StepClock:
     """The replay's ``step_duration(step, result) -> ms``: each step's cost, also kept as
     ``StepTime`` rows (``times``) for the latency tables.
 
     Encoder ms come from ``encoder_timer`` when given (a real encoder's measured time, through
-    its ``take_time()``), else from the cost model applied to the step's calls
-    (``result.call_tokens``); prefill ms from ``costs.prefill`` (model or GPU runner).
+    its ``take_time()``), else from the cost model applied to the step's calls: each call's
+    items' rows (from ``result.outcomes`` and ``requests``, what the bucket model packs), or
+    without ``requests`` each call's total rows (``result.call_tokens``). Prefill ms from
+    ``costs.prefill`` (model or GPU runner).
     """
 
-    def __init__(self, costs: StepCosts, encoder_timer: TimedEncoderLike | None = None) -> None:
+    def __init__(self, costs: StepCosts, encoder_timer: TimedEncoderLike | None = None,
+                 requests: Mapping[Hashable, Any] | None = None) -> None:
         self.costs = costs
         self.encoder_timer = encoder_timer
+        self.requests = requests
         self.times: list[StepTime] = []
+
+    def _calls(self, step: Any, result: EmbedResult) -> list[int] | list[list[int]]:
+        if self.requests is None:
+            return list(result.call_tokens)
+        return call_item_rows(step, result, self.requests)
 
     def __call__(self, step: Any, result: EmbedResult) -> float:
         windows = tuple((w.rid, w.start, w.stop) for w in step.windows)
         if self.encoder_timer is not None:
             encoder_ms = self.encoder_timer.take_time().reported_ms
         else:
-            encoder_ms = self.costs.encoder.step_ms(result.call_tokens)
+            encoder_ms = self.costs.encoder.step_ms(self._calls(step, result))
         pairs = prefill_windows(windows)
         prefill_ms = self.costs.prefill.step_ms(pairs) if pairs else 0.0
         book = self.costs.encoder.bookkeeping_ms if windows else 0.0

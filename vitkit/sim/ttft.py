@@ -128,7 +128,7 @@ def timed_replay(
     scheduler = _scheduler(config, requests, cache, row_bytes)
     for arrival in trace.arrivals({rid: r.prompt_len for rid, r in requests.items()}):
         scheduler.add(arrival)
-    clock = StepClock(costs, encoder_timer)
+    clock = StepClock(costs, encoder_timer, requests)
     seen: set[str] = set()
     re_enc = req_re_enc = refused = evictions = encoded = 0
     embeddings = {}

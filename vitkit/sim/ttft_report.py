@@ -70,6 +70,14 @@ def _portable(settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def encoder_fit_record(call: Any) -> dict[str, Any]:
+    """An encoder cost model's fields as JSON-ready values (folders dropped from its source)."""
+    record = dict(vars(call)) | {"source": prefill_source(call), "model": type(call).__name__}
+    if "buckets" in record:
+        record["buckets"] = list(call.buckets.sizes)
+    return record
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """``data`` as indented JSON at ``path`` (folders made); non-JSON values as their str."""
     path = Path(path)
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out)
     data = {"schema": SCHEMA, "created": stamp, "note": DECODE_NOTE,
-            "sources": {"encoder": costs.encoder.source, "encoder_fit": vars(costs.encoder.call) | {"source": prefill_source(costs.encoder.call)},
+            "sources": {"encoder": costs.encoder.source, "encoder_fit": encoder_fit_record(costs.encoder.call),
                         "bookkeeping_ms": costs.encoder.bookkeeping_ms, "prefill": prefill_source(costs.prefill)},
             "settings": _portable(vars(args)), "load": rows, "sustainable": sustainable, "admission": admission, "timing": timing}
     print(write_json(out / f"ttft-{stamp}.json", data))
