@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source
-from vitkit.sim.ttft_report import write_json
+from vitkit.sim.ttft_report import encoder_fit_record, write_json
 from vitkit.sim.timing import TimedEncoder
 from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay, workload_trace
 from vitkit.sim.workload import build_requests, processing_items
@@ -106,16 +107,96 @@ def validate(
     return rows
 
 
+def stored_replay(row: dict[str, Any], settings: dict[str, Any]) -> tuple[Any, ReplayConfig, ArrivalProcess]:
+    """The trace, config and arrival process a stored validation row was replayed with, rebuilt
+    as ``validate`` builds them: the workload's requests (seeded), Poisson arrivals (seed 0) at
+    the rate in the row's ``arrivals`` label, the file's step budget and cache size."""
+    kind, _, rate = row["arrivals"].partition(" ")
+    if kind != "poisson" or not rate.endswith("/s"):
+        raise ValueError(f"stored row {row['workload']}/{row['mode']}: arrivals {row['arrivals']!r} is not 'poisson <rate>/s'")
+    process = ArrivalProcess("poisson", float(rate[:-2]))
+    trace = process.apply(workload_trace(row["workload"], row["measured"]["requests"]))
+    config = ReplayConfig(mode=row["mode"], chunked_prefill_size=settings["chunked_prefill_size"], cache_tokens=settings["cache_tokens"])
+    return trace, config, process
+
+
+def remodel(stored: dict[str, Any], costs: StepCosts, previous: StepCosts | None = None) -> list[dict[str, Any]]:
+    """The stored file's measured side next to a new modelled side: each row's replay rebuilt
+    (``stored_replay``) and replayed with ``costs``. With ``previous`` (the cost models the file's
+    modelled side used) each row is replayed with those too and must reproduce the stored modelled
+    TTFTs: the proof that trace, arrivals and config are the ones the GPU replayed (ValueError if not)."""
+    rows = []
+    for row in stored["rows"]:
+        trace, config, process = stored_replay(row, stored["settings"])
+        if previous is not None:
+            again = timed_replay(trace, previous, config).summary
+            for q in ("p50", "p99"):
+                if abs(getattr(again, f"ttft_{q}_ms") - row[f"modelled_{q}_ms"]) > 1e-6 * row[f"modelled_{q}_ms"]:
+                    raise ValueError(f"{row['workload']}/{row['mode']}: the rebuilt replay gives modelled {q} "
+                                     f"{getattr(again, f'ttft_{q}_ms'):.3f} ms, the file {row[f'modelled_{q}_ms']:.3f} ms")
+        modelled = replace(timed_replay(trace, costs, config), arrivals=process.label())
+        m, c = row["measured"], modelled.summary
+        new = {k: v for k, v in row.items() if k.startswith("measured") or k in ("workload", "mode", "arrivals")}
+        new |= {"modelled_p50_ms": c.ttft_p50_ms, "p50_rel_err": _rel(m["ttft_p50_ms"], c.ttft_p50_ms),
+                "modelled_p99_ms": c.ttft_p99_ms, "p99_rel_err": _rel(m["ttft_p99_ms"], c.ttft_p99_ms),
+                "modelled_encoder_ms": sum(t.encoder_ms for t in modelled.steps),
+                "modelled_prefill_ms": sum(t.prefill_ms for t in modelled.steps),
+                "modelled": asdict(c) | asdict(modelled.cache), "reproduced_previous_modelled": previous is not None,
+                "previous_modelled_p50_ms": row["modelled_p50_ms"], "previous_modelled_p99_ms": row["modelled_p99_ms"]}
+        rows.append(new)
+    return rows
+
+
+def modelled_only(measured: str | Path, results: str | Path = STORED, model: str = "bucket") -> dict[str, Any]:
+    """A validation file whose measured side is the stored file ``measured`` (GPU numbers, kept
+    as they are) and whose modelled side is recomputed on this CPU with the encoder ``model``
+    fitted to ``results``; the file's own modelled side is first reproduced with the line model."""
+    stored = json.loads(Path(measured).read_text())
+    if stored.get("schema") != SCHEMA:
+        raise ValueError(f"{measured}: schema must be {SCHEMA!r}, got {stored.get('schema')!r}")
+    costs = StepCosts(load_encoder_cost(results, PRESET, model=model), default_prefill())
+    previous = StepCosts(load_encoder_cost(results, PRESET, model="line"), default_prefill())
+    rows = remodel(stored, costs, previous if costs.label() != previous.label() else None)
+    note = (f"{stored['note']}. Measured on the H100 at {stored['created']} ({Path(measured).name}); modelled recomputed "
+            f"on CPU with {costs.label()} (the file's modelled side, {stored['sources']['modelled']}, reproduced first)")
+    sources = stored["sources"] | {"modelled": costs.label(), "encoder_fit": encoder_fit_record(costs.encoder.call),
+                                   "previous_modelled": stored["sources"]["modelled"]}
+    return stored | {"note": note, "sources": sources, "rows": rows,
+                     "settings": stored["settings"] | {"modelled_only": True, "measured_file": Path(measured).name, "model": model}}
+
+
+def _print_rows(rows: Sequence[dict[str, Any]]) -> None:
+    for r in rows:
+        print(f"{r['workload']:>13} {r['mode']:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
+              f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
+              f"({r['p99_rel_err']:+.1%}); encoder ms {r['measured_encoder_ms']:.0f} / {r['modelled_encoder_ms']:.0f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vitkit.sim validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder for ttft-validate-<stamp>.json")
+    parser.add_argument("--out", default=None, help="folder for ttft-validate-<stamp>.json (default with --modelled-only: the measured file's)")
+    parser.add_argument("--modelled-only", action="store_true",
+                        help="no GPU: recompute the modelled side of the stored --measured file with the cost models")
+    parser.add_argument("--measured", default=None, help="a stored ttft-validate-*.json whose measured side to keep (--modelled-only)")
+    parser.add_argument("--model", default="bucket", choices=["bucket", "line"], help="encoder cost model (--modelled-only)")
     parser.add_argument("--workloads", nargs="+", default=list(DEFAULTS), choices=sorted(DEFAULTS))
     parser.add_argument("--modes", nargs="+", default=["batched", "per_request"])
     parser.add_argument("--chunked-prefill-size", type=int, default=2048)
     parser.add_argument("--cache-tokens", type=int, default=16384)
     parser.add_argument("--results", default=str(STORED), help="stored results the cost models were fitted to")
     args = parser.parse_args(argv)
+    if args.modelled_only:
+        if not args.measured:
+            parser.error("--modelled-only needs --measured FILE")
+        data = modelled_only(args.measured, args.results, args.model)
+        _print_rows(data["rows"])
+        out = Path(args.out) if args.out else Path(args.measured).parent
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        print(write_json(out / f"ttft-validate-{stamp}.json", data | {"created": stamp}))
+        return
+    if not args.out:
+        parser.error("--out is required (unless --modelled-only)")
 
     from vitkit.bench.machine import machine_info, versions
 
