@@ -206,7 +206,7 @@ class BucketCost:
 
     ``unit``: bucket units per embedding row (Qwen2.5-VL: 4 patches a merged row), so a call
     given in rows packs as the encoder packs it. ``observed``: the buckets the fit saw; the others
-    are interpolated in size between observed neighbours (proportional past the ends).
+    are filled in by ``_fill_unobserved`` (interpolated in size between observed neighbours).
     """
 
     encoder: str
@@ -277,7 +277,8 @@ def nnls(a: np.ndarray, b: np.ndarray, *, max_iter: int | None = None) -> np.nda
 
 def _fill_unobserved(sizes: Sequence[int], ms: np.ndarray, observed: Sequence[int]) -> list[float]:
     """Bucket ms for every size: the fitted ones as they are, the others interpolated in size
-    between observed neighbours, or proportional to the nearest observed one past either end."""
+    between observed neighbours; below the smallest observed bucket its ms (small graphs are
+    launch-bound, not cheaper in proportion), above the largest proportional to its ms."""
     xs = [s for s in sizes if s in observed]
     ys = [float(ms[sizes.index(s)]) for s in xs]
     if not xs:
@@ -287,7 +288,7 @@ def _fill_unobserved(sizes: Sequence[int], ms: np.ndarray, observed: Sequence[in
         if s in observed:
             out.append(float(ms[sizes.index(s)]))
         elif s < xs[0]:
-            out.append(ys[0] * s / xs[0])
+            out.append(ys[0])
         elif s > xs[-1]:
             out.append(ys[-1] * s / xs[-1])
         else:
@@ -301,31 +302,35 @@ def fit_bucket_cost(calls: Sequence[Sequence[Sequence[int]]], targets_ms: Sequen
     units of its items; ``targets_ms[k]`` the step's measured encoder ms. Design matrix: per step,
     the count of each bucket's packs and the number of calls; non-negative least squares on the
     *relative* error (each row divided by its target), so a 6 ms single-image step counts as much
-    as a 90 ms one. Steps with no call are skipped."""
+    as a 90 ms one, with bucket ms non-decreasing in size. Steps with no call are skipped."""
     if len(calls) != len(targets_ms):
         raise ValueError(f"fit_bucket_cost: {len(calls)} steps of calls but {len(targets_ms)} targets")
     sizes = list(buckets.sizes)
-    rows, ys = [], []
+    counts, ys = [], []
     for step_calls, y in zip(calls, targets_ms):
         step_calls = [c for c in step_calls if c]
         if not step_calls:
             continue
         if not y > 0:
             raise ValueError(f"fit_bucket_cost: a step with calls has target {y!r} ms; must be > 0")
-        row = np.zeros(len(sizes) + 1)
+        row = np.zeros(len(sizes) + 1)  # packs per bucket, then calls
         for c in step_calls:
             for p in pack(list(c), buckets):
                 # an unbucketed pack counts as its share of the largest graph (see BucketCost.pack_ms)
-                row[-2 if p.bucket is None else sizes.index(p.bucket)] += 1.0 if p.bucket is not None else p.size / buckets.largest
+                row[len(sizes) - 1 if p.bucket is None else sizes.index(p.bucket)] += 1.0 if p.bucket else p.size / buckets.largest
             row[-1] += 1.0
-        rows.append(row)
+        counts.append(row)
         ys.append(float(y))
-    if not rows:
+    if not counts:
         raise ValueError("fit_bucket_cost: no step with an encoder call")
-    a, y = np.array(rows), np.array(ys)
-    x = nnls(a / y[:, None], np.ones(len(y)))
+    a, y = np.array(counts), np.array(ys)
+    # Unknowns are the increments between consecutive buckets (and the per-call ms), all >= 0, so
+    # a larger graph never comes out cheaper than a smaller one: column j counts packs in bucket j
+    # or larger. Rows divided by their targets: the fit minimises the relative error.
+    cumulative = np.hstack([np.cumsum(a[:, -2::-1], axis=1)[:, ::-1], a[:, -1:]])
+    x = nnls(cumulative / y[:, None], np.ones(len(y)))
     observed = tuple(s for k, s in enumerate(sizes) if a[:, k].any())
-    cost = BucketCost(encoder, impl, buckets, tuple(_fill_unobserved(sizes, x[:-1], observed)), float(x[-1]),
+    cost = BucketCost(encoder, impl, buckets, tuple(_fill_unobserved(sizes, np.cumsum(x[:-1]), observed)), float(x[-1]),
                       unit, observed, len(y), source)
     errs = np.abs(a @ np.array([*cost.bucket_ms, cost.per_call_ms]) - y) / y
     return replace(cost, median_rel_err=float(np.median(errs)), max_rel_err=float(errs.max()))

@@ -208,14 +208,20 @@ class StepClock:
     items' rows (from ``result.outcomes`` and ``requests``, what the bucket model packs), or
     without ``requests`` each call's total rows (``result.call_tokens``). Prefill ms from
     ``costs.prefill`` (model or GPU runner).
+
+    ``shadow``: other costs applied to the very same steps (the GPU validation's open-loop check:
+    what the models say of each measured step), kept per step in ``shadow_ms`` as
+    ``(encoder_ms, prefill_ms, encoder item rows per call)``.
     """
 
     def __init__(self, costs: StepCosts, encoder_timer: TimedEncoderLike | None = None,
-                 requests: Mapping[Hashable, Any] | None = None) -> None:
+                 requests: Mapping[Hashable, Any] | None = None, shadow: StepCosts | None = None) -> None:
         self.costs = costs
         self.encoder_timer = encoder_timer
         self.requests = requests
+        self.shadow = shadow
         self.times: list[StepTime] = []
+        self.shadow_ms: list[tuple[float, float, list]] = []
 
     def _calls(self, step: Any, result: EmbedResult) -> list[int] | list[list[int]]:
         if self.requests is None:
@@ -230,6 +236,9 @@ class StepClock:
             encoder_ms = self.costs.encoder.step_ms(self._calls(step, result))
         pairs = prefill_windows(windows)
         prefill_ms = self.costs.prefill.step_ms(pairs) if pairs else 0.0
+        if self.shadow is not None:
+            calls = self._calls(step, result)
+            self.shadow_ms.append((self.shadow.encoder.step_ms(calls), self.shadow.prefill.step_ms(pairs) if pairs else 0.0, calls))
         book = self.costs.encoder.bookkeeping_ms if windows else 0.0
         st = StepTime(step.index, step.time_ms, encoder_ms, prefill_ms, book, windows, tuple(step.finished))
         self.times.append(st)

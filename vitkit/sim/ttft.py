@@ -85,6 +85,7 @@ class TimedRun:
     requests: tuple[RequestLatency, ...]
     steps: tuple[StepTime, ...]
     sources: str  # which cost models timed the steps
+    shadow: tuple[tuple[float, float, list], ...] = field(default=(), repr=False, compare=False)  # see StepClock
     embeddings: Mapping[tuple[int, Hashable], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def record(self) -> dict[str, Any]:
@@ -111,12 +112,14 @@ def timed_replay(
     requests: Mapping[Hashable, Request] | None = None,
     keep_embeddings: bool = False,
     progress: bool = False,
+    shadow: StepCosts | None = None,
 ) -> TimedRun:
     """Replay ``trace`` (its own arrival times) on the step loop, timed by ``costs``.
 
     ``encoder`` defaults to a fake one (embeddings only, the time is modelled); a real encoder
     with ``encoder_timer`` (its ``TimedEncoder``) times the encoder for real. ``requests``: the
     trace's requests already built (by ``build_requests(trace, make_item)``), to reuse heavy items.
+    ``shadow``: cost models also applied to every step as it ran (``TimedRun.shadow``).
     """
     if requests is None:
         requests = build_requests(trace) if make_item is None else build_requests(trace, make_item)
@@ -128,7 +131,7 @@ def timed_replay(
     scheduler = _scheduler(config, requests, cache, row_bytes)
     for arrival in trace.arrivals({rid: r.prompt_len for rid, r in requests.items()}):
         scheduler.add(arrival)
-    clock = StepClock(costs, encoder_timer, requests)
+    clock = StepClock(costs, encoder_timer, requests, shadow)
     seen: set[str] = set()
     re_enc = req_re_enc = refused = evictions = encoded = 0
     embeddings = {}
@@ -153,7 +156,7 @@ def timed_replay(
     rows = request_latencies(clock.times, arrival_ms)
     summary = summarize_latency(rows, clock.times, arrival_ms)
     return TimedRun(config, "trace times", summary, counts, tuple(rows), tuple(clock.times),
-                    costs.label(), embeddings)
+                    costs.label(), tuple(clock.shadow_ms), embeddings)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
-from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source
+from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
 from vitkit.sim.ttft_report import encoder_fit_record, write_json
 from vitkit.sim.timing import TimedEncoder
 from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay, workload_trace
@@ -67,7 +67,23 @@ def _compare(workload: str, mode: str, measured: TimedRun, modelled: TimedRun) -
         "measured_encoder_ms": sum(t.encoder_ms for t in measured.steps), "modelled_encoder_ms": sum(t.encoder_ms for t in modelled.steps),
         "measured_prefill_ms": sum(t.prefill_ms for t in measured.steps), "modelled_prefill_ms": sum(t.prefill_ms for t in modelled.steps),
         "measured": asdict(m) | asdict(measured.cache), "modelled": asdict(c) | asdict(modelled.cache),
+        "measured_steps": measured_steps(measured),
     }
+
+
+def measured_steps(run: TimedRun) -> list[dict[str, Any]]:
+    """Per step of a measured run: its clock, measured encoder and prefill ms, its windows as
+    ``(context, new)`` and, when the run had a shadow, what the cost models say of that very
+    step (open loop: the models' error without the closed loop's divergence)."""
+    rows = []
+    for k, t in enumerate(run.steps):
+        row = {"step": t.step, "start_ms": t.start_ms, "encoder_ms": t.encoder_ms, "prefill_ms": t.prefill_ms,
+               "windows": [list(w) for w in prefill_windows(t.windows)]}
+        if k < len(run.shadow):
+            enc, pre, calls = run.shadow[k]
+            row |= {"modelled_encoder_ms": enc, "modelled_prefill_ms": pre, "call_item_rows": calls}
+        rows.append(row)
+    return rows
 
 
 def validate(
@@ -97,7 +113,7 @@ def validate(
             # warm passes meet every shape the replay meets (compiled buckets, graphs); the last is timed
             for _ in range(warm_passes + 1):
                 measured = timed_replay(trace, measured_costs, run_config, encoder=encoder, encoder_timer=TimedEncoder(encoder),
-                                        requests=requests, progress=True)
+                                        requests=requests, progress=True, shadow=modelled_costs)
             modelled = timed_replay(trace, modelled_costs, run_config)
             rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label())))
             r = rows[-1]
@@ -143,8 +159,22 @@ def remodel(stored: dict[str, Any], costs: StepCosts, previous: StepCosts | None
                 "modelled_prefill_ms": sum(t.prefill_ms for t in modelled.steps),
                 "modelled": asdict(c) | asdict(modelled.cache), "reproduced_previous_modelled": previous is not None,
                 "previous_modelled_p50_ms": row["modelled_p50_ms"], "previous_modelled_p99_ms": row["modelled_p99_ms"]}
+        if row.get("measured_steps") and "call_item_rows" in row["measured_steps"][0]:
+            new |= open_loop(row["measured_steps"], costs)
         rows.append(new)
     return rows
+
+
+def open_loop(steps: Sequence[dict[str, Any]], costs: StepCosts) -> dict[str, float]:
+    """``costs`` applied to each measured step as it ran (its calls' items, its windows): totals
+    and the median relative error per step, of encoder and prefill, without the closed loop."""
+    out = {}
+    for part, model, measured in (("encoder", lambda s: costs.encoder.step_ms(s["call_item_rows"]), "encoder_ms"),
+                                  ("prefill", lambda s: costs.prefill.step_ms([tuple(w) for w in s["windows"]]) if s["windows"] else 0.0, "prefill_ms")):
+        ms = [(model(s), s[measured]) for s in steps]
+        errs = sorted(abs(m - y) / y for m, y in ms if y > 0)
+        out |= {f"open_loop_{part}_ms": sum(m for m, _ in ms), f"open_loop_{part}_median_rel_err": errs[len(errs) // 2] if errs else None}
+    return out
 
 
 def modelled_only(measured: str | Path, results: str | Path = STORED, model: str = "bucket") -> dict[str, Any]:
