@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from vitkit.encoders.base import dynamo_compiles
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
@@ -112,10 +113,13 @@ def validate(
             run_config = replace(config, mode=mode)
             # warm passes meet every shape the replay meets (compiled buckets, graphs); the last is timed
             for _ in range(warm_passes + 1):
+                compiles = dynamo_compiles()  # a compile inside the timed pass would stall its steps
                 measured = timed_replay(trace, measured_costs, run_config, encoder=encoder, encoder_timer=TimedEncoder(encoder),
                                         requests=requests, progress=True, shadow=modelled_costs)
+            compiles = dynamo_compiles() - compiles
             modelled = timed_replay(trace, modelled_costs, run_config)
-            rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label())))
+            rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label()))
+                        | {"measured_pass_compiles": compiles})
             r = rows[-1]
             print(f"{workload:>13} {mode:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
                   f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
