@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitkit.encoders import QWEN_BUCKETS, pack
-from vitkit.sim.costmodel import BucketCost, fit_bucket_cost, fit_stream_bucket_cost, nnls
+from vitkit.sim.bucketcost import BucketCost, fit_bucket_cost, fit_stream_bucket_cost, nnls
 from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.stepcost import STORED, FlopPrefillCost, StepCosts, load_encoder_cost
 from vitkit.sim.validate import modelled_only, remodel, stored_replay, validate

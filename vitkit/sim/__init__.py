@@ -2,8 +2,8 @@
 ``embed_chunks``, per step, for both embedding modes, cache sizes and pinning on/off.
 
 Modules, in the order a step flows through them: ``scheduler`` (who runs which window),
-``trace`` / ``workload`` (the request stream), ``fake`` / ``costmodel`` / ``timing`` (the
-encoder and its time), ``engine`` (the one step loop), ``run`` (the replay and its tables),
+``trace`` / ``workload`` (the request stream), ``fake`` / ``costmodel`` / ``bucketcost`` /
+``timing`` (the encoder and its time), ``engine`` (the one step loop), ``run`` (the replay and its tables),
 ``plot`` (figures).
 
 Time to first token under load: ``arrivals`` (Poisson, bursts, trace times), ``admission``
@@ -16,6 +16,7 @@ Decode is not modelled.
 
 from vitkit.sim.admission import CacheAwareAdmission
 from vitkit.sim.arrivals import ArrivalProcess
+from vitkit.sim.bucketcost import BucketCost, fit_bucket_cost, fit_stream_bucket_cost
 from vitkit.sim.costmodel import CallCost, ModelledEncoder, fit_cost_model, fit_cost_models, load_results
 from vitkit.sim.engine import fixed_step, plan_steps, run_steps
 from vitkit.sim.fake import FakeEncoder, bytes_per_token, cache_bytes_for_tokens, fake_item, qwen_like_tokens
@@ -50,4 +51,6 @@ __all__ = [
     # time to first token under load
     "ArrivalProcess", "CacheAwareAdmission", "ReplayConfig", "StepCosts", "TimedRun", "load_encoder_cost",
     "load_sweep", "sustainable_rate", "timed_replay",
+    # the bucketed encoder's cost: ms per bucket graph + per call
+    "BucketCost", "fit_bucket_cost", "fit_stream_bucket_cost",
 ]

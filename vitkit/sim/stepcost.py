@@ -32,7 +32,8 @@ from vitkit.bench.decoder import check_windows
 from vitkit.bench.results import find_results, load_results
 from vitkit.bench.stream_run import load_stream_results
 from vitkit.embed import ENCODING_FATES, EmbedResult
-from vitkit.sim.costmodel import BucketCost, CallCost, fit_cost_models, fit_stream_bucket_cost, fit_stream_cost_models
+from vitkit.sim.bucketcost import BucketCost, fit_stream_bucket_cost
+from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models
 from vitkit.sim.latency import StepTime
 from vitkit.sim.timing import TimedEncoderLike
 

@@ -1,0 +1,222 @@
+"""The bucketed encoder's cost: ms per bucket graph plus a per-call ms, fitted to a stream file.
+
+The bucketed encoder (impl "vitkit") runs a call as packs (``vitkit.encoders.buckets.pack``),
+each pack replaying the CUDA graph of its bucket: a call costs what its packs' graphs cost plus a
+little per call, a step function of the buckets. One line over rows per call
+(``vitkit.sim.costmodel.CallCost``) cannot be that: on the H100 it modelled a single 448x448
+image (256 rows, the 1024-patch graph) at ~9 ms where the stream's steps say ~7 ms, which made
+batching look better than it is on small images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitkit.bench.stream import StreamSpec, generate_stream, image_rows
+from vitkit.bench.stream_run import load_stream_results
+from vitkit.checks import positive_int
+from vitkit.encoders.buckets import Buckets, Pack, pack
+from vitkit.encoders.build import default_buckets
+from vitkit.encoders.presets import get_preset
+
+
+@dataclass(frozen=True)
+class BucketCost:
+    """Modelled time of one call of the bucketed encoder (ms): ``per_call_ms`` plus, per pack
+    ``pack(item_units, buckets)`` makes, ``bucket_ms`` of its bucket. A pack larger than every
+    bucket (run eagerly, without a graph) costs the largest bucket's ms scaled by its size.
+
+    ``unit``: bucket units per embedding row (Qwen2.5-VL: 4 patches a merged row), so a call
+    given in rows packs as the encoder packs it. ``observed``: the buckets the fit saw; the others
+    are filled in by ``_fill_unobserved`` (interpolated in size between observed neighbours).
+    Where every call of the fitted steps is one pack (no call over the largest bucket), the
+    per-call ms cannot be told from the buckets' ms; the fit then folds it into them (0 ms a call
+    on the stored H100 stream): the sum per call is what is measured, not the split.
+    """
+
+    encoder: str
+    impl: str
+    buckets: Buckets
+    bucket_ms: tuple[float, ...]  # aligned with buckets.sizes
+    per_call_ms: float
+    unit: int
+    observed: tuple[int, ...]
+    points: int  # step rows fitted
+    source: str = ""
+    median_rel_err: float | None = None  # per step, |modelled - measured| / measured
+    max_rel_err: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.bucket_ms) != len(self.buckets.sizes):
+            raise ValueError(f"bucket_ms has {len(self.bucket_ms)} entries for {len(self.buckets.sizes)} buckets {self.buckets.sizes}")
+        positive_int("BucketCost: unit", self.unit)
+
+    def pack_ms(self, p: Pack) -> float:
+        """Modelled ms of one pack (its bucket's graph replay)."""
+        if p.bucket is None:
+            return self.bucket_ms[-1] * p.size / self.buckets.largest
+        return self.bucket_ms[self.buckets.sizes.index(p.bucket)]
+
+    def call_units_ms(self, units: Sequence[int]) -> float:
+        """Modelled ms of one call of items of ``units`` bucket units each (0 for no items)."""
+        if not units:
+            return 0.0
+        return self.per_call_ms + sum(self.pack_ms(p) for p in pack(list(units), self.buckets))
+
+    def call_ms(self, item_rows: int | Sequence[int]) -> float:
+        """Modelled ms of one call of items of ``item_rows`` embedding rows each (an int: one item)."""
+        rows = [item_rows] if isinstance(item_rows, int) else list(item_rows)
+        return self.call_units_ms([r * self.unit for r in rows])
+
+    def describe(self) -> str:
+        seen = ", ".join(f"{s}:{ms:.2f}" for s, ms in zip(self.buckets.sizes, self.bucket_ms) if s in self.observed)
+        return f"bucket model: {self.per_call_ms:.2f} ms/call + graph ms per bucket (units:ms) {seen}"
+
+
+def nnls(a: np.ndarray, b: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:
+    """``argmin ||a x - b||`` subject to ``x >= 0`` (Lawson and Hanson's active-set method)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.ndim != 2 or b.shape != (a.shape[0],):
+        raise ValueError(f"nnls: a must be (m, n) and b (m,), got {a.shape} and {b.shape}")
+    n = a.shape[1]
+    x, passive = np.zeros(n), np.zeros(n, bool)
+    tol = 1e-10 * max(1.0, float(np.abs(a).max(initial=0.0)) * n)
+    for _ in range(max_iter or 3 * n + 10):
+        w = a.T @ (b - a @ x)
+        if passive.all() or w[~passive].max(initial=-np.inf) <= tol:
+            break
+        passive[np.argmax(np.where(passive, -np.inf, w))] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if (z[passive] > 0).all():
+                x = z
+                break
+            bad = passive & (z <= 0)
+            alpha = np.min(x[bad] / (x[bad] - z[bad]))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+    return x
+
+
+def _fill_unobserved(sizes: Sequence[int], ms: np.ndarray, observed: Sequence[int]) -> list[float]:
+    """Bucket ms for every size: the fitted ones as they are, the others interpolated in size
+    between observed neighbours; below the smallest observed bucket its ms (small graphs are
+    launch-bound, not cheaper in proportion), above the largest proportional to its ms."""
+    xs = [s for s in sizes if s in observed]
+    ys = [float(ms[sizes.index(s)]) for s in xs]
+    if not xs:
+        raise ValueError("bucket fit: no bucket was observed")
+    out = []
+    for s in sizes:
+        if s in observed:
+            out.append(float(ms[sizes.index(s)]))
+        elif s < xs[0]:
+            out.append(ys[0])
+        elif s > xs[-1]:
+            out.append(ys[-1] * s / xs[-1])
+        else:
+            out.append(float(np.interp(s, xs, ys)))
+    return out
+
+
+def fit_bucket_cost(calls: Sequence[Sequence[Sequence[int]]], targets_ms: Sequence[float], buckets: Buckets, *,
+                    unit: int, encoder: str, impl: str, source: str) -> BucketCost:
+    """A ``BucketCost`` fitted to steps: ``calls[k]`` lists step k's encoder calls, each the bucket
+    units of its items; ``targets_ms[k]`` the step's measured encoder ms. Design matrix: per step,
+    the count of each bucket's packs and the number of calls; non-negative least squares on the
+    *relative* error (each row divided by its target), so a 6 ms single-image step counts as much
+    as a 90 ms one, with bucket ms non-decreasing in size. Steps with no call are skipped."""
+    if len(calls) != len(targets_ms):
+        raise ValueError(f"fit_bucket_cost: {len(calls)} steps of calls but {len(targets_ms)} targets")
+    sizes = list(buckets.sizes)
+    counts, ys = [], []
+    for step_calls, y in zip(calls, targets_ms):
+        step_calls = [c for c in step_calls if c]
+        if not step_calls:
+            continue
+        if not y > 0:
+            raise ValueError(f"fit_bucket_cost: a step with calls has target {y!r} ms; must be > 0")
+        row = np.zeros(len(sizes) + 1)  # packs per bucket, then calls
+        for c in step_calls:
+            for p in pack(list(c), buckets):
+                # an unbucketed pack counts as its share of the largest graph (see BucketCost.pack_ms)
+                row[len(sizes) - 1 if p.bucket is None else sizes.index(p.bucket)] += 1.0 if p.bucket else p.size / buckets.largest
+            row[-1] += 1.0
+        counts.append(row)
+        ys.append(float(y))
+    if not counts:
+        raise ValueError("fit_bucket_cost: no step with an encoder call")
+    a, y = np.array(counts), np.array(ys)
+    # Unknowns are the increments between consecutive buckets (and the per-call ms), all >= 0, so
+    # a larger graph never comes out cheaper than a smaller one: column j counts packs in bucket j
+    # or larger. Rows divided by their targets: the fit minimises the relative error.
+    cumulative = np.hstack([np.cumsum(a[:, -2::-1], axis=1)[:, ::-1], a[:, -1:]])
+    x = nnls(cumulative / y[:, None], np.ones(len(y)))
+    observed = tuple(s for k, s in enumerate(sizes) if a[:, k].any())
+    cost = BucketCost(encoder, impl, buckets, tuple(_fill_unobserved(sizes, np.cumsum(x[:-1]), observed)), float(x[-1]),
+                      unit, observed, len(y), source)
+    errs = np.abs(a @ np.array([*cost.bucket_ms, cost.per_call_ms]) - y) / y
+    return replace(cost, median_rel_err=float(np.median(errs)), max_rel_err=float(errs.max()))
+
+
+def stream_step_calls(stream: Mapping[str, Any], mode: str) -> list[list[list[int]]]:
+    """Per step of a stream file's stream (regenerated from its settings: ``generate_stream`` is
+    seeded), the encoder calls ``embed_chunks`` made in ``mode`` with the file's cache (room for
+    every image, never evicting): each call the bucket units of its items. Batched: one call of
+    the step's new distinct images; per_request: one call per request with new images, in order."""
+    spec = StreamSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in stream["settings"]["stream"].items()})
+    seen: set[int] = set()
+    steps = []
+    for step in generate_stream(spec):
+        groups = [list(step.requests)] if mode == "batched" else [[r] for r in step.requests]
+        calls = []
+        for group in groups:
+            call = []
+            for image in (im for request in group for im in request):
+                if image.key not in seen:
+                    seen.add(image.key)
+                    call.append(image_rows(spec, image)[1])
+            if call:
+                calls.append(call)
+        steps.append(calls)
+    return steps
+
+
+def fit_stream_bucket_cost(path: str | Path, encoder: str, impl: str = "vitkit") -> tuple[BucketCost, list[dict[str, Any]]]:
+    """The ``BucketCost`` of a stream file's bucketed encoder, fitted to its step rows (both
+    modes), each step's calls recomputed (``stream_step_calls``) and packed into the encoder's
+    default buckets (or the file's ``buckets`` setting). A row whose ``encoded_items`` or
+    ``encoder_calls`` differ from the recomputation is left out and flagged. (The sweeps' points
+    are not mixed in: their items sit on the host and their layouts repeat, another regime.)
+    Returns the model and, per step row used or flagged, ``{mode, step, calls, measured_ms, modelled_ms, rel_err, flagged}``."""
+    data = load_stream_results(path)
+    buckets = default_buckets(encoder)
+    if data["settings"].get("buckets"):
+        buckets = Buckets(tuple(data["settings"]["buckets"]), buckets.max_items, buckets.multiple)
+    unit = 1 if not get_preset(encoder).variable_resolution else int(get_preset(encoder).config["spatial_merge_size"]) ** 2
+    steps, calls, targets = [], [], []
+    for mode in ("batched", "per_request"):
+        recomputed = stream_step_calls(data, mode)
+        for row in (r for r in data["steps"] if (r["encoder"], r["impl"], r["mode"]) == (encoder, impl, mode)):
+            made = recomputed[row["step"]]
+            ok = (len(made) == row["encoder_calls"] and sum(map(len, made)) == row["encoded_items"]
+                  and sum(u // unit for c in made for u in c) == row["encoded_rows"])
+            steps.append({"mode": mode, "step": row["step"], "calls": made, "measured_ms": row["encoder_ms"], "flagged": not ok})
+            if ok and made:
+                calls.append(made)
+                targets.append(row["encoder_ms"])
+    if not steps:
+        raise ValueError(f"{path}: no step rows for encoder {encoder!r} impl {impl!r}")
+    machine = data.get("machine", {}).get("device_name") or "?"
+    cost = fit_bucket_cost(calls, targets, buckets, unit=unit, encoder=encoder, impl=impl, source=f"{Path(path).name} ({machine})")
+    for s in steps:
+        s["modelled_ms"] = sum(cost.call_units_ms(c) for c in s["calls"])
+        s["rel_err"] = (s["modelled_ms"] - s["measured_ms"]) / s["measured_ms"] if s["measured_ms"] > 0 else None
+    return cost, steps
