@@ -193,8 +193,10 @@ def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry])
 def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries: Sequence[ChunkEntry],
                  later: set[str]) -> None:
     """Hold this request's pins on exactly the entries a later window needs (``later``)."""
-    if window.stop >= request.prompt_len:
-        cache.release(request.rid)  # prompt done: nothing of this request is needed again
+    if window.stop >= request.items_stop:
+        # past the last item nothing of this request is needed again, whether or not the prompt
+        # goes on with text (and whether or not the request knows its prompt_len)
+        cache.release(request.rid)
         return
     for e in entries:
         key = e.item.hash
@@ -254,7 +256,7 @@ def _pin_owners(batch: Sequence[tuple[Request, Span]], later: Sequence[set[str]]
 def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
     found = _lookup(batch, cache, tally)
     # What each window's request needs again later, computed once per window for pins.
-    later = [_needed_later(request, window, entries) if pin and window.stop < request.prompt_len else set()
+    later = [_needed_later(request, window, entries) if pin and window.stop < request.items_stop else set()
              for (request, window), entries in zip(batch, found)]
     owners = _pin_owners(batch, later)
     for key, rids in owners.items():  # pin hits first, so this step's puts cannot evict them
@@ -314,7 +316,7 @@ def embed_chunks(
 
     ``batch`` holds ``(request, window)`` pairs, one per request. Items whose tokens run past
     their window are pinned in the cache for the request until a later window has used them;
-    a request's pins are released when its window reaches the end of its prompt
+    a request's pins are released once its window has passed its last item
     (``pin=False`` turns pinning off, to measure what it saves). If the encoder raises or
     returns bad shapes, the cache is left exactly as it was.
 
