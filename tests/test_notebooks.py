@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+_EXTRA = "notebook tests need the notebooks extra: pip install -e '.[notebooks]'"
+nbformat = pytest.importorskip("nbformat", reason=_EXTRA)
+NotebookClient = pytest.importorskip("nbclient", reason=_EXTRA).NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+pytest.importorskip("ipywidgets", reason="widget tests need the notebooks extra: pip install -e '.[notebooks]'")
+
 from conftest import fake_bench_results
 from vitkit.bench.results import write_results
 from vitkit.viz import bench_widget as bv
