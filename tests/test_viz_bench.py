@@ -78,3 +78,72 @@ def test_gpu_run_is_shown_first_next_to_stored_results(tmp_path, monkeypatch):
 def test_unknown_sweep_names_are_an_error():
     with pytest.raises(ValueError, match="not in preset 'cpu-smoke'"):
         bv.run_benchmark("cpu-smoke", sweeps=["nope"], device="cpu")
+
+
+# ---------------------------------------------------------------- what is shown by default
+
+
+def _with_stock(results):
+    """The same rows again as the eager "stock" implementation, with an 8x eager speedup."""
+    def eager(row):
+        k = 8 if row["mode"] == "per_request" else 1
+        return row | {"impl": "stock"} | {f: row[f] * k for f in ("step_ms_median", "step_ms_p10", "step_ms_p90")}
+
+    stock = [eager(r) for r in results["rows"]]
+    return results | {"rows": results["rows"] + stock}
+
+
+def _stream(created):
+    return {"schema": bv.STREAM_SCHEMA, "kind": "gpu", "created": created,
+            "machine": {"device_name": "NVIDIA H100 80GB HBM3"}, "versions": {}}
+
+
+def test_stored_sources_put_a_stream_file_first_then_the_newest_sweep(tmp_path, fake_bench_results):
+    for stamp in ("20260101T000000Z", "20260301T000000Z"):
+        write_results(fake_bench_results(), tmp_path / f"full-vitkit-bf16-{stamp}.json")
+    assert list(bv.stored_sources(tmp_path)) == [str(tmp_path / f"full-vitkit-bf16-{s}.json")
+                                                 for s in ("20260301T000000Z", "20260101T000000Z")]
+    (tmp_path / "stream-vitkit-20260201T000000Z.json").write_text(json.dumps(_stream("2026-02-01")))
+    (tmp_path / "stream-vitkit-20260202T000000Z.json").write_text(json.dumps(_stream("2026-02-02")))
+    (tmp_path / "stream-broken-20260401T000000Z.json").write_text(json.dumps({"schema": "something/9"}))
+    (tmp_path / "stream-notjson-20260401T000000Z.json").write_text("{")
+    names = [key.rsplit("/", 1)[-1] for key in bv.stored_sources(tmp_path)]
+    assert names == ["stream-vitkit-20260202T000000Z.json", "stream-vitkit-20260201T000000Z.json",
+                     "full-vitkit-bf16-20260301T000000Z.json", "full-vitkit-bf16-20260101T000000Z.json"]
+
+
+def test_a_stream_file_is_selected_first_and_shown_without_a_sweep_figure(tmp_path, fake_bench_results):
+    write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+    (tmp_path / "stream-vitkit-20260201T000000Z.json").write_text(json.dumps(_stream("2026-02-01")))
+    view = bench_view(run=False, folder=tmp_path)
+    assert view.source.value.endswith("stream-vitkit-20260201T000000Z.json")
+    assert "GPU measurement</b> on NVIDIA H100" in view.header.value and bv.STREAM_SCHEMA in view.table.value
+    assert view.sweep.options == () and view.figure.value == b""
+    view.source.value = view.source.options[1]  # the sweep file draws as before
+    assert view.sweep.value == "clip-batch" and bytes(view.figure.value).startswith(b"\x89PNG")
+
+
+def test_the_optimised_ab_is_the_default_and_the_eager_ab_says_what_it_overstates(fake_bench_results):
+    view = BenchView({"h100.json": _with_stock(fake_bench_results())})
+    assert view.impl.options == ("vitkit", "stock", "all") and view.impl.value == "vitkit"
+    assert "the headline A/B" in view.table.value and ">stock<" not in view.table.value
+    vitkit_png = bytes(view.figure.value)
+    view.impl.value = "stock"
+    assert "overstate what batching buys" in view.table.value and ">vitkit<" not in view.table.value
+    assert bytes(view.figure.value) != vitkit_png
+    view.impl.value = "all"
+    assert ">vitkit<" in view.table.value and ">stock<" in view.table.value and "overstate" in view.table.value
+
+
+def test_without_a_gpu_the_stored_h100_results_are_on_screen_and_nothing_runs(monkeypatch):
+    def no_run(*args, **kwargs):
+        raise AssertionError("no benchmark may run by default without a GPU")
+
+    monkeypatch.setattr(bv, "gpu_available", lambda: False)
+    monkeypatch.setattr(bv, "run_benchmark", no_run)
+    view = bench_view("full")
+    newest = list(bv.stored_sources())[0]
+    assert view.source.value == newest and newest.startswith("results/h100/")
+    assert "GPU measurement</b> on NVIDIA H100" in view.header.value and SMOKE_LABEL not in view.header.value
+    assert view.impl.value == "vitkit" and bytes(view.figure.value).startswith(b"\x89PNG")
+    assert "clip-l-336" in view.table.value and all("CPU smoke" not in label for label in view.source.options)
