@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,8 @@ STORED = REPO / "results" / "h100"
 SMOKE_SWEEPS = ("cpu-clip", "cpu-qwen")  # a fixed- and a variable-resolution tiny tower, ~5 s on 2 cores
 MEMORY_MODEL = "memory-model"  # the extra figure a run with token budgets has
 SMOKE_LABEL = "CPU SMOKE RUN: tiny random-weight towers on this CPU; these numbers say nothing about a GPU"
-STREAM_SCHEMA = "vitkit.stream/1"  # results/<device>/stream-*.json: a request stream through the scheduler
+# results/<device>/stream-*.json (vitkit.bench.stream_run.SCHEMA; not imported here, that module is heavy)
+STREAM_SCHEMA = "vitkit.stream/1"
 ALL_IMPLS = "all"
 IMPL_NOTES = {
     "vitkit": "vitkit: the compiled, CUDA-graphed encoder on both paths (the headline A/B)",
@@ -65,13 +65,16 @@ def stored_sources(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
     folder = Path(folder)
     if not folder.is_dir():
         return {}
+    from vitkit.bench.stream_run import load_stream_results
+
     streams = {}
-    for path in sorted(folder.glob("stream-*.json"), key=lambda p: p.name, reverse=True):
+    # newest first by the timestamp that ends the name (stream-<encoder>-<stamp>.json)
+    for path in sorted(folder.glob("stream-*.json"), key=lambda p: (p.stem.rsplit("-", 1)[-1], p.name), reverse=True):
         try:
-            results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            results = load_stream_results(path)
+        except (OSError, ValueError):  # json's decode error is a ValueError too
             continue
-        if isinstance(results, dict) and results.get("schema") == STREAM_SCHEMA:
+        if results["kind"] == "gpu":
             streams[_relative(path)] = results
     return streams | dict(reversed(stored_results(folder).items()))
 
@@ -168,6 +171,16 @@ def rows_of_impl(results: Mapping[str, Any], impl: str) -> dict[str, Any]:
     return {**results, "rows": [row for row in results["rows"] if row.get("impl", "vitkit") == impl]}
 
 
+def stream_rows(results: Mapping[str, Any]) -> list[dict[str, object]]:
+    """One row per (encoder, impl, mode) of a stream file: throughput, step latency, speedup."""
+    return [{
+        "encoder": s["encoder"], "impl": s["impl"], "mode": s["mode"], "steps": s["steps"],
+        "img/s": round(s["images_per_s"], 1), "rows/s": round(s["rows_per_s"]),
+        "p50 ms": round(s["step_ms_p50"], 2), "p99 ms": round(s["step_ms_p99"], 2),
+        "speedup": "-" if s.get("batched_speedup") is None else round(s["batched_speedup"], 2),
+    } for s in results["summaries"]]
+
+
 class BenchView(widgets.VBox):
     """Pick a results object, an implementation and a sweep; see its six-panel figure and its
     speedup table.
@@ -251,14 +264,17 @@ class BenchView(widgets.VBox):
         self.sweep.value = keep
 
     def _show_stream(self) -> None:
-        # The stream benchmark's own figure comes with its module; until then say what this is.
+        """A stream file has no sweeps: its own figure (``stream_figure``) and one row per
+        impl and mode."""
+        from vitkit.bench.stream_plot import stream_figure
+
         self._switching = True
         try:
             self.sweep.options, self.impl.options = [], []
         finally:
             self._switching = False
-        self.figure.value = b""
-        self.table.value = f"<i>{STREAM_SCHEMA} results: no figure for them in this view yet.</i>"
+        self.figure.value = figure_png(stream_figure(self.results))
+        self.table.value = html_table(stream_rows(self.results))
 
     def _on_sweep(self, change: dict) -> None:
         if not self._switching:
