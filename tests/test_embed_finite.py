@@ -72,23 +72,27 @@ def test_finite_outputs_pass_and_several_bad_items_are_all_named():
         embed_chunks([(two, (0, 4))], PoisonEncoder({3.0, 4.0}), cache, max_tokens_per_call=2)
 
 
-def test_finiteness_is_one_fused_check_per_step(monkeypatch):
-    # one isfinite reduction over all outputs of the step, however many items and calls
-    seen = []
-    real = torch.isfinite
-    monkeypatch.setattr(torch, "isfinite", lambda t: seen.append(t.numel()) or real(t))
+def test_finiteness_is_one_check_and_one_read_back_per_step(monkeypatch):
+    # per output a (min, max) reduction on its device; one isfinite over them all, read back once
+    seen, read_back = [], []
+    real_isfinite, real_bool = torch.isfinite, torch.Tensor.__bool__
+    monkeypatch.setattr(torch, "isfinite", lambda t: seen.append(t.numel()) or real_isfinite(t))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: read_back.append(t.numel()) or real_bool(t))
     items = [_item(3, k) for k in range(5)]
     reqs = [Request.from_segments(f"r{k}", [it]) for k, it in enumerate(items)]
-    embed_chunks([(r, (0, 3)) for r in reqs], PoisonEncoder(), EmbeddingCache(1 << 20), max_tokens_per_call=6)
-    assert seen == [5 * 3 * 4]
+    res = embed_chunks([(r, (0, 3)) for r in reqs], PoisonEncoder(), EmbeddingCache(1 << 20), max_tokens_per_call=6)
+    assert res.encoder_calls == 3  # three encoder calls, still one check
+    assert seen == [2 * 5] and read_back == [1]
 
 
 @pytest.mark.gpu
-def test_non_finite_rows_on_cuda_are_refused():
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_rows_on_cuda_are_refused(value, dtype):
     bad, good = _item(4, 2), _item(4, 1)
 
     def on_cuda(items):
-        return [out.cuda() for out in PoisonEncoder({2.0})(items)]
+        return [out.to("cuda", dtype) for out in PoisonEncoder({2.0}, value)(items)]
 
     cache = EmbeddingCache(1 << 20)
     req = Request.from_segments("g", [good, bad])
