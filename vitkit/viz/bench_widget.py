@@ -27,6 +27,9 @@ from vitkit.bench.plot import plot_memory_model, plot_sweep, sweep_names, sweep_
 from vitkit.bench.results import find_results, load_results, write_results
 from vitkit.bench.rows import BenchRow
 from vitkit.bench.run import RunSettings, run_sweeps
+from vitkit.bench.stream_plot import stream_figure
+from vitkit.bench.stream_run import SCHEMA as STREAM_SCHEMA  # results/<device>/stream-*.json
+from vitkit.bench.stream_run import load_stream_results
 from vitkit.bench.sweeps import get_sweeps
 from vitkit.viz.render import figure_png, html_table
 
@@ -35,8 +38,6 @@ STORED = REPO / "results" / "h100"
 SMOKE_SWEEPS = ("cpu-clip", "cpu-qwen")  # a fixed- and a variable-resolution tiny tower, ~5 s on 2 cores
 MEMORY_MODEL = "memory-model"  # the extra figure a run with token budgets has
 SMOKE_LABEL = "CPU SMOKE RUN: tiny random-weight towers on this CPU; these numbers say nothing about a GPU"
-# results/<device>/stream-*.json (vitkit.bench.stream_run.SCHEMA; not imported here, that module is heavy)
-STREAM_SCHEMA = "vitkit.stream/1"
 ALL_IMPLS = "all"
 IMPL_NOTES = {
     "vitkit": "vitkit: the compiled, CUDA-graphed encoder on both paths (the headline A/B)",
@@ -65,8 +66,6 @@ def stored_sources(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
     folder = Path(folder)
     if not folder.is_dir():
         return {}
-    from vitkit.bench.stream_run import load_stream_results
-
     streams = {}
     # newest first by the timestamp that ends the name (stream-<encoder>-<stamp>.json)
     for path in sorted(folder.glob("stream-*.json"), key=lambda p: (p.stem.rsplit("-", 1)[-1], p.name), reverse=True):
@@ -160,7 +159,7 @@ def describe(results: Mapping[str, Any], label: str) -> str:
 
 def impls_of(results: Mapping[str, Any]) -> list[str]:
     """The implementations in ``results``' rows, "vitkit" first, then "all" when there are several."""
-    impls = sorted({row.get("impl", "vitkit") for row in results["rows"]}, key=lambda i: (i != "vitkit", i))
+    impls = sorted({row.impl for row in results["rows"]}, key=lambda i: (i != "vitkit", i))
     return impls + [ALL_IMPLS] if len(impls) > 1 else impls
 
 
@@ -168,7 +167,7 @@ def rows_of_impl(results: Mapping[str, Any], impl: str) -> dict[str, Any]:
     """``results`` with only ``impl``'s rows (all rows for "all")."""
     if impl == ALL_IMPLS:
         return dict(results)
-    return {**results, "rows": [row for row in results["rows"] if row.get("impl", "vitkit") == impl]}
+    return {**results, "rows": [row for row in results["rows"] if row.impl == impl]}
 
 
 def stream_rows(results: Mapping[str, Any]) -> list[dict[str, object]]:
@@ -255,8 +254,6 @@ class BenchView(widgets.VBox):
         self.draw()
 
     def _set_sweeps(self) -> None:
-        from vitkit.bench.plot import sweep_names
-
         results = self.results
         names = sweep_names(rows_of_impl(results, self.impl.value)) + ([MEMORY_MODEL] if results.get("memory_model") else [])
         keep = self.sweep.value if self.sweep.value in names else names[0]
@@ -266,8 +263,6 @@ class BenchView(widgets.VBox):
     def _show_stream(self) -> None:
         """A stream file has no sweeps: its own figure (``stream_figure``) and one row per
         impl and mode."""
-        from vitkit.bench.stream_plot import stream_figure
-
         self._switching = True
         try:
             self.sweep.options, self.impl.options = [], []
