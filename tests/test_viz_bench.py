@@ -143,6 +143,7 @@ def test_a_stream_file_is_selected_first_and_shown_with_its_own_figure(tmp_path)
     assert view.sweep.options == () and view.impl.options == ()
     assert bytes(view.figure.value).startswith(b"\x89PNG") and ">per_request<" in view.table.value
     assert ">1.6<" in view.table.value  # the batched speedup on the stream
+    assert "the headline A/B" in view.table.value  # what the impl shown is
     view.source.value = view.source.options[1]  # the sweep file draws as before
     assert view.sweep.value == "clip-batch" and bytes(view.figure.value).startswith(b"\x89PNG")
 

@@ -41,9 +41,17 @@ SMOKE_LABEL = "CPU SMOKE RUN: tiny random-weight towers on this CPU; these numbe
 ALL_IMPLS = "all"
 IMPL_NOTES = {
     "vitkit": "vitkit: the compiled, CUDA-graphed encoder on both paths (the headline A/B)",
+    "vitkit-eager": ("vitkit-eager: the fused layers without compile or CUDA graphs; its per-request calls are "
+                     "launch-bound, so its speedups overstate what batching buys"),
     "stock": ("stock: transformers' eager forward on both paths; its per-request calls are launch-bound, "
               "so its speedups overstate what batching buys"),
 }
+
+
+def impl_notes(impls: Sequence[str]) -> str:
+    """One grey HTML line saying what each implementation shown is ("" when none is known)."""
+    notes = [IMPL_NOTES[i] for i in impls if i in IMPL_NOTES]
+    return f"<p style='color:#666'>{html.escape('; '.join(notes))}</p>" if notes else ""
 
 
 def gpu_available() -> bool:
@@ -269,7 +277,8 @@ class BenchView(widgets.VBox):
         finally:
             self._switching = False
         self.figure.value = figure_png(stream_figure(self.results))
-        self.table.value = html_table(stream_rows(self.results))
+        rows = stream_rows(self.results)
+        self.table.value = impl_notes(list(dict.fromkeys(r["impl"] for r in rows))) + html_table(rows)
 
     def _on_sweep(self, change: dict) -> None:
         if not self._switching:
@@ -295,9 +304,7 @@ class BenchView(widgets.VBox):
             return
         shown = rows_of_impl(self.results, self.impl.value)
         self.figure.value = figure_png(plot_sweep(shown, self.sweep.value))
-        notes = [IMPL_NOTES[i] for i in impls_of(shown) if i in IMPL_NOTES]
-        self.table.value = (f"<p style='color:#666'>{html.escape('; '.join(notes))}</p>" if notes else "") + html_table(
-            speedup_rows(shown, self.sweep.value))
+        self.table.value = impl_notes(impls_of(shown)) + html_table(speedup_rows(shown, self.sweep.value))
 
 
 def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str | Path = STORED) -> BenchView:
