@@ -49,6 +49,10 @@ def _require_chromium() -> None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         missing.append("the playwright Python package (pip install -e '.[dev]')")
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        missing.append("JupyterLab (the notebooks extra: pip install -e '.[notebooks]')")
     if not missing:
         return
     if required:

@@ -6,20 +6,21 @@ import pytest
 import torch
 
 from conftest import item as _item
-from vitkit import MultimodalItem, Request, Span
+from vitkit import EmbeddingCache, MultimodalItem, Request, Span, embed_chunks, find_chunk_items
 
 
-def test_spans_are_coerced_and_prompt_len_defaults_to_last_stop():
+def test_spans_are_coerced_and_prompt_len_stays_unknown():
     req = Request("r", [_item(3), _item(2, 1)], [(1, 4), Span(6, 8)])
     assert req.spans == (Span(1, 4), Span(6, 8))
     assert isinstance(req.items, tuple)
-    assert req.prompt_len == 8
+    assert req.prompt_len is None  # not guessed from the spans: text may follow the last image
+    assert req.items_stop == 8
     assert req.image_tokens == 5
 
 
 def test_empty_request():
     req = Request("t", [], [])
-    assert req.prompt_len == 0 and req.image_tokens == 0
+    assert req.prompt_len is None and req.items_stop == 0 and req.image_tokens == 0
 
 
 def test_span_length_must_match_num_tokens():
@@ -45,7 +46,7 @@ def test_bad_span_names_request_and_item(span, error, detail):
 
 def test_adjacent_spans_are_fine():
     req = Request("r", [_item(4), _item(2, 1)], [(0, 4), (4, 6)])
-    assert req.prompt_len == 6
+    assert req.items_stop == 6
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True])
@@ -89,3 +90,50 @@ def test_request_is_frozen():
 def test_bad_requests_name_the_request(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+# ------------------------------------------------- the SPEC form: no prompt_len, text after the last item
+
+
+def _rows(items):
+    """A fake encoder: item ``k`` of a call gets rows filled with its feature's first value."""
+    return [torch.full((it.num_tokens, 2), float(it.cpu_feature[0])) for it in items]
+
+
+def test_without_prompt_len_windows_past_the_last_item_are_valid():
+    a = _item(4, 1)
+    req = Request("u", [a], [(2, 6)])  # the scheduler knows only the item; the prompt goes on
+    assert find_chunk_items(req, (6, 50)) == []
+    res = embed_chunks([(req, (4, 40))], _rows, EmbeddingCache(1 << 20))
+    assert res.embeddings[0].shape == (2, 2)  # a's last two rows, then text
+    assert embed_chunks([(req, (40, 90))], _rows, EmbeddingCache(1 << 20)).embeddings == [None]
+
+
+def test_without_prompt_len_pins_go_once_a_window_passes_the_last_item():
+    a, b = _item(4, 1), _item(3, 2)
+    req = Request("u", [a, b], [(2, 6), (8, 11)])
+    cache = EmbeddingCache(1 << 20)
+    embed_chunks([(req, (0, 4))], _rows, cache)
+    assert cache.pinned_by("u") == {a.hash}  # a runs on past the window
+    embed_chunks([(req, (4, 9))], _rows, cache)
+    assert cache.pinned_by("u") == {b.hash}
+    embed_chunks([(req, (9, 30))], _rows, cache)  # passes b, the last item, into trailing text
+    assert cache.pinned_by("u") == frozenset() and cache.stats().pinned_bytes == 0
+    embed_chunks([(req, (30, 60))], _rows, cache)  # more text: valid, nothing to pin
+    assert cache.pinned_by("u") == frozenset()
+
+
+def test_with_prompt_len_pins_also_go_at_the_last_item_not_the_prompt_end():
+    a = _item(4, 1)
+    req = Request.from_segments("b", [1, a, 20])  # a [1, 5), prompt 25
+    cache = EmbeddingCache(1 << 20)
+    embed_chunks([(req, (0, 3))], _rows, cache)
+    assert cache.pinned_by("b") == {a.hash}
+    embed_chunks([(req, (3, 10))], _rows, cache)  # window past a, prompt not done: no pins kept
+    assert cache.pinned_by("b") == frozenset()
+
+
+def test_a_given_prompt_len_still_bounds_the_windows():
+    req = Request("g", [_item(4)], [(2, 6)], prompt_len=10)
+    with pytest.raises(ValueError, match=r"request 'g': window Span\(8, 11\) runs past the prompt \(prompt_len=10\)"):
+        find_chunk_items(req, (8, 11))

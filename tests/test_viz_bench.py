@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
+pytest.importorskip("ipywidgets", reason="widget tests need the notebooks extra: pip install -e '.[notebooks]'")
+
 from conftest import fake_bench_results
+from vitkit.bench import stream_run
 from vitkit.bench.results import write_results
 from vitkit.viz import bench_widget as bv
 from vitkit.viz.bench_widget import SMOKE_LABEL, BenchView, bench_view, speedup_rows, stored_results
@@ -76,3 +80,100 @@ def test_gpu_run_is_shown_first_next_to_stored_results(tmp_path, monkeypatch):
 def test_unknown_sweep_names_are_an_error():
     with pytest.raises(ValueError, match="not in preset 'cpu-smoke'"):
         bv.run_benchmark("cpu-smoke", sweeps=["nope"], device="cpu")
+
+
+# ---------------------------------------------------------------- what is shown by default
+
+
+def _with_stock(results):
+    """The same rows again as the eager "stock" implementation, with an 8x eager speedup."""
+    def eager(row):
+        k = 8 if row.mode == "per_request" else 1
+        return replace(row, impl="stock", **{f: getattr(row, f) * k for f in ("step_ms_median", "step_ms_p10", "step_ms_p90")})
+
+    stock = [eager(r) for r in results["rows"]]
+    return results | {"rows": results["rows"] + stock}
+
+
+def _stream(created, kind="gpu"):
+    """A small valid ``vitkit.stream/1`` object: one impl, both modes, three steps."""
+    steps = [{"encoder": "qwen2.5-vl-7b", "impl": "vitkit", "mode": mode, "step": k, "encoder_calls": 1,
+              "encoded_items": 2, "encoded_rows": 512, "padded_rows": 0, "encoder_ms": ms, "step_ms": ms + 0.5}
+             for mode, ms in (("batched", 5.0), ("per_request", 8.0)) for k in range(3)]
+    summary = {"encoder": "qwen2.5-vl-7b", "impl": "vitkit", "steps": 3, "images_per_s": 400.0, "rows_per_s": 1e5,
+               "step_ms_p50": 5.5, "step_ms_p99": 6.0}
+    results = {"schema": bv.STREAM_SCHEMA, "kind": kind, "created": created,
+               "machine": {"device_name": "NVIDIA H100 80GB HBM3"}, "versions": {},
+               "settings": {"stream": {"encoder": "qwen2.5-vl-7b", "steps": 3, "images_per_step": [1, 8]}},
+               "warmups": [], "cold": [], "steps": steps,
+               "steady": [{"impl": "vitkit", "rows_per_s": 1.2e5}],
+               "summaries": [summary | {"mode": "batched", "batched_speedup": 1.6},
+                             summary | {"mode": "per_request", "batched_speedup": None}]}
+    stream_run.validate_stream_results(results)
+    return results
+
+
+def test_the_stream_schema_is_the_stream_benchmarks():
+    assert bv.STREAM_SCHEMA == stream_run.SCHEMA
+
+
+def test_stored_sources_put_a_stream_file_first_then_the_newest_sweep(tmp_path):
+    for stamp in ("20260101T000000Z", "20260301T000000Z"):
+        write_results(fake_bench_results(), tmp_path / f"full-vitkit-bf16-{stamp}.json")
+    assert list(bv.stored_sources(tmp_path)) == [str(tmp_path / f"full-vitkit-bf16-{s}.json")
+                                                 for s in ("20260301T000000Z", "20260101T000000Z")]
+    (tmp_path / "stream-vitkit-20260201T000000Z.json").write_text(json.dumps(_stream("2026-02-01")))
+    (tmp_path / "stream-vitkit-20260202T000000Z.json").write_text(json.dumps(_stream("2026-02-02")))
+    (tmp_path / "stream-aaa-20260101T000000Z.json").write_text(json.dumps(_stream("2026-01-01")))  # older
+    (tmp_path / "stream-broken-20260401T000000Z.json").write_text(json.dumps({"schema": "something/9"}))
+    (tmp_path / "stream-notjson-20260401T000000Z.json").write_text("{")
+    (tmp_path / "stream-smoke-20260401T000000Z.json").write_text(json.dumps(_stream("2026-04-01", kind="cpu-smoke")))
+    names = [key.rsplit("/", 1)[-1] for key in bv.stored_sources(tmp_path)]
+    assert names == ["stream-vitkit-20260202T000000Z.json", "stream-vitkit-20260201T000000Z.json",
+                     "stream-aaa-20260101T000000Z.json",
+                     "full-vitkit-bf16-20260301T000000Z.json", "full-vitkit-bf16-20260101T000000Z.json"]
+
+
+def test_a_stream_file_is_selected_first_and_shown_with_its_own_figure(tmp_path):
+    write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+    (tmp_path / "stream-vitkit-20260201T000000Z.json").write_text(json.dumps(_stream("2026-02-01")))
+    view = bench_view(run=False, folder=tmp_path)
+    assert view.source.value.endswith("stream-vitkit-20260201T000000Z.json")
+    assert "GPU measurement</b> on NVIDIA H100" in view.header.value
+    assert view.sweep.options == () and view.impl.options == ()
+    assert bytes(view.figure.value).startswith(b"\x89PNG") and ">per_request<" in view.table.value
+    assert ">1.6<" in view.table.value  # the batched speedup on the stream
+    assert "the headline A/B" in view.table.value  # what the impl shown is
+    view.source.value = view.source.options[1]  # the sweep file draws as before
+    assert view.sweep.value == "clip-batch" and bytes(view.figure.value).startswith(b"\x89PNG")
+
+
+def test_the_optimised_ab_is_the_default_and_the_eager_ab_says_what_it_overstates():
+    view = BenchView({"h100.json": _with_stock(fake_bench_results())})
+    assert view.impl.options == ("vitkit", "stock", "all") and view.impl.value == "vitkit"
+    assert "the headline A/B" in view.table.value and ">stock<" not in view.table.value
+    vitkit_png = bytes(view.figure.value)
+    view.impl.value = "stock"
+    assert "overstate what batching buys" in view.table.value and ">vitkit<" not in view.table.value
+    assert bytes(view.figure.value) != vitkit_png
+    view.impl.value = "all"
+    assert ">vitkit<" in view.table.value and ">stock<" in view.table.value and "overstate" in view.table.value
+
+
+def test_without_a_gpu_the_stored_h100_results_are_on_screen_and_nothing_runs(monkeypatch):
+    def no_run(*args, **kwargs):
+        raise AssertionError("no benchmark may run by default without a GPU")
+
+    monkeypatch.setattr(bv, "gpu_available", lambda: False)
+    monkeypatch.setattr(bv, "run_benchmark", no_run)
+    view = bench_view("full")
+    newest = list(bv.stored_sources())[0]
+    assert view.source.value == newest and newest.startswith("results/h100/")
+    assert "GPU measurement</b> on NVIDIA H100" in view.header.value and SMOKE_LABEL not in view.header.value
+    assert bytes(view.figure.value).startswith(b"\x89PNG") and "clip-l-336" in view.table.value
+    assert all("CPU smoke" not in label for label in view.source.options)
+    streams = sorted(bv.STORED.glob("stream-*.json"))
+    if streams:  # a stream file, when one is stored, comes first
+        assert newest.rsplit("/", 1)[-1].startswith("stream-") and view.impl.options == ()
+    else:
+        assert view.impl.value == "vitkit"

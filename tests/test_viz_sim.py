@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+pytest.importorskip("ipywidgets", reason="widget tests need the notebooks extra: pip install -e '.[notebooks]'")
+
 from vitkit.bench.results import write_results
 from vitkit.sim import WorkloadParams
 from vitkit.viz import SimSettings, run_sim, sim_explorer, summary_rows

@@ -23,14 +23,17 @@ class ChunkEntry:
 
 
 def check_window(request: Request, window: Span | tuple[int, int]) -> Span:
-    """Validate a chunked-prefill window ``[start, stop)`` of ``request``'s prompt."""
+    """Validate a chunked-prefill window ``[start, stop)`` of ``request``'s prompt.
+
+    A request without ``prompt_len`` accepts windows past its last item (text after the last image).
+    """
     try:
         window = Span.coerce(window)
     except (TypeError, ValueError) as err:
         raise type(err)(f"request {request.rid!r}: bad window {window!r}: {err}") from None
     if len(window) == 0:
         raise ValueError(f"request {request.rid!r}: window {window} is empty")
-    if window.stop > request.prompt_len:
+    if request.prompt_len is not None and window.stop > request.prompt_len:
         raise ValueError(
             f"request {request.rid!r}: window {window} runs past the prompt (prompt_len={request.prompt_len})"
         )

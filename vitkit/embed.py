@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from vitkit.cache import EmbeddingCache
-from vitkit.chunk import ChunkEntry, assemble_chunk, check_window, find_chunk_items
+from vitkit.chunk import ChunkEntry, assemble_chunk, check_window, find_chunk_items, overlapping
 from vitkit.item import MultimodalItem
 from vitkit.request import Request
 from vitkit.span import Span
@@ -121,6 +121,51 @@ def run_encoder(
     return list(outputs)
 
 
+def _recording(encoder: Encoder, calls: list[tuple[list[MultimodalItem], Sequence[torch.Tensor]]]) -> Encoder:
+    """``encoder``, keeping each call's items and outputs in ``calls`` for the finiteness check."""
+
+    def call(items: list[MultimodalItem]) -> Sequence[torch.Tensor]:
+        outputs = encoder(items)
+        calls.append((items, outputs))
+        return outputs
+
+    return call
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every value is finite: one host sync per device (one per step for a one-GPU
+    encoder), not one per item.
+
+    Each tensor is reduced on its device to its (min, max), which NaN and +-inf propagate to;
+    one ``isfinite().all()`` over those scalars is then read back. Unlike ``isfinite(cat(...))``
+    this allocates no second copy of the step's outputs, which would raise its peak memory."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.device.type != "meta" and t.numel():  # meta tensors (shape-only dry runs) hold no values
+            by_device.setdefault(t.device, []).extend(torch.aminmax(t))
+    flags = [torch.isfinite(torch.stack(extremes)).all() for extremes in by_device.values()]
+    return all(bool(flag) for flag in flags)
+
+
+def _check_finite(batch: Sequence[tuple[Request, Span]],
+                  calls: Sequence[tuple[list[MultimodalItem], Sequence[torch.Tensor]]]) -> None:
+    """Refuse NaN/inf encoder rows, naming each bad item and the requests whose windows hold it."""
+    if _all_finite([out for _, outputs in calls for out in outputs]):
+        return
+    bad = {item.hash: item for items, outputs in calls for item, out in zip(items, outputs)
+           if not bool(torch.isfinite(out).all())}  # error path only: per-item syncs are fine here
+    where = {key: [] for key in bad}
+    for request, window in batch:
+        for item, span in overlapping(request, window):
+            if item.hash in where:
+                where[item.hash].append(f"request {request.rid!r} item {request.spans.index(span)}")
+    named = "; ".join(f"item {key[:12]} ({', '.join(where[key])})" for key in bad)
+    raise ValueError(
+        f"encoder returned non-finite values (NaN or inf) for {len(bad)} item(s): {named}; "
+        "nothing of this step was cached"
+    )
+
+
 def _unique_misses(
     batch: Sequence[tuple[Request, Span]], entries_per_window: Sequence[Sequence[ChunkEntry]]
 ) -> list[MultimodalItem]:
@@ -193,8 +238,10 @@ def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry])
 def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries: Sequence[ChunkEntry],
                  later: set[str]) -> None:
     """Hold this request's pins on exactly the entries a later window needs (``later``)."""
-    if window.stop >= request.prompt_len:
-        cache.release(request.rid)  # prompt done: nothing of this request is needed again
+    if window.stop >= request.items_stop:
+        # past the last item nothing of this request is needed again, whether or not the prompt
+        # goes on with text (and whether or not the request knows its prompt_len)
+        cache.release(request.rid)
         return
     for e in entries:
         key = e.item.hash
@@ -254,7 +301,7 @@ def _pin_owners(batch: Sequence[tuple[Request, Span]], later: Sequence[set[str]]
 def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
     found = _lookup(batch, cache, tally)
     # What each window's request needs again later, computed once per window for pins.
-    later = [_needed_later(request, window, entries) if pin and window.stop < request.prompt_len else set()
+    later = [_needed_later(request, window, entries) if pin and window.stop < request.items_stop else set()
              for (request, window), entries in zip(batch, found)]
     owners = _pin_owners(batch, later)
     for key, rids in owners.items():  # pin hits first, so this step's puts cannot evict them
@@ -309,14 +356,18 @@ def embed_chunks(
     mode: str = "batched",
     max_tokens_per_call: int | None = None,
     pin: bool = True,
+    check_finite: bool = True,
 ) -> EmbedResult:
     """Embed each request's window for one scheduler step.
 
     ``batch`` holds ``(request, window)`` pairs, one per request. Items whose tokens run past
     their window are pinned in the cache for the request until a later window has used them;
-    a request's pins are released when its window reaches the end of its prompt
+    a request's pins are released once its window has passed its last item
     (``pin=False`` turns pinning off, to measure what it saves). If the encoder raises or
-    returns bad shapes, the cache is left exactly as it was.
+    returns bad shapes, the cache is left exactly as it was. So too if an encoder output holds
+    NaN or inf (``check_finite``, one fused check and one device sync per step; benchmarks may
+    turn it off): a non-finite embedding would otherwise be cached and served to every later
+    request for that image.
 
     The result's ``outcomes`` say, per batch entry, which items the window touched and what
     became of each (``ItemOutcome``: hit, encoded, shared, re-encoded, and by which call), so a
@@ -333,8 +384,12 @@ def embed_chunks(
     checked = _check_batch(batch)
     step = _step_batched if mode == "batched" else _step_per_request
     tally = _Tally()
+    calls: list[tuple[list[MultimodalItem], Sequence[torch.Tensor]]] = []
     with cache.transaction():
-        embeddings = step(checked, encoder, cache, max_tokens_per_call, tally, pin)
+        embeddings = step(checked, _recording(encoder, calls) if check_finite else encoder,
+                          cache, max_tokens_per_call, tally, pin)
+        if check_finite:
+            _check_finite(checked, calls)
     return EmbedResult(
         embeddings=embeddings,
         encoder_calls=len(tally.calls),

@@ -14,7 +14,9 @@ from vitkit.span import Span
 class Request:
     """A request's items and their placeholder spans (``spans[i]`` holds ``items[i]``'s tokens).
 
-    ``prompt_len`` (tokens) defaults to the end of the last span; windows may not run past it.
+    A given ``prompt_len`` (tokens) bounds the windows. Without it (``None``) the request does
+    not know where its prompt ends: windows past the last item are valid (text after the last
+    image), and nothing of the request is needed once a window has passed ``items_stop``.
     """
 
     rid: Hashable
@@ -61,13 +63,18 @@ class Request:
 
     def _check_prompt_len(self) -> None:
         if self.prompt_len is None:
-            object.__setattr__(self, "prompt_len", self.spans[-1].stop if self.spans else 0)
-            return
+            return  # unbounded: only the items' layout is known
         non_negative_int(f"request {self.rid!r}: prompt_len", self.prompt_len)
         if self.spans and self.spans[-1].stop > self.prompt_len:
             raise ValueError(
                 f"request {self.rid!r}: last span {self.spans[-1]} ends past prompt_len={self.prompt_len}"
             )
+
+    @property
+    def items_stop(self) -> int:
+        """Token position just past the last item's span (0 without items): a window that reaches
+        it has used every item, so the request needs nothing more from the cache."""
+        return self.spans[-1].stop if self.spans else 0
 
     @property
     def image_tokens(self) -> int:

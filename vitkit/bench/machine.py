@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
@@ -71,8 +72,18 @@ def machine_info(device: torch.device | str | None = None) -> dict:
     return info
 
 
-def versions() -> dict:
-    """Versions of the stack that changes the numbers."""
+GIT_COMMIT_ENV = "VITKIT_GIT_COMMIT"
+_COMMIT = re.compile(r"[0-9a-f]{7,40}(-dirty)?")
+
+
+def versions(git_commit: str | None = None) -> dict:
+    """Versions of the stack that changes the numbers.
+
+    ``vitkit_git`` is the checkout's commit. A copy without ``.git`` (the GPU machine gets the
+    working tree only) takes it from ``git_commit``, else from ``$VITKIT_GIT_COMMIT``;
+    ``vitkit_git_source`` says which one ("git", "option", "env") or is None when none was known.
+    """
+    commit, source = _recorded_commit(git_commit)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -80,8 +91,23 @@ def versions() -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "transformers": transformers.__version__,
         "vitkit": _vitkit_version(),
-        "vitkit_git": _git_commit(),
+        "vitkit_git": commit,
+        "vitkit_git_source": source,
     }
+
+
+def _recorded_commit(git_commit: str | None) -> tuple[str | None, str | None]:
+    """The commit to record and where it came from: the checkout first (it cannot be stale)."""
+    found = _git_commit()
+    if found is not None:
+        return found, "git"
+    for value, source, name in ((git_commit, "option", "git_commit"), (os.environ.get(GIT_COMMIT_ENV), "env", GIT_COMMIT_ENV)):
+        if value:
+            value = value.strip().lower()
+            if not _COMMIT.fullmatch(value):
+                raise ValueError(f"{name} must be a git commit (7-40 hex digits, optional -dirty), got {value!r}")
+            return value, source
+    return None, None
 
 
 def _git_commit() -> str | None:

@@ -1,7 +1,7 @@
 """One-off H100 exploration: which techniques move CLIP-L/336 towards 70% MFU.
 
-Run on the GPU box: PYTHONPATH=. python3 scripts/explore_clip_perf.py --out $OUT
-Writes explore_clip.json and prints a table. Notes go to results/NOTES.md.
+Run on the GPU box: PYTHONPATH=. python3 results/scripts/explore_clip_perf.py --out $OUT
+Writes explore_clip.json and prints a table. Notes went to results/README.md.
 """
 
 import argparse

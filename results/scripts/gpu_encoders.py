@@ -10,7 +10,7 @@
     the encoder call after warm-up, median over repeats; features already on the GPU.
 (c) Writes JSON (``--out`` directory, else $OUT, else results/gpu_encoders) and prints a table.
 
-Run on the GPU machine: ``PYTHONPATH=. python3 scripts/gpu_encoders.py``. ``--device cpu
+Run on the GPU machine: ``PYTHONPATH=. python3 results/scripts/gpu_encoders.py``. ``--device cpu
 --tiny`` runs the same code on the tiny presets (a smoke test of this script only).
 """
 

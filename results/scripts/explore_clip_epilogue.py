@@ -1,7 +1,7 @@
 """H100 exploration 4: can Triton GEMMs with fused epilogues (quick-GELU, residual) lift CLIP-L/336 x64?
 
 Variants of vitkit's fused CLIP layer, each compiled once for all 23 layers, whole forward in a
-CUDA graph, vs vitkit's default. PYTHONPATH=. python3 scripts/explore_clip_epilogue.py --out $OUT
+CUDA graph, vs vitkit's default. PYTHONPATH=. python3 results/scripts/explore_clip_epilogue.py --out $OUT
 """
 
 import argparse

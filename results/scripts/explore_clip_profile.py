@@ -1,6 +1,6 @@
 """H100/H200 exploration 2: where CLIP-L/336 x64 spends its time when compiled; residual-in-GEMM variant.
 
-PYTHONPATH=. python3 scripts/explore_clip_profile.py --out $OUT
+PYTHONPATH=. python3 results/scripts/explore_clip_profile.py --out $OUT
 """
 
 import argparse

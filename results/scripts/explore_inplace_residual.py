@@ -2,7 +2,7 @@
 
 Run when both CLIP and Qwen layers used ``residual_linear``; after it, the Qwen block keeps torch.addmm.
 
-PYTHONPATH=. python3 scripts/explore_inplace_residual.py --out $OUT
+PYTHONPATH=. python3 results/scripts/explore_inplace_residual.py --out $OUT
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """H100/H200 exploration 3: patch-embed as a GEMM, attention backend, Triton persistent-TMA GEMMs with fused epilogues.
 
-PYTHONPATH=. python3 scripts/explore_clip_variants.py --out $OUT
+PYTHONPATH=. python3 results/scripts/explore_clip_variants.py --out $OUT
 """
 
 import argparse
