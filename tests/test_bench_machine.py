@@ -35,9 +35,15 @@ def test_without_git_the_option_wins_over_the_environment(no_git):
     assert (v["vitkit_git"], v["vitkit_git_source"]) == ("abc1234-dirty", "option")
 
 
-def test_a_checkout_is_not_overridden(monkeypatch):
+def test_an_explicit_commit_overrides_a_checkout(monkeypatch):
+    # The GPU machine's copy carried a stale .git (the session's first commit): explicit wins.
     monkeypatch.setattr(machine, "_git_commit", lambda: SHA)
-    assert versions(git_commit="abc1234")["vitkit_git"] == SHA
+    assert versions(git_commit="abc1234")["vitkit_git"] == "abc1234"
+    monkeypatch.setenv("VITKIT_GIT_COMMIT", "def5678")
+    got = versions()
+    assert got["vitkit_git"] == "def5678" and got["vitkit_git_source"] == "env"
+    monkeypatch.delenv("VITKIT_GIT_COMMIT")
+    assert versions()["vitkit_git"] == SHA and versions()["vitkit_git_source"] == "git"
 
 
 @pytest.mark.parametrize("bad", ["main", "12345", "xyz1234567", SHA + "0"])

@@ -79,9 +79,11 @@ _COMMIT = re.compile(r"[0-9a-f]{7,40}(-dirty)?")
 def versions(git_commit: str | None = None) -> dict:
     """Versions of the stack that changes the numbers.
 
-    ``vitkit_git`` is the checkout's commit. A copy without ``.git`` (the GPU machine gets the
-    working tree only) takes it from ``git_commit``, else from ``$VITKIT_GIT_COMMIT``;
-    ``vitkit_git_source`` says which one ("git", "option", "env") or is None when none was known.
+    ``vitkit_git`` is the commit measured: ``git_commit`` when given, else ``$VITKIT_GIT_COMMIT``
+    when set, else the checkout's own. An explicit value wins because a copy of the working tree
+    can carry a ``.git`` that is not its own: the GPU machine's copy reported the session's
+    starting commit (``ebf82c2-dirty``) for a tree six commits later. ``vitkit_git_source`` says
+    which one ("option", "env", "git") or is None when none was known.
     """
     commit, source = _recorded_commit(git_commit)
     return {
@@ -97,17 +99,15 @@ def versions(git_commit: str | None = None) -> dict:
 
 
 def _recorded_commit(git_commit: str | None) -> tuple[str | None, str | None]:
-    """The commit to record and where it came from: the checkout first (it cannot be stale)."""
-    found = _git_commit()
-    if found is not None:
-        return found, "git"
+    """The commit to record and where it came from: an explicit one first, then the checkout."""
     for value, source, name in ((git_commit, "option", "git_commit"), (os.environ.get(GIT_COMMIT_ENV), "env", GIT_COMMIT_ENV)):
         if value:
             value = value.strip().lower()
             if not _COMMIT.fullmatch(value):
                 raise ValueError(f"{name} must be a git commit (7-40 hex digits, optional -dirty), got {value!r}")
             return value, source
-    return None, None
+    found = _git_commit()
+    return (found, "git") if found is not None else (None, None)
 
 
 def _git_commit() -> str | None:
