@@ -95,6 +95,8 @@ def _shows_the_stored_h100_results(shown: Shown) -> None:
     assert any("GPU measurement</b> on NVIDIA H100" in h for h in shown.html)
     assert not any("CPU SMOKE" in h or "CPU smoke" in h for h in shown.html)
     assert shown.dropdown("impl") in ("vitkit", None)  # None: a stream file, which has no impl picker
+    assert shown.dropdown("results").startswith("results/h100/stream-")  # the stream leads (issue 9)
+    assert any("token-balanced" in h and "all_gather_into_tensor" in h for h in shown.html)  # the scaling panel
 
 
 SHOWS = {"02_batched_vs_per_request": _shows_the_stored_h100_results}

@@ -177,3 +177,15 @@ def test_without_a_gpu_the_stored_h100_results_are_on_screen_and_nothing_runs(mo
         assert newest.rsplit("/", 1)[-1].startswith("stream-") and view.impl.options == ()
     else:
         assert view.impl.value == "vitkit"
+
+
+def test_dp_panel_shows_the_stored_scaling_or_says_none_is_stored(tmp_path):
+    from vitkit.viz import dp_panel
+    from vitkit.bench.dp_plot import STORED_DP
+
+    missing = dp_panel(tmp_path / "dp.json")
+    assert "No stored data-parallel results" in missing.value
+    if STORED_DP.is_file():
+        panel = dp_panel()
+        image, table = panel.children
+        assert image.value[:4] == b"\x89PNG" and "token-balanced" in table.value and "<td" in table.value
