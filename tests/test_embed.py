@@ -566,7 +566,7 @@ def test_bad_mode_and_budget_rejected():
     with pytest.raises(ValueError, match="mode must be one of .* got 'fast'"):
         embed_chunks([(req, (0, 2))], SpyEncoder(), EmbeddingCache(1 << 20), mode="fast")
     for bad in (0, -5, 2.5, True):
-        with pytest.raises(ValueError, match=f"max_tokens_per_call must be a positive int or None, got {bad!r}"):
+        with pytest.raises(ValueError, match=f"max_tokens_per_call must be a positive int, got {bad!r}"):
             embed_chunks([(req, (0, 2))], SpyEncoder(), EmbeddingCache(1 << 20), max_tokens_per_call=bad)
 
 

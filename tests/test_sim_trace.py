@@ -93,7 +93,7 @@ def test_repeated_image_is_identical_content():
         (lambda d: d["requests"][1].update(abort_ms=10.0), r"request 1 \('q1'\): abort_ms must be a number >= arrival_ms"),
         (lambda d: d["requests"][1].update(rid="q0"), r"request 1 \('q0'\): rid is used twice"),
         (lambda d: d["requests"][0]["segments"].append({"image": "hat"}), r"request 0 \('q0'\): segments\[3\] names unknown image 'hat'"),
-        (lambda d: d["requests"][0]["segments"].append({"text": -1}), r"request 0 \('q0'\): segments\[3\] must be a text token count"),
+        (lambda d: d["requests"][0]["segments"].append({"text": -1}), r"request 0 \('q0'\): segments\[3\] \(a text token count, or an image id\) must be a non-negative int, got -1"),
         (lambda d: d["requests"][0]["segments"].append({"video": "x"}), r"request 0 \('q0'\): segments\[3\] must be"),
         (lambda d: d["requests"][0].update(segments=[{"text": 0}]), r"request 0 \('q0'\): the prompt is empty"),
         (lambda d: d["requests"][0].update(priority=1), r"request 0 \('q0'\): unknown fields \['priority'\]"),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from vitkit.cache import EmbeddingCache
+from vitkit.checks import positive_int
 from vitkit.chunk import ChunkEntry, assemble_chunk, check_window, find_chunk_items, overlapping
 from vitkit.item import MultimodalItem
 from vitkit.request import Request
@@ -377,10 +378,8 @@ def embed_chunks(
         raise TypeError(f"cache must be an EmbeddingCache, got {type(cache).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if max_tokens_per_call is not None and (
-        isinstance(max_tokens_per_call, bool) or not isinstance(max_tokens_per_call, int) or max_tokens_per_call <= 0
-    ):
-        raise ValueError(f"max_tokens_per_call must be a positive int or None, got {max_tokens_per_call!r}")
+    if max_tokens_per_call is not None:
+        positive_int("max_tokens_per_call", max_tokens_per_call)
     checked = _check_batch(batch)
     step = _step_batched if mode == "batched" else _step_per_request
     tally = _Tally()

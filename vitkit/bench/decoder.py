@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vitkit.checks import positive_int
+
 try:  # PyTorch >= 2.10
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - older torch: reference path only
@@ -72,9 +74,7 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         for field in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "vocab"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"DecoderConfig {self.name!r}: {field} must be a positive int, got {value!r}")
+            positive_int(f"DecoderConfig {self.name!r}: {field}", getattr(self, field))
         if self.heads % self.kv_heads:
             raise ValueError(f"DecoderConfig {self.name!r}: heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
 

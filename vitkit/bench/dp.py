@@ -41,6 +41,7 @@ from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY
 from vitkit.embed import MODES
 from vitkit.bench.timing import Stopwatch, synchronize
 from vitkit.cache import EmbeddingCache
+from vitkit.checks import non_negative_int, positive_int
 from vitkit.embed import embed_chunks
 from vitkit.encoders.assignment import POLICIES
 from vitkit.encoders.dp import GATHERS, DataParallelEncoder
@@ -80,11 +81,8 @@ class DPSettings:
 
     def __post_init__(self) -> None:
         for name in ("images", "images_per_request", "steps", "repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a non-negative int, got {self.warmup!r}")
+            positive_int(name, getattr(self, name))
+        non_negative_int("warmup", self.warmup)
         if self.images % self.images_per_request:
             raise ValueError(f"images ({self.images}) must split into requests of "
                              f"images_per_request ({self.images_per_request})")

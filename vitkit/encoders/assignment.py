@@ -19,6 +19,8 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vitkit.checks import non_negative_int, positive_int
+
 POLICIES = ("token-balanced", "round-robin", "contiguous")
 
 
@@ -44,11 +46,9 @@ class Assignment:
 def assign(costs: Sequence[int], world_size: int, policy: str = "token-balanced") -> Assignment:
     """Split items of the given ``costs`` (non-negative ints, e.g. embedding rows) over
     ``world_size`` ranks with ``policy`` (one of ``POLICIES``)."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size <= 0:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    positive_int("world_size", world_size)
     for k, c in enumerate(costs):
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError(f"costs[{k}] must be a non-negative int, got {c!r}")
+        non_negative_int(f"costs[{k}]", c)
     if policy == "token-balanced":
         groups = _token_balanced(costs, world_size)
     elif policy == "round-robin":

@@ -13,6 +13,7 @@ import torch
 import xxhash
 
 from vitkit.cache import embedding_row_bytes
+from vitkit.checks import positive_int
 from vitkit.item import MultimodalItem
 
 QWEN_MERGED_PATCH = 28  # Qwen2.5-VL: 14-pixel patches, 2x2 merged into one token
@@ -24,9 +25,8 @@ def qwen_like_tokens(height: int, width: int, patch: int = QWEN_MERGED_PATCH) ->
     Qwen's ``smart_resize`` rounds each side to a multiple of 28 pixels; each 28x28 block is one
     token after the 2x2 patch merge. Minimum/maximum pixel limits are not modelled.
     """
-    for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"image {name} must be a positive int (pixels), got {value!r}")
+    positive_int("image height (px)", height)
+    positive_int("image width (px)", width)
     return max(1, round(height / patch)) * max(1, round(width / patch))
 
 
@@ -52,9 +52,7 @@ class FakeEncoder:
     """
 
     def __init__(self, hidden: int = 32, dtype: torch.dtype = torch.float32) -> None:
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
-            raise ValueError(f"FakeEncoder hidden must be a positive int, got {hidden!r}")
-        self.hidden_size = hidden
+        self.hidden_size = positive_int("FakeEncoder hidden", hidden)
         self.dtype = dtype
         self.name = "fake"
 
@@ -89,6 +87,4 @@ def cache_bytes_for_tokens(tokens: int, per_token: int | object) -> int:
     row_bytes = per_token if isinstance(per_token, int) and not isinstance(per_token, bool) else bytes_per_token(per_token)
     if row_bytes is None:
         raise ValueError(f"encoder {getattr(per_token, 'name', per_token)!r} has no hidden_size/dtype: give the capacity in bytes")
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0 or row_bytes <= 0:
-        raise ValueError(f"cache tokens and bytes per token must be positive ints, got {tokens!r} and {row_bytes!r}")
-    return tokens * row_bytes
+    return positive_int("cache tokens", tokens) * positive_int("bytes per token", row_bytes)

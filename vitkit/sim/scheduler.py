@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vitkit.cache import EmbeddingCache
+from vitkit.checks import positive_int
 from vitkit.request import Request
 from vitkit.span import Span
 
@@ -106,12 +107,6 @@ class Policy(Protocol):
         """The step to run at ``now_ms``, or None when nothing runs or happens then."""
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -139,13 +134,13 @@ class Scheduler:
         admission: Admission | None = None,
     ) -> None:
         self.chunked_prefill_size = (
-            None if chunked_prefill_size is None else _check_positive_int("chunked_prefill_size", chunked_prefill_size)
+            None if chunked_prefill_size is None else positive_int("chunked_prefill_size", chunked_prefill_size)
         )
-        self.max_running = None if max_running is None else _check_positive_int("max_running", max_running)
+        self.max_running = None if max_running is None else positive_int("max_running", max_running)
         self.per_request_cap = (
             None
             if long_prefill_token_threshold is None
-            else _check_positive_int("long_prefill_token_threshold", long_prefill_token_threshold)
+            else positive_int("long_prefill_token_threshold", long_prefill_token_threshold)
         )
         self.waiting: list[Arrival] = []  # sorted by arrival time, ties in add order
         self.running: list[Arrival] = []
@@ -161,15 +156,14 @@ class Scheduler:
     def fixed_chunk(cls, chunk_size: int) -> Scheduler:
         """Every unfinished request advances ``chunk_size`` tokens a step, all at once (no step
         budget, no limit on running requests): notebook 01's policy."""
-        return cls(None, long_prefill_token_threshold=_check_positive_int("chunk_size", chunk_size))
+        return cls(None, long_prefill_token_threshold=positive_int("chunk_size", chunk_size))
 
     def add(self, arrival: Arrival) -> None:
         """Queue a request; it may join from the first step at or after ``arrival_ms``, and is
         aborted before the first step at or after its ``abort_ms``."""
         if arrival.rid in self._seen:
             raise ValueError(f"request {arrival.rid!r} was already added")
-        if isinstance(arrival.prompt_len, bool) or not isinstance(arrival.prompt_len, int) or arrival.prompt_len <= 0:
-            raise ValueError(f"request {arrival.rid!r}: prompt_len must be a positive int, got {arrival.prompt_len!r}")
+        positive_int(f"request {arrival.rid!r}: prompt_len", arrival.prompt_len)
         for name in ("arrival_ms", "abort_ms"):
             value = getattr(arrival, name)
             # NaN compares false both ways: a NaN arrival never joins (the step loop would wait for

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitkit.checks import non_negative_int, positive_int
 from vitkit.sim.scheduler import Arrival
 
 SCHEMA = "vitkit.sim.trace/1"
@@ -73,9 +74,7 @@ class Trace:
         object.__setattr__(self, "images", dict(self.images))
         for image_id, spec in self.images.items():
             for name in ("height", "width"):
-                value = getattr(spec, name)
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise ValueError(f"trace {self.name!r}: image {image_id!r} {name} must be a positive int, got {value!r}")
+                positive_int(f"trace {self.name!r}: image {image_id!r} {name}", getattr(spec, name))
         seen: set[str] = set()
         for k, req in enumerate(self.requests):
             _check_request(self, k, req, seen)
@@ -100,8 +99,9 @@ def _check_request(trace: Trace, k: int, req: TraceRequest, seen: set[str]) -> N
         if isinstance(seg, str):
             if seg not in trace.images:
                 raise ValueError(f"{where}: segments[{j}] names unknown image {seg!r}")
-        elif isinstance(seg, bool) or not isinstance(seg, int) or seg < 0:
-            raise ValueError(f"{where}: segments[{j}] must be a text token count >= 0 or an image id, got {seg!r}")
+        else:
+            # not an image id: a text token count
+            non_negative_int(f"{where}: segments[{j}] (a text token count, or an image id)", seg)
     if not any(isinstance(s, str) or s > 0 for s in req.segments):
         raise ValueError(f"{where}: the prompt is empty (no text tokens and no image)")
 

@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vitkit.checks import positive_int
 from vitkit.item import MultimodalItem
 from vitkit.request import Request
 from vitkit.sim.fake import fake_item, image_seed
@@ -38,8 +39,8 @@ class WorkloadParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_requests <= 0 or self.turns <= 0:
-            raise ValueError(f"num_requests and turns must be positive, got {self.num_requests} and {self.turns}")
+        positive_int("WorkloadParams.num_requests", self.num_requests)
+        positive_int("WorkloadParams.turns", self.turns)
         for name in ("text_tokens", "images_per_request"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:

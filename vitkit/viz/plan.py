@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vitkit.checks import non_negative_int, positive_int
 from vitkit.embed import ENCODING_FATES, MODES
 from vitkit.item import MultimodalItem
 from vitkit.processing import make_request
@@ -48,13 +49,9 @@ class PlanSettings:
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "num_requests", "images_per_request", "image_size", "distinct_images"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"PlanSettings.{name} must be a positive int, got {value!r}")
+            positive_int(f"PlanSettings.{name}", getattr(self, name))
         for name in ("cache_tokens", "text_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"PlanSettings.{name} must be a non-negative int, got {value!r}")
+            non_negative_int(f"PlanSettings.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
