@@ -154,3 +154,18 @@ def test_admission_rows_compare_both_policies():
     aware = [r for r in rows if r["admission"] == "cache-aware"]
     assert all(r["re-encodings in a request"] == 0 and r["refused puts"] == 0 for r in aware)
     assert any(r["refused puts"] > 0 for r in rows if r["admission"] == "legacy")
+
+
+def test_ttft_figure_shows_the_stored_gpu_replay_next_to_the_model():
+    from vitkit.sim.plot_ttft import measured_points
+    from vitkit.viz.sim_widget import STORED, TTFTSettings, stored_measured_points
+
+    validation = {"settings": {"chunked_prefill_size": 2048, "cache_tokens": 16384},
+                  "rows": [{"workload": "small-images", "mode": "batched", "arrivals": "poisson 40/s",
+                            "measured_p50_ms": 60.0, "measured_p99_ms": 120.0}]}
+    (point,) = measured_points(validation)
+    assert point["rate_per_s"] == 40.0 and point["ttft_p99_ms"] == 120.0 and point["cache_tokens"] == 16384
+    if sorted(STORED.glob("ttft-validate-*.json")):
+        stored = stored_measured_points()
+        assert {(p["workload"], p["mode"]) for p in stored} >= {("small-images", "batched"), ("small-images", "per_request")}
+        assert TTFTSettings().chunked_prefill_size == stored[0]["chunked_prefill_size"]  # the default view shows them

@@ -8,9 +8,10 @@ says that decode is not modelled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import re
 import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -31,8 +32,28 @@ def _curves(points: Sequence[LoadPoint]) -> dict[tuple[str, str, str], list[Load
     return curves
 
 
-def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None, title: str | None = None) -> Figure:
-    """TTFT p50 and p99 (ms, log scale) against the arrival rate, one panel per workload."""
+def measured_points(validation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The GPU-measured TTFT of a stored validation (``python -m vitkit.sim validate``): one dict
+    per workload and mode with its Poisson rate, p50 and p99 (ms), and the validation's settings."""
+    settings = validation.get("settings", {})
+    out = []
+    for row in validation["rows"]:
+        match = re.fullmatch(r"poisson ([0-9.]+)/s", str(row.get("arrivals", "")))
+        if match is None:
+            continue
+        out.append({"workload": row["workload"], "mode": row["mode"], "rate_per_s": float(match.group(1)),
+                    "ttft_p50_ms": row["measured_p50_ms"], "ttft_p99_ms": row["measured_p99_ms"],
+                    "chunked_prefill_size": settings.get("chunked_prefill_size"),
+                    "cache_tokens": settings.get("cache_tokens")})
+    return out
+
+
+def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None, title: str | None = None,
+                      measured: Sequence[Mapping[str, Any]] = ()) -> Figure:
+    """TTFT p50 and p99 (ms, log scale) against the arrival rate, one panel per workload.
+
+    ``measured`` (from ``measured_points``) adds the real GPU replay's p50 and p99 as large hollow
+    markers where a panel's workload matches, so a model's curve is read next to what the card did."""
     if not points:
         raise ValueError("plot_ttft_vs_load needs at least one LoadPoint")
     workloads = list(dict.fromkeys(p.workload for p in points))
@@ -49,6 +70,12 @@ def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None
                 ax.plot([p.rate_per_s for p in curve], [getattr(p.run.summary, metric) for p in curve],
                         linestyle=style, marker=POLICY_MARKERS.get(policy, "^"), markersize=4,
                         color=MODE_COLORS.get(mode, "tab:gray"), label=label)
+        for m in measured:
+            if m["workload"] == workload:
+                for metric, (name, _) in PERCENTILES.items():
+                    ax.plot([m["rate_per_s"]], [m[metric]], linestyle="none", marker="D" if name == "p99" else "o",
+                            markersize=9, markerfacecolor="none", markeredgewidth=1.6,
+                            color=MODE_COLORS.get(m["mode"], "tab:gray"), label=f"{m['mode']} {name}, H100 replay (measured)")
         if bound_ms is not None:
             ax.axhline(bound_ms, color="tab:red", linewidth=0.8, linestyle=":", label=f"p99 bound {bound_ms:g} ms")
         ax.set_yscale("log")

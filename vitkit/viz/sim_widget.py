@@ -9,6 +9,7 @@ tokens too, since its MiB would be those of the small rows, not of a real model'
 from __future__ import annotations
 
 import html
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,6 @@ from matplotlib.figure import Figure
 from vitkit.sim import (
     FakeEncoder,
     ModelledEncoder,
-    SimRun,
     WorkloadParams,
     cache_bytes_for_tokens,
     compare,
@@ -34,7 +34,8 @@ from vitkit.sim import (
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.load import DEFAULT_RATES, TTFT_WORKLOADS
 from vitkit.sim.plot import plot_cache_memory, plot_over_steps
-from vitkit.sim.plot_ttft import plot_ttft_vs_load
+from vitkit.sim.run import SimRun
+from vitkit.sim.plot_ttft import measured_points, plot_ttft_vs_load
 from vitkit.sim.stepcost import StepCosts, default_prefill, load_encoder_cost
 from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, timed_replay
 from vitkit.viz.bench_widget import STORED
@@ -322,9 +323,11 @@ class TTFTExplorer(widgets.VBox):
     """Time to first token against load, both modes, from the H100 cost models (named in the
     figure). ``controls``: workload, rate, chunk size, cache size, admission policy."""
 
-    def __init__(self, settings: TTFTSettings | None = None, costs: StepCosts | None = None) -> None:
+    def __init__(self, settings: TTFTSettings | None = None, costs: StepCosts | None = None,
+                 measured: Sequence[Mapping[str, object]] = ()) -> None:
         self.settings = settings or TTFTSettings()
         self.costs = costs or StepCosts(load_encoder_cost(), default_prefill())
+        self.measured = list(measured)
         style, layout = {"description_width": "9em"}, widgets.Layout(width="26em")
         s = self.settings
         self.controls = {
@@ -354,11 +357,16 @@ class TTFTExplorer(widgets.VBox):
                        chunked_prefill_size=c["chunked_prefill_size"].value, cache_tokens=c["cache_tokens"].value,
                        policy=c["policy"].value)
 
+    def measured_at(self, settings: TTFTSettings) -> list[dict[str, object]]:
+        """The stored GPU replay's points, when these settings are the ones it was run with."""
+        return [m for m in self.measured if m["chunked_prefill_size"] == settings.chunked_prefill_size
+                and m["cache_tokens"] == settings.cache_tokens and settings.policy == "legacy"]
+
     def redraw(self) -> None:
         start = time.perf_counter()
         settings = self.current_settings()
         self.points = ttft_points(settings, self.costs)
-        fig = plot_ttft_vs_load(self.points)
+        fig = plot_ttft_vs_load(self.points, measured=self.measured_at(settings))
         for ax in fig.axes:
             ax.axvline(settings.rate_per_s, color="0.5", linewidth=0.8)
         self.figure.value = figure_png(fig)
@@ -373,7 +381,14 @@ class TTFTExplorer(widgets.VBox):
 def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path = STORED) -> TTFTExplorer:
     """Notebook 03's lead view: TTFT against load from the encoder cost model fitted to the
     stored results in ``results_folder`` and the stored prefill model."""
-    return TTFTExplorer(settings, StepCosts(load_encoder_cost(results_folder), default_prefill()))
+    return TTFTExplorer(settings, StepCosts(load_encoder_cost(results_folder), default_prefill()),
+                        measured=stored_measured_points(results_folder))
+
+
+def stored_measured_points(results_folder: str | Path = STORED) -> list[dict[str, object]]:
+    """The newest stored GPU validation's measured TTFT points (none when none is stored)."""
+    files = sorted(Path(results_folder).glob("ttft-validate-*.json"))
+    return measured_points(json.loads(files[-1].read_text())) if files else []
 
 
 def admission_rows(
