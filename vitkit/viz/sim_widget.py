@@ -34,8 +34,9 @@ from vitkit.sim import (
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.load import DEFAULT_RATES, TTFT_WORKLOADS
 from vitkit.sim.plot import plot_cache_memory, plot_over_steps
-from vitkit.sim.run import SimRun
+from vitkit.sim.bucketcost import BucketCost
 from vitkit.sim.plot_ttft import measured_points, plot_ttft_vs_load
+from vitkit.sim.run import SimRun
 from vitkit.sim.stepcost import StepCosts, default_prefill, load_encoder_cost
 from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, timed_replay
 from vitkit.viz.bench_widget import STORED
@@ -96,6 +97,12 @@ def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) 
             problems.append(message)
             continue
         models.update({f"{encoder}/{impl}": cost for (encoder, impl), cost in fitted.items()})
+    try:  # the stream's per-bucket model describes the bucketed encoder best (the TTFT view uses it too)
+        stream = load_encoder_cost(folder)
+    except ValueError:
+        return models
+    if isinstance(stream.call, BucketCost):
+        models[f"{stream.call.encoder}/{stream.call.impl}"] = replace(stream.call, source=stream.source)
     return models
 
 
@@ -111,7 +118,9 @@ def encoder_label(encoder: str, models: Mapping[str, Any]) -> str:
     """What the figures say about their encoder time."""
     if encoder == "fake":
         return "encoder time: fake encoder on this CPU (not meaningful as a time)"
-    return f"encoder time: modelled from stored results, {encoder}, fitted to {Path(models[encoder].source).name}"
+    source = models[encoder].source
+    where = Path(source).name if source.startswith("/") else source  # a sweep file's path, or the stream fit's label
+    return f"encoder time: modelled from stored results, {encoder}, fitted to {where}"
 
 
 def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, progress: bool = False) -> list[SimRun]:
