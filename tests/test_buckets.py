@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitkit.encoders import FIXED_BUCKETS, QWEN_BUCKETS, Buckets, build_encoder, pack, padded_layout
+from vitkit.encoders import FIXED_BUCKETS, QWEN_BUCKETS, Buckets, build_encoder, pack
 from vitkit.encoders.buckets import padding_waste
+from vitkit.encoders.qwen import padded_layout
 from vitkit.processing import synthetic_items
 
 bucket_sets = st.lists(st.integers(1, 64), min_size=1, max_size=8, unique=True).map(sorted).flatmap(

@@ -11,9 +11,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from vitkit.encoders import PRESETS, build_encoder, count_parameters, get_preset, packed_attention, packed_layout
+from vitkit.encoders import PRESETS, build_encoder, count_parameters, get_preset
 from vitkit.encoders import attention as attention_mod
+from vitkit.encoders.attention import packed_attention
 from vitkit.encoders.base import join_host
+from vitkit.encoders.qwen import packed_layout
 from vitkit.images import load_images
 from vitkit.item import MultimodalItem
 from vitkit.processing import make_items, synthetic_items

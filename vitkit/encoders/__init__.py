@@ -7,22 +7,20 @@ over the ranks of a ``torch.distributed`` group (``vitkit.encoders.dp``).
 """
 
 from vitkit.encoders.assignment import POLICIES, Assignment, assign
-from vitkit.encoders.attention import packed_attention, uses_varlen_kernel
 from vitkit.encoders.base import IMPLS, EncoderStats, PackRecord, VisionEncoder, WarmupReport
 from vitkit.encoders.buckets import Buckets, Pack, pack
 from vitkit.encoders.build import build_encoder, count_parameters, default_buckets
 from vitkit.encoders.dp import GATHERS, DataParallelEncoder
-from vitkit.encoders.fixed import FIXED_BUCKETS, FixedResolutionEncoder, vit_embed
-from vitkit.encoders.fused import fuse_tower, fused_qwen_block, fused_vit_layer
-from vitkit.encoders.graphs import GraphCache
+from vitkit.encoders.fixed import FIXED_BUCKETS, FixedResolutionEncoder
 from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
-from vitkit.encoders.qwen import QWEN_BUCKETS, PackedLayout, QwenVisionEncoder, packed_layout, padded_layout, qwen_block
+from vitkit.encoders.qwen import QWEN_BUCKETS, QwenVisionEncoder
 
+# The towers' internals (layer functions, fused weights, attention kernels, graph cache, packed
+# layouts) stay module-level: vitkit.encoders.{fused,attention,graphs,qwen,fixed}.
 __all__ = [
-    "GATHERS", "POLICIES", "Assignment", "DataParallelEncoder", "assign",
-    "FIXED_BUCKETS", "IMPLS", "PRESETS", "QWEN_BUCKETS", "Buckets", "EncoderPreset", "EncoderStats",
-    "FixedResolutionEncoder", "GraphCache", "Pack", "PackRecord", "PackedLayout", "QwenVisionEncoder", "VisionEncoder",
-    "WarmupReport", "build_encoder", "count_parameters", "default_buckets", "fuse_tower", "fused_qwen_block", "fused_vit_layer",
-    "get_preset", "pack", "packed_attention", "packed_layout", "padded_layout", "qwen_block", "uses_varlen_kernel",
-    "vit_embed",
+    "VisionEncoder", "FixedResolutionEncoder", "QwenVisionEncoder", "DataParallelEncoder",
+    "build_encoder", "count_parameters", "default_buckets", "IMPLS", "EncoderStats", "PackRecord", "WarmupReport",
+    "PRESETS", "EncoderPreset", "get_preset",
+    "Buckets", "Pack", "pack", "FIXED_BUCKETS", "QWEN_BUCKETS",
+    "Assignment", "assign", "POLICIES", "GATHERS",
 ]
