@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vitkit.bench.dp import main as dp_main
 from vitkit.bench.plot import save_figures
 from vitkit.bench.results import write_results
 from vitkit.bench.rows import BenchRow
@@ -225,8 +226,6 @@ def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]
     rest = _without_dp_sweep(argv)
     if rest is not None:
         # The multi-GPU sweep has its own options and runs under torchrun: vitkit.bench.dp.
-        from vitkit.bench.dp import main as dp_main
-
         return dp_main(rest)
     parser = build_parser()
     args = parser.parse_args(argv)

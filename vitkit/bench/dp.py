@@ -35,17 +35,17 @@ from tqdm.auto import tqdm
 
 from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge_folder, write_json
 from vitkit.bench.machine import machine_info, versions
-
 from vitkit.bench.run import DTYPES, layout_requests
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY
-from vitkit.embed import MODES
 from vitkit.bench.timing import Stopwatch, synchronize
 from vitkit.cache import EmbeddingCache
 from vitkit.checks import non_negative_int, positive_int
-from vitkit.embed import embed_chunks
+from vitkit.embed import MODES, embed_chunks
+from vitkit.encoders import IMPLS, build_encoder
 from vitkit.encoders.assignment import POLICIES
 from vitkit.encoders.dp import GATHERS, DataParallelEncoder
 from vitkit.item import MultimodalItem, move_items_to_device
+from vitkit.processing import synthetic_items
 from vitkit.request import Request
 from vitkit.span import Span
 
@@ -94,8 +94,6 @@ class DPSettings:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.encoders:
             raise ValueError("encoders is empty")
-        from vitkit.encoders import IMPLS
-
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
 
@@ -150,8 +148,6 @@ def step_sizes(encoder: Any, images: int, seed: int) -> list[tuple[int, int]]:
 
 def make_steps(encoder: Any, settings: DPSettings, device: torch.device) -> list[Step]:
     """The run's seeded steps; every rank builds the very same ones (SPMD)."""
-    from vitkit.processing import synthetic_items
-
     steps = []
     for s in range(settings.steps):
         seed = settings.seed * 1000 + s
@@ -237,8 +233,6 @@ def _gather_objects(obj: Any, where: Dist) -> list[Any]:
 
 def measure_encoder(name: str, settings: DPSettings, where: Dist, bar: tqdm) -> list[dict[str, Any]]:
     """Every (mode, policy, gather) of one tower; rows on rank 0, [] elsewhere."""
-    from vitkit.encoders import build_encoder
-
     encoder = build_encoder(name, device=where.device, dtype=DTYPES[settings.dtype], impl=settings.impl)
     warmup_s = warm_up(encoder, where, progress=not bar.disable) if settings.encoder_warmup else 0.0
     if where.rank == 0:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from vitkit.bench.dp_plot import dp_scaling_figure
+
 SCHEMA = "vitkit.bench.dp/1"
 
 # Issue 11's targets for the Qwen2.5-VL tower, 32 mixed-size images a step, token-balanced.
@@ -115,8 +117,6 @@ def merge_folder(folder: Path, *, plots: bool = True) -> dict[str, Any]:
     merged = merge([json.loads(f.read_text()) for f in files])
     write_json(merged, Path(folder) / "dp.json")
     if plots:
-        from vitkit.bench.dp_plot import dp_scaling_figure  # matplotlib only when plotting
-
         dp_scaling_figure(merged).savefig(Path(folder) / "dp.png", dpi=110)
     return merged
 

@@ -31,7 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from vitkit.bench.decoder import (
     GQA_EXPANDED_KV,
@@ -48,6 +51,7 @@ from vitkit.bench.decoder import (
     step_layout,
     uses_varlen_kernel,
 )
+from vitkit.bench.machine import machine_info, measure_matmul_peak, versions
 from vitkit.bench.timing import Stopwatch, TimingStats, synchronize, time_callable
 
 SCHEMA = "vitkit.prefill/1"
@@ -210,8 +214,6 @@ def measure_point(runner: PrefillRunner, point: dict[str, Any], peak_tflops: flo
 def run_sweep(runner: PrefillRunner, points: Sequence[dict[str, Any]], peak_tflops: float, *,
               warmup: int = 2, repeats: int = 6) -> list[dict[str, Any]]:
     """Measure every point (tqdm progress); the KV pool is sized for the largest step first."""
-    from tqdm.auto import tqdm
-
     runner.reserve(max(sum(c + n for c, n in p["step_windows"]) for p in points))
     runner.warmup()
     return [measure_point(runner, p, peak_tflops, warmup=warmup, repeats=repeats)
@@ -230,15 +232,11 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     """Step time and MFU against step tokens, one line per (context, windows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_ms, ax_mfu) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))  # no pyplot: no global figure state, no backend to pick
+    ax_ms, ax_mfu = fig.subplots(1, 2)
     rows = [r for r in results["rows"] if r["context"] is not None]
     styles = dict(zip(sorted({r["windows"] for r in rows}), ("-", "--", ":", "-.")))
-    colours = dict(zip(sorted({r["context"] for r in rows}), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colours = dict(zip(sorted({r["context"] for r in rows}), matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]))
     for (ctx, w) in sorted({(r["context"], r["windows"]) for r in rows}):
         line = sorted((r for r in rows if (r["context"], r["windows"]) == (ctx, w)), key=lambda r: r["tokens"])
         kw = dict(color=colours[ctx], linestyle=styles[w], marker="o", ms=3, label=f"context {ctx}, {w} windows")
@@ -257,7 +255,6 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -272,8 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vitkit.bench.machine import machine_info, measure_matmul_peak, versions
-
     args = build_parser().parse_args(argv)
     if args.smoke:
         config, dtype, points = TINY_DECODER, torch.float32, grid_points((16, 64), (0, 32), (1, 4), (64,))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 from tqdm.auto import tqdm
 
 from vitkit.encoders.buckets import Buckets, Pack, pack
@@ -31,8 +32,6 @@ IMPLS = ("vitkit", "vitkit-eager", "stock")
 
 def dynamo_compiles() -> int:
     """Graphs torch.compile has compiled in this process (dynamo's own counter)."""
-    from torch._dynamo.utils import counters
-
     return int(counters["stats"]["unique_graphs"])
 
 

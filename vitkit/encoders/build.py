@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers.initialization import no_init_weights
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
@@ -119,8 +120,6 @@ def _checkpoint_model(preset: EncoderPreset, path: Path) -> nn.Module:
 
 
 def _load_tower_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ValueError(f"checkpoint {path}: no *.safetensors files")

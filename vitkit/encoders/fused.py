@@ -12,6 +12,7 @@ operand, take the compiled tower from 52.8 ms to 49.9 ms.
 from __future__ import annotations
 
 import torch
+import torch._dynamo.config as dynamo_config
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
@@ -27,8 +28,6 @@ from vitkit.encoders.attention import packed_attention
 def compile_layer(fn, variants: int):
     """``torch.compile`` a layer function specialised per input shape, allowing ``variants``
     specialisations (one or two per bucket) before dynamo would fall back to eager."""
-    import torch._dynamo.config as dynamo_config
-
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, variants)
     return torch.compile(fn, dynamic=False)
 

@@ -13,6 +13,8 @@ import sys
 from vitkit.sim.fake import FakeEncoder, cache_bytes_for_tokens
 from vitkit.sim.run import compare, prepare
 from vitkit.sim.trace import TRACES_DIR, save_trace
+from vitkit.sim.ttft_report import main as ttft_main
+from vitkit.sim.validate import main as validate_main
 from vitkit.sim.workload import EXAMPLES, example_trace
 
 COLUMNS = ("mode", "pin", "cache_tokens", "hit_rate", "encoder_calls", "encoded_items", "re_encodings", "request_re_encodings", "rejected")
@@ -21,12 +23,8 @@ COLUMNS = ("mode", "pin", "cache_tokens", "hit_rate", "encoder_calls", "encoded_
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "ttft":
-        from vitkit.sim.ttft_report import main as ttft_main
-
         return ttft_main(argv[1:])
     if argv and argv[0] == "validate":
-        from vitkit.sim.validate import main as validate_main  # imports torch's CUDA path
-
         return validate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m vitkit.sim", description=__doc__)
     parser.add_argument("trace", nargs="?", default="product-catalog", help="trace file or example name")

@@ -35,6 +35,7 @@ from vitkit.embed import ENCODING_FATES, EmbedResult
 from vitkit.sim.bucketcost import BucketCost, fit_stream_bucket_cost
 from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models
 from vitkit.sim.latency import StepTime
+from vitkit.sim.prefill import load_prefill_cost
 from vitkit.sim.timing import TimedEncoderLike
 
 STORED = Path(__file__).resolve().parents[2] / "results" / "h100"
@@ -75,10 +76,6 @@ class FlopPrefillCost:
 def default_prefill() -> PrefillModel:
     """The stored H100 prefill fit (``vitkit.sim.prefill``) when it is there, else the labelled
     ``FlopPrefillCost`` estimate."""
-    try:
-        from vitkit.sim.prefill import load_prefill_cost  # measured on the H100, when shipped
-    except ImportError:
-        return FlopPrefillCost()
     try:
         return load_prefill_cost()
     except FileNotFoundError:

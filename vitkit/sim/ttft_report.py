@@ -29,7 +29,15 @@ from vitkit.sim.load import ADMISSION_RATES, DEFAULT_RATES, TTFT_WORKLOADS
 from vitkit.sim.plot_ttft import plot_admission, plot_ttft_vs_load
 from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source
 from vitkit.sim.trace import example_traces, load_trace
-from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, sustainable_rate, timed_replay, workload_trace
+from vitkit.sim.ttft import (
+    LoadPoint,
+    ReplayConfig,
+    load_sweep,
+    replay_at_rate,
+    sustainable_rate,
+    timed_replay,
+    workload_trace,
+)
 
 SCHEMA = "vitkit.ttft/1"
 ROW_COLUMNS = ("workload", "mode", "policy", "rate", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "encoder_share")
@@ -96,8 +104,6 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 def time_large_replay(costs: StepCosts, num_requests: int = 10_000, rate_per_s: float = 40.0) -> dict[str, Any]:
     """Wall time (s) of one ``num_requests`` replay of the small-images workload, with a progress bar."""
-    from vitkit.sim.ttft import replay_at_rate
-
     trace = workload_trace("small-images", num_requests)
     start = time.perf_counter()
     run = replay_at_rate(trace, rate_per_s, costs, ReplayConfig(), progress=True)

@@ -20,6 +20,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from vitkit.bench.machine import machine_info, versions
+from vitkit.bench.prefill import PrefillRunner
+from vitkit.encoders import build_encoder
 from vitkit.encoders.base import dynamo_compiles
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
@@ -36,18 +41,12 @@ DEFAULTS = {"small-images": (40.0, 200), "large-images": (4.0, 60)}  # rate /s, 
 
 def gpu_prefill_runner(device: str = "cuda") -> Any:
     """The real Qwen2.5-VL-7B decoder prefill on ``device``: ``step_ms(windows) -> ms``."""
-    from vitkit.bench.prefill import PrefillRunner  # the decoder bench: heavy, imported when run
-
     runner = PrefillRunner(device=device)
     runner.warmup()  # compiles the layers once (row count dynamic)
     return runner
 
 
 def _gpu_encoder(device: str = "cuda") -> Any:
-    import torch
-
-    from vitkit.encoders import build_encoder
-
     encoder = build_encoder(PRESET, device=device, dtype=torch.bfloat16)
     warmup = getattr(encoder, "warmup", None)
     if callable(warmup):
@@ -235,8 +234,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.out:
         parser.error("--out is required (unless --modelled-only)")
-
-    from vitkit.bench.machine import machine_info, versions
 
     modelled_costs = StepCosts(load_encoder_cost(args.results, PRESET), default_prefill())
     encoder = _gpu_encoder()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from vitkit.checks import positive_int
 from vitkit.item import MultimodalItem
+from vitkit.processing import synthetic_items
 from vitkit.request import Request
 from vitkit.sim.fake import fake_item, image_seed
 from vitkit.sim.trace import ImageSpec, Segment, Trace, TraceRequest
@@ -127,8 +128,6 @@ def build_requests(trace: Trace, make_item: ItemFactory = fake_item) -> dict[str
 def processing_items(preset_name: str) -> ItemFactory:
     """An item factory making real processor outputs with ``vitkit.processing.synthetic_items``
     (random pixels seeded by the image id), for driving a real encoder of that preset."""
-    from vitkit.processing import synthetic_items  # optional: built by the encoders package
-
     def make(image_id: str, height: int, width: int) -> MultimodalItem:
         return synthetic_items(preset_name, [(height, width)], seed=image_seed(image_id))[0]
 

@@ -19,6 +19,7 @@ from typing import Any
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
+from vitkit.bench.results import find_results
 from vitkit.sim import (
     FakeEncoder,
     ModelledEncoder,
@@ -84,8 +85,6 @@ def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) 
     A file whose rows cannot be fitted raises ValueError naming it, or, when ``problems`` is
     given, is left out with that message appended there (the explorer shows it).
     """
-    from vitkit.bench.results import find_results
-
     models: dict[str, Any] = {}
     for path in find_results(folder, kind="gpu") if Path(folder).is_dir() else []:
         try:
