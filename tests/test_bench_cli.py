@@ -9,6 +9,7 @@ import pytest
 from conftest import fake_bench_results
 from vitkit.bench.cli import build_parser, format_table, main, settings_from_args
 from vitkit.bench.run import RunSettings
+from vitkit.bench import stream_cli
 from vitkit.bench.sweeps import SWEEPS, Sweep, get_sweeps
 
 
@@ -138,3 +139,33 @@ def test_format_table_has_a_line_per_row():
     (clip,) = [line for line in lines if line.startswith("clip-batch:")]
     assert "at 64 x 1" in clip and "speedup 4.64x" in clip  # 320 ms per request vs 69 ms batched
     assert sum(line.startswith("memory model") for line in lines) == len(results["memory_model"])
+
+
+def parse_stream(*argv):
+    return stream_cli.settings_from_args(stream_cli.build_parser().parse_args(list(argv)))
+
+
+def test_stream_cli_takes_the_bench_device_defaults(monkeypatch):
+    import torch
+
+    specs, settings = parse_stream("--device", "cpu", "--buckets", "4,16", "--images-per-step", "2-5")
+    assert (settings.device, settings.dtype, settings.kind, settings.buckets) == ("cpu", "fp32", "cpu-smoke", (4, 16))
+    assert [s.encoder for s in specs] == list(stream_cli.CPU_STREAMS) and all(s.images_per_step == (2, 5) for s in specs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    specs, settings = parse_stream()
+    assert (settings.device, settings.dtype, settings.kind) == ("cuda", "bf16", "gpu")
+    assert [s.encoder for s in specs] == list(stream_cli.GPU_STREAMS)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        parse_stream("--device", "cuda")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--buckets", "4,0"], "each value must be a positive int, got 0"),
+    (["--buckets", "4,x"], "expected comma-separated integers, got 'x'"),
+    (["--sides", "300-200"], "expected 0 < LOW <= HIGH, got '300-200'"),
+])
+def test_stream_cli_bad_lists_name_the_value(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        stream_cli.build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err

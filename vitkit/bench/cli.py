@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vitkit.bench.args import list_of, positive_int_arg, single
 from vitkit.bench.dp import main as dp_main
 from vitkit.bench.plot import save_figures
 from vitkit.bench.results import write_results
@@ -26,16 +27,7 @@ from vitkit.bench.rows import BenchRow
 from vitkit.bench.stream_cli import main as stream_main
 from vitkit.bench.run import DTYPES, RunSettings, run_sweeps
 from vitkit.bench.sweeps import RESOLUTION_LABELS, SWEEPS, get_sweeps
-from vitkit.checks import positive_int
 from vitkit.encoders import IMPLS
-
-
-def _positive_int(part: str) -> int:
-    try:
-        value = int(part)
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {part!r}") from None
-    return positive_int("each value", value)
 
 
 def _fraction(part: str) -> float:
@@ -49,37 +41,17 @@ def _fraction(part: str) -> float:
 
 
 def _budget(part: str) -> int | None:
-    return None if part.strip().lower() == "none" else _positive_int(part)
+    return None if part.strip().lower() == "none" else positive_int_arg(part)
 
 
 def _resolution(part: str) -> int | str:
-    return part if part in RESOLUTION_LABELS else _positive_int(part)
+    return part if part in RESOLUTION_LABELS else positive_int_arg(part)
 
 
 def _impl(part: str) -> str:
     if part not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {part!r}")
     return part
-
-
-def _list_of(parse: Callable[[str], Any]) -> Callable[[str], list]:
-    """An argparse type: comma-separated values, each through ``parse``; errors name the text."""
-    def parse_list(text: str) -> list:
-        try:
-            return [parse(part) for part in text.split(",")]
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
-    return parse_list
-
-
-def _single(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type: one value through ``parse`` ("2,3" is an error, not 2)."""
-    def parse_one(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return parse_one
 
 
 def _asks_for_stream(argv: Sequence[str] | None) -> bool:
@@ -98,16 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="GPU sanity run, about a minute: the 'quick' sweep, 3 repeats (CPU: the smoke sweep)")
     p.add_argument("--encoder", help="encoder preset for every sweep of the run (e.g. clip-l-336)")
-    p.add_argument("--requests", type=_list_of(_positive_int), help="requests per step, e.g. 1,2,4")
-    p.add_argument("--images-per-request", type=_list_of(_positive_int), help="images per request, e.g. 1,4,8")
-    p.add_argument("--resolution", type=_list_of(_resolution),
+    p.add_argument("--requests", type=list_of(positive_int_arg), help="requests per step, e.g. 1,2,4")
+    p.add_argument("--images-per-request", type=list_of(positive_int_arg), help="images per request, e.g. 1,4,8")
+    p.add_argument("--resolution", type=list_of(_resolution),
                    help="image side in px, or 'mixed' (variable-resolution towers; fixed ones use their own size)")
-    p.add_argument("--hit-fraction", type=_list_of(_fraction), help="share of the step's images already cached, e.g. 0,0.5")
-    p.add_argument("--max-tokens-per-call", type=_list_of(_budget), help="encoder token budgets, e.g. 512,2048,none")
-    p.add_argument("--impl", type=_list_of(_impl), default=["vitkit"], help="vitkit, stock or vitkit,stock")
+    p.add_argument("--hit-fraction", type=list_of(_fraction), help="share of the step's images already cached, e.g. 0,0.5")
+    p.add_argument("--max-tokens-per-call", type=list_of(_budget), help="encoder token budgets, e.g. 512,2048,none")
+    p.add_argument("--impl", type=list_of(_impl), default=["vitkit"], help="vitkit, stock or vitkit,stock")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--repeats", type=_single(_positive_int),
+    p.add_argument("--repeats", type=single(positive_int_arg),
                    help="timed steps per point and mode (default 10 GPU, 3 quick, 2 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3 GPU, 1 CPU)")
     p.add_argument("--seconds-per-mode", type=float, default=2.0,

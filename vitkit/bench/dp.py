@@ -34,7 +34,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge_folder, write_json
-from vitkit.bench.machine import machine_info, versions
+from vitkit.bench.machine import default_dtype, machine_info, resolve_device, versions
 from vitkit.bench.run import DTYPES, layout_requests
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY
 from vitkit.bench.timing import Stopwatch, synchronize
@@ -356,16 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> DPSettings:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    gpu = device == "cuda"
+    device = resolve_device(args.device)
+    gpu = torch.device(device).type == "cuda"
     return DPSettings(
         encoders=args.encoders or (GPU_ENCODERS if gpu else CPU_ENCODERS), images=args.images or (32 if gpu else 8),
         images_per_request=args.images_per_request, steps=args.steps or (4 if gpu else 2),
         modes=tuple(args.modes), policies=tuple(args.policies), gathers=tuple(args.gathers),
         repeats=args.repeats or (5 if gpu else 2), warmup=args.warmup, impl=args.impl,
-        dtype="bf16" if gpu else "fp32", device=device, encoder_warmup=not args.no_encoder_warmup,
+        dtype=default_dtype(device), device=device, encoder_warmup=not args.no_encoder_warmup,
     )
 
 

@@ -16,6 +16,23 @@ import transformers
 from vitkit.bench.timing import time_callable
 
 
+def resolve_device(device: torch.device | str | None = None) -> str:
+    """``device`` as a string, or "cuda" when torch sees a GPU, else "cpu" (every bench's default).
+
+    ValueError when a CUDA device is asked for and torch sees none: the run would fail later, less clearly.
+    """
+    name = str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return name
+
+
+def default_dtype(device: torch.device | str) -> str:
+    """The benches' dtype name (a ``vitkit.bench.run.DTYPES`` key) on ``device``: "bf16" on a GPU
+    (what serving runs), "fp32" on CPU (where bf16 matmuls are slow and the smoke runs check numbers)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
 @dataclass(frozen=True)
 class MatmulPeak:
     """Measured dense matmul rate: median over timed repeats of an ``n x n @ n x n`` product."""
@@ -53,7 +70,7 @@ def _driver_version() -> str | None:
 
 def machine_info(device: torch.device | str | None = None) -> dict:
     """Device name, memory, capability and driver (GPU), or the CPU model and core count."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(device))
     # deliberately no host name: these files are committed
     info = {"device_type": device.type, "cpu": platform.processor() or platform.machine(),
             "cpu_threads": torch.get_num_threads()}
@@ -136,7 +153,7 @@ def measure_matmul_peak(
 ) -> MatmulPeak:
     """Median rate of a dense matmul: bf16 8192^3 timed with CUDA events on a GPU, a 1024^3
     float32 one with perf_counter on CPU (labelled "cpu-float32"; no GPU figure)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(device))
     on_gpu = device.type == "cuda"
     n = n or (8192 if on_gpu else 1024)
     dtype = torch.bfloat16 if on_gpu else torch.float32

@@ -51,7 +51,7 @@ from vitkit.bench.decoder import (
     step_layout,
     uses_varlen_kernel,
 )
-from vitkit.bench.machine import machine_info, measure_matmul_peak, versions
+from vitkit.bench.machine import machine_info, measure_matmul_peak, resolve_device, versions
 from vitkit.bench.timing import Stopwatch, TimingStats, synchronize, time_callable
 
 SCHEMA = "vitkit.prefill/1"
@@ -106,7 +106,7 @@ class PrefillRunner:
     def __init__(self, config: DecoderConfig = QWEN2_5_VL_7B_TEXT, *, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.bfloat16, compile: bool = True, seed: int = 0) -> None:
         self.config = config
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(resolve_device(device))
         self.dtype = dtype
         self.weights = random_weights(config, device=self.device, dtype=dtype, seed=seed)
         self.model = PrefillDecoder(config, self.weights, compile=compile)

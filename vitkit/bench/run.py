@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vitkit.bench.flops import item_flops
-from vitkit.bench.machine import MatmulPeak, machine_info, measure_matmul_peak, versions
+from vitkit.bench.machine import MatmulPeak, default_dtype, machine_info, measure_matmul_peak, resolve_device, versions
 from vitkit.bench.memory import memory_report
 from vitkit.bench.results import SCHEMA
 from vitkit.bench.rows import BenchRow
@@ -81,12 +81,10 @@ class RunSettings:
         "cpu-smoke"), fp32, 2 repeats (3 with ``quick``), 1 warm-up step, a 5-repeat peak: full-size
         towers on CPU take many minutes. ``overrides`` replace fields; None values are ignored.
         """
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         on_gpu = torch.device(device).type == "cuda"
-        if on_gpu and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
         defaults = dict(
-            device=device, dtype="bf16" if on_gpu else "fp32", repeats=3 if quick else 10 if on_gpu else 2,
+            device=device, dtype=default_dtype(device), repeats=3 if quick else 10 if on_gpu else 2,
             warmup=3 if on_gpu else 1, matmul_repeats=30 if on_gpu else 5, kind="gpu" if on_gpu else "cpu-smoke",
             sweep=("quick" if quick else "full") if on_gpu else "cpu-smoke",
         )

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from vitkit.bench.args import int_range, list_of, positive_int_arg
+from vitkit.bench.machine import default_dtype, resolve_device
 from vitkit.bench.stream import StreamSpec
 from vitkit.bench.stream_plot import save_stream_figure
 from vitkit.bench.stream_run import DTYPES, StreamSettings, format_stream_table, run_stream, write_stream_results
@@ -33,23 +35,6 @@ CPU_STREAMS = {
 }
 
 
-def _range(text: str) -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in text.split("-"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW-HIGH integers, got {text!r}") from None
-    if not 0 < lo <= hi:
-        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, got {text!r}")
-    return lo, hi
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     intro, examples = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(prog="python -m vitkit.bench --sweep stream", description=intro, epilog=examples,
@@ -57,12 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", choices=["stream"], default="stream")
     p.add_argument("--encoder", action="append", help="tower preset (repeatable; default: both GPU streams)")
     p.add_argument("--steps", type=int, help="steps in the stream (default 200 GPU, 12 CPU)")
-    p.add_argument("--images-per-step", type=_range, help="LOW-HIGH images a step")
-    p.add_argument("--images-per-request", type=_range, help="LOW-HIGH images a request")
-    p.add_argument("--sides", type=_range, help="LOW-HIGH image side in px (variable-resolution towers)")
+    p.add_argument("--images-per-step", type=int_range, help="LOW-HIGH images a step")
+    p.add_argument("--images-per-request", type=int_range, help="LOW-HIGH images a request")
+    p.add_argument("--sides", type=int_range, help="LOW-HIGH image side in px (variable-resolution towers)")
     p.add_argument("--hit-fraction", type=float, help="chance an image repeats a recent one (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--buckets", type=_ints, help="bucket sizes for impl vitkit (patches for Qwen, images otherwise)")
+    p.add_argument("--buckets", type=list_of(positive_int_arg),
+                   help="bucket sizes for impl vitkit (patches for Qwen, images otherwise)")
     p.add_argument("--impl", default="vitkit,vitkit-eager,stock", help="comma-separated impls")
     p.add_argument("--cold-steps", type=int, default=40, help="steps timed cold, in a fresh process on a GPU (default 40)")
     p.add_argument("--dtype", choices=sorted(DTYPES))
@@ -85,22 +71,30 @@ def specs_from_args(args: argparse.Namespace, on_gpu: bool) -> list[StreamSpec]:
     return specs
 
 
+def settings_from_args(args: argparse.Namespace) -> tuple[list[StreamSpec], StreamSettings]:
+    """Resolve defaults that depend on the device (``vitkit.bench.machine``, as ``python -m
+    vitkit.bench`` does): the streams, and how they are measured."""
+    device = resolve_device(args.device)
+    on_gpu = torch.device(device).type == "cuda"
+    settings = StreamSettings(device=device, dtype=args.dtype or default_dtype(device),
+                              impls=tuple(args.impl.split(",")), cold_steps=args.cold_steps,
+                              buckets=None if args.buckets is None else tuple(args.buckets),
+                              kind="gpu" if on_gpu else "cpu-smoke")
+    return specs_from_args(args, on_gpu), settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = torch.device(device).type == "cuda"
     try:
-        specs = specs_from_args(args, on_gpu)
-        settings = StreamSettings(device=device, dtype=args.dtype or ("bf16" if on_gpu else "fp32"),
-                                  impls=tuple(args.impl.split(",")), cold_steps=args.cold_steps,
-                                  buckets=args.buckets, kind="gpu" if on_gpu else "cpu-smoke")
+        specs, settings = settings_from_args(args)
     except ValueError as err:
         parser.error(str(err))
     for spec in specs:
-        print(f"vitkit.bench stream: {spec.encoder}, {spec.steps} steps, impls {settings.impls} on {device}", flush=True)
+        print(f"vitkit.bench stream: {spec.encoder}, {spec.steps} steps, impls {settings.impls} on {settings.device}",
+              flush=True)
         results = run_stream(spec, settings, progress=not args.no_progress)
-        folder = args.out or Path("results") / ("cpu-smoke" if not on_gpu else results["machine"]["slug"])
+        folder = args.out or Path("results") / (results["machine"]["slug"] if settings.kind == "gpu" else "cpu-smoke")
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = write_stream_results(results, folder / f"stream-{spec.encoder}-{stamp}.json")
         print(f"wrote {path}")
