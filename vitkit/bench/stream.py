@@ -151,20 +151,26 @@ def step_requests(step: StreamStep, items: dict[int, MultimodalItem], text_token
 def miss_units(spec: StreamSpec, steps: Sequence[StreamStep], mode: str = "batched") -> list[list[int]]:
     """Bucket units of each encoder call the stream makes with an unbounded cache: per step the
     new distinct images (batched), or per request its new distinct images (per_request)."""
+    return [call for calls in step_miss_units(spec, steps, mode) for call in calls]
+
+
+def step_miss_units(spec: StreamSpec, steps: Sequence[StreamStep], mode: str = "batched") -> list[list[list[int]]]:
+    """``miss_units`` grouped by step: per step, its encoder calls (none when every image was seen)."""
     seen: set[int] = set()
-    calls = []
+    per_step = []
     for step in steps:
         groups = [list(step.requests)] if mode == "batched" else [[r] for r in step.requests]
+        calls = []
         for group in groups:
             call = []
-            for request in group:
-                for image in request:
-                    if image.key not in seen:
-                        seen.add(image.key)
-                        call.append(image_rows(spec, image)[1])
+            for image in (im for request in group for im in request):
+                if image.key not in seen:
+                    seen.add(image.key)
+                    call.append(image_rows(spec, image)[1])
             if call:
                 calls.append(call)
-    return calls
+        per_step.append(calls)
+    return per_step
 
 
 def bucket_choice(spec: StreamSpec, candidates: dict[str, Buckets]) -> list[dict]:

@@ -48,18 +48,18 @@ class Stopwatch:
         self._stop: Any = None
 
     def start(self) -> None:
-        if self.cuda:
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
-        else:
-            self._start = time.perf_counter()
+        self._start = self._mark()
 
     def stop(self) -> None:
-        if self.cuda:
-            self._stop = torch.cuda.Event(enable_timing=True)
-            self._stop.record()
-        else:
-            self._stop = time.perf_counter()
+        self._stop = self._mark()
+
+    def _mark(self) -> Any:
+        """A recorded CUDA event on the current stream, or the host clock (s) on CPU."""
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def elapsed_ms(self) -> float:
         if self._start is None or self._stop is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vitkit.bench.stream import StreamSpec, generate_stream, image_rows
+from vitkit.bench.stream import StreamSpec, generate_stream, step_miss_units
 from vitkit.bench.stream_run import load_stream_results
 from vitkit.checks import positive_int
 from vitkit.encoders.buckets import Buckets, Pack, pack
@@ -172,21 +172,7 @@ def stream_step_calls(stream: Mapping[str, Any], mode: str) -> list[list[list[in
     every image, never evicting): each call the bucket units of its items. Batched: one call of
     the step's new distinct images; per_request: one call per request with new images, in order."""
     spec = StreamSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in stream["settings"]["stream"].items()})
-    seen: set[int] = set()
-    steps = []
-    for step in generate_stream(spec):
-        groups = [list(step.requests)] if mode == "batched" else [[r] for r in step.requests]
-        calls = []
-        for group in groups:
-            call = []
-            for image in (im for request in group for im in request):
-                if image.key not in seen:
-                    seen.add(image.key)
-                    call.append(image_rows(spec, image)[1])
-            if call:
-                calls.append(call)
-        steps.append(calls)
-    return steps
+    return step_miss_units(spec, generate_stream(spec), mode)
 
 
 def fit_stream_bucket_cost(path: str | Path, encoder: str, impl: str = "vitkit") -> tuple[BucketCost, list[dict[str, Any]]]:
