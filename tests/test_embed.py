@@ -608,3 +608,13 @@ def test_cache_entry_from_another_encoder_width_is_an_error_and_rolls_back():
 def test_cache_must_be_an_embedding_cache():
     with pytest.raises(TypeError, match="cache must be an EmbeddingCache, got dict"):
         embed_chunks([], lambda items: [], {})
+
+
+def test_an_image_lost_between_windows_is_lost_even_when_another_request_encodes_it_first():
+    # A request whose image was lost between its windows, while another request of the step missed
+    # it first: its fate is "shared", yet it lost the image, which is what pinning prevents.
+    from vitkit.embed import ItemOutcome
+
+    o = ItemOutcome(0, "h", "shared", 0, needed_before=True)
+    assert o.lost and not ItemOutcome(0, "h", "hit", None, needed_before=True).lost
+    assert not ItemOutcome(0, "h", "encoded", 0, needed_before=False).lost

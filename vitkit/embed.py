@@ -40,12 +40,23 @@ class ItemOutcome:
       earlier window (one of its spans with this hash starts before the window does): an image
       straddling a window boundary, or shown again later in the prompt, that the cache lost in
       between. Pinning exists to make this zero.
+
+    ``needed_before``: the request had needed this content in an earlier window. ``lost`` (a
+    miss of such content) is what pinning prevents, whichever lookup of the step caused the
+    encode: a ``"shared"`` fate can be lost too, when another request's window missed the same
+    image first.
     """
 
     index: int  # into request.items
     hash: str
     fate: str
     call: int | None  # index of the encoder call within the step; None for a hit
+    needed_before: bool = False
+
+    @property
+    def lost(self) -> bool:
+        """A miss of content the request had already needed: it was lost between its windows."""
+        return self.fate != "hit" and self.needed_before
 
 
 @dataclass(frozen=True)
@@ -273,7 +284,7 @@ def _outcomes(
                 fate = "re-encoded" if key in earlier else "encoded"
                 claimed.add(key)
             index = request.spans.index(e.span)  # spans are unique; items may repeat
-            marks.append(ItemOutcome(index, key, fate, None if fate == "hit" else call_of[key]))
+            marks.append(ItemOutcome(index, key, fate, None if fate == "hit" else call_of[key], key in earlier))
         out.append(tuple(marks))
     return out
 

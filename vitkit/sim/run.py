@@ -7,9 +7,10 @@ The ``RunSummary`` is computed from the rows, so the two always agree.
 
 Two re-encoding counts are kept. ``re_encodings``: encodes of a content hash that an earlier
 encoder call of the run had encoded (evicted, or never stored, in between).
-``request_re_encodings``: the ``"re-encoded"`` outcomes, i.e. an image that its request had
+``request_re_encodings``: the ``lost`` outcomes, i.e. misses of an image that its request had
 already needed in an earlier window (straddling a window boundary, or shown again later in the
-same prompt) and that was lost in between and encoded again; pinning exists to make this zero.
+same prompt) and that was lost in between and encoded again, whichever window of the step caused
+that encode; pinning exists to make this zero.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class WindowRow:
     hit: tuple[bool, ...]
     fates: tuple[str, ...]  # "hit" | "encoded" | "shared" | "re-encoded"
     again: tuple[bool, ...]  # encoded by this window although an earlier encoder call of the run had encoded it
+    lost: int = 0  # distinct images missed although the request had needed them in an earlier window
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ def _window_rows(ran: StepRun, encoded_before: set[str]) -> list[WindowRow]:
         rows.append(WindowRow(
             ran.step.index, w.rid, w.start, w.stop, items=tuple(o.index for o in outcomes),
             hit=tuple(o.fate == "hit" for o in outcomes), fates=tuple(o.fate for o in outcomes), again=again,
+            lost=len({o.hash for o in outcomes if o.lost}),  # a window encodes an image once however often it shows it
         ))
     encoded_before.update(first_call)
     return rows
@@ -203,7 +206,7 @@ def _step_row(ran: StepRun, config: tuple[str, bool, int], windows: Sequence[Win
         tokens=step.tokens, items_touched=r.cache_hits + r.cache_misses, hits=r.cache_hits, misses=r.cache_misses,
         encoder_calls=r.encoder_calls, encoded_items=r.encoded_items, encoded_tokens=r.encoded_tokens,
         call_tokens=r.call_tokens, re_encodings=sum(sum(w.again) for w in windows),
-        request_re_encodings=sum(w.fates.count("re-encoded") for w in windows),
+        request_re_encodings=sum(w.lost for w in windows),
         evictions=ran.after.evictions - ran.before.evictions, rejected=ran.after.rejected - ran.before.rejected,
         cache_bytes=ran.after.bytes, pinned_bytes=ran.after.pinned_bytes,
         encoder_ms=ran.encoder_time.reported_ms,

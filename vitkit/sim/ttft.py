@@ -145,7 +145,7 @@ def timed_replay(
         encoded += r.encoded_items
         re_enc += sum(key in seen for key in r.encoded_hashes)
         seen.update(r.encoded_hashes)
-        req_re_enc += sum(o.fate == "re-encoded" for window in r.outcomes for o in window)
+        req_re_enc += sum(len({o.hash for o in window if o.lost}) for window in r.outcomes)
         refused += ran.after.rejected - ran.before.rejected
         evictions += ran.after.evictions - ran.before.evictions
         if keep_embeddings:
