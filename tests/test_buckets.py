@@ -119,6 +119,36 @@ def test_calls_split_over_max_items_restore_item_order():
     assert [r.items for r in enc.last_call] == [2, 2, 1]
 
 
+class _CountingGraphs:
+    """Stands in for GraphCache off CUDA: records captures, runs the forward eagerly."""
+
+    def __init__(self):
+        self.keys, self.captures = set(), 0
+
+    def __len__(self):
+        return len(self.keys)
+
+    def capture(self, key, fn, args):
+        if key not in self.keys:
+            self.keys.add(key)
+            self.captures += 1
+
+    def run(self, key, fn, args):
+        self.capture(key, fn, args)
+        return fn(*args)
+
+
+def test_warmup_reports_the_captures_it_made_not_the_graphs_held(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    enc = build_encoder("clip-tiny", buckets=Buckets((1, 2, 4), max_items=4))
+    enc.graphs = _CountingGraphs()
+    enc(synthetic_items("clip-tiny", [(56, 56)] * 2, seed=1))  # a call captures bucket 2 first
+    report = enc.warmup(progress=False)
+    assert (report.buckets, report.captures, len(enc.graphs)) == (3, 2, 3)
+    assert enc.warmup(progress=False).captures == 0
+
+
 def test_padded_layout_marks_padding_as_its_own_sequences():
     enc = build_encoder("qwen2.5-vl-tiny")
     cfg = enc.model.config
@@ -170,6 +200,7 @@ def test_gpu_no_compile_or_capture_after_warmup_on_a_random_stream(name):
     enc, eager, ref32 = _gpu_encoders(name)
     report = enc.warmup(progress=False)
     assert report.captures == len(enc.buckets.sizes)
+    assert enc.warmup(progress=False).captures == 0  # what this warm-up captured, not the graphs held
     rng = random.Random(0)
     before = enc.stats.copy()
     for step in range(12):

@@ -205,7 +205,7 @@ class VisionEncoder:
             return WarmupReport(0.0, 0, 0, 0, 0, ())
         torch.cuda.synchronize(self.device)
         reserved = torch.cuda.memory_reserved(self.device)
-        compiles, start, per_bucket = dynamo_compiles(), time.perf_counter(), []
+        compiles, captures, start, per_bucket = dynamo_compiles(), self.graphs.captures, time.perf_counter(), []
         for bucket in tqdm(sorted(self.buckets.sizes, reverse=True), desc=f"warm-up {self.name}", disable=not progress):
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -214,8 +214,9 @@ class VisionEncoder:
             torch.cuda.synchronize(self.device)
             per_bucket.append((bucket, time.perf_counter() - t0))
         pool = torch.cuda.memory_reserved(self.device) - reserved
+        # captures made now, not graphs held: buckets captured by earlier calls cost nothing here
         return WarmupReport(time.perf_counter() - start, len(self.buckets.sizes), dynamo_compiles() - compiles,
-                            len(self.graphs), pool, tuple(per_bucket))
+                            self.graphs.captures - captures, pool, tuple(per_bucket))
 
     def buffer(self, name: str) -> torch.Tensor:
         """A static input buffer sized for the largest bucket (allocated on first use)."""
