@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+import vitkit.sim.stepcost as stepcost
 from vitkit.bench.decoder import check_windows
 from vitkit.sim.costmodel import CallCost
 from vitkit.sim.latency import percentile
@@ -56,6 +57,16 @@ def test_batching_saves_the_per_call_cost_on_the_clock():
         ttft[mode] = run.summary.ttft_p50_ms
         assert run.steps[0].encoder_ms == pytest.approx((1 if mode == "batched" else 2) * 2.0 + 5.12)
     assert ttft["per_request"] - ttft["batched"] == pytest.approx(2.0)
+
+
+def test_shadow_costs_read_each_steps_calls_once(monkeypatch):
+    reads = []
+    real = stepcost.call_item_rows
+    monkeypatch.setattr(stepcost, "call_item_rows", lambda *args: reads.append(1) or real(*args))
+    trace = _trace(TraceRequest("a", 0.0, (10, "p", 10)), TraceRequest("b", 5.0, (20,)))
+    run = timed_replay(trace, COSTS, ReplayConfig(chunked_prefill_size=200), shadow=COSTS)
+    assert len(reads) == len(run.steps) == 2
+    assert [ms for ms, _, _ in run.shadow] == [st.encoder_ms for st in run.steps]
 
 
 @pytest.fixture(scope="module")

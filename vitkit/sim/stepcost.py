@@ -228,14 +228,15 @@ class StepClock:
 
     def __call__(self, step: Any, result: EmbedResult) -> float:
         windows = tuple((w.rid, w.start, w.stop) for w in step.windows)
+        # the step's calls are read from its outcomes once, for the model and the shadow alike
+        calls = self._calls(step, result) if self.encoder_timer is None or self.shadow is not None else None
         if self.encoder_timer is not None:
             encoder_ms = self.encoder_timer.take_time().reported_ms
         else:
-            encoder_ms = self.costs.encoder.step_ms(self._calls(step, result))
+            encoder_ms = self.costs.encoder.step_ms(calls)
         pairs = prefill_windows(windows)
         prefill_ms = self.costs.prefill.step_ms(pairs) if pairs else 0.0
         if self.shadow is not None:
-            calls = self._calls(step, result)
             self.shadow_ms.append((self.shadow.encoder.step_ms(calls), self.shadow.prefill.step_ms(pairs) if pairs else 0.0, calls))
         book = self.costs.encoder.bookkeeping_ms if windows else 0.0
         st = StepTime(step.index, step.time_ms, encoder_ms, prefill_ms, book, windows, tuple(step.finished))
