@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vitkit.bench.cli import main as bench_main
-from vitkit.bench.dp import DPSettings
+from vitkit.bench.dp import DPSettings, build_parser, settings_from_args
 from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge, merge_folder, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +99,13 @@ def test_combine_takes_the_slowest_step_and_the_least_waiting_gather():
 def test_settings_reject_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DPSettings(**kwargs)
+
+
+@pytest.mark.parametrize("option", ["--images", "--steps", "--repeats"])
+def test_cli_zero_is_refused_not_replaced_by_the_default(option):
+    with pytest.raises(ValueError, match=option.lstrip("-")):
+        settings_from_args(build_parser().parse_args(["--device", "cpu", option, "0"]))
+    assert settings_from_args(build_parser().parse_args(["--device", "cpu"])).images == 8
 
 
 def test_bench_cli_sweep_dp_delegates_to_the_dp_merge(tmp_path, capsys):

@@ -355,14 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless the option was left out: ``--images 0`` reaches DPSettings (which names
+    it) instead of silently becoming the default."""
+    return default if value is None else value
+
+
 def settings_from_args(args: argparse.Namespace) -> DPSettings:
     device = resolve_device(args.device)
     gpu = torch.device(device).type == "cuda"
     return DPSettings(
-        encoders=args.encoders or (GPU_ENCODERS if gpu else CPU_ENCODERS), images=args.images or (32 if gpu else 8),
-        images_per_request=args.images_per_request, steps=args.steps or (4 if gpu else 2),
+        encoders=_given(args.encoders, GPU_ENCODERS if gpu else CPU_ENCODERS), images=_given(args.images, 32 if gpu else 8),
+        images_per_request=args.images_per_request, steps=_given(args.steps, 4 if gpu else 2),
         modes=tuple(args.modes), policies=tuple(args.policies), gathers=tuple(args.gathers),
-        repeats=args.repeats or (5 if gpu else 2), warmup=args.warmup, impl=args.impl,
+        repeats=_given(args.repeats, 5 if gpu else 2), warmup=args.warmup, impl=args.impl,
         dtype=default_dtype(device), device=device, encoder_warmup=not args.no_encoder_warmup,
     )
 
