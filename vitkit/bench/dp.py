@@ -38,7 +38,7 @@ from vitkit.bench.machine import default_dtype, machine_info, resolve_device, ve
 from vitkit.bench.run import DTYPES, layout_requests
 from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY
 from vitkit.bench.timing import Stopwatch, synchronize
-from vitkit.cache import EmbeddingCache
+from vitkit.cache import EmbeddingCache, embedding_row_bytes
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.embed import MODES, embed_chunks
 from vitkit.encoders import IMPLS, build_encoder
@@ -161,7 +161,7 @@ def make_steps(encoder: Any, settings: DPSettings, device: torch.device) -> list
 
 
 def _fresh_cache(step: Step, encoder: Any) -> EmbeddingCache:
-    row_bytes = encoder.hidden_size * torch.finfo(encoder.dtype).bits // 8
+    row_bytes = embedding_row_bytes(encoder.hidden_size, encoder.dtype)
     return EmbeddingCache(2 * row_bytes * step.rows + 1)  # no eviction: the sweep measures encoding
 
 
