@@ -59,6 +59,14 @@ def test_batching_saves_the_per_call_cost_on_the_clock():
     assert ttft["per_request"] - ttft["batched"] == pytest.approx(2.0)
 
 
+def test_an_image_encoded_twice_in_one_step_is_a_re_encoding():
+    # per-request mode, a cache too small for the image: b's window encodes p again in step 0
+    trace = _trace(TraceRequest("a", 0.0, (10, "p")), TraceRequest("b", 0.0, (10, "p")))
+    run = timed_replay(trace, COSTS, ReplayConfig(mode="per_request", chunked_prefill_size=1000, cache_tokens=100))
+    assert len(run.steps) == 1
+    assert (run.cache.encoded_items, run.cache.re_encodings, run.cache.request_re_encodings) == (2, 1, 0)
+
+
 def test_shadow_costs_read_each_steps_calls_once(monkeypatch):
     reads = []
     real = stepcost.call_item_rows

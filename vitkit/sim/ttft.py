@@ -143,8 +143,9 @@ def timed_replay(
     for ran in tqdm(loop, desc=f"{trace.name} {config.mode} {config.policy}", disable=not progress, leave=False, mininterval=0.5):
         r = ran.result
         encoded += r.encoded_items
-        re_enc += sum(key in seen for key in r.encoded_hashes)
-        seen.update(r.encoded_hashes)
+        for key in r.encoded_hashes:  # in call order: a second encode within one step counts too
+            re_enc += key in seen
+            seen.add(key)
         req_re_enc += sum(len({o.hash for o in window if o.lost}) for window in r.outcomes)
         refused += ran.after.rejected - ran.before.rejected
         evictions += ran.after.evictions - ran.before.evictions
