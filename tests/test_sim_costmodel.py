@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vitkit.sim.costmodel import CallCost, ModelledEncoder, fit_cost_model, fit_cost_models, load_results
+from vitkit.sim.costmodel import CallCost, ModelledEncoder, fit_call_cost, fit_cost_model, fit_cost_models, load_results
 from vitkit.sim.fake import FakeEncoder, fake_item
 from vitkit.sim.run import prepare, simulate
 
@@ -142,3 +142,10 @@ def test_fitted_models_name_the_measuring_device():
     models = fit_cost_models(paths[0])
     assert all(m.intercept_ms >= 0 and m.ms_per_token > 0 for m in models.values())
     assert all("H100" in m.source for m in models.values())
+
+
+def test_relative_fit_names_a_point_with_no_time():
+    points = [(256, 5.0), (512, 0.0), (1024, 12.0)]
+    with pytest.raises(ValueError, match=r"ms per call must be > 0.*\(512, 0\.0\)"):
+        fit_call_cost(points, "enc", "test", "here", relative=True)
+    assert fit_call_cost(points, "enc", "test", "here").ms_per_token > 0  # the absolute fit has no such limit

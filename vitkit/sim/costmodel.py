@@ -83,6 +83,10 @@ def fit_call_cost(
         raise ValueError(f"cannot fit encoder {encoder!r} impl {impl!r}: {len(points)} point(s) with {len(set(xs))} distinct tokens per call; need 2")
     a, b, r2 = _line_fit(xs, ys)
     if relative:
+        bad = [p for p in points if not p[1] > 0]
+        if bad:  # relative errors divide by the measured ms
+            raise ValueError(f"cannot fit encoder {encoder!r} impl {impl!r} by relative error: ms per call must be > 0, "
+                             f"got point(s) (rows, ms) {bad[:3]}")
         a, b = _relative_line_fit(xs, ys)
         my = sum(ys) / len(ys)
         ss_tot = sum((y - my) ** 2 for y in ys)
