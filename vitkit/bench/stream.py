@@ -177,11 +177,11 @@ def bucket_choice(spec: StreamSpec, candidates: dict[str, Buckets]) -> list[dict
     """Padding waste (padded / real units) and graph count of each candidate bucket set on the
     stream's calls in both modes: the trade-off behind the default buckets."""
     steps = generate_stream(spec)
+    calls_of = {mode: miss_units(spec, steps, mode) for mode in ("batched", "per_request")}  # once, not per candidate
     rows = []
     for name, buckets in candidates.items():
         row = {"name": name, "sizes": list(buckets.sizes), "max_items": buckets.max_items, "graphs": len(buckets.sizes)}
-        for mode in ("batched", "per_request"):
-            calls = miss_units(spec, steps, mode)
+        for mode, calls in calls_of.items():
             real, pad = padding_waste(calls, buckets)
             packs = sum(len(pack(c, buckets)) for c in calls)
             row |= {f"{mode}_waste": pad / real if real else 0.0, f"{mode}_calls": len(calls), f"{mode}_packs": packs}
