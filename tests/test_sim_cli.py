@@ -10,6 +10,7 @@ from vitkit.sim.__main__ import main
 from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.stepcost import FlopPrefillCost
 from vitkit.sim.ttft import replay_at_rate, workload_trace
+from vitkit.sim.validate import main as validate_main
 from vitkit.sim.validate import validate
 
 
@@ -51,10 +52,15 @@ def test_validate_compares_measured_and_modelled_runs():
     assert row["p99_rel_err"] == pytest.approx((row["modelled_p99_ms"] - row["measured_p99_ms"]) / row["measured_p99_ms"])
 
 
+def test_validate_refuses_an_unknown_mode_before_building_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        validate_main(["--out", str(tmp_path), "--modes", "batched", "per-request"])
+    assert exit_info.value.code == 2 and "'per-request'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.gpu
 def test_validate_on_the_gpu_runs_the_real_encoder_and_prefill(tmp_path):
-    from vitkit.sim.validate import main as validate_main
-
     validate_main(["--out", str(tmp_path), "--workloads", "small-images", "--modes", "batched"])
     (path,) = tmp_path.glob("ttft-validate-*.json")
     row = json.loads(path.read_text())["rows"][0]

@@ -24,6 +24,7 @@ import torch
 
 from vitkit.bench.machine import machine_info, versions
 from vitkit.bench.prefill import PrefillRunner
+from vitkit.embed import MODES
 from vitkit.encoders import build_encoder
 from vitkit.encoders.base import dynamo_compiles
 from vitkit.sim.arrivals import ArrivalProcess
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measured", default=None, help="a stored ttft-validate-*.json whose measured side to keep (--modelled-only)")
     parser.add_argument("--model", default="bucket", choices=["bucket", "line"], help="encoder cost model (--modelled-only)")
     parser.add_argument("--workloads", nargs="+", default=list(DEFAULTS), choices=sorted(DEFAULTS))
-    parser.add_argument("--modes", nargs="+", default=["batched", "per_request"])
+    # checked here, before minutes of GPU warm-up, not by the first replay's ReplayConfig
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--chunked-prefill-size", type=int, default=2048)
     parser.add_argument("--cache-tokens", type=int, default=16384)
     parser.add_argument("--results", default=str(STORED), help="stored results the cost models were fitted to")
