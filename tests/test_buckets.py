@@ -213,3 +213,10 @@ def test_gpu_no_compile_or_capture_after_warmup_on_a_random_stream(name):
             enc(items)
     spent = enc.stats - before
     assert spent.compiles == 0 and spent.captures == 0 and spent.calls == 12
+
+
+@pytest.mark.parametrize("name", ["clip-tiny", "qwen2.5-vl-tiny"])
+def test_default_buckets_are_the_towers_own(name):
+    from vitkit.encoders import default_buckets
+
+    assert build_encoder(name).buckets == default_buckets(name)  # one definition, the tower class's

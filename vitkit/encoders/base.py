@@ -105,7 +105,7 @@ class VisionEncoder:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.accelerated = impl == "vitkit" and self.device.type == "cuda"
-        self.buckets = (buckets or self.default_buckets()) if impl == "vitkit" else None
+        self.buckets = (buckets or self.buckets_for(preset)) if impl == "vitkit" else None
         self.graphs = GraphCache() if self.accelerated else None
         self.stats = EncoderStats()
         self.last_call: tuple[PackRecord, ...] = ()
@@ -225,7 +225,9 @@ class VisionEncoder:
         return self._buffers[name]
 
     # --- what a tower defines ------------------------------------------------------------------
-    def default_buckets(self) -> Buckets:
+    @staticmethod
+    def buckets_for(preset: EncoderPreset) -> Buckets:
+        """The tower's measured default bucket set for ``preset`` (the one definition of it)."""
         raise NotImplementedError
 
     def units_to_rows(self, units: int) -> int:

@@ -15,10 +15,10 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTra
 
 from vitkit.encoders.base import VisionEncoder
 from vitkit.encoders.buckets import Buckets
-from vitkit.encoders.fixed import FIXED_BUCKETS, FixedResolutionEncoder
+from vitkit.encoders.fixed import FixedResolutionEncoder
 from vitkit.encoders.fused import fuse_tower
 from vitkit.encoders.presets import EncoderPreset, get_preset
-from vitkit.encoders.qwen import QWEN_BUCKETS, TINY_QWEN_BUCKETS, QwenVisionEncoder
+from vitkit.encoders.qwen import QwenVisionEncoder
 
 MODEL_CLASSES = {
     "clip": (CLIPVisionConfig, CLIPVisionModel),
@@ -65,16 +65,19 @@ def build_encoder(
     else:
         model = _checkpoint_model(preset, Path(checkpoint))
     model = model.to(device=device, dtype=dtype)
-    cls = QwenVisionEncoder if preset.variable_resolution else FixedResolutionEncoder
-    return cls(preset, model, impl, fused=fuse_tower(preset, model), buckets=buckets)
+    return encoder_class(preset)(preset, model, impl, fused=fuse_tower(preset, model), buckets=buckets)
+
+
+def encoder_class(preset: EncoderPreset) -> type[VisionEncoder]:
+    """The vitkit encoder class of a preset's tower."""
+    return QwenVisionEncoder if preset.variable_resolution else FixedResolutionEncoder
 
 
 def default_buckets(name: str | EncoderPreset) -> Buckets:
-    """The bucket set a preset's ``impl="vitkit"`` encoder pads to unless told otherwise."""
+    """The bucket set a preset's ``impl="vitkit"`` encoder pads to unless told otherwise (its
+    tower class's ``buckets_for``)."""
     preset = get_preset(name)
-    if preset.variable_resolution:
-        return TINY_QWEN_BUCKETS if preset.tiny else QWEN_BUCKETS
-    return FIXED_BUCKETS
+    return encoder_class(preset).buckets_for(preset)
 
 
 def _random_model(preset: EncoderPreset, device: torch.device, seed: int) -> nn.Module:

@@ -49,7 +49,8 @@ class FixedResolutionEncoder(VisionEncoder):
             self.layer_fn = compile_layer(fused_vit_layer, variants)
             self.embed_fn = compile_layer(vit_embed, variants)
 
-    def default_buckets(self) -> Buckets:
+    @staticmethod
+    def buckets_for(preset) -> Buckets:
         return FIXED_BUCKETS
 
     def units_to_rows(self, units: int) -> int:

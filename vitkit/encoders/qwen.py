@@ -139,8 +139,9 @@ class QwenVisionEncoder(VisionEncoder):
         self._layouts: OrderedDict[tuple, PackedLayout] = OrderedDict()
         self._padded: OrderedDict[tuple, tuple[torch.Tensor, ...] | None] = OrderedDict()
 
-    def default_buckets(self) -> Buckets:
-        return TINY_QWEN_BUCKETS if self.preset.tiny else QWEN_BUCKETS
+    @staticmethod
+    def buckets_for(preset) -> Buckets:
+        return TINY_QWEN_BUCKETS if preset.tiny else QWEN_BUCKETS
 
     def units_to_rows(self, units: int) -> int:
         return units // self.unit
