@@ -126,6 +126,10 @@ def test_validate_stores_each_measured_step_with_the_models_view_of_it():
     assert sum(s["prefill_ms"] for s in steps) == pytest.approx(row["measured_prefill_ms"])
     assert all(s["modelled_prefill_ms"] == pytest.approx(s["prefill_ms"]) for s in steps)  # same prefill model
     assert sum(len(c) for s in steps for c in s["call_item_rows"]) == row["measured"]["encoded_items"]
+    # each step's calls timed one by one: as many as it made, adding up to its encoder ms
+    assert all(len(s["call_ms"]) == len(s["call_item_rows"]) for s in steps)
+    assert all(sum(s["call_ms"]) == pytest.approx(s["encoder_ms"]) for s in steps)
+    assert row["measured_pass_encoder_stats"] is None  # the fake encoder keeps no counters
     assert row["open_loop_prefill_ms"] == pytest.approx(row["measured_prefill_ms"]) and row["measured_pass_compiles"] == 0
     stored = {"rows": [row], "settings": {"chunked_prefill_size": 2048, "cache_tokens": 16384}}
     (again,) = remodel(stored, costs)

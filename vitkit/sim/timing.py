@@ -48,13 +48,16 @@ class TimedEncoder:
         device = getattr(encoder, "device", None)
         self.device = torch.device(device) if device is not None else None
         self._ms = 0.0
+        self.calls_ms: list[float] = []  # every call's ms, in call order (never reset)
 
     def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
         _synchronize(self.device)
         start = time.perf_counter()
         out = self.encoder(items)
         _synchronize(self.device)
-        self._ms += (time.perf_counter() - start) * 1e3
+        ms = (time.perf_counter() - start) * 1e3
+        self._ms += ms
+        self.calls_ms.append(ms)
         return out
 
     def take_time(self) -> EncoderTime:

@@ -55,11 +55,21 @@ def _gpu_encoder(device: str = "cuda") -> Any:
     return encoder
 
 
+def _stats(encoder: Any) -> Any:
+    stats = getattr(encoder, "stats", None)
+    return stats.copy() if stats is not None else None
+
+
+def _stats_delta(encoder: Any, before: Any) -> dict[str, int] | None:
+    """The encoder's counters over the timed pass (packs, unbucketed runs, padding, compiles, captures)."""
+    return None if before is None else asdict(encoder.stats - before)
+
+
 def _rel(measured: float, modelled: float) -> float:
     return (modelled - measured) / measured if measured else float("nan")
 
 
-def _compare(workload: str, mode: str, measured: TimedRun, modelled: TimedRun) -> dict[str, Any]:
+def _compare(workload: str, mode: str, measured: TimedRun, modelled: TimedRun, calls_ms: Sequence[float] = ()) -> dict[str, Any]:
     m, c = measured.summary, modelled.summary
     return {
         "workload": workload, "mode": mode, "arrivals": measured.arrivals,
@@ -68,24 +78,31 @@ def _compare(workload: str, mode: str, measured: TimedRun, modelled: TimedRun) -
         "measured_encoder_ms": sum(t.encoder_ms for t in measured.steps), "modelled_encoder_ms": sum(t.encoder_ms for t in modelled.steps),
         "measured_prefill_ms": sum(t.prefill_ms for t in measured.steps), "modelled_prefill_ms": sum(t.prefill_ms for t in modelled.steps),
         "measured": asdict(m) | asdict(measured.cache), "modelled": asdict(c) | asdict(modelled.cache),
-        "measured_steps": measured_steps(measured),
+        "measured_steps": measured_steps(measured, calls_ms),
         # the models applied to the measured steps themselves: their error without the closed loop
         "open_loop_encoder_ms": sum(e for e, _, _ in measured.shadow), "open_loop_prefill_ms": sum(p for _, p, _ in measured.shadow),
     }
 
 
-def measured_steps(run: TimedRun) -> list[dict[str, Any]]:
+def measured_steps(run: TimedRun, calls_ms: Sequence[float] = ()) -> list[dict[str, Any]]:
     """Per step of a measured run: its clock, measured encoder and prefill ms, its windows as
     ``(context, new)`` and, when the run had a shadow, what the cost models say of that very
-    step (open loop: the models' error without the closed loop's divergence)."""
-    rows = []
+    step (open loop: the models' error without the closed loop's divergence) and its encoder
+    calls' items. ``calls_ms``: every encoder call's measured ms in order (``TimedEncoder``),
+    split over the steps by their call counts into ``call_ms``."""
+    rows, next_call = [], 0
     for k, t in enumerate(run.steps):
         row = {"step": t.step, "start_ms": t.start_ms, "encoder_ms": t.encoder_ms, "prefill_ms": t.prefill_ms,
                "windows": [list(w) for w in prefill_windows(t.windows)]}
         if k < len(run.shadow):
             enc, pre, calls = run.shadow[k]
             row |= {"modelled_encoder_ms": enc, "modelled_prefill_ms": pre, "call_item_rows": calls}
+            if calls_ms:
+                row["call_ms"] = list(calls_ms[next_call: next_call + len(calls)])
+                next_call += len(calls)
         rows.append(row)
+    if calls_ms and next_call != len(calls_ms):
+        raise ValueError(f"{len(calls_ms)} timed encoder calls for {next_call} calls in the steps' records")
     return rows
 
 
@@ -116,12 +133,15 @@ def validate(
             # warm passes meet every shape the replay meets (compiled buckets, graphs); the last is timed
             for _ in range(warm_passes + 1):
                 compiles = dynamo_compiles()  # a compile inside the timed pass would stall its steps
-                measured = timed_replay(trace, measured_costs, run_config, encoder=encoder, encoder_timer=TimedEncoder(encoder),
+                stats = _stats(encoder)
+                timer = TimedEncoder(encoder)
+                measured = timed_replay(trace, measured_costs, run_config, encoder=encoder, encoder_timer=timer,
                                         requests=requests, progress=True, shadow=modelled_costs)
             compiles = dynamo_compiles() - compiles
             modelled = timed_replay(trace, modelled_costs, run_config)
-            rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label()))
-                        | {"measured_pass_compiles": compiles})
+            rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label()),
+                                 timer.calls_ms)
+                        | {"measured_pass_compiles": compiles, "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
             r = rows[-1]
             print(f"{workload:>13} {mode:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
                   f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
@@ -210,7 +230,7 @@ def _print_rows(rows: Sequence[dict[str, Any]]) -> None:
               f"({r['p99_rel_err']:+.1%}); encoder ms {r['measured_encoder_ms']:.0f} / {r['modelled_encoder_ms']:.0f}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m vitkit.sim validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="folder for ttft-validate-<stamp>.json (default with --modelled-only: the measured file's)")
@@ -224,7 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunked-prefill-size", type=int, default=2048)
     parser.add_argument("--cache-tokens", type=int, default=16384)
     parser.add_argument("--results", default=str(STORED), help="stored results the cost models were fitted to")
-    args = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, args = parse_args(argv)
     if args.modelled_only:
         if not args.measured:
             parser.error("--modelled-only needs --measured FILE")
@@ -237,6 +261,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.out:
         parser.error("--out is required (unless --modelled-only)")
 
+    data, _, _ = run_on_gpu(args)
+    print(write_json(Path(args.out) / f"ttft-validate-{data['created']}.json", data))
+
+
+def run_on_gpu(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
+    """The GPU validation for parsed CLI ``args``: (the file's data, the warm encoder, the
+    warm prefill runner; both kept for probes that follow on the same machine)."""
     modelled_costs = StepCosts(load_encoder_cost(args.results, PRESET), default_prefill())
     encoder = _gpu_encoder()
     runner = gpu_prefill_runner()
@@ -248,4 +279,4 @@ def main(argv: list[str] | None = None) -> None:
             "sources": {"modelled": modelled_costs.label(), "measured_prefill": prefill_source(runner),
                         "measured_encoder": f"{PRESET} bf16 {getattr(encoder, 'impl', '?')}"},
             "settings": vars(args), "rows": rows}
-    print(write_json(Path(args.out) / f"ttft-validate-{stamp}.json", data))
+    return data, encoder, runner
