@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.bench.decoder import QWEN2_5_VL_7B_TEXT, TINY_DECODER, PrefillDecoder, pack_kv, random_weights, step_layout
-from vitkit.bench.prefill import grid_points, main, prefill_flops
+from vitkit.bench.prefill import TOKENS, grid_points, main, prefill_flops
 
 
 @pytest.mark.parametrize("windows", [[(0, 7)], [(3, 5), (0, 4), (7, 2)], [(20, 1), (0, 1)]])
@@ -43,12 +43,12 @@ def test_causal_flops_halve_the_window_block_and_keep_the_context():
 
 def test_grid_is_uniform_windows_plus_mixed_steps():
     points = grid_points()
-    assert len(points) == 6 * 4 * 3 + 2
+    assert len(points) == len(TOKENS) * 4 * 3 + 2  # every token count divides by 1, 4 and 16
     for p in points:
         tokens = sum(n for _, n in p["step_windows"])
         assert len(p["step_windows"]) == p["windows"]
         if p["context"] is not None:
-            assert all(c == p["context"] for c, _ in p["step_windows"]) and tokens in (256, 512, 1024, 2048, 4096, 8192)
+            assert all(c == p["context"] for c, _ in p["step_windows"]) and tokens in TOKENS
 
 
 def test_smoke_run_writes_json_png_and_table(tmp_path, capsys):

@@ -231,3 +231,93 @@ def test_matches_transformers_qwen2_5_vl_text_model():
     # ours in two chunked steps through the KV cache
     hidden, _ = chunked_prefill(PrefillDecoder(c, w), {"r": ids}, [[("r", 6)], [("r", 5)]])
     torch.testing.assert_close(rms_norm(hidden["r"], w.final_norm, c.rms_eps), expected, rtol=1e-5, atol=1e-5)
+
+
+def _padded_step(model: PrefillDecoder, windows, contexts, ids, buckets):
+    """One step padded to its bucket as the runner pads it, through ``model``: hidden rows and
+    logits of the real windows, and the KV cache."""
+    from vitkit.bench.decoder_graphs import pad_to_bucket
+
+    padded, finishing = pad_to_bucket(windows, None, buckets)
+    layout = step_layout(padded, finishing=finishing)
+    kv = pack_kv(list(contexts) + [None] * (len(padded) - len(windows)), layout, model.config, dtype=model.weights.embed.dtype)
+    pad_ids = torch.zeros(layout.rows - ids.shape[0], dtype=ids.dtype)
+    x, logits = model.forward(torch.cat([ids, pad_ids]), layout, kv)
+    return layout, x, logits, kv
+
+
+@pytest.mark.parametrize("windows", [[(0, 5)], [(7, 3), (0, 9)], [(4, 16)], [(2, 20), (11, 1), (0, 3)]])
+def test_segmented_padded_step_computes_what_the_plain_step_does(windows):
+    # The graphed runner's path (segments over static buffers, step padded with a window of its
+    # own) must leave every real row, logit and cache row exactly as the plain forward has them.
+    cfg = TINY_DECODER
+    weights = random_weights(cfg, std=0.3, seed=3, dtype=torch.float64)
+    buckets = (8, 16, 32)
+    gen = torch.Generator().manual_seed(0)
+    contexts = [None if c == 0 else (torch.randn(cfg.layers, c, cfg.kv_heads, cfg.head_dim, generator=gen, dtype=torch.float64),) * 2
+                for c, _ in windows]
+    rows = sum(n for _, n in windows)
+    ids = torch.randint(0, cfg.vocab, (rows,), generator=gen)
+    plain_layout = step_layout(windows)
+    plain_kv = pack_kv(contexts, plain_layout, cfg, dtype=torch.float64)
+    x, logits = PrefillDecoder(cfg, weights).forward(ids, plain_layout, plain_kv)
+    segmented = PrefillDecoder(cfg, weights, graph_buckets=buckets)
+    layout, px, plogits, pkv = _padded_step(segmented, windows, contexts, ids, buckets)
+    assert layout.rows in buckets and layout.rows >= rows
+    torch.testing.assert_close(px[:rows], x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(plogits, logits, rtol=1e-12, atol=1e-12)
+    real_kv = plain_layout.kv_rows  # the padding window's cache rows come after every real window's
+    torch.testing.assert_close(pkv.k[:, :real_kv], plain_kv.k, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pkv.v[:, :real_kv], plain_kv.v, rtol=1e-12, atol=1e-12)
+    # a second step of another size reuses the same buffers without stale rows leaking in
+    layout2, px2, _, _ = _padded_step(segmented, [(0, 3)], [None], ids[:3], buckets)
+    x2, _ = PrefillDecoder(cfg, weights).forward(ids[:3], step_layout([(0, 3)]), pack_kv([None], step_layout([(0, 3)]), cfg, dtype=torch.float64))
+    torch.testing.assert_close(px2[:3], x2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("windows, buckets, padded", [
+    ([(0, 5)], (8, 16), [(0, 5), (0, 3)]),
+    ([(3, 8)], (8, 16), [(3, 8)]),  # already a bucket: unchanged
+    ([(0, 10), (4, 7)], (8, 16), [(0, 10), (4, 7)]),  # larger than every bucket: unchanged (ungraphed)
+    ([(0, 10), (4, 2)], (8, 16), [(0, 10), (4, 2), (0, 4)]),
+])
+def test_pad_to_bucket_adds_one_non_finishing_window(windows, buckets, padded):
+    from vitkit.bench.decoder_graphs import pad_to_bucket
+
+    got, finishing = pad_to_bucket(windows, None, buckets)
+    assert got == padded
+    assert finishing == [True] * len(windows) + [False] * (len(padded) - len(windows))
+    with pytest.raises(ValueError, match="finishing has 1 flags for 2 windows"):
+        pad_to_bucket([(0, 1), (0, 2)], [True], buckets)
+
+
+@pytest.mark.gpu
+def test_graphed_prefill_matches_ungraphed_and_never_recaptures():
+    from vitkit.bench.prefill import PrefillRunner
+
+    cfg = DecoderConfig(name="gpu-small", hidden=256, intermediate=512, layers=3, heads=8, kv_heads=2, head_dim=32,
+                        vocab=300, rope_theta=1e6, rms_eps=1e-6)
+    buckets = (16, 64, 256)
+    graphed = PrefillRunner(cfg, device="cuda", graph_buckets=buckets, seed=4)
+    plain = PrefillRunner(cfg, device="cuda", graph_buckets=(), seed=4)
+    graphed.warmup(progress=False)
+    captures = graphed.model.segments.graphs.captures
+    assert captures == len(buckets) * (cfg.layers + 1)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(12):  # steps of changing sizes and window counts, graphed and over the largest bucket
+        windows = [(int(torch.randint(0, 300, (1,), generator=gen)), int(torch.randint(1, 90, (1,), generator=gen)))
+                   for _ in range(int(torch.randint(1, 5, (1,), generator=gen)))]
+        rows = sum(n for _, n in windows)
+        ids = torch.randint(0, cfg.vocab, (rows,), generator=gen).cuda()
+        out = []
+        for runner in (graphed, plain):
+            padded_ids, layout, kv = runner.prepare(windows)
+            padded_ids[:rows] = ids
+            kv.k.zero_()  # the same cache contents for both
+            kv.v.zero_()
+            x, logits = runner.model.forward(padded_ids, layout, kv)
+            out.append((x[:rows].float(), logits.float()))
+        (gx, gl), (px, pl) = out
+        assert ((gx - px).norm() / px.norm()).item() < 2e-2, windows
+        assert ((gl - pl).norm() / pl.norm()).item() < 2e-2, windows
+    assert graphed.model.segments.graphs.captures == captures

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vitkit.bench.decoder_graphs import SegmentGraphs
 from vitkit.checks import positive_int
 
 try:  # PyTorch >= 2.10
@@ -339,14 +340,55 @@ def _reference_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 class PrefillDecoder:
     """The decoder's prefill of one step. ``compile=True`` compiles ``pre_attention`` and
-    ``post_attention`` once each (row count dynamic); ``False`` is the one eager switch."""
+    ``post_attention`` once each (row count dynamic); ``False`` is the one eager switch.
+    ``graph_buckets``: a step whose row count is one of them runs as graph segments
+    (``vitkit.bench.decoder_graphs``; CUDA graphs on CUDA, the same buffered calls elsewhere);
+    the caller pads steps to a bucket (``pad_to_bucket``)."""
 
-    def __init__(self, config: DecoderConfig, weights: DecoderWeights, *, compile: bool = False) -> None:
+    def __init__(self, config: DecoderConfig, weights: DecoderWeights, *, compile: bool = False,
+                 graph_buckets: Sequence[int] = ()) -> None:
         self.config = config
         self.weights = weights
         self.compiled = compile
         self._pre = torch.compile(pre_attention) if compile else pre_attention
         self._post = torch.compile(post_attention) if compile else post_attention
+        self.segments = None
+        if graph_buckets:
+            c, w = config, weights
+            self.segments = SegmentGraphs(
+                graph_buckets, layers=c.layers, hidden=c.hidden, heads=c.heads, kv_heads=c.kv_heads, head_dim=c.head_dim,
+                pre=self._call_dynamic(self._pre, 3), post=self._call_dynamic(self._post, 2),
+                pre_args=lambda i: (c.heads, c.kv_heads, c.rms_eps, *w.layers[i][:3]),
+                post_args=lambda i: (c.rms_eps, *w.layers[i][3:]),
+                device=w.embed.device, dtype=w.embed.dtype)
+
+    def _call_dynamic(self, fn, row_args: int):
+        """``fn`` with its first ``row_args`` arguments' row dim marked dynamic: every bucket shares
+        the compiled layer graph (row count symbolic), as the ungraphed path does."""
+        if not self.compiled:
+            return fn
+
+        def call(*args):
+            for t in args[:row_args]:
+                torch._dynamo.mark_dynamic(t, 0)
+            return fn(*args)
+        return call
+
+    def _forward_segments(self, token_ids: torch.Tensor, layout: StepLayout, kv: PackedKV) -> tuple[torch.Tensor, torch.Tensor]:
+        c, w, s, rows = self.config, self.weights, self.segments, layout.rows
+        s.x[0][:rows].copy_(F.embedding(token_ids, w.embed))
+        cos, sin = rope_cos_sin(layout.positions, c.head_dim, c.rope_theta, w.embed.dtype)
+        s.cos[:rows].copy_(cos)
+        s.sin[:rows].copy_(sin)
+        for i in range(c.layers):
+            s.run_segment(i, rows)
+            k_cache, v_cache = kv.k[i], kv.v[i]
+            k_cache.index_copy_(0, layout.slots, s.k[:rows])
+            v_cache.index_copy_(0, layout.slots, s.v[:rows])
+            s.attn[:rows].copy_(causal_attention(s.q[:rows], k_cache, v_cache, layout))
+        x = s.run_segment(c.layers, rows).clone()  # the buffer is the next step's
+        last = rms_norm(x.index_select(0, layout.last_rows), w.final_norm, c.rms_eps)
+        return x, F.linear(last, w.lm_head)
 
     def forward(self, token_ids: torch.Tensor, layout: StepLayout, kv: PackedKV) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefill ``token_ids`` (rows,) laid out by ``layout``; writes the new keys and values into
@@ -355,6 +397,8 @@ class PrefillDecoder:
         c, w = self.config, self.weights
         if token_ids.shape != (layout.rows,):
             raise ValueError(f"token_ids has shape {tuple(token_ids.shape)}, the layout needs ({layout.rows},)")
+        if self.segments is not None and layout.rows in self.segments.buckets:
+            return self._forward_segments(token_ids, layout, kv)
         x = F.embedding(token_ids, w.embed)
         cos, sin = rope_cos_sin(layout.positions, c.head_dim, c.rope_theta, x.dtype)
         # A size-1 dim cannot be symbolic (dynamo specialises 0 and 1): a one-row step compiles its own graph.

@@ -51,11 +51,13 @@ from vitkit.bench.decoder import (
     step_layout,
     uses_varlen_kernel,
 )
+from vitkit.bench.decoder_graphs import PREFILL_GRAPH_BUCKETS, pad_to_bucket
 from vitkit.bench.machine import machine_info, measure_matmul_peak, resolve_device, versions
 from vitkit.bench.timing import Stopwatch, TimingStats, synchronize, time_callable
 
 SCHEMA = "vitkit.prefill/1"
-TOKENS = (256, 512, 1024, 2048, 4096, 8192)
+# small steps too: a serving step of a few short requests is a few hundred tokens
+TOKENS = (16, 64, 256, 512, 768, 1024, 1536, 2048, 4096, 8192)
 CONTEXTS = (0, 2048, 8192, 16384)
 WINDOWS = (1, 4, 16)
 # Steps whose windows have different contexts: the fit must add them up, not only fit uniform ones.
@@ -104,12 +106,16 @@ class PrefillRunner:
     holds ``sum(context + new)`` rows per layer: 56 KiB a row for the 7B in bf16."""
 
     def __init__(self, config: DecoderConfig = QWEN2_5_VL_7B_TEXT, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.bfloat16, compile: bool = True, seed: int = 0) -> None:
+                 dtype: torch.dtype = torch.bfloat16, compile: bool = True, seed: int = 0,
+                 graph_buckets: Sequence[int] | None = None) -> None:
         self.config = config
         self.device = torch.device(resolve_device(device))
         self.dtype = dtype
         self.weights = random_weights(config, device=self.device, dtype=dtype, seed=seed)
-        self.model = PrefillDecoder(config, self.weights, compile=compile)
+        if graph_buckets is None:  # graphs where they exist; `()` runs every step ungraphed
+            graph_buckets = PREFILL_GRAPH_BUCKETS if self.device.type == "cuda" else ()
+        self.graph_buckets = tuple(sorted(graph_buckets))
+        self.model = PrefillDecoder(config, self.weights, compile=compile, graph_buckets=self.graph_buckets)
         self._gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warm = False
@@ -128,7 +134,11 @@ class PrefillRunner:
         self._pool = pool
 
     def prepare(self, windows: Sequence[tuple[int, int]], finishing: Sequence[bool] | None = None):
-        """(token ids, layout, KV view) for a step; nothing of this is timed."""
+        """(token ids, layout, KV view) for a step, padded to its graph bucket (one more window
+        of its own, ``pad_to_bucket``); nothing of this is timed."""
+        windows = check_windows(windows)
+        if self.graph_buckets:
+            windows, finishing = pad_to_bucket(windows, finishing, self.graph_buckets)
         layout = step_layout(windows, finishing=finishing, device=self.device)
         self.reserve(layout.kv_rows)
         k, v = self._pool
@@ -136,10 +146,14 @@ class PrefillRunner:
         ids = torch.randint(0, self.config.vocab, (layout.rows,), generator=self._gen, device=self.device)
         return ids, layout, kv
 
-    def warmup(self) -> None:
-        """Compile (row count dynamic) and run two step shapes once."""
-        for windows in ([(0, 256)], [(100, 60), (0, 36)]):
+    def warmup(self, progress: bool = True) -> None:
+        """Compile (row count dynamic), run two step shapes once (one over the largest graph
+        bucket, ungraphed) and capture every graph bucket's segments."""
+        largest = max(self.graph_buckets, default=256)
+        for windows in ([(0, largest + 64)], [(100, 60), (0, 36)]):
             self.model.forward(*self.prepare(windows))
+        if self.model.segments is not None:
+            self.model.segments.capture(progress)
         synchronize(self.device)
         self._warm = True
 
@@ -286,7 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine, "versions": versions(), "matmul_peak": asdict(peak),
         "settings": {"config": asdict(config), "dtype": str(dtype).removeprefix("torch."),
-                     "compiled": runner.model.compiled, "cuda_graphs": False,
+                     "compiled": runner.model.compiled,
+                     "cuda_graphs": bool(runner.graph_buckets) and runner.device.type == "cuda",
+                     "graph_buckets": list(runner.graph_buckets),
                      "attention": "varlen_attn " + json.dumps(VARLEN_CAUSAL_GQA)
                      if uses_varlen_kernel(runner.weights.embed) else "reference (matmul + mask)",
                      "gqa_kv_heads_repeated": GQA_EXPANDED_KV[0], "attention_check_rel_error": check,

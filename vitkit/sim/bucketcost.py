@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ class BucketCost:
     source: str = ""
     median_rel_err: float | None = None  # per step, |modelled - measured| / measured
     max_rel_err: float | None = None
+    # the host's share of a pack (measured models only): checks, layout, staging host pixels
+    per_pack_ms: float = 0.0
+    per_unit_ms: float = 0.0  # per real unit (patch) in the pack
 
     def __post_init__(self) -> None:
         if len(self.bucket_ms) != len(self.buckets.sizes):
@@ -57,10 +61,11 @@ class BucketCost:
         positive_int("BucketCost: unit", self.unit)
 
     def pack_ms(self, p: Pack) -> float:
-        """Modelled ms of one pack (its bucket's graph replay)."""
+        """Modelled ms of one pack: its bucket's graph replay plus the host's share."""
+        host = self.per_pack_ms + self.per_unit_ms * p.size
         if p.bucket is None:
-            return self.bucket_ms[-1] * p.size / self.buckets.largest
-        return self.bucket_ms[self.buckets.sizes.index(p.bucket)]
+            return self.bucket_ms[-1] * p.size / self.buckets.largest + host
+        return self.bucket_ms[self.buckets.sizes.index(p.bucket)] + host
 
     def call_units_ms(self, units: Sequence[int]) -> float:
         """Modelled ms of one call of items of ``units`` bucket units each (0 for no items)."""
@@ -75,7 +80,8 @@ class BucketCost:
 
     def describe(self) -> str:
         seen = ", ".join(f"{s}:{ms:.2f}" for s, ms in zip(self.buckets.sizes, self.bucket_ms) if s in self.observed)
-        return f"bucket model: {self.per_call_ms:.2f} ms/call + graph ms per bucket (units:ms) {seen}"
+        host = f" + {self.per_pack_ms:.2f} ms/pack + {1e3 * self.per_unit_ms:.2f} us/unit" if self.per_pack_ms or self.per_unit_ms else ""
+        return f"bucket model: {self.per_call_ms:.2f} ms/call{host} + graph ms per bucket (units:ms) {seen}"
 
 
 def nnls(a: np.ndarray, b: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:
@@ -206,3 +212,43 @@ def fit_stream_bucket_cost(path: str | Path, encoder: str, impl: str = "vitkit")
         s["modelled_ms"] = sum(cost.call_units_ms(c) for c in s["calls"])
         s["rel_err"] = (s["modelled_ms"] - s["measured_ms"]) / s["measured_ms"] if s["measured_ms"] > 0 else None
     return cost, steps
+
+
+ENCODER_COSTS_SCHEMA = "vitkit.encoder-costs/1"
+
+
+def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, Any]]]:
+    """The ``BucketCost`` of an ``encoder-costs-*.json`` (``python -m vitkit.bench.encoder_costs``):
+    each bucket's ms is its graph's measured replay; the host's share of a pack (``per_pack_ms +
+    per_unit_ms * units``) is fitted (non-negative least squares, relative error) to the whole
+    calls with host pixels minus their packs' replays. Returns the model and per call
+    ``{size, images, measured_ms, modelled_ms, rel_err}``; its median and largest error are the
+    model's."""
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != ENCODER_COSTS_SCHEMA:
+        raise ValueError(f"{path}: schema must be {ENCODER_COSTS_SCHEMA!r}, got {data.get('schema')!r}")
+    settings = data["settings"]
+    default = default_buckets(settings["encoder"])
+    buckets = Buckets(tuple(settings["buckets"]), settings["max_items"], default.multiple)
+    replay = {r["bucket"]: float(r["ms"]) for r in data["buckets"]}
+    if sorted(replay) != sorted(buckets.sizes):
+        raise ValueError(f"{path}: replay times for buckets {sorted(replay)}, the settings list {list(buckets.sizes)}")
+    graphs = BucketCost(settings["encoder"], settings["impl"], buckets, tuple(replay[b] for b in buckets.sizes), 0.0,
+                        int(settings["unit"]), tuple(buckets.sizes), len(data["calls"]))
+    calls = data["calls"]
+    if not calls:
+        raise ValueError(f"{path}: no whole-call measurements to fit the host's share to")
+    packs = [pack(list(c["item_units"]), buckets) for c in calls]
+    measured = np.array([float(c["host_pixels_ms"]) for c in calls])
+    graph_ms = np.array([sum(graphs.pack_ms(p) for p in ps) for ps in packs])
+    design = np.array([[len(ps), sum(p.size for p in ps)] for ps in packs], float)
+    per_pack, per_unit = nnls(design / measured[:, None], (measured - graph_ms) / measured)
+    machine = data.get("machine", {}).get("device_name") or "?"
+    cost = replace(graphs, per_pack_ms=float(per_pack), per_unit_ms=float(per_unit), source=f"{Path(path).name} ({machine})")
+    rows = []
+    for c, ps, y in zip(calls, packs, measured):
+        modelled = sum(cost.pack_ms(p) for p in ps)
+        rows.append({"size": c["size"], "images": c["images"], "measured_ms": float(y), "modelled_ms": modelled,
+                     "rel_err": float((modelled - y) / y)})
+    errs = sorted(abs(r["rel_err"]) for r in rows)
+    return replace(cost, median_rel_err=float(np.median(errs)), max_rel_err=float(errs[-1])), rows

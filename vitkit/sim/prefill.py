@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from vitkit.bench.decoder import check_windows
+from vitkit.bench.decoder_graphs import pad_to_bucket
 
 PREFILL_SCHEMA = "vitkit.prefill/1"
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "results" / "h100"
@@ -39,9 +40,13 @@ TERMS = ("intercept_ms", "ms_per_token", "ms_per_mega_pair", "ms_per_window", "m
 FLOOR_WITHIN = 1.3  # steps within 30% of the fastest measured one set the floor
 
 
-def step_features(windows: Sequence[tuple[int, int]]) -> tuple[float, float, float, float, float]:
-    """``(1, N, P / 1e6, W, K / 1e3)`` of a step (see the module docstring); validates ``windows``."""
+def step_features(windows: Sequence[tuple[int, int]], graph_buckets: Sequence[int] = ()) -> tuple[float, float, float, float, float]:
+    """``(1, N, P / 1e6, W, K / 1e3)`` of a step (see the module docstring); validates ``windows``.
+    With ``graph_buckets`` the step is first padded as the graphed runner pads it (``pad_to_bucket``):
+    the padding's rows cost what real rows cost."""
     windows = check_windows(windows)
+    if graph_buckets:
+        windows, _ = pad_to_bucket(windows, None, graph_buckets)
     tokens = sum(new for _, new in windows)
     pairs = sum(new * (ctx + new / 2) for ctx, new in windows)
     keys = sum(ctx + new for ctx, new in windows)
@@ -62,12 +67,13 @@ class PrefillCost:
     source: str = ""  # results file and device
     ms_per_kilo_key: float = 0.0  # per thousand keys read from the KV cache
     floor_ms: float = 0.0  # no step is modelled faster than this
+    graph_buckets: tuple[int, ...] = ()  # the measured runner's row buckets (steps padded to them)
 
     def step_ms(self, windows: Sequence[tuple[int, int]]) -> float:
         """Modelled time (ms) of prefilling one step of ``(context_tokens, new_tokens)`` windows.
         ValueError/TypeError naming the first bad window."""
         coef = (self.intercept_ms, self.ms_per_token, self.ms_per_mega_pair, self.ms_per_window, self.ms_per_kilo_key)
-        return max(self.floor_ms, float(sum(c * f for c, f in zip(coef, step_features(windows)))))
+        return max(self.floor_ms, float(sum(c * f for c, f in zip(coef, step_features(windows, self.graph_buckets)))))
 
 
 def load_prefill_results(path: str | Path) -> dict[str, Any]:
@@ -107,14 +113,15 @@ def fit_prefill_cost(results: Mapping[str, Any] | str | Path) -> PrefillCost:
     where = str(results) if isinstance(results, (str, Path)) else "results"
     data = load_prefill_results(results) if isinstance(results, (str, Path)) else results
     _check_results(data, where)
-    feats = np.array([step_features([tuple(w) for w in row["step_windows"]]) for row in data["rows"]])
+    buckets = tuple(data.get("settings", {}).get("graph_buckets", ())) if data.get("settings", {}).get("cuda_graphs") else ()
+    feats = np.array([step_features([tuple(w) for w in row["step_windows"]], buckets) for row in data["rows"]])
     ms = np.array([float(row["ms_median"]) for row in data["rows"]])
     floor, coef, rel = min((_fit(feats, ms, floor) for floor in (False, True)), key=lambda fit: fit[2].mean())
     device = data.get("machine", {}).get("device_name", "?")
     intercept, per_token, per_pair, per_window, per_key = map(float, coef)
     return PrefillCost(intercept, per_token, per_pair, per_window, points=len(ms),
                        median_rel_error=float(np.median(rel)), max_rel_error=float(rel.max()),
-                       source=f"{where} ({device})", ms_per_kilo_key=per_key, floor_ms=floor)
+                       source=f"{where} ({device})", ms_per_kilo_key=per_key, floor_ms=floor, graph_buckets=buckets)
 
 
 def _fit(feats: np.ndarray, ms: np.ndarray, with_floor: bool) -> tuple[float, np.ndarray, np.ndarray]:

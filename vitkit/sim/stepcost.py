@@ -21,6 +21,7 @@ every request in it and every request queued behind it.
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from collections.abc import Hashable, Mapping, Sequence
@@ -32,7 +33,7 @@ from vitkit.bench.decoder import check_windows
 from vitkit.bench.results import find_results, load_results
 from vitkit.bench.stream_run import load_stream_results
 from vitkit.embed import ENCODING_FATES, EmbedResult
-from vitkit.sim.bucketcost import BucketCost, fit_stream_bucket_cost
+from vitkit.sim.bucketcost import BucketCost, fit_stream_bucket_cost, measured_bucket_cost
 from vitkit.sim.costmodel import CallCost, fit_cost_models, fit_stream_cost_models
 from vitkit.sim.latency import StepTime
 from vitkit.sim.prefill import load_prefill_cost
@@ -41,7 +42,9 @@ from vitkit.sim.timing import TimedEncoderLike
 STORED = Path(__file__).resolve().parents[2] / "results" / "h100"
 DEFAULT_ENCODER = "qwen2.5-vl-7b"
 DEFAULT_IMPL = "vitkit"  # compiled, bucketed: what a server runs
-ENCODER_MODELS = ("bucket", "line")  # bucket: BucketCost for the bucketed impl; line: CallCost
+# measured: BucketCost from an encoder-costs file (graph replays + host share, each measured);
+# bucket: BucketCost fitted to a stream's steps; line: CallCost over rows per call
+ENCODER_MODELS = ("measured", "bucket", "line")
 
 
 class PrefillModel(Protocol):
@@ -146,16 +149,36 @@ def _from_sweep(path: Path, encoder: str, impl: str | None) -> EncoderCost | Non
     return EncoderCost(call, book, f"sweep fit {path.name} ({encoder}/{impl})")
 
 
+def _from_encoder_costs(folder: Path, encoder: str, impl: str | None) -> tuple[BucketCost, Path] | None:
+    for path in _newest(folder, "encoder-costs-*.json"):
+        data = json.loads(path.read_text())
+        settings = data.get("settings", {})
+        if data.get("kind") == "gpu" and settings.get("encoder") == encoder and settings.get("impl") == (impl or DEFAULT_IMPL):
+            return measured_bucket_cost(path)[0], path
+    return None
+
+
 def load_encoder_cost(folder: str | Path = STORED, encoder: str = DEFAULT_ENCODER, impl: str | None = None,
-                      model: str = "bucket") -> EncoderCost:
-    """The encoder cost fitted to the newest stored results in ``folder``: a stream file
-    (``stream-*.json``) first, else a GPU sweep (``vitkit.bench/1``, e.g. ``full-*.json``).
-    ``model``: ``"bucket"`` (default) fits the bucketed impl's ``BucketCost`` to a stream file;
-    ``"line"`` the older ``CallCost`` line (always used for other impls and for sweeps).
-    ValueError when neither file has it."""
+                      model: str = "measured") -> EncoderCost:
+    """The encoder cost from the newest stored results in ``folder``.
+
+    ``model``: ``"measured"`` (default) is the bucketed impl's ``BucketCost`` measured part by part
+    (``encoder-costs-*.json``: each bucket graph's replay, the host's share of a call with host
+    pixels), with the stream file's bookkeeping; without such a file it falls back, saying so in
+    the source, to ``"bucket"``: the ``BucketCost`` fitted to a stream file's steps
+    (``stream-*.json``); ``"line"`` the older ``CallCost`` line (always used for other impls and
+    for GPU sweeps, ``vitkit.bench/1``, when no stream file has the encoder).
+    ValueError when no file has it."""
     if model not in ENCODER_MODELS:
         raise ValueError(f"model must be one of {ENCODER_MODELS}, got {model!r}")
     folder = Path(folder)
+    if model == "measured":
+        base = load_encoder_cost(folder, encoder, impl, "bucket")
+        found = _from_encoder_costs(folder, encoder, impl) if folder.is_dir() else None
+        if found is None:
+            return replace(base, source=f"{base.source} (no encoder-costs file for {encoder}: stream fit)")
+        cost, path = found
+        return EncoderCost(cost, base.bookkeeping_ms, f"measured buckets {path.name} ({encoder}/{cost.impl})")
     for path in _newest(folder, "stream-*.json"):
         found = _from_stream(path, encoder, impl, model)
         if found is not None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,7 +31,8 @@ from vitkit.encoders import build_encoder
 from vitkit.encoders.base import dynamo_compiles
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
-from vitkit.sim.stepcost import STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
+from vitkit.sim.prefill import load_prefill_cost
+from vitkit.sim.stepcost import ENCODER_MODELS, STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
 from vitkit.sim.ttft_report import encoder_fit_record, write_json
 from vitkit.sim.timing import TimedEncoder
 from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay, workload_trace
@@ -53,6 +56,13 @@ def _gpu_encoder(device: str = "cuda") -> Any:
     if callable(warmup):
         warmup()
     return encoder
+
+
+def trace_digest(trace: Any) -> str:
+    """A digest of a trace's requests (ids, arrival times to the microsecond, prompt segments): a
+    stored row names the very trace it replayed, so a rebuilt replay can prove it is that one."""
+    text = json.dumps([[r.rid, round(r.arrival_ms, 3), repr(r.segments)] for r in trace.requests])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _stats(encoder: Any) -> Any:
@@ -141,7 +151,7 @@ def validate(
             modelled = timed_replay(trace, modelled_costs, run_config)
             rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label()),
                                  timer.calls_ms)
-                        | {"measured_pass_compiles": compiles, "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
+                        | {"trace_digest": trace_digest(trace), "measured_pass_compiles": compiles, "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
             r = rows[-1]
             print(f"{workload:>13} {mode:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
                   f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
@@ -166,13 +176,18 @@ def stored_replay(row: dict[str, Any], settings: dict[str, Any]) -> tuple[Any, R
 
 def remodel(stored: dict[str, Any], costs: StepCosts, previous: StepCosts | None = None) -> list[dict[str, Any]]:
     """The stored file's measured side next to a new modelled side: each row's replay rebuilt
-    (``stored_replay``) and replayed with ``costs``. With ``previous`` (the cost models the file's
-    modelled side used) each row is replayed with those too and must reproduce the stored modelled
-    TTFTs: the proof that trace, arrivals and config are the ones the GPU replayed (ValueError if not)."""
+    (``stored_replay``) and replayed with ``costs``. The proof that trace, arrivals and config are
+    the ones the GPU replayed (ValueError if not): the row's ``trace_digest`` when it has one; else,
+    with ``previous`` (the cost models the file's modelled side used), each row replayed with those
+    must reproduce the stored modelled TTFTs."""
     rows = []
     for row in stored["rows"]:
         trace, config, process = stored_replay(row, stored["settings"])
-        if previous is not None:
+        if "trace_digest" in row:
+            if trace_digest(trace) != row["trace_digest"]:
+                raise ValueError(f"{row['workload']}/{row['mode']}: the rebuilt trace's digest {trace_digest(trace)} "
+                                 f"is not the stored {row['trace_digest']}")
+        elif previous is not None:
             again = timed_replay(trace, previous, config).summary
             for q in ("p50", "p99"):
                 if abs(getattr(again, f"ttft_{q}_ms") - row[f"modelled_{q}_ms"]) > 1e-6 * row[f"modelled_{q}_ms"]:
@@ -180,7 +195,7 @@ def remodel(stored: dict[str, Any], costs: StepCosts, previous: StepCosts | None
                                      f"{getattr(again, f'ttft_{q}_ms'):.3f} ms, the file {row[f'modelled_{q}_ms']:.3f} ms")
         modelled = replace(timed_replay(trace, costs, config), arrivals=process.label())
         m, c = row["measured"], modelled.summary
-        new = {k: v for k, v in row.items() if k.startswith("measured") or k in ("workload", "mode", "arrivals")}
+        new = {k: v for k, v in row.items() if k.startswith("measured") or k in ("workload", "mode", "arrivals", "trace_digest")}
         new |= {"modelled_p50_ms": c.ttft_p50_ms, "p50_rel_err": _rel(m["ttft_p50_ms"], c.ttft_p50_ms),
                 "modelled_p99_ms": c.ttft_p99_ms, "p99_rel_err": _rel(m["ttft_p99_ms"], c.ttft_p99_ms),
                 "modelled_encoder_ms": sum(t.encoder_ms for t in modelled.steps),
@@ -205,7 +220,7 @@ def open_loop(steps: Sequence[dict[str, Any]], costs: StepCosts) -> dict[str, fl
     return out
 
 
-def modelled_only(measured: str | Path, results: str | Path = STORED, model: str = "bucket") -> dict[str, Any]:
+def modelled_only(measured: str | Path, results: str | Path = STORED, model: str = "measured") -> dict[str, Any]:
     """A validation file whose measured side is the stored file ``measured`` (GPU numbers, kept
     as they are) and whose modelled side is recomputed on this CPU with the encoder ``model``
     fitted to ``results``; the file's own modelled side is first reproduced with the line model."""
@@ -213,14 +228,26 @@ def modelled_only(measured: str | Path, results: str | Path = STORED, model: str
     if stored.get("schema") != SCHEMA:
         raise ValueError(f"{measured}: schema must be {SCHEMA!r}, got {stored.get('schema')!r}")
     costs = StepCosts(load_encoder_cost(results, PRESET, model=model), default_prefill())
-    previous = StepCosts(load_encoder_cost(results, PRESET, model="line"), default_prefill())
-    rows = remodel(stored, costs, previous if costs.label() != previous.label() else None)
+    previous = _previous_costs(stored, results)
+    rows = remodel(stored, costs, previous if previous is None or costs.label() != previous.label() else None)
+    proof = "trace digests checked" if previous is None else f"the file's modelled side, {stored['sources']['modelled']}, reproduced first"
     note = (f"{stored['note']}. Measured on the H100 at {stored['created']} ({Path(measured).name}); modelled recomputed "
-            f"on CPU with {costs.label()} (the file's modelled side, {stored['sources']['modelled']}, reproduced first)")
+            f"on CPU with {costs.label()} ({proof})")
     sources = stored["sources"] | {"modelled": costs.label(), "encoder_fit": encoder_fit_record(costs.encoder.call),
                                    "previous_modelled": stored["sources"]["modelled"]}
     return stored | {"note": note, "sources": sources, "rows": rows,
                      "settings": stored["settings"] | {"modelled_only": True, "measured_file": Path(measured).name, "model": model}}
+
+
+def _previous_costs(stored: dict[str, Any], results: str | Path) -> StepCosts | None:
+    """The cost models a stored file's modelled side used, for files whose rows carry no trace
+    digest (older files: the line encoder model and the prefill file its sources name); None
+    when every row has a digest."""
+    if all("trace_digest" in row for row in stored["rows"]):
+        return None
+    named = re.search(r"prefill: (prefill-\S+?\.json)", stored["sources"]["modelled"])
+    prefill = load_prefill_cost(Path(results) / named.group(1)) if named else default_prefill()
+    return StepCosts(load_encoder_cost(results, PRESET, model="line"), prefill)
 
 
 def _print_rows(rows: Sequence[dict[str, Any]]) -> None:
@@ -237,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--modelled-only", action="store_true",
                         help="no GPU: recompute the modelled side of the stored --measured file with the cost models")
     parser.add_argument("--measured", default=None, help="a stored ttft-validate-*.json whose measured side to keep (--modelled-only)")
-    parser.add_argument("--model", default="bucket", choices=["bucket", "line"], help="encoder cost model (--modelled-only)")
+    parser.add_argument("--model", default="measured", choices=ENCODER_MODELS, help="encoder cost model (--modelled-only)")
     parser.add_argument("--workloads", nargs="+", default=list(DEFAULTS), choices=sorted(DEFAULTS))
     # checked here, before minutes of GPU warm-up, not by the first replay's ReplayConfig
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)

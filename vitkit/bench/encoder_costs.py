@@ -1,0 +1,162 @@
+"""``python -m vitkit.bench.encoder_costs``: the bucketed encoder's cost, measured part by part.
+
+The TTFT replay needs the cost of one encoder call. Fitting it to a stream's step times (each
+step one sum of bucket graphs) gave bucket ms that were off by up to 30% for single calls on the
+H100 (the fit cannot tell buckets apart that mostly occur together), and the stream's pixels sat
+on the GPU already, where a server's come from the host. So this measures the two parts directly:
+
+1. every bucket's CUDA graph replayed alone (its static buffers filled with 448x448 images, as
+   many as fit, the rest padding): ``bucket_ms``;
+2. whole calls of real processor outputs of several sizes and counts, pixels on the host (as
+   the replay and a server feed them) and on the GPU: the host's share of a call (checking,
+   layout, staging pixels through pinned memory, splitting rows) is the call minus its graphs.
+
+``vitkit.sim.bucketcost.measured_bucket_cost`` turns the file into the replay's encoder model.
+Writes ``encoder-costs-<stamp>.json`` (schema ``vitkit.encoder-costs/1``) and prints a table.
+
+    python -m vitkit.bench.encoder_costs --out results/h100     # GPU, about 2 minutes
+    python -m vitkit.bench.encoder_costs --smoke --out /tmp/x   # tiny tower on CPU: the plumbing
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vitkit.bench.machine import machine_info, resolve_device, versions
+from vitkit.encoders import build_encoder
+from vitkit.encoders.buckets import pack
+from vitkit.processing import synthetic_items
+
+SCHEMA = "vitkit.encoder-costs/1"
+PRESET = "qwen2.5-vl-7b"
+FILL_SIZE = (448, 448)  # the image the bucket graphs are filled with
+# (height, width) x counts of the whole-call probes: small to large images, one to many per call
+CALLS = (((224, 224), (1, 4, 16)), ((448, 448), (1, 2, 3, 4, 6, 8, 12, 16)), ((896, 896), (1, 2, 3)),
+         ((1344, 1008), (1, 2)))
+SMOKE_CALLS = (((56, 56), (1, 2, 4)), ((112, 112), (1, 2)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int = 2, repeats: int = 9) -> float:
+    """Median wall time of ``fn`` (synchronised before and after: the host's work counts)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def fill_items(encoder, bucket: int, size: tuple[int, int]) -> list:
+    """As many ``size`` images as fit ``bucket``, on the encoder's device; for a bucket smaller
+    than one such image, the largest square image (a side of 28 px steps) that fits."""
+    def units(sz: tuple[int, int]) -> int:
+        return encoder.item_units(0, synthetic_items(encoder.name, [sz])[0])
+
+    if units(size) > bucket:
+        side = 28 * int((bucket // 4) ** 0.5)  # (side / 14)^2 patches, a multiple of the 2x2 merge
+        size = (side, side)
+    items = synthetic_items(encoder.name, [size] * max(1, bucket // units(size)), seed=1)
+    return [item.to(encoder.device) for item in items]
+
+
+def bucket_rows(encoder, device: torch.device, progress: bool) -> list[dict[str, Any]]:
+    """Each bucket's graph replayed alone, its buffers holding ``fill_items``."""
+    rows = []
+    for bucket in tqdm(encoder.buckets.sizes, desc="bucket graphs", disable=not progress):
+        items = fill_items(encoder, bucket, FILL_SIZE)
+        with torch.inference_mode():
+            if not encoder.fill(items, bucket):
+                raise RuntimeError(f"bucket {bucket}: {len(items)} fill images overflow its window capacity")
+            fn, args = encoder.bucket_fn(bucket), encoder.bucket_args(bucket)
+            if encoder.graphs is not None:
+                ms = median_ms(lambda: encoder.graphs.run(bucket, fn, args), device)
+            else:
+                ms = median_ms(lambda: fn(*args), device)
+        rows.append({"bucket": bucket, "images": len(items), "real_units": sum(encoder.item_units(k, it) for k, it in enumerate(items)),
+                     "ms": ms})
+    return rows
+
+
+def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool) -> list[dict[str, Any]]:
+    """Whole calls, pixels on the host and on the device: ms of each and the packs they made."""
+    rows = []
+    jobs = [(size, k) for size, counts in calls for k in counts]
+    for size, k in tqdm(jobs, desc="encoder calls", disable=not progress):
+        host = synthetic_items(encoder.name, [size] * k, seed=100 + k)
+        on_device = [item.to(device) for item in synthetic_items(encoder.name, [size] * k, seed=100 + k)]
+        units = [encoder.item_units(i, item) for i, item in enumerate(host)]
+        host_ms = median_ms(lambda: encoder(host), device)
+        device_ms = median_ms(lambda: encoder(on_device), device)
+        rows.append({"size": list(size), "images": k, "item_units": units, "item_rows": [it.num_tokens for it in host],
+                     "packs": [[p.size, p.bucket] for p in pack(units, encoder.buckets)],
+                     "host_pixels_ms": host_ms, "device_pixels_ms": device_ms})
+    return rows
+
+
+def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, progress: bool = True) -> dict[str, Any]:
+    encoder = build_encoder(preset, device=device, dtype=dtype)
+    warm = encoder.warmup(progress=progress)
+    stats = encoder.stats.copy()
+    buckets = bucket_rows(encoder, device, progress)
+    calls_measured = call_rows(encoder, device, calls, progress)
+    after = encoder.stats - stats
+    return {
+        "schema": SCHEMA, "kind": "gpu" if device.type == "cuda" else "cpu-smoke",
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+        "machine": machine_info(device), "versions": versions(),
+        "settings": {"encoder": preset, "impl": encoder.impl, "dtype": str(dtype).removeprefix("torch."),
+                     "buckets": list(encoder.buckets.sizes), "max_items": encoder.buckets.max_items,
+                     "unit": encoder.unit, "fill_size": list(FILL_SIZE), "graphs": encoder.graphs is not None,
+                     "timing": "wall clock, synchronised before and after, median of 9 after 2 warm-ups",
+                     "warmup_s": warm.seconds},
+        "buckets": buckets, "calls": calls_measured,
+        "compiles_after_warmup": after.compiles, "captures_after_warmup": after.captures,
+    }
+
+
+def format_table(data: dict[str, Any]) -> str:
+    lines = [f"{'bucket':>6} {'ms':>7}"] + [f"{r['bucket']:>6} {r['ms']:7.2f}" for r in data["buckets"]]
+    lines.append(f"{'size':>9} {'k':>3} {'host px':>8} {'dev px':>8}")
+    lines += [f"{'x'.join(map(str, r['size'])):>9} {r['images']:>3} {r['host_pixels_ms']:8.2f} {r['device_pixels_ms']:8.2f}"
+              for r in data["calls"]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitkit.bench.encoder_costs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for encoder-costs-<stamp>.json")
+    parser.add_argument("--smoke", action="store_true", help="tiny Qwen tower on CPU, float32 (plumbing check)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        data = measure("qwen2.5-vl-tiny", torch.device("cpu"), torch.float32, SMOKE_CALLS, progress=False)
+    else:
+        data = measure(PRESET, torch.device(resolve_device(None)), torch.bfloat16, CALLS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"encoder-costs-{data['created']}.json"
+    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+    print(format_table(data))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
