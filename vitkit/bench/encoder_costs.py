@@ -53,13 +53,19 @@ def _sync(device: torch.device) -> None:
 
 def median_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int = 2, repeats: int = 9) -> float:
     """Median wall time of ``fn`` (synchronised before and after: the host's work counts)."""
-    for _ in range(warmup):
-        fn()
+    return median_over(lambda _: fn(), device, warmup=warmup, repeats=repeats)
+
+
+def median_over(fn: Callable[[int], Any], device: torch.device, *, warmup: int = 2, repeats: int = 9) -> float:
+    """Median wall time of ``fn(k)`` over calls ``k = warmup .. warmup + repeats - 1`` (after
+    ``fn(0 .. warmup - 1)`` untimed), synchronised before and after each."""
+    for k in range(warmup):
+        fn(k)
     times = []
-    for _ in range(repeats):
+    for k in range(warmup, warmup + repeats):
         _sync(device)
         start = time.perf_counter()
-        fn()
+        fn(k)
         _sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
@@ -96,19 +102,24 @@ def bucket_rows(encoder, device: torch.device, progress: bool) -> list[dict[str,
     return rows
 
 
-def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool) -> list[dict[str, Any]]:
-    """Whole calls, pixels on the host and on the device: ms of each and the packs they made."""
+def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, warmup: int = 2, repeats: int = 9) -> list[dict[str, Any]]:
+    """Whole calls, pixels on the host and on the device: ms of each and the packs they made.
+    Every timed call gets images of its own (new pixels, as in a stream of requests), so the
+    host's copy reads memory no earlier call left in the CPU's caches."""
     rows = []
     jobs = [(size, k) for size, counts in calls for k in counts]
     for size, k in tqdm(jobs, desc="encoder calls", disable=not progress):
-        host = synthetic_items(encoder.name, [size] * k, seed=100 + k)
-        on_device = [item.to(device) for item in synthetic_items(encoder.name, [size] * k, seed=100 + k)]
-        units = [encoder.item_units(i, item) for i, item in enumerate(host)]
-        host_ms = median_ms(lambda: encoder(host), device)
-        device_ms = median_ms(lambda: encoder(on_device), device)
-        rows.append({"size": list(size), "images": k, "item_units": units, "item_rows": [it.num_tokens for it in host],
+        sets = [synthetic_items(encoder.name, [size] * k, seed=1000 * k + j) for j in range(warmup + repeats)]
+        host_ms = median_over(lambda j: encoder(sets[j]), device, warmup=warmup, repeats=repeats)
+        for items in sets:
+            for item in items:
+                item.to(device)
+        device_ms = median_over(lambda j: encoder(sets[j]), device, warmup=warmup, repeats=repeats)
+        units = [encoder.item_units(i, item) for i, item in enumerate(sets[0])]
+        rows.append({"size": list(size), "images": k, "item_units": units, "item_rows": [it.num_tokens for it in sets[0]],
                      "packs": [[p.size, p.bucket] for p in pack(units, encoder.buckets)],
                      "host_pixels_ms": host_ms, "device_pixels_ms": device_ms})
+        del sets
     return rows
 
 
@@ -126,7 +137,8 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
         "settings": {"encoder": preset, "impl": encoder.impl, "dtype": str(dtype).removeprefix("torch."),
                      "buckets": list(encoder.buckets.sizes), "max_items": encoder.buckets.max_items,
                      "unit": encoder.unit, "fill_size": list(FILL_SIZE), "graphs": encoder.graphs is not None,
-                     "timing": "wall clock, synchronised before and after, median of 9 after 2 warm-ups",
+                     "timing": "wall clock, synchronised before and after, median of 9 after 2 warm-ups; "
+                               "each timed call on images of its own",
                      "warmup_s": warm.seconds},
         "buckets": buckets, "calls": calls_measured,
         "compiles_after_warmup": after.compiles, "captures_after_warmup": after.captures,
