@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -19,49 +20,77 @@ from vitkit.sim.prefill import (
     step_features,
 )
 
-TRUE = (1.5, 0.02, 0.9, 0.3)  # intercept ms, ms/token, ms per 1e6 pairs, ms/window
+TERMS_TRUE = (0.9, 0.3, 0.1, 0.5)  # ms per 1e6 pairs, per window, per 1e3 keys, per 1e3 longest-window keys
 
 
-def synthetic_results(coef=TRUE, noise=0.0, seed=0):
-    """A ``vitkit.prefill/1`` dict over the real grid with times from known coefficients."""
+def dense_true(rows: int) -> float:
+    return max(7.0, 2.0 + 0.02 * rows)  # flat (weight-read bound), then linear: the graphed H100's shape
+
+
+def synthetic_results(terms=TERMS_TRUE, noise=0.0, seed=0, dense=dense_true):
+    """A ``vitkit.prefill/1`` dict over the real grid with times from a known model."""
     rng = random.Random(seed)
     rows = []
     for p in grid_points():
-        f = step_features(p["step_windows"])
-        ms = sum(c * x for c, x in zip(coef, f)) * (1 + noise * rng.uniform(-1, 1))
-        rows.append({"tokens": int(f[1]), "context": p["context"], "windows": p["windows"],
+        n, *f = step_features(p["step_windows"])
+        ms = (dense(n) + sum(c * x for c, x in zip(terms, f))) * (1 + noise * rng.uniform(-1, 1))
+        rows.append({"tokens": n, "context": p["context"], "windows": p["windows"],
                      "step_windows": [list(w) for w in p["step_windows"]], "ms_median": ms})
     return {"schema": "vitkit.prefill/1", "machine": {"device_name": "synthetic"}, "rows": rows}
 
 
-def test_fit_recovers_known_coefficients():
+def _terms(cost):
+    return (cost.ms_per_mega_pair, cost.ms_per_window, cost.ms_per_kilo_key, cost.ms_per_kilo_longest)
+
+
+def test_fit_recovers_a_known_model():
     cost = fit_prefill_cost(synthetic_results())
-    got = (cost.intercept_ms, cost.ms_per_token, cost.ms_per_mega_pair, cost.ms_per_window)
-    assert got == pytest.approx(TRUE, rel=1e-6)
+    assert cost.knots == tuple(sorted({sum(n for _, n in p["step_windows"]) for p in grid_points()}))
+    assert cost.knot_ms == pytest.approx([dense_true(k) for k in cost.knots], rel=1e-6)
+    assert _terms(cost) == pytest.approx(TERMS_TRUE, rel=1e-6)
     assert cost.max_rel_error < 1e-9 and cost.points == len(grid_points())
 
 
 def test_fit_reports_its_error_on_noisy_data():
     cost = fit_prefill_cost(synthetic_results(noise=0.05))
     assert 0.0 < cost.median_rel_error <= cost.max_rel_error < 0.1
-    assert cost.ms_per_mega_pair == pytest.approx(TRUE[2], rel=0.1)
+    assert cost.ms_per_mega_pair == pytest.approx(TERMS_TRUE[0], rel=0.1)
 
 
-def test_a_term_that_would_be_negative_is_dropped():
-    cost = fit_prefill_cost(synthetic_results(coef=(0.0, 0.02, 0.9, 0.0)))
-    assert min(cost.intercept_ms, cost.ms_per_window) >= 0.0
-    assert cost.max_rel_error < 1e-6
+def test_dense_part_never_falls_and_a_missing_term_stays_zero():
+    # a dense part that dips (noise in a real grid) is fitted non-decreasing; absent terms are 0, not negative
+    cost = fit_prefill_cost(synthetic_results(terms=(0.9, 0.0, 0.1, 0.0), dense=lambda n: 9.0 if n == 64 else dense_true(n)))
+    assert all(b >= a for a, b in zip(cost.knot_ms, cost.knot_ms[1:]))
+    assert min(_terms(cost)) >= 0.0
+
+
+def test_dense_is_flat_below_the_first_knot_and_extends_the_last_segment():
+    cost = PrefillCost((16, 64, 8192), (7.0, 8.0, 170.0), 0, 0, 0, 0, 3, 0, 0)
+    assert cost.dense_ms(1) == cost.dense_ms(16) == 7.0
+    assert cost.dense_ms(40) == pytest.approx(7.5)
+    assert cost.dense_ms(16384) == pytest.approx(170.0 + 162.0 * 8192 / 8128)
+
+
+def test_a_graphed_step_costs_its_bucket():
+    cost = replace(fit_prefill_cost(synthetic_results()), graph_buckets=(256, 384, 512))
+    # 300 new tokens run as 384 rows: the padding window adds rows, pairs, keys and one window
+    assert step_features([(0, 300)], cost.graph_buckets) == (384, (300 * 150 + 84 * 42) / 1e6, 2.0, 0.384, 0.3)
+    assert cost.step_ms([(0, 300)]) == pytest.approx(cost.dense_ms(384) + TERMS_TRUE[0] * (300 * 150 + 84 * 42) / 1e6
+                                                     + 2 * TERMS_TRUE[1] + 0.384 * TERMS_TRUE[2] + 0.3 * TERMS_TRUE[3], rel=1e-6)
+    # the padding costs what a real 84-token window without context would
+    assert cost.step_ms([(0, 300)]) == pytest.approx(cost.step_ms([(0, 300), (0, 84)]), rel=1e-12)
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 40000), st.integers(1, 9000)), min_size=1, max_size=32))
-def test_step_ms_is_additive_and_positive(windows):
-    cost = fit_prefill_cost(synthetic_results())
+@given(st.lists(st.tuples(st.integers(0, 40000), st.integers(1, 3000)), min_size=1, max_size=16),
+       st.tuples(st.integers(0, 40000), st.integers(1, 3000)))
+def test_adding_a_window_never_makes_a_step_cheaper(windows, extra):
+    from vitkit.bench.decoder_graphs import PREFILL_GRAPH_BUCKETS
+
+    cost = replace(fit_prefill_cost(synthetic_results()), graph_buckets=PREFILL_GRAPH_BUCKETS)
     one = cost.step_ms(windows)
     assert one > 0
-    # the model is linear: a step costs its intercept plus each window's share
-    shares = sum(cost.step_ms([w]) - cost.intercept_ms for w in windows)
-    assert one == pytest.approx(cost.intercept_ms + shares, rel=1e-9)
+    assert cost.step_ms([*windows, extra]) >= one - 1e-9
 
 
 @pytest.mark.parametrize(("windows", "error", "match"), [
@@ -70,7 +99,7 @@ def test_step_ms_is_additive_and_positive(windows):
 ])
 def test_bad_windows_raise(windows, error, match):
     with pytest.raises(error, match=match):
-        PrefillCost(1, 1, 1, 1, 1, 0, 0).step_ms(windows)
+        PrefillCost((16,), (1.0,), 1, 1, 1, 1, 1, 0, 0).step_ms(windows)
 
 
 def test_bad_results_raise_naming_the_field():
@@ -85,7 +114,7 @@ def test_bad_results_raise_naming_the_field():
 def test_load_from_a_file_and_the_default(tmp_path):
     path = tmp_path / "prefill-20260101T000000Z.json"
     path.write_text(json.dumps(synthetic_results()))
-    assert load_prefill_cost(path).ms_per_token == pytest.approx(TRUE[1])
+    assert load_prefill_cost(path).ms_per_kilo_key == pytest.approx(TERMS_TRUE[2])
     assert default_prefill_results(tmp_path) == path
     with pytest.raises(FileNotFoundError, match="vitkit.bench.prefill"):
         default_prefill_results(tmp_path / "empty")
@@ -96,15 +125,4 @@ def test_stored_h100_fit_when_present():
         pytest.skip("no stored H100 prefill results yet")
     cost = load_prefill_cost()
     assert cost.median_rel_error < 0.1 and cost.step_ms([(0, 2048)]) > 0
-
-
-def test_fit_finds_a_launch_bound_floor_and_the_kv_read_term():
-    # Steps that cannot run faster than 20 ms, and a cost per key read from the cache: the H100's shape.
-    coef = (2.0, 0.02, 0.9, 0.0, 0.1)
-    data = synthetic_results(coef)
-    for row in data["rows"]:
-        row["ms_median"] = max(20.0, row["ms_median"])
-    cost = fit_prefill_cost(data)
-    assert cost.floor_ms == pytest.approx(20.0)
-    assert cost.ms_per_kilo_key == pytest.approx(0.1, rel=1e-6) and cost.max_rel_error < 1e-6
-    assert cost.step_ms([(0, 1)]) == pytest.approx(20.0)  # nothing modelled below the floor
+    assert cost.graph_buckets  # the stored runner graphs its small steps, and the model pads as it did

@@ -17,7 +17,7 @@ from vitkit.sim.validate import modelled_only, remodel, stored_replay, validate
 
 TRUE_MS = {s: 4.0 + 3.5 * s / 1024 + (0.5 if s > 4096 else 0.0) for s in QWEN_BUCKETS.sizes}  # a step at 4096
 PER_CALL_MS = 0.7
-VALIDATION = STORED / "ttft-validate-20261127T030810Z.json"
+VALIDATION = STORED / "ttft-validate-20261127T042212Z.json"  # measured on the H100, with trace digests
 
 
 def _true_cost() -> BucketCost:
@@ -107,14 +107,18 @@ def test_modelled_only_rebuilds_the_stored_replays():
     trace, config, process = stored_replay(stored["rows"][0], stored["settings"])
     assert (process.rate_per_s, process.seed, len(trace.requests)) == (40.0, 0, 200)
     assert (config.mode, config.chunked_prefill_size, config.cache_tokens) == ("batched", 2048, 16384)
-    data = modelled_only(VALIDATION)  # reproduces the file's modelled side with the line model first
-    assert "modelled recomputed" in data["note"] and "stream bucket fit" in data["sources"]["modelled"]
+    data = modelled_only(VALIDATION)  # each rebuilt trace checked against the row's digest
+    assert "trace digests checked" in data["note"] and "measured buckets" in data["sources"]["modelled"]
     for old, new in zip(stored["rows"], data["rows"]):
-        assert new["measured_p99_ms"] == old["measured_p99_ms"] and new["reproduced_previous_modelled"]
+        assert new["measured_p99_ms"] == old["measured_p99_ms"] and new["trace_digest"] == old["trace_digest"]
         assert new["previous_modelled_p99_ms"] == old["modelled_p99_ms"]
-    line = StepCosts(load_encoder_cost(model="line"), FlopPrefillCost())
-    with pytest.raises(ValueError, match="rebuilt replay gives modelled"):
-        remodel(stored, line, previous=line)  # a different prefill than the file's: not reproduced
+    costs = StepCosts(load_encoder_cost(), FlopPrefillCost())
+    tampered = stored | {"rows": [stored["rows"][0] | {"trace_digest": "0" * 16}]}
+    with pytest.raises(ValueError, match="rebuilt trace's digest"):
+        remodel(tampered, costs)
+    unproven = stored | {"rows": [{k: v for k, v in stored["rows"][0].items() if k != "trace_digest"}]}
+    with pytest.raises(ValueError, match="no trace_digest"):
+        remodel(unproven, costs)
 
 
 def test_validate_stores_each_measured_step_with_the_models_view_of_it():
