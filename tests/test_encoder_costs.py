@@ -30,6 +30,7 @@ def test_smoke_file_times_every_bucket_and_every_call(smoke_file):
         assert len(call["item_units"]) == call["images"] and call["host_pixels_ms"] > 0 and call["device_pixels_ms"] > 0
         assert sum(size for size, _ in call["packs"]) == sum(call["item_units"])
     assert data["compiles_after_warmup"] == 0 and data["captures_after_warmup"] == 0
+    assert data["settings"]["load"] == "tiny-decoder prefill of 16 tokens before every call"  # as a server's step runs
 
 
 def test_measured_model_is_graph_replays_plus_a_fitted_host_share(smoke_file):

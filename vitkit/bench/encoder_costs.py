@@ -11,7 +11,9 @@ on the GPU already, where a server's come from the host. So this measures the tw
    the replay and a server feed them) and on the GPU: the host's share of a call (checking,
    layout, staging pixels through pinned memory, splitting rows) is the call minus its graphs.
 
-``vitkit.sim.bucketcost.measured_bucket_cost`` turns the file into the replay's encoder model.
+Both under the load a server puts on the GPU (``Load``): a second of untimed calls first, and a
+decoder prefill step before every call. ``vitkit.sim.bucketcost.measured_bucket_cost`` turns the
+file into the replay's encoder model.
 Writes ``encoder-costs-<stamp>.json`` (schema ``vitkit.encoder-costs/1``) and prints a table.
 
     python -m vitkit.bench.encoder_costs --out results/h100     # GPU, about 2 minutes
@@ -27,6 +29,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,8 @@ CALLS = (((224, 224), (1, 4, 16)), ((448, 448), (1, 2, 3, 4, 6, 8, 12, 16)), ((8
          ((1344, 1008), (1, 2)))
 SMOKE_CALLS = (((56, 56), (1, 2, 4)), ((112, 112), (1, 2)))
 REPEATS = 9  # timed calls per point (median)
-SUSTAIN_S = 1.0  # seconds of untimed load before each point's timed calls
+SUSTAIN_S = 1.0  # seconds of untimed calls before each point's timed calls
+PREFILL_TOKENS = 1024  # the decoder step run before every call: between a small and a large image's step
 
 
 def _sync(device: torch.device) -> None:
@@ -54,25 +58,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sustained_median(fn: Callable[[int], Any], device: torch.device, *, repeats: int = REPEATS,
-                     sustain_s: float = SUSTAIN_S) -> float:
+@dataclass(frozen=True)
+class Load:
+    """What keeps the GPU busy around the timed calls, as a server's steps do: ``sustain_s``
+    seconds of untimed calls first, and ``between`` (a language-model prefill step, untimed)
+    before every call, warm-up and timed alike. Without it the encoder's calls ran 15-20% faster
+    on the H100 than inside the TTFT replay, where every encoder call follows a 7B prefill."""
+
+    sustain_s: float = SUSTAIN_S
+    between: Callable[[], Any] | None = None
+    label: str = "none"
+
+
+def sustained_median(fn: Callable[[int], Any], device: torch.device, load: Load = Load(), *, repeats: int = REPEATS) -> float:
     """Median wall time of ``fn(1) .. fn(repeats)`` after running ``fn(0)`` untimed for
-    ``sustain_s`` seconds (at least twice). Each call is synchronised before and after (the
-    host's work counts). The untimed run keeps the GPU as busy as a loaded server keeps it:
-    timed after seconds of idle host work, a 30 ms call ran ~15% faster than in a sustained replay
-    on the H100 (its clocks had not come down to the loaded level)."""
+    ``load.sustain_s`` seconds (at least twice), each call preceded by ``load.between``. Each
+    timed call is synchronised before and after (the host's work counts)."""
+    def one(k: int) -> None:
+        if load.between is not None:
+            load.between()
+        fn(k)
+
     start, warm = time.perf_counter(), 0
-    while warm < 2 or time.perf_counter() - start < sustain_s:
-        fn(0)
+    while warm < 2 or time.perf_counter() - start < load.sustain_s:
+        one(0)
         warm += 1
     times = []
     for k in range(1, repeats + 1):
+        if load.between is not None:
+            load.between()
         _sync(device)
         t0 = time.perf_counter()
         fn(k)
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def prefill_load(device: torch.device, tokens: int, sustain_s: float = SUSTAIN_S) -> Load:
+    """A ``Load`` whose ``between`` is a Qwen2.5-VL-7B decoder prefill of one ``tokens``-token
+    window (a tiny decoder off CUDA: the plumbing), as the replay runs one after each encoder call."""
+    from vitkit.bench.decoder import TINY_DECODER
+    from vitkit.bench.prefill import PrefillRunner
+
+    runner = PrefillRunner(device=device) if device.type == "cuda" else PrefillRunner(TINY_DECODER, device=device, compile=False)
+    runner.warmup(progress=False)
+    step = runner.prepare([(0, tokens)])
+
+    def between() -> None:
+        runner.model.forward(*step)
+
+    return Load(sustain_s, between, f"{runner.config.name} prefill of {tokens} tokens before every call")
 
 
 def fill_items(encoder, bucket: int, size: tuple[int, int]) -> list:
@@ -88,7 +124,7 @@ def fill_items(encoder, bucket: int, size: tuple[int, int]) -> list:
     return [item.to(encoder.device) for item in items]
 
 
-def bucket_rows(encoder, device: torch.device, progress: bool, sustain_s: float = SUSTAIN_S) -> list[dict[str, Any]]:
+def bucket_rows(encoder, device: torch.device, progress: bool, load: Load = Load()) -> list[dict[str, Any]]:
     """Each bucket's graph replayed alone, its buffers holding ``fill_items``."""
     rows = []
     for bucket in tqdm(encoder.buckets.sizes, desc="bucket graphs", disable=not progress):
@@ -98,16 +134,16 @@ def bucket_rows(encoder, device: torch.device, progress: bool, sustain_s: float 
                 raise RuntimeError(f"bucket {bucket}: {len(items)} fill images overflow its window capacity")
             fn, args = encoder.bucket_fn(bucket), encoder.bucket_args(bucket)
             if encoder.graphs is not None:
-                ms = sustained_median(lambda _: encoder.graphs.run(bucket, fn, args), device, sustain_s=sustain_s)
+                ms = sustained_median(lambda _: encoder.graphs.run(bucket, fn, args), device, load)
             else:
-                ms = sustained_median(lambda _: fn(*args), device, sustain_s=sustain_s)
+                ms = sustained_median(lambda _: fn(*args), device, load)
         rows.append({"bucket": bucket, "images": len(items), "real_units": sum(encoder.item_units(k, it) for k, it in enumerate(items)),
                      "ms": ms})
     return rows
 
 
-def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, repeats: int = REPEATS,
-              sustain_s: float = SUSTAIN_S) -> list[dict[str, Any]]:
+def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, load: Load = Load(),
+              repeats: int = REPEATS) -> list[dict[str, Any]]:
     """Whole calls, pixels on the host and on the device: ms of each and the packs they made.
     Every timed call gets images of its own (new pixels, as in a stream of requests), so the
     host's copy reads memory no earlier call left in the CPU's caches. All images are made
@@ -119,11 +155,11 @@ def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, re
     rows = []
     for (size, k) in tqdm(jobs, desc="encoder calls", disable=not progress):
         sets = made.pop((size, k))
-        host_ms = sustained_median(lambda j: encoder(sets[j]), device, repeats=repeats, sustain_s=sustain_s)
+        host_ms = sustained_median(lambda j: encoder(sets[j]), device, load, repeats=repeats)
         for items in sets:
             for item in items:
                 item.to(device)
-        device_ms = sustained_median(lambda j: encoder(sets[j]), device, repeats=repeats, sustain_s=sustain_s)
+        device_ms = sustained_median(lambda j: encoder(sets[j]), device, load, repeats=repeats)
         units = [encoder.item_units(i, item) for i, item in enumerate(sets[0])]
         rows.append({"size": list(size), "images": k, "item_units": units, "item_rows": [it.num_tokens for it in sets[0]],
                      "packs": [[p.size, p.bucket] for p in pack(units, encoder.buckets)],
@@ -132,13 +168,13 @@ def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, re
     return rows
 
 
-def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, progress: bool = True,
-            sustain_s: float = SUSTAIN_S) -> dict[str, Any]:
+def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, load: Load = Load(),
+            progress: bool = True) -> dict[str, Any]:
     encoder = build_encoder(preset, device=device, dtype=dtype)
     warm = encoder.warmup(progress=progress)
     stats = encoder.stats.copy()
-    buckets = bucket_rows(encoder, device, progress, sustain_s)
-    calls_measured = call_rows(encoder, device, calls, progress, sustain_s=sustain_s)
+    buckets = bucket_rows(encoder, device, progress, load)
+    calls_measured = call_rows(encoder, device, calls, progress, load)
     after = encoder.stats - stats
     return {
         "schema": SCHEMA, "kind": "gpu" if device.type == "cuda" else "cpu-smoke",
@@ -148,7 +184,8 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
                      "buckets": list(encoder.buckets.sizes), "max_items": encoder.buckets.max_items,
                      "unit": encoder.unit, "fill_size": list(FILL_SIZE), "graphs": encoder.graphs is not None,
                      "timing": f"wall clock, synchronised before and after, median of {REPEATS} after "
-                               f"{sustain_s} s of untimed load; each timed call on images of its own",
+                               f"{load.sustain_s} s of untimed calls; each timed call on images of its own",
+                     "load": load.label,
                      "warmup_s": warm.seconds},
         "buckets": buckets, "calls": calls_measured,
         "compiles_after_warmup": after.compiles, "captures_after_warmup": after.captures,
@@ -167,11 +204,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitkit.bench.encoder_costs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for encoder-costs-<stamp>.json")
     parser.add_argument("--smoke", action="store_true", help="tiny Qwen tower on CPU, float32 (plumbing check)")
+    parser.add_argument("--prefill-tokens", type=int, default=PREFILL_TOKENS,
+                        help="tokens of the decoder prefill run before every call (0: none, the encoder alone)")
     args = parser.parse_args(argv)
     if args.smoke:
-        data = measure("qwen2.5-vl-tiny", torch.device("cpu"), torch.float32, SMOKE_CALLS, progress=False, sustain_s=0.02)
+        device = torch.device("cpu")
+        load = prefill_load(device, 16, sustain_s=0.02) if args.prefill_tokens else Load(0.02)
+        data = measure("qwen2.5-vl-tiny", device, torch.float32, SMOKE_CALLS, load, progress=False)
     else:
-        data = measure(PRESET, torch.device(resolve_device(None)), torch.bfloat16, CALLS)
+        device = torch.device(resolve_device(None))
+        load = prefill_load(device, args.prefill_tokens) if args.prefill_tokens else Load()
+        data = measure(PRESET, device, torch.bfloat16, CALLS, load)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"encoder-costs-{data['created']}.json"
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
