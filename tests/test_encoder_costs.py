@@ -30,21 +30,36 @@ def test_smoke_file_times_every_bucket_and_every_call(smoke_file):
         assert len(call["item_units"]) == call["images"] and call["host_pixels_ms"] > 0 and call["device_pixels_ms"] > 0
         assert sum(size for size, _ in call["packs"]) == sum(call["item_units"])
     assert data["compiles_after_warmup"] == 0 and data["captures_after_warmup"] == 0
-    assert data["settings"]["load"] == "tiny-decoder prefill of 16 tokens before every call"  # as a server's step runs
+    assert data["settings"]["serving"]["seed"] == 1 and data["settings"]["serving"]["prefill"] == "tiny-decoder"
 
 
-def test_measured_model_is_graph_replays_plus_a_fitted_host_share(smoke_file):
+def test_measured_model_is_scaled_graph_replays_plus_a_host_share_fitted_to_serving_calls(smoke_file):
     data = json.loads(smoke_file.read_text())
+    assert data["serving_calls"] and {c["workload"] for c in data["serving_calls"]} == {"small-images", "large-images"}
     cost, rows = measured_bucket_cost(smoke_file)
-    assert cost.bucket_ms == tuple(r["ms"] for r in data["buckets"])  # measured, not fitted
-    assert cost.per_pack_ms >= 0 and cost.per_unit_ms >= 0
+    assert cost.bucket_ms == pytest.approx([cost.graph_scale * r["ms"] for r in data["buckets"]])  # measured shape
+    assert cost.graph_scale > 0 and cost.per_pack_ms >= 0 and cost.per_unit_ms >= 0
+    assert "fitted to serving calls" in cost.source and cost.points == len(data["serving_calls"])
+    serving = [r for r in rows if r["kind"] == "serving"]
+    for call, row in zip(data["serving_calls"], serving):
+        packs = pack([n * cost.unit for n in call["item_rows"]], cost.buckets)
+        expected = sum(cost.pack_ms(p) for p in packs)
+        assert row["modelled_ms"] == pytest.approx(expected) == cost.call_ms(call["item_rows"])
+        assert row["rel_err"] == pytest.approx((expected - call["ms"]) / call["ms"])
+    assert cost.max_rel_err == pytest.approx(max(abs(r["rel_err"]) for r in serving))
+    assert len([r for r in rows if r["kind"] == "probe"]) == len(data["calls"])  # reported, not fitted
+
+
+def test_without_serving_calls_the_host_share_is_fitted_to_the_probes(tmp_path, smoke_file):
+    data = json.loads(smoke_file.read_text()) | {"serving_calls": []}
+    path = tmp_path / "encoder-costs-x.json"
+    path.write_text(json.dumps(data))
+    cost, rows = measured_bucket_cost(path)
+    assert cost.graph_scale == 1.0 and cost.bucket_ms == tuple(r["ms"] for r in data["buckets"])
     for call, row in zip(data["calls"], rows):
         packs = pack(call["item_units"], cost.buckets)
         expected = sum(cost.bucket_ms[cost.buckets.sizes.index(p.bucket)] + cost.per_pack_ms + cost.per_unit_ms * p.size for p in packs)
-        assert row["modelled_ms"] == pytest.approx(expected)
-        assert cost.call_ms(call["item_rows"]) == pytest.approx(expected)  # rows in, packed as the encoder packs
-        assert row["rel_err"] == pytest.approx((row["modelled_ms"] - call["host_pixels_ms"]) / call["host_pixels_ms"])
-    assert cost.max_rel_err == pytest.approx(max(abs(r["rel_err"]) for r in rows))
+        assert row["modelled_ms"] == pytest.approx(expected) == cost.call_ms(call["item_rows"])
 
 
 def test_measured_model_refuses_a_file_that_is_not_one(tmp_path, smoke_file):
@@ -70,4 +85,4 @@ def test_loader_prefers_a_gpu_encoder_costs_file_and_says_which(tmp_path, smoke_
     chosen = load_encoder_cost(tmp_path)
     assert chosen.source.startswith("measured buckets encoder-costs-20990101T000000Z.json")
     assert chosen.bookkeeping_ms == fallback.bookkeeping_ms  # bookkeeping still from the stream
-    assert chosen.call.bucket_ms == tuple(r["ms"] for r in data["buckets"])
+    assert chosen.call.bucket_ms == pytest.approx([chosen.call.graph_scale * r["ms"] for r in data["buckets"]])

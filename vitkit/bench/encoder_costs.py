@@ -3,21 +3,24 @@
 The TTFT replay needs the cost of one encoder call. Fitting it to a stream's step times (each
 step one sum of bucket graphs) gave bucket ms that were off by up to 30% for single calls on the
 H100 (the fit cannot tell buckets apart that mostly occur together), and the stream's pixels sat
-on the GPU already, where a server's come from the host. So this measures the two parts directly:
+on the GPU already, where a server's come from the host. So this measures:
 
 1. every bucket's CUDA graph replayed alone (its static buffers filled with 448x448 images, as
-   many as fit, the rest padding): ``bucket_ms``;
-2. whole calls of real processor outputs of several sizes and counts, pixels on the host (as
-   the replay and a server feed them) and on the GPU: the host's share of a call (checking,
-   layout, staging pixels through pinned memory, splitting rows) is the call minus its graphs.
+   many as fit, the rest padding), after a second of untimed replays: the shape of the cost;
+2. whole calls of real processor outputs of several sizes and counts, pixels on the host (as a
+   server feeds them) and on the GPU, each timed call on images of its own: the host's share;
+3. every encoder call of a calibration serving replay (``SERVING``: the TTFT validation's
+   workloads and rates, another draw of requests and arrival times, the real 7B prefill between
+   calls). On the H100 calls ran 10-20% slower there than alone, by amounts probes 1-2 did not
+   reproduce (timed alone, after a prefill, or under sustained load), so the model is fitted here.
 
-Both under the load a server puts on the GPU (``Load``): a second of untimed calls first, and a
-decoder prefill step before every call. ``vitkit.sim.bucketcost.measured_bucket_cost`` turns the
-file into the replay's encoder model.
-Writes ``encoder-costs-<stamp>.json`` (schema ``vitkit.encoder-costs/1``) and prints a table.
+``vitkit.sim.bucketcost.measured_bucket_cost`` turns the file into the replay's encoder model:
+the graphs' ms from 1, scaled, plus a host share per pack and per patch, fitted to 3 (to 2 when
+a file has no serving calls). Writes ``encoder-costs-<stamp>.json`` (schema
+``vitkit.encoder-costs/1``) and prints a table.
 
-    python -m vitkit.bench.encoder_costs --out results/h100     # GPU, about 2 minutes
-    python -m vitkit.bench.encoder_costs --smoke --out /tmp/x   # tiny tower on CPU: the plumbing
+    python -m vitkit.bench.encoder_costs --out results/h100     # GPU, about 4 minutes
+    python -m vitkit.bench.encoder_costs --smoke --out /tmp/x   # tiny tower and decoder on CPU
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,11 @@ CALLS = (((224, 224), (1, 4, 16)), ((448, 448), (1, 2, 3, 4, 6, 8, 12, 16)), ((8
 SMOKE_CALLS = (((56, 56), (1, 2, 4)), ((112, 112), (1, 2)))
 REPEATS = 9  # timed calls per point (median)
 SUSTAIN_S = 1.0  # seconds of untimed calls before each point's timed calls
-PREFILL_TOKENS = 1024  # the decoder step run before every call: between a small and a large image's step
+# The calibration serving replay: the validation's workloads and rates, another draw of requests
+# and arrival times (vitkit.sim.validate.validation_trace), half as many requests
+SERVING = {"small-images": (40.0, 300), "large-images": (4.0, 80)}
+SMOKE_SERVING = {"small-images": (40.0, 6), "large-images": (4.0, 2)}
+CALIBRATION_SEED = 1
 
 
 def _sync(device: torch.device) -> None:
@@ -58,57 +64,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@dataclass(frozen=True)
-class Load:
-    """What keeps the GPU busy around the timed calls, as a server's steps do: ``sustain_s``
-    seconds of untimed calls first, and ``between`` (a language-model prefill step, untimed)
-    before every call, warm-up and timed alike. Without it the encoder's calls ran 15-20% faster
-    on the H100 than inside the TTFT replay, where every encoder call follows a 7B prefill."""
-
-    sustain_s: float = SUSTAIN_S
-    between: Callable[[], Any] | None = None
-    label: str = "none"
-
-
-def sustained_median(fn: Callable[[int], Any], device: torch.device, load: Load = Load(), *, repeats: int = REPEATS) -> float:
+def sustained_median(fn: Callable[[int], Any], device: torch.device, *, sustain_s: float = SUSTAIN_S,
+                     repeats: int = REPEATS) -> float:
     """Median wall time of ``fn(1) .. fn(repeats)`` after running ``fn(0)`` untimed for
-    ``load.sustain_s`` seconds (at least twice), each call preceded by ``load.between``. Each
-    timed call is synchronised before and after (the host's work counts)."""
-    def one(k: int) -> None:
-        if load.between is not None:
-            load.between()
-        fn(k)
-
+    ``sustain_s`` seconds (at least twice). Each timed call is synchronised before and after
+    (the host's work counts). The untimed calls bring the GPU to the clocks of a busy card."""
     start, warm = time.perf_counter(), 0
-    while warm < 2 or time.perf_counter() - start < load.sustain_s:
-        one(0)
+    while warm < 2 or time.perf_counter() - start < sustain_s:
+        fn(0)
         warm += 1
     times = []
     for k in range(1, repeats + 1):
-        if load.between is not None:
-            load.between()
         _sync(device)
         t0 = time.perf_counter()
         fn(k)
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
-
-
-def prefill_load(device: torch.device, tokens: int, sustain_s: float = SUSTAIN_S) -> Load:
-    """A ``Load`` whose ``between`` is a Qwen2.5-VL-7B decoder prefill of one ``tokens``-token
-    window (a tiny decoder off CUDA: the plumbing), as the replay runs one after each encoder call."""
-    from vitkit.bench.decoder import TINY_DECODER
-    from vitkit.bench.prefill import PrefillRunner
-
-    runner = PrefillRunner(device=device) if device.type == "cuda" else PrefillRunner(TINY_DECODER, device=device, compile=False)
-    runner.warmup(progress=False)
-    step = runner.prepare([(0, tokens)])
-
-    def between() -> None:
-        runner.model.forward(*step)
-
-    return Load(sustain_s, between, f"{runner.config.name} prefill of {tokens} tokens before every call")
 
 
 def fill_items(encoder, bucket: int, size: tuple[int, int]) -> list:
@@ -124,7 +96,7 @@ def fill_items(encoder, bucket: int, size: tuple[int, int]) -> list:
     return [item.to(encoder.device) for item in items]
 
 
-def bucket_rows(encoder, device: torch.device, progress: bool, load: Load = Load()) -> list[dict[str, Any]]:
+def bucket_rows(encoder, device: torch.device, progress: bool, sustain_s: float = SUSTAIN_S) -> list[dict[str, Any]]:
     """Each bucket's graph replayed alone, its buffers holding ``fill_items``."""
     rows = []
     for bucket in tqdm(encoder.buckets.sizes, desc="bucket graphs", disable=not progress):
@@ -134,15 +106,15 @@ def bucket_rows(encoder, device: torch.device, progress: bool, load: Load = Load
                 raise RuntimeError(f"bucket {bucket}: {len(items)} fill images overflow its window capacity")
             fn, args = encoder.bucket_fn(bucket), encoder.bucket_args(bucket)
             if encoder.graphs is not None:
-                ms = sustained_median(lambda _: encoder.graphs.run(bucket, fn, args), device, load)
+                ms = sustained_median(lambda _: encoder.graphs.run(bucket, fn, args), device, sustain_s=sustain_s)
             else:
-                ms = sustained_median(lambda _: fn(*args), device, load)
+                ms = sustained_median(lambda _: fn(*args), device, sustain_s=sustain_s)
         rows.append({"bucket": bucket, "images": len(items), "real_units": sum(encoder.item_units(k, it) for k, it in enumerate(items)),
                      "ms": ms})
     return rows
 
 
-def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, load: Load = Load(),
+def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, sustain_s: float = SUSTAIN_S,
               repeats: int = REPEATS) -> list[dict[str, Any]]:
     """Whole calls, pixels on the host and on the device: ms of each and the packs they made.
     Every timed call gets images of its own (new pixels, as in a stream of requests), so the
@@ -155,11 +127,11 @@ def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, lo
     rows = []
     for (size, k) in tqdm(jobs, desc="encoder calls", disable=not progress):
         sets = made.pop((size, k))
-        host_ms = sustained_median(lambda j: encoder(sets[j]), device, load, repeats=repeats)
+        host_ms = sustained_median(lambda j: encoder(sets[j]), device, sustain_s=sustain_s, repeats=repeats)
         for items in sets:
             for item in items:
                 item.to(device)
-        device_ms = sustained_median(lambda j: encoder(sets[j]), device, load, repeats=repeats)
+        device_ms = sustained_median(lambda j: encoder(sets[j]), device, sustain_s=sustain_s, repeats=repeats)
         units = [encoder.item_units(i, item) for i, item in enumerate(sets[0])]
         rows.append({"size": list(size), "images": k, "item_units": units, "item_rows": [it.num_tokens for it in sets[0]],
                      "packs": [[p.size, p.bucket] for p in pack(units, encoder.buckets)],
@@ -168,14 +140,33 @@ def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, lo
     return rows
 
 
-def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, load: Load = Load(),
-            progress: bool = True) -> dict[str, Any]:
+def serving_rows(encoder, runner, sizes: dict[str, tuple[float, int]], preset: str) -> list[dict[str, Any]]:
+    """Every encoder call of a serving replay (``vitkit.sim.validate.validate`` on a calibration
+    draw of each stock workload, seed ``CALIBRATION_SEED``: other requests and arrival times than
+    the validation's), both modes, timed pass only: its items' rows and its ms."""
+    from vitkit.sim.stepcost import FlopPrefillCost, StepCosts, load_encoder_cost
+    from vitkit.sim.validate import validate
+    from vitkit.sim.workload import processing_items
+
+    shadow = StepCosts(load_encoder_cost(), FlopPrefillCost())  # only its call bookkeeping is used
+    rows = validate(encoder, runner, shadow, workloads=list(sizes), sizes=sizes, make_item=processing_items(preset),
+                    seed=CALIBRATION_SEED)
+    return [{"workload": r["workload"], "mode": r["mode"], "item_rows": items, "ms": ms}
+            for r in rows for step in r["measured_steps"] for items, ms in zip(step["call_item_rows"], step["call_ms"])]
+
+
+def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, runner=None,
+            serving: dict[str, tuple[float, int]] | None = None, progress: bool = True,
+            sustain_s: float = SUSTAIN_S) -> dict[str, Any]:
+    """Warm the encoder, time its bucket graphs and the probe ``calls``, then (with a prefill
+    ``runner`` and ``serving`` sizes) the calls of a calibration serving replay."""
     encoder = build_encoder(preset, device=device, dtype=dtype)
     warm = encoder.warmup(progress=progress)
     stats = encoder.stats.copy()
-    buckets = bucket_rows(encoder, device, progress, load)
-    calls_measured = call_rows(encoder, device, calls, progress, load)
+    buckets = bucket_rows(encoder, device, progress, sustain_s)
+    calls_measured = call_rows(encoder, device, calls, progress, sustain_s)
     after = encoder.stats - stats
+    served = serving_rows(encoder, runner, serving, preset) if runner is not None and serving else []
     return {
         "schema": SCHEMA, "kind": "gpu" if device.type == "cuda" else "cpu-smoke",
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
@@ -184,10 +175,11 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
                      "buckets": list(encoder.buckets.sizes), "max_items": encoder.buckets.max_items,
                      "unit": encoder.unit, "fill_size": list(FILL_SIZE), "graphs": encoder.graphs is not None,
                      "timing": f"wall clock, synchronised before and after, median of {REPEATS} after "
-                               f"{load.sustain_s} s of untimed calls; each timed call on images of its own",
-                     "load": load.label,
+                               f"{sustain_s} s of untimed calls; each timed call on images of its own",
+                     "serving": {"sizes": serving or {}, "seed": CALIBRATION_SEED,
+                                 "prefill": getattr(getattr(runner, "config", None), "name", None)},
                      "warmup_s": warm.seconds},
-        "buckets": buckets, "calls": calls_measured,
+        "buckets": buckets, "calls": calls_measured, "serving_calls": served,
         "compiles_after_warmup": after.compiles, "captures_after_warmup": after.captures,
     }
 
@@ -204,17 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitkit.bench.encoder_costs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for encoder-costs-<stamp>.json")
     parser.add_argument("--smoke", action="store_true", help="tiny Qwen tower on CPU, float32 (plumbing check)")
-    parser.add_argument("--prefill-tokens", type=int, default=PREFILL_TOKENS,
-                        help="tokens of the decoder prefill run before every call (0: none, the encoder alone)")
+    parser.add_argument("--no-serving", action="store_true", help="skip the calibration serving replay")
     args = parser.parse_args(argv)
+    from vitkit.bench.decoder import TINY_DECODER
+    from vitkit.bench.prefill import PrefillRunner
+
     if args.smoke:
         device = torch.device("cpu")
-        load = prefill_load(device, 16, sustain_s=0.02) if args.prefill_tokens else Load(0.02)
-        data = measure("qwen2.5-vl-tiny", device, torch.float32, SMOKE_CALLS, load, progress=False)
+        runner = None if args.no_serving else PrefillRunner(TINY_DECODER, device=device, dtype=torch.float32, compile=False)
+        data = measure("qwen2.5-vl-tiny", device, torch.float32, SMOKE_CALLS, runner, SMOKE_SERVING, progress=False, sustain_s=0.02)
     else:
         device = torch.device(resolve_device(None))
-        load = prefill_load(device, args.prefill_tokens) if args.prefill_tokens else Load()
-        data = measure(PRESET, device, torch.bfloat16, CALLS, load)
+        runner = None if args.no_serving else PrefillRunner(device=device)
+        if runner is not None:
+            runner.warmup()
+        data = measure(PRESET, device, torch.bfloat16, CALLS, runner, SERVING)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"encoder-costs-{data['created']}.json"
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")

@@ -54,6 +54,7 @@ class BucketCost:
     # the host's share of a pack (measured models only): checks, layout, staging host pixels
     per_pack_ms: float = 0.0
     per_unit_ms: float = 0.0  # per real unit (patch) in the pack
+    graph_scale: float = 1.0  # measured models: bucket_ms are the graphs' replays times this
 
     def __post_init__(self) -> None:
         if len(self.bucket_ms) != len(self.buckets.sizes):
@@ -81,7 +82,8 @@ class BucketCost:
     def describe(self) -> str:
         seen = ", ".join(f"{s}:{ms:.2f}" for s, ms in zip(self.buckets.sizes, self.bucket_ms) if s in self.observed)
         host = f" + {self.per_pack_ms:.2f} ms/pack + {1e3 * self.per_unit_ms:.2f} us/unit" if self.per_pack_ms or self.per_unit_ms else ""
-        return f"bucket model: {self.per_call_ms:.2f} ms/call{host} + graph ms per bucket (units:ms) {seen}"
+        scale = f" (replays x {self.graph_scale:.3f})" if self.graph_scale != 1.0 else ""
+        return f"bucket model: {self.per_call_ms:.2f} ms/call{host} + graph ms per bucket{scale} (units:ms) {seen}"
 
 
 def nnls(a: np.ndarray, b: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:
@@ -218,12 +220,15 @@ ENCODER_COSTS_SCHEMA = "vitkit.encoder-costs/1"
 
 
 def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, Any]]]:
-    """The ``BucketCost`` of an ``encoder-costs-*.json`` (``python -m vitkit.bench.encoder_costs``):
-    each bucket's ms is its graph's measured replay; the host's share of a pack (``per_pack_ms +
-    per_unit_ms * units``) is fitted (non-negative least squares, relative error) to the whole
-    calls with host pixels minus their packs' replays. Returns the model and per call
-    ``{size, images, measured_ms, modelled_ms, rel_err}``; its median and largest error are the
-    model's."""
+    """The ``BucketCost`` of an ``encoder-costs-*.json`` (``python -m vitkit.bench.encoder_costs``).
+
+    A call costs, per pack, ``graph_scale`` times its bucket graph's measured replay plus the
+    host's share ``per_pack_ms + per_unit_ms * units``. The three are fitted (non-negative least
+    squares on relative error) to the file's serving calls (the calls of a calibration serving
+    replay) when it has them, else to its probe calls with host pixels and ``graph_scale`` 1.
+    Returns the model and per call fitted ``{kind, size or workload, images, measured_ms,
+    modelled_ms, rel_err}`` (kind "serving" or "probe"; the probes are reported either way). Its
+    median and largest error are over the calls it was fitted to."""
     data = json.loads(Path(path).read_text())
     if data.get("schema") != ENCODER_COSTS_SCHEMA:
         raise ValueError(f"{path}: schema must be {ENCODER_COSTS_SCHEMA!r}, got {data.get('schema')!r}")
@@ -233,22 +238,37 @@ def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, A
     replay = {r["bucket"]: float(r["ms"]) for r in data["buckets"]}
     if sorted(replay) != sorted(buckets.sizes):
         raise ValueError(f"{path}: replay times for buckets {sorted(replay)}, the settings list {list(buckets.sizes)}")
+    unit = int(settings["unit"])
     graphs = BucketCost(settings["encoder"], settings["impl"], buckets, tuple(replay[b] for b in buckets.sizes), 0.0,
-                        int(settings["unit"]), tuple(buckets.sizes), len(data["calls"]))
-    calls = data["calls"]
-    if not calls:
-        raise ValueError(f"{path}: no whole-call measurements to fit the host's share to")
-    packs = [pack(list(c["item_units"]), buckets) for c in calls]
-    measured = np.array([float(c["host_pixels_ms"]) for c in calls])
-    graph_ms = np.array([sum(graphs.pack_ms(p) for p in ps) for ps in packs])
-    design = np.array([[len(ps), sum(p.size for p in ps)] for ps in packs], float)
-    per_pack, per_unit = nnls(design / measured[:, None], (measured - graph_ms) / measured)
+                        unit, tuple(buckets.sizes), 0)
+    probes = [("probe", f"{c['size'][0]}x{c['size'][1]}", list(c["item_units"]), float(c["host_pixels_ms"])) for c in data["calls"]]
+    serving = [("serving", f"{c['workload']} {c['mode']}", [r * unit for r in c["item_rows"]], float(c["ms"]))
+               for c in data.get("serving_calls", [])]
+    fitted = serving or probes
+    if not fitted:
+        raise ValueError(f"{path}: no serving or probe calls to fit the host's share to")
+    scale, per_pack, per_unit = _fit_call_parts(graphs, fitted, free_scale=bool(serving))
     machine = data.get("machine", {}).get("device_name") or "?"
-    cost = replace(graphs, per_pack_ms=float(per_pack), per_unit_ms=float(per_unit), source=f"{Path(path).name} ({machine})")
+    cost = replace(graphs, bucket_ms=tuple(scale * ms for ms in graphs.bucket_ms), per_pack_ms=per_pack, per_unit_ms=per_unit, graph_scale=scale,
+                   points=len(fitted), source=f"{Path(path).name} ({machine}; fitted to {fitted[0][0]} calls)")
     rows = []
-    for c, ps, y in zip(calls, packs, measured):
-        modelled = sum(cost.pack_ms(p) for p in ps)
-        rows.append({"size": c["size"], "images": c["images"], "measured_ms": float(y), "modelled_ms": modelled,
+    for kind, what, units, y in probes + serving:
+        modelled = cost.call_units_ms(units)
+        rows.append({"kind": kind, "what": what, "images": len(units), "measured_ms": y, "modelled_ms": modelled,
                      "rel_err": float((modelled - y) / y)})
-    errs = sorted(abs(r["rel_err"]) for r in rows)
+    errs = sorted(abs(r["rel_err"]) for r in rows if r["kind"] == fitted[0][0])
     return replace(cost, median_rel_err=float(np.median(errs)), max_rel_err=float(errs[-1])), rows
+
+
+def _fit_call_parts(graphs: BucketCost, calls: Sequence[tuple[str, str, list[int], float]], *,
+                    free_scale: bool) -> tuple[float, float, float]:
+    """(graph scale, ms per pack, ms per unit) fitted to ``calls`` (their units and ms)."""
+    packs = [pack(units, graphs.buckets) for _, _, units, _ in calls]
+    y = np.array([ms for *_, ms in calls])
+    graph_ms = np.array([sum(graphs.pack_ms(p) for p in ps) for ps in packs])
+    host = np.array([[len(ps), sum(p.size for p in ps)] for ps in packs], float)
+    if free_scale:
+        x = nnls(np.hstack([graph_ms[:, None], host]) / y[:, None], np.ones(len(y)))
+        return float(x[0]), float(x[1]), float(x[2])
+    per_pack, per_unit = nnls(host / y[:, None], (y - graph_ms) / y)
+    return 1.0, float(per_pack), float(per_unit)

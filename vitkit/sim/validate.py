@@ -35,8 +35,9 @@ from vitkit.sim.prefill import default_prefill_results, load_prefill_cost
 from vitkit.sim.stepcost import ENCODER_MODELS, STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
 from vitkit.sim.ttft_report import encoder_fit_record, write_json
 from vitkit.sim.timing import TimedEncoder
-from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay, workload_trace
-from vitkit.sim.workload import build_requests, processing_items
+from vitkit.sim.load import workload_params
+from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay
+from vitkit.sim.workload import build_requests, generate_workload, processing_items
 
 SCHEMA = "vitkit.ttft-validate/1"
 PRESET = "qwen2.5-vl-7b"
@@ -129,16 +130,17 @@ def validate(
     make_item: Any = None,
     sizes: dict[str, tuple[float, int]] | None = None,
     warm_passes: int = 1,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One comparison row per workload x mode: ``encoder`` (real, timed) and ``prefill_runner``
     (real, ``step_ms``) against ``modelled_costs``, on the same requests and arrival times.
-    ``sizes``: workload -> (Poisson rate /s, requests); ``warm_passes`` untimed replays first."""
+    ``sizes``: workload -> (Poisson rate /s, requests); ``warm_passes`` untimed replays first;
+    ``seed``: another draw of requests and arrivals (``validation_trace``)."""
     measured_costs = replace(modelled_costs, prefill=prefill_runner)
     rows = []
     for workload in workloads:
         rate, n = (sizes or DEFAULTS)[workload]
-        process = ArrivalProcess("poisson", rate)
-        trace = process.apply(workload_trace(workload, n))
+        trace, process = validation_trace(workload, n, rate, seed)
         requests = build_requests(trace) if make_item is None else build_requests(trace, make_item)  # once: real pixels are heavy
         for mode in modes:
             run_config = replace(config, mode=mode)
@@ -161,7 +163,7 @@ def validate(
             modelled = timed_replay(trace, modelled_costs, run_config)
             rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label()),
                                  timer.calls_ms)
-                        | {"trace_digest": trace_digest(trace), "measured_pass_compiles": compiles, "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
+                        | {"trace_digest": trace_digest(trace), "trace_seed": seed, "measured_pass_compiles": compiles, "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
             r = rows[-1]
             print(f"{workload:>13} {mode:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
                   f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
@@ -171,15 +173,23 @@ def validate(
     return rows
 
 
+def validation_trace(workload: str, requests: int, rate_per_s: float, seed: int = 0) -> tuple[Any, ArrivalProcess]:
+    """The stock ``workload``'s first ``requests`` requests arriving Poisson at ``rate_per_s``:
+    seed 0 is the validation's draw; another seed draws other requests (the workload's own seed
+    plus it) and other arrival times (a calibration trace, ``vitkit.bench.encoder_costs``)."""
+    params = workload_params(workload, requests)
+    process = ArrivalProcess("poisson", rate_per_s, seed=seed)
+    return process.apply(generate_workload(replace(params, seed=params.seed + seed), workload)), process
+
+
 def stored_replay(row: dict[str, Any], settings: dict[str, Any]) -> tuple[Any, ReplayConfig, ArrivalProcess]:
     """The trace, config and arrival process a stored validation row was replayed with, rebuilt
-    as ``validate`` builds them: the workload's requests (seeded), Poisson arrivals (seed 0) at
+    as ``validate`` builds them (``validation_trace`` with the row's seed, 0 if it names none) at
     the rate in the row's ``arrivals`` label, the file's step budget and cache size."""
     kind, _, rate = row["arrivals"].partition(" ")
     if kind != "poisson" or not rate.endswith("/s"):
         raise ValueError(f"stored row {row['workload']}/{row['mode']}: arrivals {row['arrivals']!r} is not 'poisson <rate>/s'")
-    process = ArrivalProcess("poisson", float(rate[:-2]))
-    trace = process.apply(workload_trace(row["workload"], row["measured"]["requests"]))
+    trace, process = validation_trace(row["workload"], row["measured"]["requests"], float(rate[:-2]), row.get("trace_seed", 0))
     config = ReplayConfig(mode=row["mode"], chunked_prefill_size=settings["chunked_prefill_size"], cache_tokens=settings["cache_tokens"])
     return trace, config, process
 
