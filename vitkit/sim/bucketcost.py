@@ -223,9 +223,11 @@ def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, A
     """The ``BucketCost`` of an ``encoder-costs-*.json`` (``python -m vitkit.bench.encoder_costs``).
 
     A call costs, per pack, ``graph_scale`` times its bucket graph's measured replay plus the
-    host's share ``per_pack_ms + per_unit_ms * units``. The three are fitted (non-negative least
-    squares on relative error) to the file's serving calls (the calls of a calibration serving
-    replay) when it has them, else to its probe calls with host pixels and ``graph_scale`` 1.
+    host's share ``per_pack_ms + per_unit_ms * units``. ``per_unit_ms`` is the staging of host
+    pixels, measured by the probes (host-pixel call minus device-pixel call, per patch); the
+    scale and ``per_pack_ms`` are fitted (non-negative least squares on relative error) to the
+    file's serving calls (the calls of a calibration serving replay) when it has them, else
+    ``per_pack_ms`` alone to its probe calls with host pixels, ``graph_scale`` 1.
     Returns the model and per call fitted ``{kind, size or workload, images, measured_ms,
     modelled_ms, rel_err}`` (kind "serving" or "probe"; the probes are reported either way). Its
     median and largest error are over the calls it was fitted to."""
@@ -244,10 +246,14 @@ def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, A
     probes = [("probe", f"{c['size'][0]}x{c['size'][1]}", list(c["item_units"]), float(c["host_pixels_ms"])) for c in data["calls"]]
     serving = [("serving", f"{c['workload']} {c['mode']}", [r * unit for r in c["item_rows"]], float(c["ms"]))
                for c in data.get("serving_calls", [])]
+    if not data["calls"]:
+        raise ValueError(f"{path}: no probe calls to measure the host's staging cost with")
+    # staging host pixels, per patch: what a call with host pixels costs over the same call with device pixels
+    units = np.array([sum(c["item_units"]) for c in data["calls"]], float)
+    extra = np.array([c["host_pixels_ms"] - c["device_pixels_ms"] for c in data["calls"]])
+    per_unit = float(nnls(units[:, None], extra)[0])
     fitted = serving or probes
-    if not fitted:
-        raise ValueError(f"{path}: no serving or probe calls to fit the host's share to")
-    scale, per_pack, per_unit = _fit_call_parts(graphs, fitted, free_scale=bool(serving))
+    scale, per_pack = _fit_call_parts(graphs, fitted, per_unit, free_scale=bool(serving))
     machine = data.get("machine", {}).get("device_name") or "?"
     cost = replace(graphs, bucket_ms=tuple(scale * ms for ms in graphs.bucket_ms), per_pack_ms=per_pack, per_unit_ms=per_unit, graph_scale=scale,
                    points=len(fitted), source=f"{Path(path).name} ({machine}; fitted to {fitted[0][0]} calls)")
@@ -260,15 +266,17 @@ def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, A
     return replace(cost, median_rel_err=float(np.median(errs)), max_rel_err=float(errs[-1])), rows
 
 
-def _fit_call_parts(graphs: BucketCost, calls: Sequence[tuple[str, str, list[int], float]], *,
-                    free_scale: bool) -> tuple[float, float, float]:
-    """(graph scale, ms per pack, ms per unit) fitted to ``calls`` (their units and ms)."""
+def _fit_call_parts(graphs: BucketCost, calls: Sequence[tuple[str, str, list[int], float]], per_unit: float, *,
+                    free_scale: bool) -> tuple[float, float]:
+    """(graph scale, ms per pack) fitted to ``calls`` (their units and ms), the staging cost
+    ``per_unit`` per unit taken as measured. Graph ms and units grow together, so fitting both
+    per-unit terms at once is ill-conditioned (a fit could zero the graphs and keep only units)."""
     packs = [pack(units, graphs.buckets) for _, _, units, _ in calls]
-    y = np.array([ms for *_, ms in calls])
+    y = np.array([ms for *_, ms in calls]) - per_unit * np.array([sum(p.size for p in ps) for ps in packs])
+    ms = np.array([m for *_, m in calls])
     graph_ms = np.array([sum(graphs.pack_ms(p) for p in ps) for ps in packs])
-    host = np.array([[len(ps), sum(p.size for p in ps)] for ps in packs], float)
+    count = np.array([len(ps) for ps in packs], float)
     if free_scale:
-        x = nnls(np.hstack([graph_ms[:, None], host]) / y[:, None], np.ones(len(y)))
-        return float(x[0]), float(x[1]), float(x[2])
-    per_pack, per_unit = nnls(host / y[:, None], (y - graph_ms) / y)
-    return 1.0, float(per_pack), float(per_unit)
+        x = nnls(np.column_stack([graph_ms, count]) / ms[:, None], y / ms)
+        return float(x[0]), float(x[1])
+    return 1.0, float(nnls(count[:, None] / ms[:, None], (y - graph_ms) / ms)[0])
