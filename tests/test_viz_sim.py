@@ -97,9 +97,9 @@ def test_unknown_encoder_is_an_error():
 def test_default_encoder_time_is_the_stored_cost_model_named_in_the_figures(runs):
     explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)))
     assert explorer.controls["encoder"].value == "qwen2.5-vl-7b/vitkit"
-    # the stream's per-bucket fit when a stream file is stored (the TTFT view's model too), else a sweep's line
+    # the measured bucket model when an encoder-costs file is stored (the TTFT view's model too)
     assert "fitted to " in explorer.status.value
-    assert "stream bucket fit stream-" in explorer.status.value or ".json (NVIDIA H100" in explorer.status.value
+    assert "measured buckets encoder-costs-" in explorer.status.value
     assert "fake" not in explorer.status.value
     figs = sim_figures(explorer.runs, "encoder time: modelled from stored results, x")
     assert all(fig._suptitle.get_text().startswith("encoder time: modelled") for fig in figs.values())
@@ -127,7 +127,7 @@ def test_ttft_explorer_shows_both_modes_from_the_named_cost_models():
     explorer = ttft_explorer(TTFTSettings(num_requests=40, rates=(10.0, 80.0), rate_per_s=80.0))
     assert [r["mode"] for r in explorer.rows] == ["batched", "per_request"]
     assert all(r["rate (req/s)"] == 80.0 and r["TTFT p99 ms"] >= r["TTFT p50 ms"] > 0 for r in explorer.rows)
-    assert "fit stream-qwen2.5-vl-7b" in explorer.status.value and "decode is not modelled" in explorer.status.value
+    assert "measured buckets encoder-costs-" in explorer.status.value and "decode is not modelled" in explorer.status.value
     assert {p.rate_per_s for p in explorer.points} == {10.0, 80.0}
     png = bytes(explorer.figure.value)
     explorer.controls["policy"].value = "cache-aware"

@@ -2,7 +2,8 @@
 
 Qwen2.5-VL-7B's decoder (``vitkit.bench.decoder``: published text config, random bf16 weights,
 fused QKV and gate/up GEMMs, layers compiled once with the row count dynamic, varlen flash
-attention over a KV cache, no CUDA graphs) prefills steps of packed windows over a grid of step
+attention over a KV cache; steps of up to 2048 rows padded to a row bucket and run as CUDA-graph
+segments between eager attention calls, ``vitkit.bench.decoder_graphs``) prefills steps of packed windows over a grid of step
 tokens x context before each window x windows per step, plus a few steps whose windows have
 different contexts. Each point is timed with CUDA events (median after warm-up); MFU is against
 the bf16 matmul peak measured in the same run. Writes ``prefill-<stamp>.json`` and a PNG under
@@ -101,9 +102,11 @@ class PrefillRunner:
 
     ``step_ms(windows)`` really prefills the step (each window's context keys and values are
     already in the pool, random values; the new ones are written into it) and returns its
-    CUDA-event time in ms (perf_counter on CPU). The first call compiles (``warmup``, about a
-    minute for the 7B); a one-row step compiles once more (dynamo specialises size 1). The pool
-    holds ``sum(context + new)`` rows per layer: 56 KiB a row for the 7B in bf16."""
+    CUDA-event time in ms (perf_counter on CPU). ``warmup`` compiles (about a minute for the 7B)
+    and captures every graph bucket's segments (``graph_buckets``, default
+    ``PREFILL_GRAPH_BUCKETS`` on CUDA, none elsewhere; ``()`` runs every step ungraphed). The
+    pool holds ``sum(context + new)`` rows per layer (plus a padding window's): 56 KiB a row for
+    the 7B in bf16."""
 
     def __init__(self, config: DecoderConfig = QWEN2_5_VL_7B_TEXT, *, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.bfloat16, compile: bool = True, seed: int = 0,

@@ -5,12 +5,13 @@ model over every token of the step's windows (text and image placeholders alike)
 starts when both are done. The replay advances its clock by that sum, so a slow step delays
 every request in it and every request queued behind it.
 
-- **Encoder**: a cost per call fitted to stored GPU results. For the bucketed encoder (impl
-  ``vitkit``) with a stream benchmark file (``stream-*.json``, the encoder on a changing stream
-  of calls, the regime a server lives in): a ``BucketCost``, ms per bucket's graph replay plus
-  a per-call overhead, applied to the packs each call makes. Otherwise (``model="line"``, other
-  impls, or only a sweep ``full-*.json``) a ``CallCost`` line over rows per call, fitted by
-  relative error. Or measured: the real encoder, timed (``vitkit.sim.timing.TimedEncoder``).
+- **Encoder**: a cost per call from stored GPU results. For the bucketed encoder (impl
+  ``vitkit``): a ``BucketCost`` applied to the packs each call makes, by default measured part
+  by part (``encoder-costs-*.json``: each bucket graph's replay, the host's staging of pixels,
+  scaled and offset to a calibration serving replay's calls), else fitted to a stream benchmark
+  file's steps (``model="bucket"``). Otherwise (``model="line"``, other impls, or only a sweep
+  ``full-*.json``) a ``CallCost`` line over rows per call, fitted by relative error. Or
+  measured: the real encoder, timed (``vitkit.sim.timing.TimedEncoder``).
 - **Prefill**: anything with ``step_ms(windows) -> ms``, windows as ``(context_tokens_before,
   new_tokens)``: the fitted H100 model ``vitkit.sim.prefill.load_prefill_cost()``, the GPU
   runner that really runs the decoder, or ``FlopPrefillCost`` (an estimate from FLOPs at an
