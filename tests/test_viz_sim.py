@@ -160,14 +160,20 @@ def test_admission_rows_compare_both_policies():
 
 def test_ttft_figure_shows_the_stored_gpu_replay_next_to_the_model():
     from vitkit.sim.plot_ttft import measured_points
-    from vitkit.viz.sim_widget import STORED, TTFTSettings, stored_measured_points
+    from vitkit.viz.sim_widget import STORED, TTFTSettings, measured_at, stored_measured_points, ttft_requests
 
     validation = {"settings": {"chunked_prefill_size": 2048, "cache_tokens": 16384},
                   "rows": [{"workload": "small-images", "mode": "batched", "arrivals": "poisson 40/s",
-                            "measured_p50_ms": 60.0, "measured_p99_ms": 120.0}]}
+                            "measured": {"requests": 600}, "measured_p50_ms": 60.0, "measured_p99_ms": 120.0}]}
     (point,) = measured_points(validation)
     assert point["rate_per_s"] == 40.0 and point["ttft_p99_ms"] == 120.0 and point["cache_tokens"] == 16384
+    assert point["requests"] == 600
+    # drawn only next to a curve of as many requests: a p99 over 200 requests is another statistic
+    assert ttft_requests(TTFTSettings()) == 600 and ttft_requests(TTFTSettings(workload="large-images")) == 150
+    assert measured_at([point], TTFTSettings()) == [point]
+    assert measured_at([point], TTFTSettings(num_requests=200)) == []
     if sorted(STORED.glob("ttft-validate-*.json")):
         stored = stored_measured_points()
         assert {(p["workload"], p["mode"]) for p in stored} >= {("small-images", "batched"), ("small-images", "per_request")}
         assert TTFTSettings().chunked_prefill_size == stored[0]["chunked_prefill_size"]  # the default view shows them
+        assert {p["requests"] for p in stored} == {ttft_requests(TTFTSettings(workload=p["workload"])) for p in stored}

@@ -34,7 +34,8 @@ def _curves(points: Sequence[LoadPoint]) -> dict[tuple[str, str, str], list[Load
 
 def measured_points(validation: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The GPU-measured TTFT of a stored validation (``python -m vitkit.sim validate``): one dict
-    per workload and mode with its Poisson rate, p50 and p99 (ms), and the validation's settings."""
+    per workload and mode with its Poisson rate, request count, p50 and p99 (ms), and the
+    validation's settings."""
     settings = validation.get("settings", {})
     out = []
     for row in validation["rows"]:
@@ -42,6 +43,7 @@ def measured_points(validation: Mapping[str, Any]) -> list[dict[str, Any]]:
         if match is None:
             continue
         out.append({"workload": row["workload"], "mode": row["mode"], "rate_per_s": float(match.group(1)),
+                    "requests": row["measured"]["requests"],
                     "ttft_p50_ms": row["measured_p50_ms"], "ttft_p99_ms": row["measured_p99_ms"],
                     "chunked_prefill_size": settings.get("chunked_prefill_size"),
                     "cache_tokens": settings.get("cache_tokens")})

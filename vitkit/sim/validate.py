@@ -42,15 +42,13 @@ from vitkit.sim.prefill import default_prefill_results, load_prefill_cost
 from vitkit.sim.stepcost import ENCODER_MODELS, STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
 from vitkit.sim.ttft_report import encoder_fit_record, write_json
 from vitkit.sim.timing import TimedEncoder
-from vitkit.sim.load import workload_params
+from vitkit.sim.load import VALIDATION_SIZES, workload_params
 from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay
 from vitkit.sim.workload import build_requests, generate_workload, processing_items
 
 SCHEMA = "vitkit.ttft-validate/1"
 PRESET = "qwen2.5-vl-7b"
-# rate /s, requests: enough that p99 is over several requests (at 200 and 60, two runs of the
-# same trace on the H100 gave p99s 25% apart: the 2nd-slowest request of 200 is a noisy statistic)
-DEFAULTS = {"small-images": (40.0, 600), "large-images": (4.0, 150)}
+DEFAULTS = VALIDATION_SIZES  # rate /s, requests per workload
 
 
 def gpu_prefill_runner(device: str = "cuda") -> Any:

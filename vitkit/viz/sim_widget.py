@@ -33,7 +33,7 @@ from vitkit.sim import (
     prepare,
 )
 from vitkit.sim.latency import DECODE_NOTE
-from vitkit.sim.load import DEFAULT_RATES, TTFT_WORKLOADS
+from vitkit.sim.load import DEFAULT_RATES, TTFT_WORKLOADS, VALIDATION_SIZES
 from vitkit.sim.plot import plot_cache_memory, plot_over_steps
 from vitkit.sim.bucketcost import BucketCost
 from vitkit.sim.plot_ttft import measured_points, plot_ttft_vs_load
@@ -295,7 +295,9 @@ class TTFTSettings:
     workload: str = "small-images"  # a stock TTFT workload (vitkit.sim.load.TTFT_WORKLOADS)
     rate_per_s: float = 40.0  # the rate the table reports (marked on the curves)
     rates: tuple[float, ...] | None = None  # the curve's rates (None: the workload's defaults)
-    num_requests: int = 200
+    # None: the GPU validation's count for the workload (600 / 150), so its measured points,
+    # drawn on the curves, compare like with like (a p99 over 200 requests is another statistic)
+    num_requests: int | None = None
     chunked_prefill_size: int = 2048
     cache_tokens: int = 16384
     policy: str = "legacy"
@@ -307,7 +309,20 @@ def ttft_points(settings: TTFTSettings, costs: StepCosts) -> list[LoadPoint]:
     base = ReplayConfig(chunked_prefill_size=settings.chunked_prefill_size, cache_tokens=settings.cache_tokens,
                         policy=settings.policy)
     configs = [replace(base, mode=mode) for mode in ("batched", "per_request")]
-    return load_sweep(settings.workload, rates, costs, configs, num_requests=settings.num_requests, progress=False)
+    return load_sweep(settings.workload, rates, costs, configs, num_requests=ttft_requests(settings), progress=False)
+
+
+def measured_at(measured: Sequence[Mapping[str, object]], settings: TTFTSettings) -> list[Mapping[str, object]]:
+    """The stored GPU replay's points that were run with these settings (step budget, cache,
+    legacy admission, as many requests as the curve replays)."""
+    return [m for m in measured if m["chunked_prefill_size"] == settings.chunked_prefill_size
+            and m["cache_tokens"] == settings.cache_tokens and settings.policy == "legacy"
+            and m.get("requests") == ttft_requests(settings)]
+
+
+def ttft_requests(settings: TTFTSettings) -> int:
+    """The requests each point of the curve replays (see ``TTFTSettings.num_requests``)."""
+    return settings.num_requests or VALIDATION_SIZES[settings.workload][1]
 
 
 def ttft_rows(points: Sequence[LoadPoint], rate_per_s: float) -> list[dict[str, object]]:
@@ -365,23 +380,18 @@ class TTFTExplorer(widgets.VBox):
                        chunked_prefill_size=c["chunked_prefill_size"].value, cache_tokens=c["cache_tokens"].value,
                        policy=c["policy"].value)
 
-    def measured_at(self, settings: TTFTSettings) -> list[dict[str, object]]:
-        """The stored GPU replay's points, when these settings are the ones it was run with."""
-        return [m for m in self.measured if m["chunked_prefill_size"] == settings.chunked_prefill_size
-                and m["cache_tokens"] == settings.cache_tokens and settings.policy == "legacy"]
-
     def redraw(self) -> None:
         start = time.perf_counter()
         settings = self.current_settings()
         self.points = ttft_points(settings, self.costs)
-        fig = plot_ttft_vs_load(self.points, measured=self.measured_at(settings))
+        fig = plot_ttft_vs_load(self.points, measured=measured_at(self.measured, settings))
         for ax in fig.axes:
             ax.axvline(settings.rate_per_s, color="0.5", linewidth=0.8)
         self.figure.value = figure_png(fig)
         self.rows = ttft_rows(self.points, settings.rate_per_s)
         self.table.value = html_table(self.rows)
         ms = (time.perf_counter() - start) * 1e3
-        self.status.value = (f"{settings.num_requests} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
+        self.status.value = (f"{ttft_requests(settings)} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
                              f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())} "
                              f"<span style='color:#888'>(updated in {ms:.0f} ms)</span>")
 
