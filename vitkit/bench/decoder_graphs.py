@@ -19,14 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from vitkit.checks import positive_int
 from vitkit.encoders.graphs import GraphCache
 
-# Row buckets of the graphed prefill: every step up to 2048 new tokens is padded to one. Below
-# 512 rows a step is bound by reading the weights (~15 GB for the 7B), so padding there is
-# nearly free; above, steps of 256 rows keep padding under 25% (0% at the chunk sizes users
-# pick). Larger steps are compute-bound and run the compiled layers ungraphed.
+# Row buckets of the graphed prefill: every step up to 2048 new tokens is padded to one. Up to
+# ~256 rows a step is bound by reading the weights (~15 GB for the 7B: 8.5-9.6 ms on the H100),
+# so padding there is nearly free; above, steps of 256 rows keep padding under 25% (0% at the
+# chunk sizes users pick). Larger steps are compute-bound and run the compiled layers ungraphed.
 PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 1792, 2048)
 
 
@@ -40,7 +41,7 @@ class SegmentGraphs:
     """Static buffers and per-(bucket, segment) graphs of a decoder's layers.
 
     ``pre(x, cos, sin, ...) -> (q, k, v)`` and ``post(x, attn, ...) -> x`` are the layer halves
-    (``vitkit.bench.decoder``), ``layer_args(i)`` their per-layer arguments. Off CUDA the
+    (``vitkit.bench.decoder``), ``pre_args(i)`` / ``post_args(i)`` layer ``i``'s arguments. Off CUDA the
     segments run as plain calls on the same buffers (the padded path, testable on CPU).
     """
 
@@ -84,14 +85,12 @@ class SegmentGraphs:
         fn = self.segment(i, rows)
         if self.graphs is None:
             return fn()
-        return self.graphs.run((rows, i), lambda: fn(), ())
+        return self.graphs.run((rows, i), fn, ())
 
     def capture(self, progress: bool = False) -> None:
         """Capture every bucket's segments now, largest bucket first (smaller ones reuse its pool)."""
         if self.graphs is None:
             return
-        from tqdm.auto import tqdm
-
         for rows in tqdm(sorted(self.buckets, reverse=True), desc="prefill graphs", disable=not progress):
             for i in range(self.layers + 1):
                 self.graphs.capture((rows, i), self.segment(i, rows), ())

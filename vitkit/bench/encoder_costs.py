@@ -26,8 +26,8 @@ a file has no serving calls). Writes ``encoder-costs-<stamp>.json`` (schema
 from __future__ import annotations
 
 import argparse
-import gc
 import datetime as dt
+import gc
 import json
 import statistics
 import time
@@ -68,7 +68,8 @@ def sustained_median(fn: Callable[[int], Any], device: torch.device, *, sustain_
                      repeats: int = REPEATS) -> float:
     """Median wall time of ``fn(1) .. fn(repeats)`` after running ``fn(0)`` untimed for
     ``sustain_s`` seconds (at least twice). Each timed call is synchronised before and after
-    (the host's work counts). The untimed calls bring the GPU to the clocks of a busy card."""
+    (the host's work counts). The untimed calls put the card under load first, as a server's
+    steps do (on the H100 it moved no point by more than the calls' own jitter)."""
     start, warm = time.perf_counter(), 0
     while warm < 2 or time.perf_counter() - start < sustain_s:
         fn(0)

@@ -38,12 +38,12 @@ from vitkit.encoders import build_encoder
 from vitkit.encoders.base import dynamo_compiles
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
+from vitkit.sim.load import VALIDATION_SIZES, workload_params
 from vitkit.sim.prefill import default_prefill_results, load_prefill_cost
 from vitkit.sim.stepcost import ENCODER_MODELS, STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
-from vitkit.sim.ttft_report import encoder_fit_record, write_json
 from vitkit.sim.timing import TimedEncoder
-from vitkit.sim.load import VALIDATION_SIZES, workload_params
 from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay
+from vitkit.sim.ttft_report import encoder_fit_record, write_json
 from vitkit.sim.workload import build_requests, generate_workload, processing_items
 
 SCHEMA = "vitkit.ttft-validate/1"
@@ -168,7 +168,8 @@ def validate(
             modelled = timed_replay(trace, modelled_costs, run_config)
             rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label()),
                                  timer.calls_ms)
-                        | {"trace_digest": trace_digest(trace), "trace_seed": seed, "measured_pass_compiles": compiles, "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
+                        | {"trace_digest": trace_digest(trace), "trace_seed": seed, "measured_pass_compiles": compiles,
+                           "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
             r = rows[-1]
             print(f"{workload:>13} {mode:>11}: p50 measured {r['measured_p50_ms']:8.1f} modelled {r['modelled_p50_ms']:8.1f} "
                   f"({r['p50_rel_err']:+.1%}); p99 measured {r['measured_p99_ms']:8.1f} modelled {r['modelled_p99_ms']:8.1f} "
