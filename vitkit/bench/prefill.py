@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,6 +123,7 @@ class PrefillRunner:
         self._gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warm = False
+        self.warmup_s: float | None = None
 
     def reserve(self, kv_rows: int) -> None:
         """Make the KV pool hold at least ``kv_rows`` rows per layer (random values)."""
@@ -149,9 +151,11 @@ class PrefillRunner:
         ids = torch.randint(0, self.config.vocab, (layout.rows,), generator=self._gen, device=self.device)
         return ids, layout, kv
 
-    def warmup(self, progress: bool = True) -> None:
+    def warmup(self, progress: bool = True) -> float:
         """Compile (row count dynamic), run two step shapes once (one over the largest graph
-        bucket, ungraphed) and capture every graph bucket's segments."""
+        bucket, ungraphed) and capture every graph bucket's segments; its seconds (a server's
+        cold start pays them), also kept as ``warmup_s``."""
+        start = time.perf_counter()
         largest = max(self.graph_buckets, default=256)
         for windows in ([(0, largest + 64)], [(100, 60), (0, 36)]):
             self.model.forward(*self.prepare(windows))
@@ -159,6 +163,8 @@ class PrefillRunner:
             self.model.segments.capture(progress)
         synchronize(self.device)
         self._warm = True
+        self.warmup_s = time.perf_counter() - start
+        return self.warmup_s
 
     def step_ms(self, windows: Sequence[tuple[int, int]], finishing: Sequence[bool] | None = None) -> float:
         """Prefill one step of ``(context_tokens, new_tokens)`` windows; its time in ms.

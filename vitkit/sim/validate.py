@@ -24,7 +24,7 @@ import datetime as dt
 import gc
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,18 @@ def gpu_prefill_runner(device: str = "cuda") -> Any:
 
 
 def _gpu_encoder(device: str = "cuda") -> Any:
+    """The bucketed Qwen2.5-VL-7B tower on ``device``, warmed (its ``warmup_report`` kept)."""
     encoder = build_encoder(PRESET, device=device, dtype=torch.bfloat16)
-    warmup = getattr(encoder, "warmup", None)
-    if callable(warmup):
-        warmup()
+    encoder.warmup_report = encoder.warmup()
     return encoder
+
+
+def warmup_record(encoder: Any, runner: Any) -> dict[str, Any]:
+    """The cold start both paid before the first timed step: seconds, compiles and captures."""
+    report = getattr(encoder, "warmup_report", None)
+    return {"encoder_s": getattr(report, "seconds", None), "encoder_captures": getattr(report, "captures", None),
+            "encoder_pool_bytes": getattr(report, "pool_bytes", None), "prefill_s": getattr(runner, "warmup_s", None),
+            "prefill_graph_buckets": list(getattr(runner, "graph_buckets", ()))}
 
 
 def trace_digest(trace: Any) -> str:
@@ -136,11 +143,13 @@ def validate(
     sizes: dict[str, tuple[float, int]] | None = None,
     warm_passes: int = 1,
     seed: int = 0,
+    timer: Callable[[Any], TimedEncoder] = TimedEncoder,
 ) -> list[dict[str, Any]]:
     """One comparison row per workload x mode: ``encoder`` (real, timed) and ``prefill_runner``
     (real, ``step_ms``) against ``modelled_costs``, on the same requests and arrival times.
     ``sizes``: workload -> (Poisson rate /s, requests); ``warm_passes`` untimed replays first;
-    ``seed``: another draw of requests and arrivals (``validation_trace``)."""
+    ``seed``: another draw of requests and arrivals (``validation_trace``); ``timer`` wraps the
+    encoder for each pass (a ``TimedEncoder`` or a subclass that records more per call)."""
     measured_costs = replace(modelled_costs, prefill=prefill_runner)
     rows = []
     for workload in workloads:
@@ -153,21 +162,21 @@ def validate(
             for k in range(warm_passes + 1):
                 compiles = dynamo_compiles()  # a compile inside the timed pass would stall its steps
                 stats = _stats(encoder)
-                timer = TimedEncoder(encoder)
+                timed = timer(encoder)
                 if k == warm_passes:
                     # the heap built so far (items, graphs, caches) is left out of collections, as
                     # vLLM's engine does after start-up: no multi-ms collector pause inside a step
                     gc.collect()
                     gc.freeze()
                 try:
-                    measured = timed_replay(trace, measured_costs, run_config, encoder=encoder, encoder_timer=timer,
+                    measured = timed_replay(trace, measured_costs, run_config, encoder=encoder, encoder_timer=timed,
                                             requests=requests, progress=True, shadow=modelled_costs)
                 finally:
                     gc.unfreeze()
             compiles = dynamo_compiles() - compiles
             modelled = timed_replay(trace, modelled_costs, run_config)
             rows.append(_compare(workload, mode, replace(measured, arrivals=process.label()), replace(modelled, arrivals=process.label()),
-                                 timer.calls_ms)
+                                 timed.calls_ms)
                         | {"trace_digest": trace_digest(trace), "trace_seed": seed, "measured_pass_compiles": compiles,
                            "measured_pass_encoder_stats": _stats_delta(encoder, stats)})
             r = rows[-1]
@@ -313,5 +322,5 @@ def run_on_gpu(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
     data = {"schema": SCHEMA, "created": stamp, "note": DECODE_NOTE, "machine": machine_info(), "versions": versions(),
             "sources": {"modelled": modelled_costs.label(), "measured_prefill": prefill_source(runner),
                         "measured_encoder": f"{PRESET} bf16 {getattr(encoder, 'impl', '?')}"},
-            "settings": vars(args), "rows": rows}
+            "settings": vars(args), "rows": rows, "warmup": warmup_record(encoder, runner)}
     return data, encoder, runner
