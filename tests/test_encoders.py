@@ -14,7 +14,6 @@ from hypothesis import given, settings, strategies as st
 from vitkit.encoders import PRESETS, build_encoder, count_parameters, get_preset
 from vitkit.encoders import attention as attention_mod
 from vitkit.encoders.attention import packed_attention
-from vitkit.encoders.base import join_host
 from vitkit.encoders.qwen import packed_layout
 from vitkit.images import load_images
 from vitkit.item import MultimodalItem
@@ -186,13 +185,6 @@ def test_features_come_from_cpu_copy_when_not_on_device(encoders):
     expected = enc([item])[0]
     item.feature = torch.empty(item.feature.shape, device="meta")  # "on another device"
     assert torch.equal(enc([item])[0], expected)
-
-
-@pytest.mark.parametrize("combine, shapes", [("stack", [(3, 4, 4)] * 3), ("cat", [(5, 6), (2, 6), (7, 6)])])
-def test_join_host_equals_torch_join(combine, shapes):
-    parts = [torch.randn(s) for s in shapes]
-    expected = torch.stack(parts) if combine == "stack" else torch.cat(parts)
-    assert torch.equal(join_host(parts, combine, pin=False), expected)
 
 
 def test_empty_batch_returns_empty_list(encoders):

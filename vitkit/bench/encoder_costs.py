@@ -158,11 +158,13 @@ def serving_rows(encoder, runner, sizes: dict[str, tuple[float, int]], preset: s
 
 def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, runner=None,
             serving: dict[str, tuple[float, int]] | None = None, progress: bool = True,
-            sustain_s: float = SUSTAIN_S) -> dict[str, Any]:
+            sustain_s: float = SUSTAIN_S, encoder=None) -> dict[str, Any]:
     """Warm the encoder, time its bucket graphs and the probe ``calls``, then (with a prefill
-    ``runner`` and ``serving`` sizes) the calls of a calibration serving replay."""
-    encoder = build_encoder(preset, device=device, dtype=dtype)
-    warm = encoder.warmup(progress=progress)
+    ``runner`` and ``serving`` sizes) the calls of a calibration serving replay. ``encoder``: one
+    of ``preset`` already built on ``device`` (its warm-up is then only checked, not repeated)."""
+    encoder = encoder or build_encoder(preset, device=device, dtype=dtype)
+    # a warm encoder passed in reports its own cold warm-up (``vitkit.sim.validate._gpu_encoder`` keeps it)
+    warm = getattr(encoder, "warmup_report", None) or encoder.warmup(progress=progress)
     stats = encoder.stats.copy()
     buckets = bucket_rows(encoder, device, progress, sustain_s)
     calls_measured = call_rows(encoder, device, calls, progress, sustain_s)

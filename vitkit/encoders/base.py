@@ -25,6 +25,7 @@ from vitkit.encoders.buckets import Buckets, Pack, pack
 from vitkit.encoders.fused import fuse_tower
 from vitkit.encoders.graphs import GraphCache
 from vitkit.encoders.presets import EncoderPreset
+from vitkit.encoders.staging import HostStaging, join_host
 from vitkit.item import MultimodalItem
 
 IMPLS = ("vitkit", "vitkit-eager", "stock")
@@ -110,6 +111,7 @@ class VisionEncoder:
         self.stats = EncoderStats()
         self.last_call: tuple[PackRecord, ...] = ()
         self._buffers: dict[str, torch.Tensor] | None = None
+        self.staging: HostStaging | None = None  # made by the first call that stages host features
 
     name = property(lambda self: self.preset.name)
     config = property(lambda self: self.model.config, doc="The transformers vision config.")
@@ -278,9 +280,11 @@ class VisionEncoder:
         """The items' features combined on the encoder's device (``combine``: "stack" or "cat").
 
         Features already on the device are combined there. Otherwise the CPU copies
-        (``item.cpu_feature``) are combined on the host, pinned when the target is CUDA, and moved
-        in one non-blocking copy: one transfer per batch instead of one per item. The result is
-        cast to the encoder's dtype on the device (the host copy stays float32).
+        (``item.cpu_feature``) are combined on the host by one thread and, on CUDA, into the
+        encoder's page-locked staging buffer, then moved in one non-blocking copy: one transfer
+        per batch instead of one per item (``vitkit.encoders.staging`` says why one thread and
+        one buffer). The result is cast to the encoder's dtype on the device (the host copy stays
+        float32).
         """
         if all(item.feature.device == self.device for item in items):
             join = torch.stack if combine == "stack" else torch.cat
@@ -288,20 +292,7 @@ class VisionEncoder:
         parts = [item.cpu_feature if item.cpu_feature is not None else item.feature.cpu() for item in items]
         if self.device.type != "cuda":
             return join_host(parts, combine, pin=False).to(self.device, self.dtype)
-        host = join_host(parts, combine, pin=True)
-        return host.to(self.device, non_blocking=True).to(self.dtype)
+        if self.staging is None:
+            self.staging = HostStaging(self.device)
+        return self.staging.stage(parts, combine).to(self.dtype)
 
-
-def join_host(parts: list[torch.Tensor], combine: str, pin: bool) -> torch.Tensor:
-    """Stack or concatenate host tensors straight into one new (optionally page-locked) buffer:
-    one host copy, where ``torch.cat(...).pin_memory()`` makes two."""
-    if combine not in ("stack", "cat"):
-        raise ValueError(f"combine must be 'stack' or 'cat', got {combine!r}")
-    first = parts[0]
-    if combine == "stack":
-        shape = (len(parts), *first.shape)
-    else:
-        shape = (sum(p.shape[0] for p in parts), *first.shape[1:])
-    out = torch.empty(shape, dtype=first.dtype, pin_memory=pin)
-    (torch.stack if combine == "stack" else torch.cat)(parts, out=out)
-    return out

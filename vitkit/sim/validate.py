@@ -309,12 +309,13 @@ def main(argv: list[str] | None = None) -> None:
     print(write_json(Path(args.out) / f"ttft-validate-{data['created']}.json", data))
 
 
-def run_on_gpu(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
+def run_on_gpu(args: argparse.Namespace, encoder: Any = None, runner: Any = None) -> tuple[dict[str, Any], Any, Any]:
     """The GPU validation for parsed CLI ``args``: (the file's data, the warm encoder, the
-    warm prefill runner; both kept for probes that follow on the same machine)."""
+    warm prefill runner; both kept for probes that follow on the same machine). ``encoder`` and
+    ``runner``: warm ones to reuse (their warm-up seconds are still reported)."""
     modelled_costs = StepCosts(load_encoder_cost(args.results, PRESET), default_prefill())
-    encoder = _gpu_encoder()
-    runner = gpu_prefill_runner()
+    encoder = encoder or _gpu_encoder()
+    runner = runner or gpu_prefill_runner()
     config = ReplayConfig(chunked_prefill_size=args.chunked_prefill_size, cache_tokens=args.cache_tokens)
     rows = validate(encoder, runner, modelled_costs, workloads=args.workloads, modes=args.modes, config=config,
                     make_item=processing_items(PRESET))
