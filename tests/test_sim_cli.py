@@ -9,6 +9,7 @@ from vitkit.sim import ReplayConfig, StepCosts, load_encoder_cost
 from vitkit.sim.__main__ import main
 from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.stepcost import FlopPrefillCost
+from vitkit.sim.timing import TimedEncoder
 from vitkit.sim.ttft import replay_at_rate, workload_trace
 from vitkit.sim.validate import main as validate_main
 from vitkit.sim.validate import validate
@@ -50,6 +51,38 @@ def test_validate_compares_measured_and_modelled_runs():
     # the same prefill both sides; the encoder side differs (CPU wall time of a fake vs the H100 model)
     assert row["measured_prefill_ms"] == pytest.approx(row["modelled_prefill_ms"], rel=0.5)
     assert row["p99_rel_err"] == pytest.approx((row["modelled_p99_ms"] - row["measured_p99_ms"]) / row["measured_p99_ms"])
+
+
+class JitteryPrefill:
+    """A prefill whose steps cost more on each replay of the trace: passes differ, in a known order."""
+
+    def __init__(self) -> None:
+        self.inner, self.scale = FlopPrefillCost(), 1.0
+
+    def step_ms(self, windows):
+        return self.scale * self.inner.step_ms(windows)
+
+
+def test_validate_shows_the_timed_pass_with_the_median_p99_and_keeps_them_all():
+    costs = StepCosts(load_encoder_cost(), FlopPrefillCost())
+    prefill, made = JitteryPrefill(), []
+
+    def timer(encoder):  # one per pass: each pass's prefill 20% slower than the last
+        prefill.scale = 1.0 + 0.2 * len(made)
+        made.append(TimedEncoder(encoder))
+        return made[-1]
+
+    (row,) = validate(FakeEncoder(8), prefill, costs, workloads=["small-images"], modes=["batched"],
+                      sizes={"small-images": (40.0, 20)}, warm_passes=1, timed_passes=3, timer=timer)
+    passes = row["measured_passes"]
+    assert len(made) == 4 and len(passes) == 3  # one warm pass, not kept
+    p99s = [p["p99_ms"] for p in passes]
+    assert p99s == sorted(p99s) and p99s[0] < p99s[2]  # slower prefill, later pass
+    assert row["measured_pass"] == 1 and row["measured_p99_ms"] == p99s[1] and row["measured_p50_ms"] == passes[1]["p50_ms"]
+    assert row["measured_prefill_ms"] == pytest.approx(passes[1]["prefill_ms"])
+    assert all(p["encoder_calls"] == passes[0]["encoder_calls"] > 0 for p in passes)
+    with pytest.raises(ValueError, match="timed_passes must be >= 1, got 0"):
+        validate(FakeEncoder(8), prefill, costs, workloads=["small-images"], timed_passes=0)
 
 
 def test_validate_refuses_an_unknown_mode_before_building_anything(tmp_path, capsys):

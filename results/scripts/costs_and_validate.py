@@ -5,7 +5,7 @@ differed by up to 15% on small encoder calls), and a fresh machine may be anothe
 warms the encoder and the 7B prefill once, then runs ``python -m vitkit.bench.encoder_costs``'s
 measurement, stores its file where the validation's model loader finds it (``--results``), runs
 ``python -m vitkit.sim validate`` against it, and last, the one-image probes of
-``slow_calls.py`` (calls after nothing / after a 2048-token prefill step).
+``slow_calls.py`` (calls after nothing / after a 2048-token prefill step; ``--no-probes`` skips them).
 
     PYTHONPATH=. python results/scripts/costs_and_validate.py --out DIR     # one GPU, about 8 minutes
 
@@ -37,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--results", type=Path, default=Path("results/h100"), help="where the model loader looks")
+    parser.add_argument("--timed-passes", type=int, default=1, help="the validation's timed passes per workload and mode")
+    parser.add_argument("--no-probes", action="store_true", help="skip the one-image probes at the end")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     encoder, runner = _gpu_encoder(), gpu_prefill_runner()
@@ -49,10 +51,12 @@ def main() -> None:
     shutil.copy(path, args.results / path.name)  # the newest encoder-costs file: the validation's model
     print(encoder_costs.format_table(costs), flush=True)
 
-    _, validate_args = parse_args(["--out", str(args.out), "--results", str(args.results)])
+    _, validate_args = parse_args(["--out", str(args.out), "--results", str(args.results), "--timed-passes", str(args.timed_passes)])
     data, _, _ = run_on_gpu(validate_args, encoder, runner)
     print(write_json(args.out / f"ttft-validate-{data['created']}.json", data), flush=True)
 
+    if args.no_probes:
+        return
     nvml, log = Nvml(), []
     probes(encoder, runner, Phases(encoder), nvml, log)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
