@@ -31,14 +31,17 @@ def test_smoke_file_times_every_bucket_and_every_call(smoke_file):
         assert sum(size for size, _ in call["packs"]) == sum(call["item_units"])
     assert data["compiles_after_warmup"] == 0 and data["captures_after_warmup"] == 0
     assert data["settings"]["serving"]["seed"] == 1 and data["settings"]["serving"]["prefill"] == "tiny-decoder"
+    steps = data["serving_prefill_steps"]  # the calibration replay's prefill steps, for the prefill model's calibration
+    assert steps and all(s["ms"] > 0 and s["windows"] and all(new > 0 for _, new in s["windows"]) for s in steps)
 
 
 def test_measured_model_is_scaled_graph_replays_plus_a_host_share_fitted_to_serving_calls(smoke_file):
     data = json.loads(smoke_file.read_text())
     assert data["serving_calls"] and {c["workload"] for c in data["serving_calls"]} == {"small-images", "large-images"}
     cost, rows = measured_bucket_cost(smoke_file)
-    assert cost.bucket_ms == pytest.approx([cost.graph_scale * r["ms"] for r in data["buckets"]])  # measured shape
-    assert cost.graph_scale > 0 and cost.per_pack_ms >= 0 and cost.per_unit_ms >= 0
+    assert len(cost.bucket_scales) == len(data["buckets"])
+    assert cost.bucket_ms == pytest.approx([k * r["ms"] for k, r in zip(cost.bucket_scales, data["buckets"])])  # measured shape
+    assert cost.graph_scale >= 0 and all(k >= 0 for k in cost.bucket_scales) and cost.per_pack_ms >= 0 and cost.per_unit_ms >= 0
     assert "fitted to serving calls" in cost.source and cost.points == len(data["serving_calls"])
     serving = [r for r in rows if r["kind"] == "serving"]
     for call, row in zip(data["serving_calls"], serving):
@@ -85,4 +88,31 @@ def test_loader_prefers_a_gpu_encoder_costs_file_and_says_which(tmp_path, smoke_
     chosen = load_encoder_cost(tmp_path)
     assert chosen.source.startswith("measured buckets encoder-costs-20990101T000000Z.json")
     assert chosen.bookkeeping_ms == fallback.bookkeeping_ms  # bookkeeping still from the stream
-    assert chosen.call.bucket_ms == pytest.approx([chosen.call.graph_scale * r["ms"] for r in data["buckets"]])
+    assert chosen.call.bucket_ms == pytest.approx([k * r["ms"] for k, r in zip(chosen.call.bucket_scales, data["buckets"])])
+    assert load_encoder_cost(tmp_path, costs_file=tmp_path / "encoder-costs-20990101T000000Z.json").call == chosen.call
+    with pytest.raises(ValueError, match="not a GPU encoder-costs file"):
+        load_encoder_cost(tmp_path, costs_file=smoke_file)  # the smoke file is a CPU one
+    with pytest.raises(ValueError, match="model must be 'measured'"):
+        load_encoder_cost(tmp_path, model="bucket", costs_file=smoke_file)
+
+
+def test_buckets_with_enough_serving_packs_get_their_own_scale(tmp_path, smoke_file):
+    """Serving calls that ran 1.1x their graph in one bucket and 1.3x in another (plus the
+    staging): each of those buckets recovers its factor; a bucket seen in too few packs shares
+    the pooled one; buckets never seen take it too."""
+    data = json.loads(smoke_file.read_text())
+    replay = {r["bucket"]: r["ms"] for r in data["buckets"]}
+    cost, _ = measured_bucket_cost(smoke_file)
+    per_unit = cost.per_unit_ms
+    small, large = data["buckets"][0], data["buckets"][-1]
+    rows_small, rows_large = small["real_units"] // cost.unit, large["real_units"] // cost.unit
+    calls = ([{"workload": "w", "mode": "batched", "item_rows": [rows_small], "ms": 1.1 * replay[small["bucket"]] + per_unit * small["real_units"]}] * 20
+             + [{"workload": "w", "mode": "batched", "item_rows": [rows_large], "ms": 1.3 * replay[large["bucket"]] + per_unit * large["real_units"]}] * 20)
+    path = tmp_path / "encoder-costs-y.json"
+    path.write_text(json.dumps(data | {"serving_calls": calls}))
+    fitted, _ = measured_bucket_cost(path)
+    scales = dict(zip(fitted.buckets.sizes, fitted.bucket_scales))
+    assert scales[small["bucket"]] == pytest.approx(1.1, rel=1e-6) and scales[large["bucket"]] == pytest.approx(1.3, rel=1e-6)
+    assert fitted.per_pack_ms == pytest.approx(0.0, abs=1e-9)
+    others = [k for b, k in scales.items() if b not in (small["bucket"], large["bucket"])]
+    assert others and all(k == fitted.graph_scale == pytest.approx(1.2) for k in others)  # median of the own scales

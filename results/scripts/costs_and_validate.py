@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("results/h100"), help="where the model loader looks")
     parser.add_argument("--timed-passes", type=int, default=1, help="the validation's timed passes per workload and mode")
     parser.add_argument("--no-probes", action="store_true", help="skip the one-image probes at the end")
+    parser.add_argument("--workloads", nargs="+", default=None, help="the validation's workloads (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     encoder, runner = _gpu_encoder(), gpu_prefill_runner()
@@ -51,7 +52,8 @@ def main() -> None:
     shutil.copy(path, args.results / path.name)  # the newest encoder-costs file: the validation's model
     print(encoder_costs.format_table(costs), flush=True)
 
-    _, validate_args = parse_args(["--out", str(args.out), "--results", str(args.results), "--timed-passes", str(args.timed_passes)])
+    _, validate_args = parse_args(["--out", str(args.out), "--results", str(args.results), "--timed-passes", str(args.timed_passes),
+                                   *(["--workloads", *args.workloads] if args.workloads else [])])
     data, _, _ = run_on_gpu(validate_args, encoder, runner)
     print(write_json(args.out / f"ttft-validate-{data['created']}.json", data), flush=True)
 

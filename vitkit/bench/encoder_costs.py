@@ -13,6 +13,8 @@ on the GPU already, where a server's come from the host. So this measures:
    workloads and rates, another draw of requests and arrival times, the real 7B prefill between
    calls). On the H100 calls ran 10-20% slower there than alone, by amounts probes 1-2 did not
    reproduce (timed alone, after a prefill, or under sustained load), so the model is fitted here.
+   The replay's prefill steps are kept too: the prefill grid, timed as repeats of one step, ran
+   some step shapes up to 10% slower than serving did.
 
 ``vitkit.sim.bucketcost.measured_bucket_cost`` turns the file into the replay's encoder model:
 the graphs' ms from 1, scaled, plus a host share per pack and per patch, fitted to 3 (to 2 when
@@ -141,10 +143,12 @@ def call_rows(encoder, device: torch.device, calls: Sequence, progress: bool, su
     return rows
 
 
-def serving_rows(encoder, runner, sizes: dict[str, tuple[float, int]], preset: str) -> list[dict[str, Any]]:
-    """Every encoder call of a serving replay (``vitkit.sim.validate.validate`` on a calibration
-    draw of each stock workload, seed ``CALIBRATION_SEED``: other requests and arrival times than
-    the validation's), both modes, timed pass only: its items' rows and its ms."""
+def serving_rows(encoder, runner, sizes: dict[str, tuple[float, int]], preset: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every encoder call and every prefill step of a serving replay (``vitkit.sim.validate.validate``
+    on a calibration draw of each stock workload, seed ``CALIBRATION_SEED``: other requests and
+    arrival times than the validation's), both modes, timed pass only: (calls, each its items'
+    rows and ms; prefill steps, each its ``(context, new)`` windows and ms). The prefill steps
+    calibrate the prefill grid's model to serving (``vitkit.sim.prefill.calibrate_prefill``)."""
     from vitkit.sim.stepcost import FlopPrefillCost, StepCosts, load_encoder_cost
     from vitkit.sim.validate import validate
     from vitkit.sim.workload import processing_items
@@ -152,8 +156,11 @@ def serving_rows(encoder, runner, sizes: dict[str, tuple[float, int]], preset: s
     shadow = StepCosts(load_encoder_cost(), FlopPrefillCost())  # only its call bookkeeping is used
     rows = validate(encoder, runner, shadow, workloads=list(sizes), sizes=sizes, make_item=processing_items(preset),
                     seed=CALIBRATION_SEED)
-    return [{"workload": r["workload"], "mode": r["mode"], "item_rows": items, "ms": ms}
-            for r in rows for step in r["measured_steps"] for items, ms in zip(step["call_item_rows"], step["call_ms"])]
+    calls = [{"workload": r["workload"], "mode": r["mode"], "item_rows": items, "ms": ms}
+             for r in rows for step in r["measured_steps"] for items, ms in zip(step["call_item_rows"], step["call_ms"])]
+    steps = [{"workload": r["workload"], "mode": r["mode"], "windows": step["windows"], "ms": step["prefill_ms"]}
+             for r in rows for step in r["measured_steps"] if step["windows"]]
+    return calls, steps
 
 
 def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, runner=None,
@@ -169,7 +176,7 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
     buckets = bucket_rows(encoder, device, progress, sustain_s)
     calls_measured = call_rows(encoder, device, calls, progress, sustain_s)
     after = encoder.stats - stats
-    served = serving_rows(encoder, runner, serving, preset) if runner is not None and serving else []
+    served, prefill_steps = serving_rows(encoder, runner, serving, preset) if runner is not None and serving else ([], [])
     return {
         "schema": SCHEMA, "kind": "gpu" if device.type == "cuda" else "cpu-smoke",
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
@@ -182,7 +189,7 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
                      "serving": {"sizes": serving or {}, "seed": CALIBRATION_SEED,
                                  "prefill": getattr(getattr(runner, "config", None), "name", None)},
                      "warmup_s": warm.seconds},
-        "buckets": buckets, "calls": calls_measured, "serving_calls": served,
+        "buckets": buckets, "calls": calls_measured, "serving_calls": served, "serving_prefill_steps": prefill_steps,
         "compiles_after_warmup": after.compiles, "captures_after_warmup": after.captures,
     }
 

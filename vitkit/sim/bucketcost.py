@@ -54,7 +54,8 @@ class BucketCost:
     # the host's share of a pack (measured models only): checks, layout, staging host pixels
     per_pack_ms: float = 0.0
     per_unit_ms: float = 0.0  # per real unit (patch) in the pack
-    graph_scale: float = 1.0  # measured models: bucket_ms are the graphs' replays times this
+    graph_scale: float = 1.0  # measured models: the replays' factor where no bucket has its own
+    bucket_scales: tuple[float, ...] = ()  # measured models: each bucket's factor (aligned with sizes)
 
     def __post_init__(self) -> None:
         if len(self.bucket_ms) != len(self.buckets.sizes):
@@ -82,7 +83,10 @@ class BucketCost:
     def describe(self) -> str:
         seen = ", ".join(f"{s}:{ms:.2f}" for s, ms in zip(self.buckets.sizes, self.bucket_ms) if s in self.observed)
         host = f" + {self.per_pack_ms:.2f} ms/pack + {1e3 * self.per_unit_ms:.2f} us/unit" if self.per_pack_ms or self.per_unit_ms else ""
-        scale = f" (replays x {self.graph_scale:.3f})" if self.graph_scale != 1.0 else ""
+        if self.bucket_scales:
+            scale = " (replays x " + ", ".join(f"{s}:{k:.3f}" for s, k in zip(self.buckets.sizes, self.bucket_scales)) + ")"
+        else:
+            scale = f" (replays x {self.graph_scale:.3f})" if self.graph_scale != 1.0 else ""
         return f"bucket model: {self.per_call_ms:.2f} ms/call{host} + graph ms per bucket{scale} (units:ms) {seen}"
 
 
@@ -222,12 +226,21 @@ ENCODER_COSTS_SCHEMA = "vitkit.encoder-costs/1"
 def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, Any]]]:
     """The ``BucketCost`` of an ``encoder-costs-*.json`` (``python -m vitkit.bench.encoder_costs``).
 
-    A call costs, per pack, ``graph_scale`` times its bucket graph's measured replay plus the
+    A call costs, per pack, its bucket's scale times the bucket graph's measured replay plus the
     host's share ``per_pack_ms + per_unit_ms * units``. ``per_unit_ms`` is the staging of host
-    pixels, measured by the probes (host-pixel call minus device-pixel call, per patch); the
-    scale and ``per_pack_ms`` are fitted (non-negative least squares on relative error) to the
-    file's serving calls (the calls of a calibration serving replay) when it has them, else
-    ``per_pack_ms`` alone to its probe calls with host pixels, ``graph_scale`` 1.
+    pixels, measured by the probes (host-pixel call minus device-pixel call, per patch). The
+    scales and ``per_pack_ms`` are fitted (non-negative least squares on relative error) to the
+    file's serving calls (the calls of a calibration serving replay) when it has them: a bucket
+    with at least ``OWN_SCALE_PACKS`` packs among them gets a scale of its own, the others share
+    ``graph_scale`` (``bucket_scales`` lists them all). Without serving calls ``per_pack_ms`` alone
+    is fitted to the probe calls with host pixels, every scale 1.
+
+    Why a scale per bucket: in the calibration replays on two H100s a one-image call (bucket
+    1024) ran 1.12-1.13x its replay alone (after the staging), a large image's (bucket 7168)
+    1.21-1.22x, and some buckets' replays alone were off their neighbours by 15-25% in one process
+    and not in another. One shared scale then over-modelled every small call by 3-6% and
+    under-modelled the large ones by 3-6%, and near the knee the queue amplifies a 2% step-cost
+    error to about 8% at p99.
     Returns the model and per call fitted ``{kind, size or workload, images, measured_ms,
     modelled_ms, rel_err}`` (kind "serving" or "probe"; the probes are reported either way). Its
     median and largest error are over the calls it was fitted to."""
@@ -253,9 +266,10 @@ def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, A
     extra = np.array([c["host_pixels_ms"] - c["device_pixels_ms"] for c in data["calls"]])
     per_unit = float(nnls(units[:, None], extra)[0])
     fitted = serving or probes
-    scale, per_pack = _fit_call_parts(graphs, fitted, per_unit, free_scale=bool(serving))
+    scales, pooled, per_pack = _fit_call_parts(graphs, fitted, per_unit, free_scale=bool(serving))
     machine = data.get("machine", {}).get("device_name") or "?"
-    cost = replace(graphs, bucket_ms=tuple(scale * ms for ms in graphs.bucket_ms), per_pack_ms=per_pack, per_unit_ms=per_unit, graph_scale=scale,
+    cost = replace(graphs, bucket_ms=tuple(k * ms for k, ms in zip(scales, graphs.bucket_ms)), per_pack_ms=per_pack,
+                   per_unit_ms=per_unit, graph_scale=pooled, bucket_scales=scales if serving else (),
                    points=len(fitted), source=f"{Path(path).name} ({machine}; fitted to {fitted[0][0]} calls)")
     rows = []
     for kind, what, units, y in probes + serving:
@@ -266,17 +280,35 @@ def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, A
     return replace(cost, median_rel_err=float(np.median(errs)), max_rel_err=float(errs[-1])), rows
 
 
+OWN_SCALE_PACKS = 8  # packs of a bucket among the serving calls for it to get a scale of its own
+
+
 def _fit_call_parts(graphs: BucketCost, calls: Sequence[tuple[str, str, list[int], float]], per_unit: float, *,
-                    free_scale: bool) -> tuple[float, float]:
-    """(graph scale, ms per pack) fitted to ``calls`` (their units and ms), the staging cost
-    ``per_unit`` per unit taken as measured. Graph ms and units grow together, so fitting both
-    per-unit terms at once is ill-conditioned (a fit could zero the graphs and keep only units)."""
+                    free_scale: bool) -> tuple[tuple[float, ...], float, float]:
+    """(scale per bucket, the shared scale, ms per pack) fitted to ``calls`` (their units and
+    ms), the staging cost ``per_unit`` per unit taken as measured. Graph ms and units grow
+    together, so fitting both per-unit terms at once is ill-conditioned (a fit could zero the
+    graphs and keep only units). ``free_scale``: buckets with ``OWN_SCALE_PACKS`` packs among the
+    calls get their own scale, the rest share one (the median of the own ones if no call has a
+    pack of theirs); else every scale is 1."""
+    sizes = list(graphs.buckets.sizes)
     packs = [pack(units, graphs.buckets) for _, _, units, _ in calls]
-    y = np.array([ms for *_, ms in calls]) - per_unit * np.array([sum(p.size for p in ps) for ps in packs])
     ms = np.array([m for *_, m in calls])
-    graph_ms = np.array([sum(graphs.pack_ms(p) for p in ps) for ps in packs])
+    y = ms - per_unit * np.array([sum(p.size for p in ps) for ps in packs])
     count = np.array([len(ps) for ps in packs], float)
-    if free_scale:
-        x = nnls(np.column_stack([graph_ms, count]) / ms[:, None], y / ms)
-        return float(x[0]), float(x[1])
-    return 1.0, float(nnls(count[:, None] / ms[:, None], (y - graph_ms) / ms)[0])
+    if not free_scale:
+        graph_ms = np.array([sum(graphs.pack_ms(p) for p in ps) for ps in packs])
+        return (1.0,) * len(sizes), 1.0, float(nnls(count[:, None] / ms[:, None], (y - graph_ms) / ms)[0])
+    # graph ms of each call's packs, one column per bucket (unbucketed packs go to the largest's)
+    per_bucket = np.zeros((len(calls), len(sizes)))
+    for i, ps in enumerate(packs):
+        for p in ps:
+            per_bucket[i, len(sizes) - 1 if p.bucket is None else sizes.index(p.bucket)] += graphs.pack_ms(p)
+    seen = np.array([sum(p.bucket == b for ps in packs for p in ps) for b in sizes])
+    own = [j for j in range(len(sizes)) if seen[j] >= OWN_SCALE_PACKS]
+    shared = [j for j in range(len(sizes)) if j not in own]
+    columns = [per_bucket[:, j] for j in own] + [per_bucket[:, shared].sum(axis=1), count]
+    x = nnls(np.column_stack(columns) / ms[:, None], y / ms)
+    own_scales = dict(zip(own, x[: len(own)]))
+    pooled = float(x[len(own)]) if per_bucket[:, shared].any() else float(np.median(list(own_scales.values())))
+    return tuple(float(own_scales.get(j, pooled)) for j in range(len(sizes))), pooled, float(x[-1])

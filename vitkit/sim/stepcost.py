@@ -152,15 +152,22 @@ def _from_sweep(path: Path, encoder: str, impl: str | None) -> EncoderCost | Non
 
 def _from_encoder_costs(folder: Path, encoder: str, impl: str | None) -> tuple[BucketCost, Path] | None:
     for path in _newest(folder, "encoder-costs-*.json"):
-        data = json.loads(path.read_text())
-        settings = data.get("settings", {})
-        if data.get("kind") == "gpu" and settings.get("encoder") == encoder and settings.get("impl") == (impl or DEFAULT_IMPL):
-            return measured_bucket_cost(path)[0], path
+        found = _from_encoder_costs_file(path, encoder, impl)
+        if found is not None:
+            return found
+    return None
+
+
+def _from_encoder_costs_file(path: Path, encoder: str, impl: str | None) -> tuple[BucketCost, Path] | None:
+    data = json.loads(path.read_text())
+    settings = data.get("settings", {})
+    if data.get("kind") == "gpu" and settings.get("encoder") == encoder and settings.get("impl") == (impl or DEFAULT_IMPL):
+        return measured_bucket_cost(path)[0], path
     return None
 
 
 def load_encoder_cost(folder: str | Path = STORED, encoder: str = DEFAULT_ENCODER, impl: str | None = None,
-                      model: str = "measured") -> EncoderCost:
+                      model: str = "measured", costs_file: str | Path | None = None) -> EncoderCost:
     """The encoder cost from the newest stored results in ``folder``.
 
     ``model``: ``"measured"`` (default) is the bucketed impl's ``BucketCost`` measured part by part
@@ -168,14 +175,23 @@ def load_encoder_cost(folder: str | Path = STORED, encoder: str = DEFAULT_ENCODE
     pixels), with the stream file's bookkeeping; without such a file it falls back, saying so in
     the source, to ``"bucket"``: the ``BucketCost`` fitted to a stream file's steps
     (``stream-*.json``); ``"line"`` the older ``CallCost`` line (always used for other impls and
-    for GPU sweeps, ``vitkit.bench/1``, when no stream file has the encoder).
+    for GPU sweeps, ``vitkit.bench/1``, when no stream file has the encoder). ``costs_file``: this
+    ``encoder-costs-*.json`` instead of the newest (e.g. the one measured on the card a
+    validation ran on; ``model`` must be "measured").
     ValueError when no file has it."""
     if model not in ENCODER_MODELS:
         raise ValueError(f"model must be one of {ENCODER_MODELS}, got {model!r}")
     folder = Path(folder)
+    if costs_file is not None and model != "measured":
+        raise ValueError(f"costs_file {costs_file} is an encoder-costs file: model must be 'measured', got {model!r}")
     if model == "measured":
         base = load_encoder_cost(folder, encoder, impl, "bucket")
-        found = _from_encoder_costs(folder, encoder, impl) if folder.is_dir() else None
+        if costs_file is not None:
+            found = _from_encoder_costs_file(Path(costs_file), encoder, impl)
+            if found is None:
+                raise ValueError(f"{costs_file}: not a GPU encoder-costs file of encoder {encoder!r} impl {impl or DEFAULT_IMPL!r}")
+        else:
+            found = _from_encoder_costs(folder, encoder, impl) if folder.is_dir() else None
         if found is None:
             return replace(base, source=f"{base.source} (no encoder-costs file for {encoder}: stream fit)")
         cost, path = found

@@ -274,21 +274,27 @@ def open_loop(steps: Sequence[dict[str, Any]], costs: StepCosts) -> dict[str, fl
     return out
 
 
-def modelled_only(measured: str | Path, results: str | Path = STORED, model: str = "measured") -> dict[str, Any]:
+def modelled_only(measured: str | Path, results: str | Path = STORED, model: str = "measured",
+                  encoder_costs: str | Path | None = None, prefill: str | Path | None = None) -> dict[str, Any]:
     """A validation file whose measured side is the stored file ``measured`` (GPU numbers, kept
     as they are) and whose modelled side is recomputed on this CPU with the encoder ``model``
-    and the prefill model of the results in ``results`` (``remodel``)."""
+    and the prefill model of the results in ``results`` (``remodel``): the newest files there, or
+    the ``encoder_costs`` and ``prefill`` files given (those the validation's own card measured)."""
     stored = json.loads(Path(measured).read_text())
     if stored.get("schema") != SCHEMA:
         raise ValueError(f"{measured}: schema must be {SCHEMA!r}, got {stored.get('schema')!r}")
-    costs = StepCosts(load_encoder_cost(results, PRESET, model=model), load_prefill_cost(default_prefill_results(results)))
+    costs = StepCosts(load_encoder_cost(results, PRESET, model=model, costs_file=encoder_costs),
+                      load_prefill_cost(prefill or default_prefill_results(results)))
     rows = remodel(stored, costs)
     note = (f"{stored['note']}. Measured on the GPU at {stored['created']} ({Path(measured).name}); modelled recomputed "
             f"on CPU with {costs.label()} (trace digests checked)")
     sources = stored["sources"] | {"modelled": costs.label(), "encoder_fit": encoder_fit_record(costs.encoder.call),
                                    "previous_modelled": stored["sources"]["modelled"]}
+    prefill_file = Path(prefill or default_prefill_results(results)).name
     return stored | {"note": note, "sources": sources, "rows": rows,
-                     "settings": stored["settings"] | {"modelled_only": True, "measured_file": Path(measured).name, "model": model}}
+                     "settings": stored["settings"] | {"modelled_only": True, "measured_file": Path(measured).name, "model": model,
+                                                       "encoder_costs_file": encoder_costs and Path(encoder_costs).name,
+                                                       "prefill_file": prefill_file}}
 
 
 def _print_rows(rows: Sequence[dict[str, Any]]) -> None:
@@ -306,6 +312,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                         help="no GPU: recompute the modelled side of the stored --measured file with the cost models")
     parser.add_argument("--measured", default=None, help="a stored ttft-validate-*.json whose measured side to keep (--modelled-only)")
     parser.add_argument("--model", default="measured", choices=ENCODER_MODELS, help="encoder cost model (--modelled-only)")
+    parser.add_argument("--encoder-costs", default=None,
+                        help="an encoder-costs-*.json to model with (--modelled-only; default: the newest in --results)")
+    parser.add_argument("--prefill", default=None, help="a prefill-*.json to model with (--modelled-only; default: the newest in --results)")
     parser.add_argument("--workloads", nargs="+", default=list(DEFAULTS), choices=sorted(DEFAULTS))
     # checked here, before minutes of GPU warm-up, not by the first replay's ReplayConfig
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -322,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.modelled_only:
         if not args.measured:
             parser.error("--modelled-only needs --measured FILE")
-        data = modelled_only(args.measured, args.results, args.model)
+        data = modelled_only(args.measured, args.results, args.model, args.encoder_costs, args.prefill)
         _print_rows(data["rows"])
         out = Path(args.out) if args.out else Path(args.measured).parent
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
