@@ -14,6 +14,7 @@ from vitkit.bench.prefill import grid_points
 from vitkit.sim.prefill import (
     DEFAULT_FOLDER,
     PrefillCost,
+    default_prefill_calibration,
     default_prefill_results,
     fit_prefill_cost,
     load_prefill_cost,
@@ -126,3 +127,44 @@ def test_stored_h100_fit_when_present():
     cost = load_prefill_cost()
     assert cost.median_rel_error < 0.1 and cost.step_ms([(0, 2048)]) > 0
     assert cost.graph_buckets  # the stored runner graphs its small steps, and the model pads as it did
+
+
+def _serving_steps(scale: float, n: int = 60, seed: int = 1):
+    """Serving-like steps (2-4 windows of 200-400 new tokens, context 0) timed ``scale`` x the known model."""
+    rng = random.Random(seed)
+    steps = []
+    for _ in range(n):
+        windows = [(0, rng.randint(200, 400)) for _ in range(rng.randint(2, 4))]
+        rows, *f = step_features(windows)
+        steps.append({"windows": [list(w) for w in windows], "ms": scale * (dense_true(rows) + sum(c * x for c, x in zip(TERMS_TRUE, f)))})
+    return steps
+
+
+def test_serving_steps_calibrate_the_grid_where_the_replay_runs():
+    grid = synthetic_results()
+    base = fit_prefill_cost(grid)
+    steps = _serving_steps(0.92)  # serving 8% faster than the grid's repeats of one step
+    cal = fit_prefill_cost(grid, steps, "encoder-costs-x.json")
+    assert cal.serving_steps == len(steps) and cal.points == base.points + len(steps)
+    assert "60 serving steps of encoder-costs-x.json" in cal.source and base.serving_median_rel_error is None
+    errs = [abs(cal.step_ms([tuple(w) for w in s["windows"]]) - s["ms"]) / s["ms"] for s in steps]
+    base_errs = [abs(base.step_ms([tuple(w) for w in s["windows"]]) - s["ms"]) / s["ms"] for s in steps]
+    assert max(base_errs) > 0.08 and sorted(errs)[len(errs) // 2] < 0.04  # the replay's shapes move to serving
+    assert cal.serving_median_rel_error == pytest.approx(sorted(errs)[len(errs) // 2], abs=0.02)
+    assert cal.step_ms([(16384, 4096)]) == pytest.approx(base.step_ms([(16384, 4096)]), rel=0.1)  # the grid still rules far away
+    with pytest.raises(ValueError, match="serving step 1: ms must be > 0"):
+        fit_prefill_cost(grid, [steps[0], steps[1] | {"ms": 0}])
+
+
+def test_load_calibrates_with_the_newest_encoder_costs_file_that_has_serving_steps(tmp_path):
+    path = tmp_path / "prefill-20260101T000000Z.json"
+    path.write_text(json.dumps(synthetic_results()))
+    assert load_prefill_cost(path).serving_steps == 0  # a grid file alone: no calibration
+    (tmp_path / "encoder-costs-20260101T000000Z.json").write_text(json.dumps({"kind": "gpu", "serving_prefill_steps": _serving_steps(0.9)}))
+    (tmp_path / "encoder-costs-20260102T000000Z.json").write_text(json.dumps({"kind": "gpu"}))  # newer, before the steps were kept
+    found = default_prefill_calibration(tmp_path)
+    assert found.name == "encoder-costs-20260101T000000Z.json"
+    assert load_prefill_cost(path, found).serving_steps == 60
+    with pytest.raises(ValueError, match="no serving_prefill_steps"):
+        load_prefill_cost(path, tmp_path / "encoder-costs-20260102T000000Z.json")
+    assert default_prefill_calibration(tmp_path / "nothing") is None

@@ -13,6 +13,7 @@ from vitkit.encoders import QWEN_BUCKETS, pack
 from vitkit.sim.bucketcost import BucketCost, fit_bucket_cost, fit_stream_bucket_cost, nnls
 from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.stepcost import STORED, FlopPrefillCost, StepCosts, load_encoder_cost
+from vitkit.sim.prefill import default_prefill_calibration
 from vitkit.sim.validate import modelled_only, remodel, stored_replay, validate
 
 TRUE_MS = {s: 4.0 + 3.5 * s / 1024 + (0.5 if s > 4096 else 0.0) for s in QWEN_BUCKETS.sizes}  # a step at 4096
@@ -112,6 +113,17 @@ def test_modelled_only_rebuilds_the_stored_replays():
     for old, new in zip(stored["rows"], data["rows"]):
         assert new["measured_p99_ms"] == old["measured_p99_ms"] and new["trace_digest"] == old["trace_digest"]
         assert new["previous_modelled_p99_ms"] == old["modelled_p99_ms"]
+    # by default the newest stored models, the prefill grid calibrated by the newest serving steps
+    assert data["settings"]["prefill_calibration_file"] == default_prefill_calibration().name
+    assert "serving steps of encoder-costs-" in data["sources"]["modelled"]
+    # a named card's files: its encoder costs calibrate its prefill grid, unless another calibration is named
+    card = {"encoder_costs": STORED / "encoder-costs-20261127T054800Z.json", "prefill": STORED / "prefill-20261127T055154Z.json"}
+    same = modelled_only(VALIDATION, **card)  # that file predates the kept prefill steps: no calibration
+    assert same["settings"]["encoder_costs_file"] == "encoder-costs-20261127T054800Z.json"
+    assert same["settings"]["prefill_calibration_file"] is None and "serving steps" not in same["sources"]["modelled"]
+    calibrated = modelled_only(VALIDATION, **card, prefill_calibration=default_prefill_calibration())
+    assert "serving steps of" in calibrated["sources"]["modelled"]
+    assert calibrated["rows"][0]["modelled_p99_ms"] != same["rows"][0]["modelled_p99_ms"]
     costs = StepCosts(load_encoder_cost(), FlopPrefillCost())
     tampered = stored | {"rows": [stored["rows"][0] | {"trace_digest": "0" * 16}]}
     with pytest.raises(ValueError, match="rebuilt trace's digest"):

@@ -39,7 +39,7 @@ from vitkit.encoders.base import dynamo_compiles
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.load import VALIDATION_SIZES, workload_params
-from vitkit.sim.prefill import default_prefill_results, load_prefill_cost
+from vitkit.sim.prefill import default_prefill_calibration, default_prefill_results, load_prefill_cost
 from vitkit.sim.stepcost import ENCODER_MODELS, STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
 from vitkit.sim.timing import TimedEncoder
 from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay
@@ -275,16 +275,24 @@ def open_loop(steps: Sequence[dict[str, Any]], costs: StepCosts) -> dict[str, fl
 
 
 def modelled_only(measured: str | Path, results: str | Path = STORED, model: str = "measured",
-                  encoder_costs: str | Path | None = None, prefill: str | Path | None = None) -> dict[str, Any]:
+                  encoder_costs: str | Path | None = None, prefill: str | Path | None = None,
+                  prefill_calibration: str | Path | None = None) -> dict[str, Any]:
     """A validation file whose measured side is the stored file ``measured`` (GPU numbers, kept
     as they are) and whose modelled side is recomputed on this CPU with the encoder ``model``
     and the prefill model of the results in ``results`` (``remodel``): the newest files there, or
-    the ``encoder_costs`` and ``prefill`` files given (those the validation's own card measured)."""
+    the ``encoder_costs`` and ``prefill`` files given (those the validation's own card measured).
+    The prefill grid is calibrated with the serving prefill steps of ``prefill_calibration``, by
+    default of ``encoder_costs`` (or, with neither file given, of the newest that has them);
+    none when that file predates them."""
     stored = json.loads(Path(measured).read_text())
     if stored.get("schema") != SCHEMA:
         raise ValueError(f"{measured}: schema must be {SCHEMA!r}, got {stored.get('schema')!r}")
+    # the encoder-costs file given also calibrates the prefill grid given (one card, one session)
+    calibration = prefill_calibration or encoder_costs or (None if prefill else default_prefill_calibration(results))
+    if calibration and not json.loads(Path(calibration).read_text()).get("serving_prefill_steps"):
+        calibration = None  # files from before the calibration replay kept its prefill steps
     costs = StepCosts(load_encoder_cost(results, PRESET, model=model, costs_file=encoder_costs),
-                      load_prefill_cost(prefill or default_prefill_results(results)))
+                      load_prefill_cost(prefill or default_prefill_results(results), calibration))
     rows = remodel(stored, costs)
     note = (f"{stored['note']}. Measured on the GPU at {stored['created']} ({Path(measured).name}); modelled recomputed "
             f"on CPU with {costs.label()} (trace digests checked)")
@@ -294,7 +302,8 @@ def modelled_only(measured: str | Path, results: str | Path = STORED, model: str
     return stored | {"note": note, "sources": sources, "rows": rows,
                      "settings": stored["settings"] | {"modelled_only": True, "measured_file": Path(measured).name, "model": model,
                                                        "encoder_costs_file": encoder_costs and Path(encoder_costs).name,
-                                                       "prefill_file": prefill_file}}
+                                                       "prefill_file": prefill_file,
+                                                       "prefill_calibration_file": calibration and Path(calibration).name}}
 
 
 def _print_rows(rows: Sequence[dict[str, Any]]) -> None:
@@ -315,6 +324,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--encoder-costs", default=None,
                         help="an encoder-costs-*.json to model with (--modelled-only; default: the newest in --results)")
     parser.add_argument("--prefill", default=None, help="a prefill-*.json to model with (--modelled-only; default: the newest in --results)")
+    parser.add_argument("--prefill-calibration", default=None,
+                        help="an encoder-costs-*.json whose serving prefill steps calibrate the prefill grid "
+                             "(--modelled-only; default: --encoder-costs's)")
     parser.add_argument("--workloads", nargs="+", default=list(DEFAULTS), choices=sorted(DEFAULTS))
     # checked here, before minutes of GPU warm-up, not by the first replay's ReplayConfig
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -331,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.modelled_only:
         if not args.measured:
             parser.error("--modelled-only needs --measured FILE")
-        data = modelled_only(args.measured, args.results, args.model, args.encoder_costs, args.prefill)
+        data = modelled_only(args.measured, args.results, args.model, args.encoder_costs, args.prefill, args.prefill_calibration)
         _print_rows(data["rows"])
         out = Path(args.out) if args.out else Path(args.measured).parent
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
