@@ -6,7 +6,7 @@ into one buffer and copies it to the device. On the H100 host (16 vCPUs,
 float32 patches) with torch's intra-op thread pool took 0.1-0.3 ms at the median but 3-4 ms at
 the p90 when the GPU had just been busy (a parallel region waits for its slowest thread), and a
 new buffer from the caching host allocator each call added more; one thread's copy took
-0.6-0.9 ms every time. Inside the TTFT validation this made one-image calls bimodal, 6.0 or
+0.6-0.9 ms every time. Inside the TTFT validation this made one-image calls bimodal, 6.4 or
 9.3 ms, in whichever calls followed a prefill step (``slow-calls-20261127T053635Z.json``): a
 cost no model of the call's shape can predict. vLLM's GPU workers run with one intra-op thread
 for the same contention.

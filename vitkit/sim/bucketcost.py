@@ -239,8 +239,8 @@ def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, A
     1024) ran 1.12-1.13x its replay alone (after the staging), a large image's (bucket 7168)
     1.21-1.22x, and some buckets' replays alone were off their neighbours by 15-25% in one process
     and not in another. One shared scale then over-modelled every small call by 3-6% and
-    under-modelled the large ones by 3-6%, and near the knee the queue amplifies a 2% step-cost
-    error to about 8% at p99.
+    under-modelled the large ones by 3-6%, and near the knee the queue about doubles a step-cost
+    error at p99.
     Returns the model and per call fitted ``{kind, size or workload, images, measured_ms,
     modelled_ms, rel_err}`` (kind "serving" or "probe"; the probes are reported either way). Its
     median and largest error are over the calls it was fitted to."""

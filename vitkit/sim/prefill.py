@@ -140,7 +140,7 @@ def fit_prefill_cost(results: Mapping[str, Any] | str | Path, serving_steps: Seq
     Why: the grid times each step as repeats of itself, back to back; inside a serving replay the
     same padded shapes ran 5-10% faster (768-2048 rows on four H100s: a two-window 768-row step
     17.6-18.2 ms against the grid's 19.5), and short steps a little slower, while the validation's
-    queue amplifies a 2% step-cost error about four times at p99. The grid still pins the shapes
+    queue about doubles a step-cost error at p99. The grid still pins the shapes
     the replay never reaches (long contexts, many windows, 4096+ rows)."""
     where = str(results) if isinstance(results, (str, Path)) else "results"
     data = load_prefill_results(results) if isinstance(results, (str, Path)) else results

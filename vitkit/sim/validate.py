@@ -160,8 +160,8 @@ def validate(
     ``seed``: another draw of requests and arrivals (``validation_trace``); ``timer`` wraps the
     encoder for each pass (a ``TimedEncoder`` or a subclass that records more per call).
     ``timed_passes``: replays timed after the warm ones. One pass's p99 is one sample: two passes
-    of one trace on one H100 differed by 9% at 40 req/s, where the queue amplifies a 2% change in
-    step cost about four times. The row shows the pass with the median p99 (``measured_pass``)
+    of one trace on one H100 differed by 8% at 40 req/s, where the queue about doubles a change in
+    step cost (4% more step cost moved the modelled p99 by 7-10%). The row shows the pass with the median p99 (``measured_pass``)
     and keeps every pass's summary (``measured_passes``)."""
     measured_costs = replace(modelled_costs, prefill=prefill_runner)
     if timed_passes < 1:
