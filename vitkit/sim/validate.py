@@ -12,9 +12,12 @@ Decode is not modelled in either.
 Each row keeps every measured step (its windows, each encoder call's items and ms, and what the
 models say of that very step: the open-loop error, without the closed loop's divergence) and a
 digest of its trace, so ``--modelled-only`` can recompute the modelled side on any CPU with other
-cost models and prove it replays the trace the GPU did. Run it on the card that measured the cost
-models (``python -m vitkit.bench.prefill`` and ``python -m vitkit.bench.encoder_costs``): on the
-H100s tried, cards differed by up to 15% on small encoder calls.
+cost models and prove it replays the trace the GPU did. Model it with the cost models of the card
+and process that ran it (``python -m vitkit.bench.prefill``, then
+``results/scripts/costs_and_validate.py``, which measures the encoder's costs and validates in one
+process; ``--modelled-only --encoder-costs F --prefill G`` remodels with them): on the H100s
+tried, one bucket graph's replay differed by up to 25% between processes, and one card's prefill
+calibration put another card's steps 3-4% high.
 """
 
 from __future__ import annotations
