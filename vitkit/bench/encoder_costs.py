@@ -148,7 +148,7 @@ def serving_rows(encoder, runner, sizes: dict[str, tuple[float, int]], preset: s
     on a calibration draw of each stock workload, seed ``CALIBRATION_SEED``: other requests and
     arrival times than the validation's), both modes, timed pass only: (calls, each its items'
     rows and ms; prefill steps, each its ``(context, new)`` windows and ms). The prefill steps
-    calibrate the prefill grid's model to serving (``vitkit.sim.prefill.calibrate_prefill``)."""
+    calibrate the prefill grid's model to serving (``vitkit.sim.prefill.fit_prefill_cost``)."""
     from vitkit.sim.stepcost import FlopPrefillCost, StepCosts, load_encoder_cost
     from vitkit.sim.validate import validate
     from vitkit.sim.workload import processing_items

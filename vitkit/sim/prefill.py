@@ -140,8 +140,8 @@ def fit_prefill_cost(results: Mapping[str, Any] | str | Path, serving_steps: Seq
     Why: the grid times each step as repeats of itself, back to back; inside a serving replay the
     same padded shapes ran 5-10% faster (768-2048 rows on four H100s: a two-window 768-row step
     17.6-18.2 ms against the grid's 19.5), and short steps a little slower, while the validation's
-    queue about doubles a step-cost error at p99. The grid still pins the shapes
-    the replay never reaches (long contexts, many windows, 4096+ rows)."""
+    queue about doubles a step-cost error at p99. The grid still pins the shapes the replay never
+    reaches (long contexts, many windows, 4096+ rows)."""
     where = str(results) if isinstance(results, (str, Path)) else "results"
     data = load_prefill_results(results) if isinstance(results, (str, Path)) else results
     _check_results(data, where)
@@ -195,10 +195,13 @@ def load_prefill_cost(path: str | Path | None = None, calibration: str | Path | 
     return fit_prefill_cost(Path(path), steps, Path(calibration).name)
 
 
+def has_prefill_steps(path: str | Path) -> bool:
+    """Whether the ``encoder-costs-*.json`` at ``path`` is a GPU file with serving prefill steps
+    (files written before the calibration replay kept them have none)."""
+    data = json.loads(Path(path).read_text())
+    return data.get("kind") == "gpu" and bool(data.get("serving_prefill_steps"))
+
+
 def default_prefill_calibration(folder: str | Path = DEFAULT_FOLDER) -> Path | None:
     """The newest ``encoder-costs-*.json`` in ``folder`` with serving prefill steps, or None."""
-    for path in sorted(Path(folder).glob("encoder-costs-*.json"), reverse=True):
-        data = json.loads(path.read_text())
-        if data.get("kind") == "gpu" and data.get("serving_prefill_steps"):
-            return path
-    return None
+    return next((p for p in sorted(Path(folder).glob("encoder-costs-*.json"), reverse=True) if has_prefill_steps(p)), None)

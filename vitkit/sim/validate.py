@@ -42,7 +42,7 @@ from vitkit.encoders.base import dynamo_compiles
 from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.load import VALIDATION_SIZES, workload_params
-from vitkit.sim.prefill import default_prefill_calibration, default_prefill_results, load_prefill_cost
+from vitkit.sim.prefill import default_prefill_calibration, default_prefill_results, has_prefill_steps, load_prefill_cost
 from vitkit.sim.stepcost import ENCODER_MODELS, STORED, StepCosts, default_prefill, load_encoder_cost, prefill_source, prefill_windows
 from vitkit.sim.timing import TimedEncoder
 from vitkit.sim.ttft import ReplayConfig, TimedRun, timed_replay
@@ -162,10 +162,10 @@ def validate(
     ``sizes``: workload -> (Poisson rate /s, requests); ``warm_passes`` untimed replays first;
     ``seed``: another draw of requests and arrivals (``validation_trace``); ``timer`` wraps the
     encoder for each pass (a ``TimedEncoder`` or a subclass that records more per call).
-    ``timed_passes``: replays timed after the warm ones. One pass's p99 is one sample: two passes
-    of one trace on one H100 differed by 8% at 40 req/s, where the queue about doubles a change in
-    step cost (4% more step cost moved the modelled p99 by 7-10%). The row shows the pass with the median p99 (``measured_pass``)
-    and keeps every pass's summary (``measured_passes``)."""
+    ``timed_passes``: replays timed after the warm ones. One pass's p99 is one sample: two runs of
+    one trace on one H100 differed by 8% at 40 req/s, where the queue about doubles a change in
+    step cost (4% more step cost moved the modelled p99 by 7-10%). The row shows the pass with
+    the median p99 (``measured_pass``) and keeps every pass's summary (``measured_passes``)."""
     measured_costs = replace(modelled_costs, prefill=prefill_runner)
     if timed_passes < 1:
         raise ValueError(f"timed_passes must be >= 1, got {timed_passes}")
@@ -292,7 +292,7 @@ def modelled_only(measured: str | Path, results: str | Path = STORED, model: str
         raise ValueError(f"{measured}: schema must be {SCHEMA!r}, got {stored.get('schema')!r}")
     # the encoder-costs file given also calibrates the prefill grid given (one card, one session)
     calibration = prefill_calibration or encoder_costs or (None if prefill else default_prefill_calibration(results))
-    if calibration and not json.loads(Path(calibration).read_text()).get("serving_prefill_steps"):
+    if calibration and not has_prefill_steps(calibration):
         calibration = None  # files from before the calibration replay kept its prefill steps
     costs = StepCosts(load_encoder_cost(results, PRESET, model=model, costs_file=encoder_costs),
                       load_prefill_cost(prefill or default_prefill_results(results), calibration))
