@@ -18,8 +18,8 @@ import torch  # noqa: E402
 
 from vitkit import EmbeddingCache, MultimodalItem  # noqa: E402
 from vitkit.bench.machine import device_slug  # noqa: E402
-from vitkit.bench.results import SCHEMA, validate_results  # noqa: E402
-from vitkit.bench.rows import BenchRow  # noqa: E402
+from vitkit.bench.rows import BenchRow, validate_results  # noqa: E402
+from vitkit.costs.results import schema  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"  # gitignored; CI keeps it
@@ -94,7 +94,7 @@ def fake_bench_results(kind: str = "gpu", device: str = "NVIDIA H100 80GB HBM3")
         for mode, step in (("batched", 20.0), ("per_request", 30.0)):
             rows.append(bench_row("qwen-resolution", mode, requests=8, resolution=side, step=step, encoder="qwen2.5-vl-7b"))
     results = {
-        "schema": SCHEMA, "kind": kind, "created": "2026-11-26T00:00:00+00:00",
+        "schema": schema("bench"), "kind": kind, "created": "2026-11-26T00:00:00+00:00",
         "machine": {"device_name": device, "slug": device_slug(device)},
         "versions": {"torch": "2.11", "transformers": "5.17.0"}, "settings": {},
         "matmul_peak": {"tflops": 780.0, "label": "cuda-bf16"}, "rows": rows,

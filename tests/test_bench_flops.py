@@ -1,4 +1,4 @@
-"""FLOP counting (vitkit.bench.flops) against torch's FlopCounterMode on transformers towers.
+"""FLOP counting (vitkit.encoders.flops) against torch's FlopCounterMode on transformers towers.
 
 FlopCounterMode counts matmuls, bmm and convolutions at 2 FLOPs per multiply-add, the same
 terms as vitkit's count. With ``attn_implementation="eager"`` the attention scores are two
@@ -23,7 +23,7 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVi
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.vision_utils import get_vision_window_index
 
-from vitkit.bench.flops import FlopCount, item_flops, items_flops, qwen_vision_flops, qwen_window_lengths, vit_flops
+from vitkit.encoders.flops import item_flops, items_flops, qwen_vision_flops, qwen_window_lengths, vit_flops
 from vitkit.encoders import PRESETS
 
 
@@ -131,7 +131,8 @@ def test_item_flops_reads_qwen_grid_from_meta():
     pytest.param(lambda clip, qwen: qwen_vision_flops(clip, (1, 4, 4)), "qwen2_5_vl_vision", id="wrong config"),
     pytest.param(lambda clip, qwen: qwen_window_lengths(qwen, (1, 3, 4)), "multiples of spatial_merge_size",
                  id="odd grid"),
-    pytest.param(lambda clip, qwen: qwen_window_lengths(qwen, (1, 0, 4)), r"grid_thw\[1\] must be a positive int, got 0",
+    pytest.param(lambda clip, qwen: qwen_window_lengths(qwen, (1, 0, 4)),
+                 r"grid_thw\[1\] must be a positive int, got 0",
                  id="empty grid"),
     pytest.param(lambda clip, qwen: vit_flops(clip, include_head=True), "SigLIP only", id="head on CLIP"),
     pytest.param(lambda clip, qwen: vit_flops(clip, num_layers=0), "num_layers must be a positive int, got 0",
@@ -144,12 +145,6 @@ def test_bad_inputs_raise(call, message):
         call(clip, qwen)
 
 
-def test_flop_count_sums_by_term():
-    a, b = FlopCount(qkv=1, mlp=2), FlopCount(attn_scores=3, mlp=4)
-    assert (a + b).as_dict() == {"patch_embed": 0, "qkv": 1, "attn_out": 0, "attn_scores": 3, "mlp": 6,
-                                 "merger": 0, "head": 0, "total": 10}
-
-
 TINY_SIZES = {"clip-tiny": [(56, 56)] * 3, "siglip-tiny": [(70, 70)] * 2,
               "qwen2.5-vl-tiny": [(56, 56), (112, 84), (224, 168)]}
 
@@ -160,7 +155,7 @@ def test_vitkit_encoders_do_the_counted_work(name, impl):
     # The encoders run SDPA, which FlopCounterMode cannot see on CPU: it must see exactly the
     # count minus the attention scores. MFU counts the layers the rows need (flop_layers):
     # CLIP's stock forward also runs the last layer, which LLaVA's rows do not use.
-    from vitkit.bench.run import flop_layers
+    from vitkit.bench.sweep import flop_layers
     from vitkit.encoders import build_encoder
     from vitkit.processing import synthetic_items
 

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 
 from conftest import fake_bench_results
 from vitkit.bench.plot import figures, plot_memory_model, plot_sweep, save_figures, sweep_names, x_axis
+from vitkit.bench.rows import find_results, write_results
 
 
 def test_one_figure_per_sweep_and_the_memory_model():
@@ -70,16 +71,11 @@ def test_unknown_sweep_is_an_error():
         plot_sweep(fake_bench_results(), "nope")
 
 
-def test_plot_results_file_and_find_results(tmp_path):
-    from vitkit.bench.plot import plot_results_file
-    from vitkit.bench.results import find_results, write_results
-
+def test_find_results_orders_by_stamp_and_skips_other_files(tmp_path):
     older = write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
     newer = write_results(fake_bench_results(), tmp_path / "clip-batch-vitkit-bf16-20260102T000000Z.json")
-    smoke = write_results(fake_bench_results(kind="cpu-smoke"), tmp_path / "cpu-smoke-vitkit-fp32-20260103T000000Z.json")
+    smoke = write_results(fake_bench_results(kind="cpu-smoke"),
+                          tmp_path / "cpu-smoke-vitkit-fp32-20260103T000000Z.json")
     (tmp_path / "notes.json").write_text("{}")  # not a results file: skipped
     assert find_results(tmp_path) == [older, newer, smoke]
     assert find_results(tmp_path, kind="gpu") == [older, newer]
-    figs = plot_results_file(newer, tmp_path / "png")
-    assert set(figs) == {"clip-batch", "qwen-resolution", "memory-model"}
-    assert len(list((tmp_path / "png").glob(newer.stem + "-*.png"))) == 3

@@ -12,14 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from vitkit.bench.cli import main
-from vitkit.bench.flops import items_flops
-from vitkit.bench.plot import save_figures
 from conftest import bench_row
-from vitkit.bench.results import SCHEMA, find_results, load_results, validate_results, write_results
-from vitkit.bench.rows import ROW_FIELDS, BenchRow
-from vitkit.bench.run import RunSettings, layout_requests, run_sweeps
-from vitkit.bench.sweeps import Sweep, get_sweeps
+from vitkit.bench.plot import save_figures
+from vitkit.bench.rows import ROW_FIELDS, BenchRow, find_results, load_results, validate_results, write_results
+from vitkit.bench.sweep import RunSettings, Sweep, get_sweeps, layout_requests, main, run_sweeps
+from vitkit.costs.results import results_folder, schema
+from vitkit.encoders.flops import items_flops
 from vitkit.processing import synthetic_items
 
 SMOKE_ARGS = ["--sweep", "cpu-smoke", "--requests", "2", "--repeats", "1", "--warmup", "0", "--no-progress"]
@@ -36,7 +34,7 @@ def smoke(tmp_path_factory):
 def test_smoke_file_follows_schema(smoke):
     path, results = smoke
     assert path.name.startswith("cpu-smoke-vitkit-fp32-")
-    assert results["schema"] == SCHEMA and results["kind"] == "cpu-smoke"
+    assert results["schema"] == schema("bench") and results["kind"] == "cpu-smoke"
     assert results["machine"]["device_name"] == "cpu"
     assert results["versions"]["torch"] == torch.__version__
     assert results["settings"]["dtype"] == "fp32" and results["settings"]["repeats"] == 1
@@ -83,20 +81,20 @@ def test_model_flops_are_the_encoded_items_flops():
     sweep = Sweep("t", "qwen2.5-vl-tiny", requests=(2,), resolutions=("mixed",), hit_fractions=(0.5,))
     from vitkit.encoders import build_encoder
 
-    encoder = build_encoder("qwen2.5-vl-tiny")
-    results = run_sweeps([sweep], RunSettings(repeats=1, warmup=0, kind="cpu-smoke"), progress=False,
-                         make_encoder=lambda name, impl: encoder)
+    results = run_sweeps([sweep], RunSettings(repeats=1, warmup=0, kind="cpu-smoke"), progress=False)
+    encoder = build_encoder("qwen2.5-vl-tiny")  # the same config the run's encoder had
     row = results["rows"][0]
     items = synthetic_items("qwen2.5-vl-tiny", [(56, 56), (84, 56)], 0)  # seed = settings.seed + point index
     flops = {item.hash: items_flops(encoder.config, [item]) for item in items}
     assert row.encoded_items == 1 and row.cache_hits == 1
     assert row.model_flops in flops.values()
-    assert row.mfu == pytest.approx(row.model_flops / (row.step_ms_median / 1e3) / (results["matmul_peak"]["tflops"] * 1e12))
+    peak = results["matmul_peak"]["tflops"] * 1e12
+    assert row.mfu == pytest.approx(row.model_flops / (row.step_ms_median / 1e3) / peak)
 
 
 def test_layout_requests_lays_out_text_and_images():
     items = synthetic_items("clip-tiny", [(56, 56)] * 6, 0)
-    requests = layout_requests(items, 3, text_tokens=5)
+    requests = [r for r, _ in layout_requests(items, 3, text_tokens=5)]
     assert [len(r.items) for r in requests] == [3, 3]
     assert requests[0].spans[0].start == 5 and requests[0].prompt_len == 5 + 3 * (16 + 5)
     with pytest.raises(ValueError, match="do not split"):
@@ -133,8 +131,8 @@ def test_schema_rejects_bad_files(smoke, tmp_path):
 def test_plots_from_the_smoke_file(smoke, tmp_path):
     path, results = smoke
     pngs = save_figures(results, tmp_path, prefix=path.stem + "-")
-    assert {p.name.removeprefix(path.stem + "-") for p in pngs} == {f"{s}.png" for s in
-                                                                    ("cpu-clip", "cpu-siglip", "cpu-qwen", "cpu-hits", "cpu-budget")}
+    sweeps = ("cpu-clip", "cpu-siglip", "cpu-qwen", "cpu-hits", "cpu-budget")
+    assert {p.name.removeprefix(path.stem + "-") for p in pngs} == {f"{s}.png" for s in sweeps}
     assert all(p.stat().st_size > 10_000 for p in pngs)
 
 
@@ -151,9 +149,7 @@ def test_gpu_tiny_sweep_measures_memory_and_the_memory_model():
 
 
 def test_stored_results_load_as_typed_rows_and_write_back_unchanged(tmp_path):
-    from conftest import REPO
-
-    for path in find_results(REPO / "results" / "h100", kind="gpu"):
+    for path in find_results(results_folder(), kind="gpu"):
         results = load_results(path)
         assert results["rows"] and all(isinstance(row, BenchRow) for row in results["rows"])
         copy_path = write_results(results, tmp_path / path.name)

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from conftest import bench_row
-from vitkit.bench.machine import device_slug, machine_info, measure_matmul_peak, versions
-from vitkit.bench.memory import calibrate, memory_report, predict_peak
-from vitkit.bench.run import RunSettings, _repeats_for
-from vitkit.bench.timing import EventTimedEncoder, Stopwatch, time_callable, timing_stats
+from vitkit.bench.machine import (EventTimedEncoder, Stopwatch, device_slug, machine_info, measure_matmul_peak,
+                                  time_callable, timing_stats, versions)
+from vitkit.bench.sweep import RunSettings, _repeats_for, calibrate, memory_report, predict_peak
 
 
 def test_summarize_percentiles():
@@ -46,11 +45,11 @@ def test_timed_encoder_separates_encoder_time_and_passes_attributes():
     time.sleep(0.01)  # "bookkeeping" outside the encoder
     timed([3])
     step.stop()
-    assert timed.calls == 2 and timed.name == "slow"
+    assert timed.name == "slow"
     assert 18 <= timed.encoder_ms() < step.elapsed_ms()
     assert step.elapsed_ms() - timed.encoder_ms() >= 9
     timed.reset()
-    assert timed.calls == 0 and timed.encoder_ms() == 0
+    assert timed.encoder_ms() == 0
     with pytest.raises(ValueError, match="before start"):
         Stopwatch("cpu").elapsed_ms()
 
@@ -67,7 +66,7 @@ def test_repeats_fit_the_time_budget():
     ({"dtype": "int4"}, "dtype must be one of"),
     ({"warmup": -1}, "warmup must be a non-negative int, got -1"),
     ({"min_repeats": True}, "min_repeats must be a positive int, got True"),
-    ({"seconds_per_mode": 0.0}, "seconds_per_mode must be > 0"),
+    ({"seconds_per_mode": 0.0}, "seconds_per_mode must be a finite number > 0"),
     ({"impls": ()}, "impls is empty"),
 ])
 def test_bad_run_settings_name_the_field(field, message):

@@ -18,7 +18,8 @@ def test_main_writes_json_and_prints_table(tmp_path, capsys):
     assert {"machine", "versions", "settings"} <= data.keys()
     assert [round(r["size_mb"], 2) for r in data["hashing"]] == [0.01, 0.02]
     for r in data["hashing"]:
-        for key in ("content_hash_ms", "content_hash_ms_per_mb", "content_hash_hot_ms", "sha256_ms", "sha256_ms_per_mb"):
+        keys = ("content_hash_ms", "content_hash_ms_per_mb", "content_hash_hot_ms", "sha256_ms", "sha256_ms_per_mb")
+        for key in keys:
             assert r[key] > 0
     rows = data["embed_chunks"]
     assert len(rows) == 2 * 2 * 2  # shapes x modes x cold/warm

@@ -1,4 +1,4 @@
-"""vitkit.bench.dp: combining rank samples, merging per-N runs, the CLI, and a 2-process CPU run."""
+"""``python -m vitkit.bench dp``: combining rank samples, merging per-N runs, the CLI, and a 2-process CPU run."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from vitkit.bench.cli import main as bench_main
-from vitkit.bench.dp import DPSettings, build_parser, settings_from_args
-from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge, merge_folder, write_json
+from vitkit.bench.__main__ import main as bench_main
+from vitkit.bench.dp import DPSettings, build_parser, combine, format_table, merge, merge_folder, settings_from_args
+from vitkit.costs.results import schema, write
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def _row(n, mode, policy, step_ms, *, encoder="qwen2.5-vl-7b", gather="all_gathe
 
 
 def _run(n, rows):
-    return {"schema": SCHEMA, "world_size": n, "machine": {"device_name": "NVIDIA H100 80GB HBM3"}, "rows": rows}
+    return {"schema": schema("dp"), "world_size": n, "machine": {"device_name": "NVIDIA H100 80GB HBM3"}, "rows": rows}
 
 
 def fake_runs():
@@ -110,7 +110,7 @@ def test_cli_zero_is_refused_not_replaced_by_the_default(option):
 
 def test_bench_cli_sweep_dp_delegates_to_the_dp_merge(tmp_path, capsys):
     for run in fake_runs():
-        write_json(run, tmp_path / f"dp-n{run['world_size']}.json")
+        write("dp", run, tmp_path / f"dp-n{run['world_size']}.json")
     assert bench_main(["--sweep", "dp", "--merge", str(tmp_path), "--no-plots"]) == 0
     assert "speedup" in capsys.readouterr().out
     assert json.loads((tmp_path / "dp.json").read_text())["kind"] == "merged"

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from vitkit.bench.dp_plot import (PANELS, dp_scaling_figure, dp_table_rows, load_dp_results, scaling_series,
-                                stored_dp_results)
+from vitkit.bench.dp import PANELS, dp_scaling_figure, dp_table_rows, load_dp_results, scaling_series, stored_dp_results
 
 
 def _row(n, encoder, mode, policy, step_ms, gather="all_gather_into_tensor", device="NVIDIA H100 80GB HBM3"):
@@ -65,7 +64,7 @@ def test_load_and_table_rows(tmp_path):
     rows = dp_table_rows(load_dp_results(path))
     assert len(rows) == len(fake_results()["rows"]) and rows[0]["world_size"] == 1
     path.write_text("{}")
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match="schema"):
         load_dp_results(path)
 
 

@@ -9,8 +9,10 @@ import pytest
 
 from vitkit.bench.encoder_costs import main as encoder_costs_main
 from vitkit.encoders import pack
-from vitkit.sim.bucketcost import measured_bucket_cost
-from vitkit.sim.stepcost import STORED, load_encoder_cost
+from vitkit.costs import results
+from vitkit.costs.encoder import load_encoder_cost, measured_bucket_cost, stream_bookkeeping_ms
+
+STORED = results.results_folder()
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,10 @@ def test_measured_model_is_scaled_graph_replays_plus_a_host_share_fitted_to_serv
     assert data["serving_calls"] and {c["workload"] for c in data["serving_calls"]} == {"small-images", "large-images"}
     cost, rows = measured_bucket_cost(smoke_file)
     assert len(cost.bucket_scales) == len(data["buckets"])
-    assert cost.bucket_ms == pytest.approx([k * r["ms"] for k, r in zip(cost.bucket_scales, data["buckets"])])  # measured shape
-    assert cost.graph_scale >= 0 and all(k >= 0 for k in cost.bucket_scales) and cost.per_pack_ms >= 0 and cost.per_unit_ms >= 0
+    measured = [k * r["ms"] for k, r in zip(cost.bucket_scales, data["buckets"])]
+    assert cost.bucket_ms == pytest.approx(measured)  # the measured shape
+    assert cost.graph_scale >= 0 and all(k >= 0 for k in cost.bucket_scales)
+    assert cost.per_pack_ms >= 0 and cost.per_unit_ms >= 0
     assert "fitted to serving calls" in cost.source and cost.points == len(data["serving_calls"])
     serving = [r for r in rows if r["kind"] == "serving"]
     for call, row in zip(data["serving_calls"], serving):
@@ -61,7 +65,8 @@ def test_without_serving_calls_the_host_share_is_fitted_to_the_probes(tmp_path, 
     assert cost.graph_scale == 1.0 and cost.bucket_ms == tuple(r["ms"] for r in data["buckets"])
     for call, row in zip(data["calls"], rows):
         packs = pack(call["item_units"], cost.buckets)
-        expected = sum(cost.bucket_ms[cost.buckets.sizes.index(p.bucket)] + cost.per_pack_ms + cost.per_unit_ms * p.size for p in packs)
+        expected = sum(cost.bucket_ms[cost.buckets.sizes.index(p.bucket)] + cost.per_pack_ms + cost.per_unit_ms * p.size
+                       for p in packs)
         assert row["modelled_ms"] == pytest.approx(expected) == cost.call_ms(call["item_rows"])
 
 
@@ -69,31 +74,63 @@ def test_measured_model_refuses_a_file_that_is_not_one(tmp_path, smoke_file):
     data = json.loads(smoke_file.read_text())
     bad = tmp_path / "encoder-costs-x.json"
     bad.write_text(json.dumps(data | {"schema": "vitkit.stream/1"}))
-    with pytest.raises(ValueError, match="schema must be 'vitkit.encoder-costs/1'"):
+    with pytest.raises(ValueError, match="field 'schema' must be 'vitkit.encoder-costs/1'"):
         measured_bucket_cost(bad)
     bad.write_text(json.dumps(data | {"buckets": data["buckets"][:-1]}))
     with pytest.raises(ValueError, match="replay times for buckets"):
         measured_bucket_cost(bad)
 
 
-def test_loader_prefers_a_gpu_encoder_costs_file_and_says_which(tmp_path, smoke_file):
-    for path in STORED.glob("stream-*.json"):
-        shutil.copy(path, tmp_path)
-    fallback = load_encoder_cost(tmp_path)
-    assert "no encoder-costs file" in fallback.source and "stream bucket fit" in fallback.source
+def _gpu_copy(smoke_file):
+    """The smoke file as if measured on a GPU for the stored Qwen2.5-VL encoder."""
     data = json.loads(smoke_file.read_text())
     gpu = data | {"kind": "gpu", "settings": data["settings"] | {"encoder": "qwen2.5-vl-7b"}}
     gpu["settings"]["buckets"] = [r["bucket"] for r in gpu["buckets"]]
+    return data, gpu
+
+
+def test_loader_takes_the_newest_gpu_encoder_costs_file_and_says_which(tmp_path, smoke_file):
+    for path in STORED.glob("stream-*.json"):
+        shutil.copy(path, tmp_path)
+    # the measured model only: no encoder-costs file, no model (no fallback to the stream file)
+    with pytest.raises(ValueError, match="no GPU encoder-costs file of encoder 'qwen2.5-vl-7b' impl 'vitkit'"):
+        load_encoder_cost(tmp_path)
+    shutil.copy(smoke_file, tmp_path / "encoder-costs-20990102T000000Z.json")  # newer, but a CPU one: never chosen
+    data, gpu = _gpu_copy(smoke_file)
     (tmp_path / "encoder-costs-20990101T000000Z.json").write_text(json.dumps(gpu))
     chosen = load_encoder_cost(tmp_path)
     assert chosen.source.startswith("measured buckets encoder-costs-20990101T000000Z.json")
-    assert chosen.bookkeeping_ms == fallback.bookkeeping_ms  # bookkeeping still from the stream
-    assert chosen.call.bucket_ms == pytest.approx([k * r["ms"] for k, r in zip(chosen.call.bucket_scales, data["buckets"])])
+    book, stream = stream_bookkeeping_ms(tmp_path, "qwen2.5-vl-7b")
+    assert chosen.bookkeeping_ms == book and stream in chosen.source  # bookkeeping still from the stream
+    scaled = [k * r["ms"] for k, r in zip(chosen.call.bucket_scales, data["buckets"])]
+    assert chosen.call.bucket_ms == pytest.approx(scaled)
     assert load_encoder_cost(tmp_path, costs_file=tmp_path / "encoder-costs-20990101T000000Z.json").call == chosen.call
     with pytest.raises(ValueError, match="not a GPU encoder-costs file"):
         load_encoder_cost(tmp_path, costs_file=smoke_file)  # the smoke file is a CPU one
-    with pytest.raises(ValueError, match="model must be 'measured'"):
-        load_encoder_cost(tmp_path, model="bucket", costs_file=smoke_file)
+    with pytest.raises(ValueError, match="not a GPU encoder-costs file of encoder 'clip-l-336'"):
+        load_encoder_cost(tmp_path, "clip-l-336", costs_file=tmp_path / "encoder-costs-20990101T000000Z.json")
+
+
+def test_bookkeeping_falls_back_to_the_stored_stream_and_never_to_a_cpu_one(tmp_path, smoke_file, monkeypatch):
+    _, gpu = _gpu_copy(smoke_file)
+    (tmp_path / "encoder-costs-20990101T000000Z.json").write_text(json.dumps(gpu))
+    stored_book, stored_stream = stream_bookkeeping_ms(STORED, "qwen2.5-vl-7b")
+    # a folder without a stream file: the stored card's (the bookkeeping is host time)
+    assert load_encoder_cost(tmp_path).bookkeeping_ms == stored_book
+    # a CPU stream file in the folder times no GPU's host: still the stored one
+    (path,) = sorted(STORED.glob("stream-qwen2.5-vl-7b-*.json"))[-1:]
+    cpu = json.loads(path.read_text()) | {"kind": "cpu-smoke"}
+    for row in cpu["steps"]:
+        row["step_ms"] += 100.0
+    (tmp_path / path.name).write_text(json.dumps(cpu))
+    assert stream_bookkeeping_ms(tmp_path, "qwen2.5-vl-7b") is None
+    cost = load_encoder_cost(tmp_path)
+    assert cost.bookkeeping_ms == stored_book and stored_stream in cost.source
+    # nowhere a GPU stream file: the loader says what to run
+    monkeypatch.setattr(results, "results_folder", lambda *args, **kwargs: tmp_path / "no-card")
+    message = "no GPU stream file of encoder 'qwen2.5-vl-7b' .*python -m vitkit.bench stream"
+    with pytest.raises(ValueError, match=message):
+        load_encoder_cost(tmp_path)
 
 
 def test_buckets_with_enough_serving_packs_get_their_own_scale(tmp_path, smoke_file):
@@ -106,13 +143,17 @@ def test_buckets_with_enough_serving_packs_get_their_own_scale(tmp_path, smoke_f
     per_unit = cost.per_unit_ms
     small, large = data["buckets"][0], data["buckets"][-1]
     rows_small, rows_large = small["real_units"] // cost.unit, large["real_units"] // cost.unit
-    calls = ([{"workload": "w", "mode": "batched", "item_rows": [rows_small], "ms": 1.1 * replay[small["bucket"]] + per_unit * small["real_units"]}] * 20
-             + [{"workload": "w", "mode": "batched", "item_rows": [rows_large], "ms": 1.3 * replay[large["bucket"]] + per_unit * large["real_units"]}] * 20)
+    def call(rows, bucket, factor):
+        ms = factor * replay[bucket["bucket"]] + per_unit * bucket["real_units"]
+        return {"workload": "w", "mode": "batched", "item_rows": [rows], "ms": ms}
+
+    calls = [call(rows_small, small, 1.1)] * 20 + [call(rows_large, large, 1.3)] * 20
     path = tmp_path / "encoder-costs-y.json"
     path.write_text(json.dumps(data | {"serving_calls": calls}))
     fitted, _ = measured_bucket_cost(path)
     scales = dict(zip(fitted.buckets.sizes, fitted.bucket_scales))
-    assert scales[small["bucket"]] == pytest.approx(1.1, rel=1e-6) and scales[large["bucket"]] == pytest.approx(1.3, rel=1e-6)
+    assert scales[small["bucket"]] == pytest.approx(1.1, rel=1e-6)
+    assert scales[large["bucket"]] == pytest.approx(1.3, rel=1e-6)
     assert fitted.per_pack_ms == pytest.approx(0.0, abs=1e-9)
     others = [k for b, k in scales.items() if b not in (small["bucket"], large["bucket"])]
     assert others and all(k == fitted.graph_scale == pytest.approx(1.2) for k in others)  # median of the own scales

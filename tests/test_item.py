@@ -88,10 +88,6 @@ def test_explicit_hash_is_kept():
     assert item.hash == hashlib.sha256(b"x").hexdigest()
 
 
-def test_feature_nbytes():
-    assert MultimodalItem(torch.zeros(3, 4, dtype=torch.float16), 1).feature_nbytes == 24
-
-
 def test_video_modality_accepted():
     assert MultimodalItem(_feature(), 2, modality="video").modality == "video"
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitkit.bench.decoder import QWEN2_5_VL_7B_TEXT, TINY_DECODER, PrefillDecoder, pack_kv, random_weights, step_layout
-from vitkit.bench.prefill import TOKENS, grid_points, main, prefill_flops
+from vitkit.lm.decoder import QWEN2_5_VL_7B_TEXT, TINY_DECODER, PrefillDecoder, pack_kv, random_weights, step_layout
+from vitkit.bench.prefill import TOKENS, grid_points, main
+from vitkit.lm.flops import prefill_flops
 
 
 @pytest.mark.parametrize("windows", [[(0, 7)], [(3, 5), (0, 4), (7, 2)], [(20, 1), (0, 1)]])

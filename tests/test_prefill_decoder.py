@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vitkit.bench.decoder import (
+from vitkit.lm.decoder import (
     QWEN2_5_VL_7B_TEXT,
     TINY_DECODER,
     DecoderConfig,
@@ -17,7 +17,6 @@ from vitkit.bench.decoder import (
     pack_kv,
     random_weights,
     step_layout,
-    unpack_kv,
 )
 
 
@@ -72,10 +71,10 @@ def chunked_prefill(model: PrefillDecoder, prompts: dict[str, torch.Tensor], ste
         kv = pack_kv([kv_of[r] for r, _ in step], layout, model.config, dtype=dtype)
         ids = torch.cat([prompts[r][done[r]:done[r] + n] for r, n in step])
         x, lg = model.forward(ids, layout, kv)
-        bounds = layout.cu_q.tolist()
-        for (r, n), a, b, new_kv in zip(step, bounds, bounds[1:], unpack_kv(kv, layout)):
+        bounds, kv_bounds = layout.cu_q.tolist(), layout.cu_k.tolist()
+        for (r, n), a, b, ka, kb in zip(step, bounds, bounds[1:], kv_bounds, kv_bounds[1:]):
             hidden[r].append(x[a:b])
-            kv_of[r] = (new_kv[0].clone(), new_kv[1].clone())
+            kv_of[r] = (kv.k[:, ka:kb].clone(), kv.v[:, ka:kb].clone())
             done[r] += n
         logits |= dict(zip([r for (r, _), f in zip(step, finishing) if f], lg))
     return {r: torch.cat(h) for r, h in hidden.items()}, logits
@@ -143,7 +142,7 @@ def test_layout_and_finishing_flags():
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])
 def test_bf16_varlen_path_matches_float32_reference(compile):
-    from vitkit.bench.decoder import DecoderWeights, uses_varlen_kernel
+    from vitkit.lm.decoder import DecoderWeights, uses_varlen_kernel
 
     torch.manual_seed(0)
     cfg = DecoderConfig(name="gpu-small", hidden=256, intermediate=512, layers=2, heads=8, kv_heads=2, head_dim=32,
@@ -199,7 +198,7 @@ def test_matches_transformers_qwen2_5_vl_text_model():
     # checks the layout conventions (q/k/v order, biases, gate before up, rotate-half rotary).
     from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
 
-    from vitkit.bench.decoder import rms_norm
+    from vitkit.lm.decoder import rms_norm
 
     c = TINY_DECODER
     hf_config = Qwen2_5_VLTextConfig(
@@ -236,7 +235,7 @@ def test_matches_transformers_qwen2_5_vl_text_model():
 def _padded_step(model: PrefillDecoder, windows, contexts, ids, buckets):
     """One step padded to its bucket as the runner pads it, through ``model``: hidden rows and
     logits of the real windows, and the KV cache."""
-    from vitkit.bench.decoder_graphs import pad_to_bucket
+    from vitkit.lm.graphs import pad_to_bucket
 
     padded, finishing = pad_to_bucket(windows, None, buckets)
     layout = step_layout(padded, finishing=finishing)
@@ -282,7 +281,7 @@ def test_segmented_padded_step_computes_what_the_plain_step_does(windows):
     ([(0, 10), (4, 2)], (8, 16), [(0, 10), (4, 2), (0, 4)]),
 ])
 def test_pad_to_bucket_adds_one_non_finishing_window(windows, buckets, padded):
-    from vitkit.bench.decoder_graphs import pad_to_bucket
+    from vitkit.lm.graphs import pad_to_bucket
 
     got, finishing = pad_to_bucket(windows, None, buckets)
     assert got == padded

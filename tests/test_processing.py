@@ -95,7 +95,7 @@ def test_each_item_owns_its_feature_storage(name):
     # every image of the call alive (and moved or saved them along with it)
     images = [Image.new("RGB", (56, 56), (10, 20, 30)), Image.new("RGB", (56, 112), (200, 100, 0))]
     for item in make_items(images, name):
-        assert item.feature.untyped_storage().nbytes() == item.feature_nbytes
+        assert item.feature.untyped_storage().nbytes() == item.feature.numel() * item.feature.element_size()
 
 
 def test_make_items_rejects_non_images():

@@ -1,18 +1,14 @@
-"""The TTFT command line and the GPU validation's comparison logic (run on CPU with stand-ins)."""
+"""The simulator's command lines: the cache table, the TTFT report, and the pointer to the GPU validation."""
 
 import json
 import time
 
-import pytest
-
-from vitkit.sim import ReplayConfig, StepCosts, load_encoder_cost
-from vitkit.sim.__main__ import main
-from vitkit.sim.fake import FakeEncoder
-from vitkit.sim.stepcost import FlopPrefillCost
-from vitkit.sim.timing import TimedEncoder
-from vitkit.sim.ttft import replay_at_rate, workload_trace
-from vitkit.sim.validate import main as validate_main
-from vitkit.sim.validate import validate
+from vitkit.costs.clock import StepCosts
+from vitkit.costs.encoder import load_encoder_cost
+from vitkit.costs.prefill import load_prefill_cost
+from vitkit.sim import ReplayConfig
+from vitkit.sim.__main__ import COLUMNS, main
+from vitkit.sim.replay import replay_at_rate, workload_trace
 
 
 def test_ttft_cli_writes_results_and_figures(tmp_path, capsys):
@@ -34,67 +30,26 @@ def test_ttft_cli_writes_results_and_figures(tmp_path, capsys):
 
 
 def test_ten_thousand_requests_replay_in_under_a_minute():
-    costs = StepCosts(load_encoder_cost(), FlopPrefillCost())
+    costs = StepCosts(load_encoder_cost(), load_prefill_cost())
     trace = workload_trace("small-images", 10_000)
     start = time.perf_counter()
     run = replay_at_rate(trace, 40.0, costs, ReplayConfig())
-    assert run.summary.finished == 10_000
+    assert run.latency.finished == 10_000
     assert time.perf_counter() - start < 60
 
 
-def test_validate_compares_measured_and_modelled_runs():
-    costs = StepCosts(load_encoder_cost(), FlopPrefillCost())
-    rows = validate(FakeEncoder(8), FlopPrefillCost(), costs, workloads=["small-images"], modes=["batched"],
-                    sizes={"small-images": (40.0, 20)}, warm_passes=0)
-    (row,) = rows
-    assert row["workload"] == "small-images" and row["mode"] == "batched"
-    # the same prefill both sides; the encoder side differs (CPU wall time of a fake vs the H100 model)
-    assert row["measured_prefill_ms"] == pytest.approx(row["modelled_prefill_ms"], rel=0.5)
-    assert row["p99_rel_err"] == pytest.approx((row["modelled_p99_ms"] - row["measured_p99_ms"]) / row["measured_p99_ms"])
+def test_cache_table_for_both_modes_pinning_and_cache_sizes(capsys):
+    assert main(["product-catalog", "--cache-tokens", "4096", "12288"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == list(COLUMNS)
+    rows = [line.split() for line in lines[1:]]
+    assert len(rows) == 2 * 2 * 2  # modes x cache sizes x pin on/off
+    assert {(r[0], r[1], r[2]) for r in rows} == {(m, p, t) for m in ("batched", "per_request") for p in ("True", "False")
+                                                  for t in ("4096", "12288")}
+    # a cache that holds the pinned set: no re-encoding within a request with pins on
+    assert all(r[7] == "0" for r in rows if r[1] == "True" and r[2] == "12288")
 
 
-class JitteryPrefill:
-    """A prefill whose steps cost more on each replay of the trace: passes differ, in a known order."""
-
-    def __init__(self) -> None:
-        self.inner, self.scale = FlopPrefillCost(), 1.0
-
-    def step_ms(self, windows):
-        return self.scale * self.inner.step_ms(windows)
-
-
-def test_validate_shows_the_timed_pass_with_the_median_p99_and_keeps_them_all():
-    costs = StepCosts(load_encoder_cost(), FlopPrefillCost())
-    prefill, made = JitteryPrefill(), []
-
-    def timer(encoder):  # one per pass: each pass's prefill 20% slower than the last
-        prefill.scale = 1.0 + 0.2 * len(made)
-        made.append(TimedEncoder(encoder))
-        return made[-1]
-
-    (row,) = validate(FakeEncoder(8), prefill, costs, workloads=["small-images"], modes=["batched"],
-                      sizes={"small-images": (40.0, 20)}, warm_passes=1, timed_passes=3, timer=timer)
-    passes = row["measured_passes"]
-    assert len(made) == 4 and len(passes) == 3  # one warm pass, not kept
-    p99s = [p["p99_ms"] for p in passes]
-    assert p99s == sorted(p99s) and p99s[0] < p99s[2]  # slower prefill, later pass
-    assert row["measured_pass"] == 1 and row["measured_p99_ms"] == p99s[1] and row["measured_p50_ms"] == passes[1]["p50_ms"]
-    assert row["measured_prefill_ms"] == pytest.approx(passes[1]["prefill_ms"])
-    assert all(p["encoder_calls"] == passes[0]["encoder_calls"] > 0 for p in passes)
-    with pytest.raises(ValueError, match="timed_passes must be >= 1, got 0"):
-        validate(FakeEncoder(8), prefill, costs, workloads=["small-images"], timed_passes=0)
-
-
-def test_validate_refuses_an_unknown_mode_before_building_anything(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        validate_main(["--out", str(tmp_path), "--modes", "batched", "per-request"])
-    assert exit_info.value.code == 2 and "'per-request'" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.gpu
-def test_validate_on_the_gpu_runs_the_real_encoder_and_prefill(tmp_path):
-    validate_main(["--out", str(tmp_path), "--workloads", "small-images", "--modes", "batched"])
-    (path,) = tmp_path.glob("ttft-validate-*.json")
-    row = json.loads(path.read_text())["rows"][0]
-    assert row["measured_p99_ms"] > 0 and row["measured_encoder_ms"] > 0 and row["measured_prefill_ms"] > 0
+def test_validate_points_to_the_bench(capsys):
+    assert main(["validate", "--modelled-only"]) == 2
+    assert "python -m vitkit.bench validate --modelled-only" in capsys.readouterr().err

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitkit.sim.engine import plan_steps
-from vitkit.sim.scheduler import Arrival, Scheduler, Window
+from cost_doubles import plan_steps
+from vitkit.sim.scheduler import Arrival, Scheduler, SchedulerConfig, Window
 
 
 def windows(steps):
@@ -14,7 +14,7 @@ def windows(steps):
 
 def test_budget_shared_in_arrival_order_and_late_arrival_joins_later():
     arrivals = [Arrival("A", 10, 0.0), Arrival("B", 3, 0.0), Arrival("C", 5, 60.0)]
-    steps = plan_steps(arrivals, 8, step_ms=50.0)
+    steps = plan_steps(arrivals, SchedulerConfig(8), step_ms=50.0)
     # step 0: A takes the whole budget; step 1: A's last 2 tokens, then B joins with 3 of the 6 left;
     # C arrives at 60 ms, so it first runs in the step at 100 ms.
     assert windows(steps) == [[("A", 0, 8)], [("A", 8, 10), ("B", 0, 3)], [("C", 0, 5)]]
@@ -25,7 +25,7 @@ def test_budget_shared_in_arrival_order_and_late_arrival_joins_later():
 
 def test_per_request_cap_and_max_running():
     arrivals = [Arrival("A", 7), Arrival("B", 4), Arrival("C", 2)]
-    steps = plan_steps(arrivals, 8, max_running=2, long_prefill_token_threshold=3)
+    steps = plan_steps(arrivals, SchedulerConfig(8, max_running=2, long_prefill_token_threshold=3))
     # C waits for a free slot; B's slot frees only after the step in which B finishes.
     assert windows(steps) == [
         [("A", 0, 3), ("B", 0, 3)],
@@ -38,7 +38,7 @@ def test_per_request_cap_and_max_running():
 
 def test_abort_mid_prompt_drops_the_request_before_the_next_step():
     arrivals = [Arrival("A", 10, 0.0, abort_ms=60.0), Arrival("B", 3, 0.0)]
-    steps = plan_steps(arrivals, 4, step_ms=50.0)
+    steps = plan_steps(arrivals, SchedulerConfig(4), step_ms=50.0)
     assert windows(steps) == [[("A", 0, 4)], [("A", 4, 8)], [("B", 0, 3)]]
     assert steps[2].aborted == ("A",)
     assert all(s.aborted == () for s in steps[:2])
@@ -46,7 +46,7 @@ def test_abort_mid_prompt_drops_the_request_before_the_next_step():
 
 def test_abort_before_arrival_and_idle_gap():
     arrivals = [Arrival("A", 2, 0.0), Arrival("D", 4, 500.0, abort_ms=500.0), Arrival("E", 1, 1000.0)]
-    steps = plan_steps(arrivals, 8, step_ms=50.0)
+    steps = plan_steps(arrivals, SchedulerConfig(8), step_ms=50.0)
     assert windows(steps) == [[("A", 0, 2)], [], [("E", 0, 1)]]
     assert steps[1].aborted == ("D",) and steps[1].time_ms == 500.0
     assert steps[2].time_ms == 1000.0  # the clock jumps over idle time
@@ -62,7 +62,13 @@ def test_bad_input_is_rejected_with_names():
     with pytest.raises(ValueError, match="request 'Z': prompt_len"):
         s.add(Arrival("Z", 0))
     with pytest.raises(ValueError, match="step_ms"):
-        plan_steps([Arrival("A", 3)], 8, step_ms=0)
+        plan_steps([Arrival("A", 3)], SchedulerConfig(8), step_ms=0)
+    with pytest.raises(ValueError, match="max_running must be a positive int, got 0"):
+        SchedulerConfig(8, max_running=0)
+    with pytest.raises(ValueError, match="policy must be one of"):
+        SchedulerConfig(8, policy="greedy")
+    with pytest.raises(ValueError, match="needs a step budget"):
+        SchedulerConfig(None)
 
 
 @pytest.mark.parametrize("field, value", [("arrival_ms", float("nan")), ("arrival_ms", "0"), ("abort_ms", float("nan")),
@@ -92,7 +98,7 @@ streams = st.lists(
 @given(streams, st.integers(1, 32), st.one_of(st.none(), st.integers(1, 4)), st.one_of(st.none(), st.integers(1, 16)))
 def test_schedule_invariants(stream, budget, max_running, cap):
     arrivals = [Arrival(f"r{k}", n, 10.0 * t) for k, (n, t) in enumerate(stream)]
-    steps = plan_steps(arrivals, budget, max_running=max_running, long_prefill_token_threshold=cap, step_ms=10.0)
+    steps = plan_steps(arrivals, SchedulerConfig(budget, long_prefill_token_threshold=cap, max_running=max_running), step_ms=10.0)
     progress = {a.rid: 0 for a in arrivals}
     arrival_of = {a.rid: a.arrival_ms for a in arrivals}
     order = [a.rid for a in sorted(arrivals, key=lambda a: a.arrival_ms)]  # stable: ties keep input order
@@ -116,8 +122,8 @@ def test_schedule_invariants(stream, budget, max_running, cap):
     assert progress == prompt_len  # every prompt runs to its end
 
 
-def test_fixed_chunk_advances_every_unfinished_request_by_the_chunk():
-    scheduler = Scheduler.fixed_chunk(4)
+def test_a_cap_without_a_budget_advances_every_unfinished_request_by_the_chunk():
+    scheduler = Scheduler(None, long_prefill_token_threshold=4)  # notebook 01's scheduler
     for rid, n in (("A", 10), ("B", 3), ("C", 8)):
         scheduler.add(Arrival(rid, n))
     steps = []
@@ -125,8 +131,8 @@ def test_fixed_chunk_advances_every_unfinished_request_by_the_chunk():
         steps.append(step)
     assert windows(steps) == [[("A", 0, 4), ("B", 0, 3), ("C", 0, 4)], [("A", 4, 8), ("C", 4, 8)], [("A", 8, 10)]]
     assert [s.finished for s in steps] == [("B",), ("C",), ("A",)] and scheduler.idle
-    with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
-        Scheduler.fixed_chunk(0)
+    with pytest.raises(ValueError, match="long_prefill_token_threshold must be a positive int, got 0"):
+        Scheduler(None, long_prefill_token_threshold=0)
 
 
 def test_nothing_to_run_is_no_step_unless_an_abort_is_recorded():

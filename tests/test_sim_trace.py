@@ -89,7 +89,7 @@ def test_repeated_image_is_identical_content():
         (lambda d: d.update(schema="other/1"), "field 'schema'"),
         (lambda d: d.update(requests={}), "field 'requests' must be a list"),
         (lambda d: d["requests"][1].pop("arrival_ms"), r"request 1 \('q1'\): missing field 'arrival_ms'"),
-        (lambda d: d["requests"][1].update(arrival_ms=-3), r"request 1 \('q1'\): arrival_ms must be a number >= 0"),
+        (lambda d: d["requests"][1].update(arrival_ms=-3), r"request 1 \('q1'\): arrival_ms must be a finite number >= 0"),
         (lambda d: d["requests"][1].update(abort_ms=10.0), r"request 1 \('q1'\): abort_ms must be a number >= arrival_ms"),
         (lambda d: d["requests"][1].update(rid="q0"), r"request 1 \('q0'\): rid is used twice"),
         (lambda d: d["requests"][0]["segments"].append({"image": "hat"}), r"request 0 \('q0'\): segments\[3\] names unknown image 'hat'"),
@@ -137,22 +137,18 @@ def test_bad_workload_params(kwargs, message):
         WorkloadParams(**kwargs)
 
 
-def test_bytes_per_token_and_capacity():
-    from vitkit.sim.fake import FakeEncoder, bytes_per_token, cache_bytes_for_tokens
+def test_bytes_per_token():
+    # a replay sizes its cache as cache_tokens rows of this width (tests/test_sim_replay.py)
+    from vitkit.sim.fake import FakeEncoder, bytes_per_token
 
     encoder = FakeEncoder(hidden=8)
-    assert bytes_per_token(encoder) == 32 and cache_bytes_for_tokens(100, encoder) == 3200
-    assert cache_bytes_for_tokens(100, 32) == 3200
+    assert bytes_per_token(encoder) == 32 == encoder.bytes_per_token
 
     class Wide:
         hidden_size, dtype = 3584, torch.bfloat16
 
     assert bytes_per_token(Wide()) == 7168
     assert bytes_per_token(object()) is None
-    with pytest.raises(ValueError, match="capacity in bytes"):
-        cache_bytes_for_tokens(10, object())
-    with pytest.raises(ValueError, match="positive int"):
-        cache_bytes_for_tokens(0, encoder)
 
 
 def test_fake_encoder_takes_any_str_hash():

@@ -10,8 +10,9 @@ import pytest
 pytest.importorskip("ipywidgets", reason="widget tests need the notebooks extra: pip install -e '.[notebooks]'")
 
 from conftest import fake_bench_results
-from vitkit.bench import stream_run
-from vitkit.bench.results import write_results
+from vitkit.bench import rows as stream_run
+from vitkit.bench.rows import write_results
+from vitkit.costs.results import schema
 from vitkit.viz import bench_widget as bv
 from vitkit.viz.bench_widget import SMOKE_LABEL, BenchView, bench_view, speedup_rows, stored_results
 
@@ -114,7 +115,7 @@ def _stream(created, kind="gpu"):
 
 
 def test_the_stream_schema_is_the_stream_benchmarks():
-    assert bv.STREAM_SCHEMA == stream_run.SCHEMA
+    assert bv.STREAM_SCHEMA == schema("stream")
 
 
 def test_stored_sources_put_a_stream_file_first_then_the_newest_sweep(tmp_path):
@@ -181,7 +182,7 @@ def test_without_a_gpu_the_stored_h100_results_are_on_screen_and_nothing_runs(mo
 
 def test_dp_panel_shows_the_stored_scaling_or_says_none_is_stored(tmp_path):
     from vitkit.viz import dp_panel
-    from vitkit.bench.dp_plot import STORED_DP
+    from vitkit.bench.dp import STORED_DP
 
     missing = dp_panel(tmp_path / "dp.json")
     assert "No stored data-parallel results" in missing.value

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from vitkit.embed import MODES
 from vitkit.span import Span
 from vitkit.viz import PlanSettings, chunk_explorer, chunk_plan, draw_token_lines, html_table
-from vitkit.viz.photos import photo_items
+from vitkit.viz.plan import photo_items
 
 SMALL = dict(num_requests=2, images_per_request=2, image_size=336, chunk_size=128)  # 144-token images straddle
 

@@ -8,10 +8,15 @@ import pytest
 
 pytest.importorskip("ipywidgets", reason="widget tests need the notebooks extra: pip install -e '.[notebooks]'")
 
-from vitkit.bench.results import write_results
+import json
+import shutil
+
+from vitkit.costs import results
 from vitkit.sim import WorkloadParams
 from vitkit.viz import SimSettings, run_sim, sim_explorer, summary_rows
 from vitkit.viz.sim_widget import cost_models, sim_figures
+
+STORED = results.results_folder()
 
 
 SMALL = SimSettings(
@@ -26,7 +31,7 @@ def runs():
 
 
 def test_runs_cover_modes_caches_and_pinning(runs):
-    keys = {(r.summary.mode, r.summary.pin, r.summary.capacity_bytes) for r in runs}
+    keys = {(r.config.mode, r.config.pin, r.config.cache_tokens) for r in runs}
     assert len(runs) == len(keys) == 2 * 2 * 2
     assert len({r.summary.steps for r in runs}) == 1  # every configuration replays the same schedule
 
@@ -75,18 +80,34 @@ def test_example_trace_fixes_the_workload():
     assert explorer.runs[0].summary.windows > 24  # 24 requests, several windows each
 
 
-def test_cost_model_from_stored_results_sets_encoder_time(tmp_path, fake_bench_results):
-    write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
+def test_cost_model_from_stored_results_sets_encoder_time(tmp_path):
+    # a stream file only (no encoder-costs file): the bucket model fitted to the encoder's stream
+    (stream,) = sorted(STORED.glob("stream-qwen2.5-vl-7b-*.json"))[-1:]
+    shutil.copy(stream, tmp_path)
     models = cost_models(tmp_path)
-    assert set(models) == {"clip-l-336/vitkit", "qwen2.5-vl-7b/vitkit"}
+    assert set(models) == {"qwen2.5-vl-7b/vitkit"}
+    assert models["qwen2.5-vl-7b/vitkit"].source.startswith(f"stream fit {stream.name}")
     explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)), results_folder=tmp_path)
     assert "qwen2.5-vl-7b/vitkit" in explorer.controls["encoder"].options
     explorer.controls["encoder"].value = "qwen2.5-vl-7b/vitkit"
     cost = models["qwen2.5-vl-7b/vitkit"]
+    one_item_calls = 0
     for run in explorer.runs:
-        calls = [t for row in run.rows for t in row.call_tokens]
-        assert run.summary.encoder_ms == pytest.approx(sum(cost.call_ms(t) for t in calls))
+        assert run.summary.encoder_ms == pytest.approx(sum(r.encoder_ms for r in run.rows)) and run.summary.encoder_ms > 0
+        for row in run.rows:
+            if row.encoded_items == row.encoder_calls:  # every call one item: its rows are the call's
+                assert row.encoder_ms == pytest.approx(sum(cost.call.call_ms([t]) for t in row.call_tokens))
+                one_item_calls += row.encoder_calls
+    assert one_item_calls > 0
     assert "modelled from stored results" in explorer.status.value
+    # with an encoder-costs file in the folder, that encoder's measured model replaces the stream fit
+    assert cost_models(STORED, [])["qwen2.5-vl-7b/vitkit"].source.startswith("measured buckets encoder-costs-")
+
+
+def test_the_stored_results_fit_without_problems():
+    problems = []
+    cost_models(STORED, problems)
+    assert problems == []
 
 
 def test_unknown_encoder_is_an_error():
@@ -97,20 +118,23 @@ def test_unknown_encoder_is_an_error():
 def test_default_encoder_time_is_the_stored_cost_model_named_in_the_figures(runs):
     explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)))
     assert explorer.controls["encoder"].value == "qwen2.5-vl-7b/vitkit"
-    # the measured bucket model when an encoder-costs file is stored (the TTFT view's model too)
-    assert "fitted to " in explorer.status.value
+    # the measured bucket model when an encoder-costs file is stored (the TTFT view's model too), its
+    # bookkeeping from the stored stream file: both named
     assert "measured buckets encoder-costs-" in explorer.status.value
+    assert "bookkeeping stream-qwen2.5-vl-7b-" in explorer.status.value
     assert "fake" not in explorer.status.value
     figs = sim_figures(explorer.runs, "encoder time: modelled from stored results, x")
     assert all(fig._suptitle.get_text().startswith("encoder time: modelled") for fig in figs.values())
     assert explorer.runs[0].summary.encoder_ms > 0
 
 
-def test_results_without_a_fittable_model_are_reported_not_fatal(tmp_path, fake_bench_results):
-    one_point = fake_bench_results()
-    # only the batched Qwen rows: every call the same size, so no line can be fitted
-    one_point["rows"] = [r for r in one_point["rows"] if r.sweep == "qwen-resolution" and r.mode == "batched"]
-    write_results(one_point, tmp_path / "qwen-only-vitkit-bf16-20260101T000000Z.json")
+def test_results_without_a_fittable_model_are_reported_not_fatal(tmp_path):
+    # a Qwen stream file none of whose steps' calls can be recomputed: nothing to fit
+    (path,) = sorted(STORED.glob("stream-qwen2.5-vl-7b-*.json"))[-1:]
+    data = json.loads(path.read_text())
+    for row in data["steps"]:
+        row["encoder_calls"] += 1
+    (tmp_path / "stream-qwen-only-20260101T000000Z.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="cannot fit an encoder cost model to .*qwen-only"):
         cost_models(tmp_path)
     explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)), results_folder=tmp_path)
@@ -137,11 +161,12 @@ def test_ttft_explorer_shows_both_modes_from_the_named_cost_models():
 
 
 def test_ttft_figure_names_its_sources_and_keeps_legends_off_the_curves():
-    from vitkit.sim.plot_ttft import plot_ttft_vs_load
+    from vitkit.costs import StepCosts, load_encoder_cost, load_prefill_cost
+    from vitkit.sim.plot import plot_ttft_vs_load
     from vitkit.viz.sim_widget import TTFTSettings, ttft_points
-    from vitkit.sim import StepCosts, load_encoder_cost
 
-    points = ttft_points(TTFTSettings(num_requests=20, rates=(10.0,), rate_per_s=10.0), StepCosts(load_encoder_cost()))
+    points = ttft_points(TTFTSettings(num_requests=20, rates=(10.0,), rate_per_s=10.0),
+                         StepCosts(load_encoder_cost(), load_prefill_cost()))
     fig = plot_ttft_vs_load(points, bound_ms=100.0)
     assert not [ax for ax in fig.axes if ax.get_legend()] and len(fig.legends) == 1
     assert "qwen2.5-vl-7b" in fig._suptitle.get_text() and "decode not modelled" in fig._suptitle.get_text()
@@ -159,7 +184,7 @@ def test_admission_rows_compare_both_policies():
 
 
 def test_ttft_figure_shows_the_stored_gpu_replay_next_to_the_model():
-    from vitkit.sim.plot_ttft import measured_points
+    from vitkit.sim.plot import measured_points
     from vitkit.viz.sim_widget import STORED, TTFTSettings, measured_at, stored_measured_points, ttft_requests
 
     validation = {"settings": {"chunked_prefill_size": 2048, "cache_tokens": 16384},

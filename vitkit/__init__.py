@@ -8,18 +8,7 @@ from vitkit.request import Request
 from vitkit.span import Span
 
 __all__ = [
-    "CacheStats",
-    "ChunkEntry",
-    "EmbedResult",
-    "EmbeddingCache",
-    "MultimodalItem",
-    "Request",
-    "Span",
-    "assemble_chunk",
-    "content_hash",
-    "embed_chunks",
-    "find_chunk_items",
-    "move_items_to_device",
-    "offload_items",
-    "plan_calls",
+    "CacheStats", "ChunkEntry", "EmbedResult", "EmbeddingCache", "MultimodalItem", "Request", "Span",
+    "assemble_chunk", "content_hash", "embed_chunks", "find_chunk_items", "move_items_to_device",
+    "offload_items", "plan_calls",
 ]

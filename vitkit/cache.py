@@ -12,10 +12,6 @@ import torch
 from vitkit.checks import positive_int
 
 
-def tensor_nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def embedding_row_bytes(hidden_size: int, dtype: torch.dtype) -> int:
     """Bytes one embedding row takes in the cache: ``hidden_size`` elements of ``dtype``."""
     return positive_int("hidden_size", hidden_size) * dtype.itemsize
@@ -87,28 +83,26 @@ class EmbeddingCache:
         return None if entry is None else entry.embedding
 
     def put(self, key: str, embedding: torch.Tensor, pin_owner: Hashable | None = None) -> bool:
-        """Store ``embedding`` under ``key``, evicting unpinned LRU entries as needed.
+        """Store ``embedding`` under ``key``, evicting unpinned LRU entries as needed; False, storing
+        nothing, when it cannot fit even then.
 
-        Returns False, storing nothing, when it cannot fit even after evicting every unpinned
-        entry. A view into a larger buffer (one item of a batched encoder output) is copied
-        first, so the stored bytes are the bytes counted. With ``pin_owner`` the new entry is
-        pinned for that owner in the same step, so no later put can evict it in between.
+        A view into a larger buffer (one item of a batched encoder output) is copied first, so the
+        stored bytes are the bytes counted. ``pin_owner`` pins the entry at once, so no later put
+        of the step can evict it.
         """
         if not isinstance(embedding, torch.Tensor):
             raise TypeError(f"cache put {key!r}: embedding must be a torch.Tensor, got {type(embedding).__name__}")
         if key in self._entries:
             self._entries.move_to_end(key)
-            if pin_owner is not None:
-                self.pin(key, pin_owner)
-            return True
-        nbytes = tensor_nbytes(embedding)
-        if not self._make_room(nbytes):
-            self.rejected += 1
-            return False
-        if embedding.untyped_storage().nbytes() > nbytes:
-            embedding = embedding.clone()
-        self._entries[key] = _Entry(embedding, nbytes)
-        self.bytes += nbytes
+        else:
+            nbytes = embedding.numel() * embedding.element_size()
+            if not self._make_room(nbytes):
+                self.rejected += 1
+                return False
+            if embedding.untyped_storage().nbytes() > nbytes:
+                embedding = embedding.clone()
+            self._entries[key] = _Entry(embedding, nbytes)
+            self.bytes += nbytes
         if pin_owner is not None:
             self.pin(key, pin_owner)
         return True
@@ -116,17 +110,12 @@ class EmbeddingCache:
     def _make_room(self, nbytes: int) -> bool:
         if nbytes > self.capacity_bytes - self.pinned_bytes:
             return False  # even evicting every unpinned entry would not do
-        # evict the oldest unpinned entry one at a time: a put that fits scans nothing, and a
-        # put that evicts skips only the pinned entries ahead of it (a full scan per put made
-        # a step of n puts cost O(n * entries))
+        # one oldest unpinned entry at a time, so a put skips only the pinned entries ahead of it
         while self.bytes + nbytes > self.capacity_bytes:
-            self._evict(next(k for k, e in self._entries.items() if not e.pins))
+            oldest = next(k for k, e in self._entries.items() if not e.pins)
+            self.bytes -= self._entries.pop(oldest).nbytes
+            self.evictions += 1
         return True
-
-    def _evict(self, key: str) -> None:
-        entry = self._entries.pop(key)
-        self.bytes -= entry.nbytes
-        self.evictions += 1
 
     def pin(self, key: str, owner: Hashable) -> None:
         """Add one pin on ``key`` for ``owner`` (reference counted)."""
@@ -166,9 +155,7 @@ class EmbeddingCache:
 
     def is_pinned(self, key: str, owner: Hashable | None = None) -> bool:
         entry = self._entries.get(key)
-        if entry is None:
-            return False
-        return bool(entry.pins) if owner is None else entry.pins[owner] > 0
+        return entry is not None and (bool(entry.pins) if owner is None else entry.pins[owner] > 0)
 
     def pinned_by(self, owner: Hashable) -> frozenset[str]:
         return frozenset(self._owned.get(owner, ()))
@@ -184,34 +171,20 @@ class EmbeddingCache:
         ``embed_chunks`` runs a step inside one, so a failing encoder leaves the cache exactly
         as it was. The snapshot is shallow: O(entries) references, no tensor copies.
         """
-        saved = self._snapshot()
+        entries = OrderedDict(self._entries)
+        pins = {key: Counter(e.pins) for key, e in entries.items() if e.pins}
+        owned = {owner: set(keys) for owner, keys in self._owned.items()}
+        counters = (self.bytes, self.pinned_bytes, self.hits, self.misses, self.evictions, self.rejected)
         try:
             yield self
         except BaseException:
-            self._restore(saved)
+            for key, entry in entries.items():
+                entry.pins = Counter(pins.get(key, {}))
+            self._entries, self._owned = entries, owned
+            self.bytes, self.pinned_bytes, self.hits, self.misses, self.evictions, self.rejected = counters
             raise
 
-    def _snapshot(self) -> tuple:
-        pins = {key: Counter(e.pins) for key, e in self._entries.items() if e.pins}
-        owned = {owner: set(keys) for owner, keys in self._owned.items()}
-        counters = (self.bytes, self.pinned_bytes, self.hits, self.misses, self.evictions, self.rejected)
-        return OrderedDict(self._entries), pins, owned, counters
-
-    def _restore(self, saved: tuple) -> None:
-        entries, pins, owned, counters = saved
-        for key, entry in entries.items():
-            entry.pins = Counter(pins.get(key, {}))
-        self._entries, self._owned = entries, owned
-        self.bytes, self.pinned_bytes, self.hits, self.misses, self.evictions, self.rejected = counters
-
     def stats(self) -> CacheStats:
-        return CacheStats(
-            hits=self.hits,
-            misses=self.misses,
-            evictions=self.evictions,
-            rejected=self.rejected,
-            entries=len(self._entries),
-            bytes=self.bytes,
-            pinned_bytes=self.pinned_bytes,
-            capacity_bytes=self.capacity_bytes,
-        )
+        return CacheStats(hits=self.hits, misses=self.misses, evictions=self.evictions, rejected=self.rejected,
+                          entries=len(self._entries), bytes=self.bytes, pinned_bytes=self.pinned_bytes,
+                          capacity_bytes=self.capacity_bytes)

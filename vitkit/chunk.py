@@ -23,10 +23,7 @@ class ChunkEntry:
 
 
 def check_window(request: Request, window: Span | tuple[int, int]) -> Span:
-    """Validate a chunked-prefill window ``[start, stop)`` of ``request``'s prompt.
-
-    A request without ``prompt_len`` accepts windows past its last item (text after the last image).
-    """
+    """Validate a chunked-prefill window ``[start, stop)`` of ``request`` (unbounded without ``prompt_len``)."""
     try:
         window = Span.coerce(window)
     except (TypeError, ValueError) as err:
@@ -70,12 +67,10 @@ def assemble_chunk(entries: Sequence[ChunkEntry], window: Span | tuple[int, int]
     if len(window) == 0:
         raise ValueError(f"window {window} is empty")
     pieces = []
-    previous: Span | None = None
     for k, entry in enumerate(entries):
-        _check_entry(k, entry, window, previous)
+        _check_entry(k, entry, window, entries[k - 1].span if k else None)
         part = entry.span.intersect(window)
         pieces.append(entry.embedding[part.start - entry.span.start : part.stop - entry.span.start])
-        previous = entry.span
     if not pieces:
         return None
     _check_compatible(entries)

@@ -28,23 +28,16 @@ ENCODING_FATES = ("encoded", "re-encoded")  # the lookups that made their item's
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    """What happened to one item a window touched, in one step.
-
-    ``fate`` is one of:
+    """What happened to one item a window touched, in one step; ``fate`` is one of:
 
     - ``"hit"``: the cache had it (``call`` is None);
     - ``"encoded"``: this lookup missed, first in the step, and the item was encoded in ``call``;
     - ``"shared"``: an earlier lookup of this step (another window, or earlier in this one) missed
       the same content first; that one encode, in ``call``, served both (batched de-duplication);
-    - ``"re-encoded"``: as ``"encoded"``, but the request had already needed this content in an
-      earlier window (one of its spans with this hash starts before the window does): an image
-      straddling a window boundary, or shown again later in the prompt, that the cache lost in
-      between. Pinning exists to make this zero.
+    - ``"re-encoded"``: as ``"encoded"``, but ``needed_before``: one of the request's spans with this
+      hash starts before the window (a straddling or repeated image the cache lost in between).
 
-    ``needed_before``: the request had needed this content in an earlier window. ``lost`` (a
-    miss of such content) is what pinning prevents, whichever lookup of the step caused the
-    encode: a ``"shared"`` fate can be lost too, when another request's window missed the same
-    image first.
+    ``lost`` is what pinning prevents, whichever lookup caused the encode (so ``"shared"`` too).
     """
 
     index: int  # into request.items
@@ -64,9 +57,8 @@ class EmbedResult:
     """What a step produced: one chunk embedding (or None) per batch entry, and what it cost.
 
     ``outcomes[k]`` lists, in prompt order, every item batch entry ``k``'s window touched and its
-    ``ItemOutcome``; the step totals follow from them (``cache_hits`` counts the ``"hit"`` fates,
-    ``cache_misses`` the others, ``encoded_items`` the ``"encoded"`` and ``"re-encoded"`` ones).
-    Calls are numbered in the order they ran, across requests in per-request mode.
+    ``ItemOutcome``; the step's counts follow from them. Calls are numbered in the order they ran,
+    across requests in per-request mode.
     """
 
     embeddings: list[torch.Tensor | None]
@@ -81,24 +73,16 @@ class EmbedResult:
 
 
 def plan_calls(items: Sequence[MultimodalItem], max_tokens_per_call: int | None) -> list[list[MultimodalItem]]:
-    """Split ``items`` greedily, in order, into calls of at most ``max_tokens_per_call`` tokens.
-
-    A new call starts only when the next item would push the current one over the budget; an
-    item larger than the budget goes alone.
-    """
-    if max_tokens_per_call is None:
-        return [list(items)] if items else []
+    """Split ``items`` greedily, in order, into calls of at most ``max_tokens_per_call`` tokens (an
+    item over the budget goes alone); without a budget, one call."""
     calls: list[list[MultimodalItem]] = []
-    current: list[MultimodalItem] = []
     used = 0
     for item in items:
-        if current and used + item.num_tokens > max_tokens_per_call:
-            calls.append(current)
-            current, used = [], 0
-        current.append(item)
+        if not calls or (max_tokens_per_call is not None and used + item.num_tokens > max_tokens_per_call):
+            calls.append([])
+            used = 0
+        calls[-1].append(item)
         used += item.num_tokens
-    if current:
-        calls.append(current)
     return calls
 
 
@@ -110,16 +94,14 @@ def _requests_of(keys: Sequence[str], wanted_by: Mapping[str, Sequence[Hashable]
 def run_encoder(
     encoder: Encoder, items: list[MultimodalItem], wanted_by: Mapping[str, Sequence[Hashable]] | None = None
 ) -> list[torch.Tensor]:
-    """Call ``encoder`` and check it returned one ``(num_tokens, hidden)`` tensor per item.
-
-    ``wanted_by`` (hash -> request ids) lets an error name the requests behind a bad output.
-    """
+    """Call ``encoder``, checking it returned one ``(num_tokens, hidden)`` tensor per item;
+    ``wanted_by`` (hash -> request ids) lets an error name the requests behind a bad output."""
     outputs = encoder(items)
     if not isinstance(outputs, (list, tuple)):
         raise TypeError(f"encoder must return a list of tensors, got {type(outputs).__name__}")
     if len(outputs) != len(items):
-        keys = [item.hash for item in items]
-        raise ValueError(f"encoder returned {len(outputs)} tensors for {len(items)} items{_requests_of(keys, wanted_by)}")
+        raise ValueError(f"encoder returned {len(outputs)} tensors for {len(items)} items"
+                         f"{_requests_of([item.hash for item in items], wanted_by)}")
     hidden = None
     for k, (item, out) in enumerate(zip(items, outputs)):
         name = f"encoder output {k} (item {item.hash[:12]}{_requests_of([item.hash], wanted_by)})"
@@ -145,12 +127,9 @@ def _recording(encoder: Encoder, calls: list[tuple[list[MultimodalItem], Sequenc
 
 
 def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether every value is finite: one host sync per device (one per step for a one-GPU
-    encoder), not one per item.
-
-    Each tensor is reduced on its device to its (min, max), which NaN and +-inf propagate to;
-    one ``isfinite().all()`` over those scalars is then read back. Unlike ``isfinite(cat(...))``
-    this allocates no second copy of the step's outputs, which would raise its peak memory."""
+    """Whether every value is finite, with one host sync per device, not per item: each tensor's
+    (min, max), which NaN and inf propagate to, is checked on its device. Unlike
+    ``isfinite(cat(...))`` this makes no copy of the step's outputs (peak memory)."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         if t.device.type != "meta" and t.numel():  # meta tensors (shape-only dry runs) hold no values
@@ -170,30 +149,30 @@ def _check_finite(batch: Sequence[tuple[Request, Span]],
     for request, window in batch:
         for item, span in overlapping(request, window):
             if item.hash in where:
-                where[item.hash].append(f"request {request.rid!r} item {request.spans.index(span)}")
+                where[item.hash].append(_where(request, span))
     named = "; ".join(f"item {key[:12]} ({', '.join(where[key])})" for key in bad)
-    raise ValueError(
-        f"encoder returned non-finite values (NaN or inf) for {len(bad)} item(s): {named}; "
-        "nothing of this step was cached"
-    )
+    raise ValueError(f"encoder returned non-finite values (NaN or inf) for {len(bad)} item(s): {named}; "
+                     "nothing of this step was cached")
 
 
 def _unique_misses(
-    batch: Sequence[tuple[Request, Span]], entries_per_window: Sequence[Sequence[ChunkEntry]]
-) -> list[MultimodalItem]:
-    """Missed items, first occurrence first, one per content hash."""
+    batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]]
+) -> tuple[list[MultimodalItem], dict[str, list[Hashable]]]:
+    """Missed items, first occurrence first, one per content hash; and which requests missed each."""
     seen: dict[str, tuple[MultimodalItem, Request, Span]] = {}  # hash -> first miss, and where
-    for (request, _), entries in zip(batch, entries_per_window):
+    wanted_by: dict[str, list[Hashable]] = {}
+    for (request, _), entries in zip(batch, found):
         for e in entries:
             if e.embedding is not None:
                 continue
+            wanted_by.setdefault(e.item.hash, []).append(request.rid)
             first, first_request, first_span = seen.setdefault(e.item.hash, (e.item, request, e.span))
             if first.num_tokens != e.item.num_tokens:
                 raise ValueError(
                     f"items with hash {e.item.hash[:12]} disagree on num_tokens: {first.num_tokens} vs "
                     f"{e.item.num_tokens} ({_where(first_request, first_span)} vs {_where(request, e.span)})"
                 )
-    return [item for item, _, _ in seen.values()]
+    return [item for item, _, _ in seen.values()], wanted_by
 
 
 def _where(request: Request, span: Span) -> str:
@@ -202,27 +181,17 @@ def _where(request: Request, span: Span) -> str:
 
 @dataclass
 class _Tally:
-    calls: list[int] = field(default_factory=list)
-    items: int = 0
-    hashes: list[str] = field(default_factory=list)
-    hits: int = 0
-    misses: int = 0
+    calls: list[int] = field(default_factory=list)  # tokens per encoder call
+    hashes: list[str] = field(default_factory=list)  # per encoded item
     outcomes: list[tuple[ItemOutcome, ...]] = field(default_factory=list)
 
 
 def _encode_and_store(
-    encoder: Encoder,
-    cache: EmbeddingCache,
-    misses: list[MultimodalItem],
-    max_tokens_per_call: int | None,
-    pin_owners: dict[str, list[Hashable]],
-    tally: _Tally,
-    wanted_by: Mapping[str, Sequence[Hashable]] | None = None,
+    encoder: Encoder, cache: EmbeddingCache, misses: list[MultimodalItem], max_tokens_per_call: int | None,
+    pin_owners: dict[str, list[Hashable]], tally: _Tally, wanted_by: Mapping[str, Sequence[Hashable]],
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Encode ``misses`` in planned calls, then put them (pinned for their later windows).
-
-    Returns each hash's embedding and the index (within the step) of the call that encoded it.
-    """
+    """Encode ``misses`` in planned calls, then put them (pinned for their later windows); returns
+    each hash's embedding and the index (within the step) of the call that encoded it."""
     encoded: dict[str, torch.Tensor] = {}
     call_of: dict[str, int] = {}
     for call in plan_calls(misses, max_tokens_per_call):
@@ -231,7 +200,6 @@ def _encode_and_store(
             call_of[item.hash] = len(tally.calls)
             tally.hashes.append(item.hash)
         tally.calls.append(sum(item.num_tokens for item in call))
-        tally.items += len(call)
     for key, emb in encoded.items():
         owners = pin_owners.get(key, [])
         if cache.put(key, emb, pin_owner=owners[0] if owners else None):
@@ -265,13 +233,13 @@ def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries:
 
 
 def _outcomes(
-    batch: Sequence[tuple[Request, Span]], entries_per_window: Sequence[Sequence[ChunkEntry]], call_of: Mapping[str, int]
+    batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]], call_of: Mapping[str, int]
 ) -> list[tuple[ItemOutcome, ...]]:
     """Each window's touched items and their fates; the first miss of a hash in the step is the
     one that encoded it (``_unique_misses`` keeps first occurrences), later misses shared it."""
     claimed: set[str] = set()
     out = []
-    for (request, window), entries in zip(batch, entries_per_window):
+    for (request, window), entries in zip(batch, found):
         earlier = {item.hash for item, span in zip(request.items, request.spans) if span.start < window.start}
         marks = []
         for e in entries:
@@ -293,15 +261,6 @@ def _fill(entries: Sequence[ChunkEntry], encoded: dict[str, torch.Tensor]) -> li
     return [e if e.embedding is not None else replace(e, embedding=encoded[e.item.hash]) for e in entries]
 
 
-def _lookup(batch: Sequence[tuple[Request, Span]], cache: EmbeddingCache, tally: _Tally) -> list[list[ChunkEntry]]:
-    found = [find_chunk_items(request, window, cache) for request, window in batch]
-    for entries in found:
-        hits = sum(e.embedding is not None for e in entries)
-        tally.hits += hits
-        tally.misses += len(entries) - hits
-    return found
-
-
 def _pin_owners(batch: Sequence[tuple[Request, Span]], later: Sequence[set[str]]) -> dict[str, list[Hashable]]:
     owners: dict[str, list[Hashable]] = {}
     for (request, _), keys in zip(batch, later):
@@ -311,7 +270,7 @@ def _pin_owners(batch: Sequence[tuple[Request, Span]], later: Sequence[set[str]]
 
 
 def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
-    found = _lookup(batch, cache, tally)
+    found = [find_chunk_items(request, window, cache) for request, window in batch]
     # What each window's request needs again later, computed once per window for pins.
     later = [_needed_later(request, window, entries) if pin and window.stop < request.items_stop else set()
              for (request, window), entries in zip(batch, found)]
@@ -321,12 +280,7 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> lis
             for rid in rids:
                 if not cache.is_pinned(key, rid):
                     cache.pin(key, rid)
-    wanted_by: dict[str, list[Hashable]] = {}  # for error messages: which requests missed what
-    for (request, _), entries in zip(batch, found):
-        for e in entries:
-            if e.embedding is None:
-                wanted_by.setdefault(e.item.hash, []).append(request.rid)
-    misses = _unique_misses(batch, found)
+    misses, wanted_by = _unique_misses(batch, found)  # wanted_by names requests in encoder errors
     encoded, call_of = _encode_and_store(encoder, cache, misses, max_tokens_per_call, owners, tally, wanted_by)
     tally.outcomes += _outcomes(batch, found, call_of)
     out = []
@@ -370,20 +324,14 @@ def embed_chunks(
     pin: bool = True,
     check_finite: bool = True,
 ) -> EmbedResult:
-    """Embed each request's window for one scheduler step.
+    """Embed each request's window for one scheduler step; ``batch`` holds one ``(request, window)`` per request.
 
-    ``batch`` holds ``(request, window)`` pairs, one per request. Items whose tokens run past
-    their window are pinned in the cache for the request until a later window has used them;
-    a request's pins are released once its window has passed its last item
-    (``pin=False`` turns pinning off, to measure what it saves). If the encoder raises or
-    returns bad shapes, the cache is left exactly as it was. So too if an encoder output holds
-    NaN or inf (``check_finite``, one fused check and one device sync per step; benchmarks may
-    turn it off): a non-finite embedding would otherwise be cached and served to every later
-    request for that image.
-
-    The result's ``outcomes`` say, per batch entry, which items the window touched and what
-    became of each (``ItemOutcome``: hit, encoded, shared, re-encoded, and by which call), so a
-    caller never needs to watch the cache to learn what a step did.
+    Items whose tokens run past their window stay pinned for the request until a later window has
+    used them; a request's pins go once its window passes its last item (``pin=False`` turns pinning
+    off, to measure what it saves). If the encoder raises, returns bad shapes or (``check_finite``:
+    one fused check and one sync per step; benchmarks may turn it off) NaN or inf, the cache is left
+    exactly as it was: a non-finite embedding would otherwise be served to every later request for
+    that image. The result's ``outcomes`` say what became of each item a window touched.
     """
     if not isinstance(cache, EmbeddingCache):
         raise TypeError(f"cache must be an EmbeddingCache, got {type(cache).__name__}")
@@ -400,14 +348,9 @@ def embed_chunks(
                           cache, max_tokens_per_call, tally, pin)
         if check_finite:
             _check_finite(checked, calls)
+    hits = sum(o.fate == "hit" for marks in tally.outcomes for o in marks)
     return EmbedResult(
-        embeddings=embeddings,
-        encoder_calls=len(tally.calls),
-        encoded_items=tally.items,
-        encoded_tokens=sum(tally.calls),
-        cache_hits=tally.hits,
-        cache_misses=tally.misses,
-        call_tokens=tuple(tally.calls),
-        encoded_hashes=tuple(tally.hashes),
-        outcomes=tuple(tally.outcomes),
+        embeddings=embeddings, encoder_calls=len(tally.calls), encoded_items=len(tally.hashes),
+        encoded_tokens=sum(tally.calls), cache_hits=hits, cache_misses=sum(map(len, tally.outcomes)) - hits,
+        call_tokens=tuple(tally.calls), encoded_hashes=tuple(tally.hashes), outcomes=tuple(tally.outcomes),
     )

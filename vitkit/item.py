@@ -15,26 +15,19 @@ from vitkit.checks import positive_int
 MODALITIES = ("image", "video")
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """Raw bytes of a CPU tensor without a copy (when already contiguous)."""
-    flat = tensor.detach().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
 def _hash_tensor(hasher: xxhash.xxh3_128, tensor: torch.Tensor) -> None:
     # dtype and shape go in too: the same bytes read as another dtype or shape are another input.
     hasher.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-    hasher.update(_tensor_bytes(tensor.cpu()))
+    flat = tensor.cpu().detach().contiguous().reshape(-1)  # no copy when already contiguous on the CPU
+    hasher.update(memoryview(flat.view(torch.uint8).numpy()))
 
 
 def content_hash(feature: torch.Tensor, meta: Mapping[str, Any] | None = None) -> str:
     """128-bit content hash (hex) of a feature tensor and its meta.
 
-    xxh3-128 runs at memory speed (about 60 us per 4 MB on one CPU core) where SHA-256 takes
-    ~2.3 ms; nano-vllm makes the same choice for its prefix cache. It is not a cryptographic
-    hash: a deployment that caches across mutually untrusting tenants should pass ``hash=``
-    computed with one (e.g. hashlib.sha256).
     Every meta entry is hashed, so meta must hold only what changes the embedding (e.g. grid).
+    xxh3-128 runs at memory speed, many times faster than SHA-256 (results/README.md), but is not
+    cryptographic: a cache shared by mutually untrusting tenants should pass ``hash=`` from one.
     """
     hasher = xxhash.xxh3_128()
     _hash_tensor(hasher, feature)
@@ -51,16 +44,11 @@ def _hash_value(hasher: xxhash.xxh3_128, value: Any) -> None:
         _hash_tensor(hasher, value)
     elif isinstance(value, np.ndarray) and value.dtype != object:
         _hash_tensor(hasher, torch.from_numpy(np.ascontiguousarray(value)))
-    elif isinstance(value, (list, tuple)):
-        hasher.update(f"{type(value).__name__}[{len(value)}](".encode())
-        for element in value:
-            _hash_value(hasher, element)
-            hasher.update(b",")
-        hasher.update(b")")
-    elif isinstance(value, Mapping):
-        hasher.update(f"dict[{len(value)}](".encode())
-        for key in sorted(value, key=repr):
-            hasher.update(f"{key!r}:".encode())
+    elif isinstance(value, (list, tuple, Mapping)):
+        mapping = not isinstance(value, (list, tuple))
+        hasher.update(f"{'dict' if mapping else type(value).__name__}[{len(value)}](".encode())
+        for key in sorted(value, key=repr) if mapping else range(len(value)):
+            hasher.update(f"{key!r}:".encode() if mapping else b"")
             _hash_value(hasher, value[key])
             hasher.update(b",")
         hasher.update(b")")
@@ -91,17 +79,14 @@ class MultimodalItem:
         if self.modality not in MODALITIES:
             raise ValueError(f"MultimodalItem modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.meta is not None and not isinstance(self.meta, Mapping):
-            raise TypeError(f"MultimodalItem meta must be a mapping (e.g. {{'image_grid_thw': grid}}), got {self.meta!r}")
+            raise TypeError(
+                f"MultimodalItem meta must be a mapping (e.g. {{'image_grid_thw': grid}}), got {self.meta!r}")
         if self.feature.device.type == "cpu" and self.cpu_feature is None:
             self.cpu_feature = self.feature
         if self.hash is None:
             self.hash = content_hash(self.cpu_feature if self.cpu_feature is not None else self.feature, self.meta)
         elif not isinstance(self.hash, str) or not self.hash:
             raise TypeError(f"MultimodalItem hash must be a non-empty str (e.g. a hex digest), got {self.hash!r}")
-
-    @property
-    def feature_nbytes(self) -> int:
-        return self.feature.numel() * self.feature.element_size()
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MultimodalItem:
         """Move ``feature`` to ``device`` in place, keeping the CPU reference (returns self)."""

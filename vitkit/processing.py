@@ -1,9 +1,5 @@
-"""Images to items and requests, through each preset's real transformers image processor.
-
-The processors are the PIL/numpy ones (``CLIPImageProcessorPil``, ``SiglipImageProcessorPil``,
-``Qwen2VLImageProcessorPil``: transformers' "slow" processors, which need no torchvision),
-constructed offline from the published settings written in ``vitkit.encoders.presets``.
-"""
+"""Images to items and requests, through each preset's real transformers image processor: the PIL/numpy
+("slow") ones, which need no torchvision, built offline from the published settings in ``vitkit.encoders.presets``."""
 
 from __future__ import annotations
 
@@ -23,7 +19,8 @@ from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
 from vitkit.item import MultimodalItem
 from vitkit.request import Request
 
-PROCESSOR_CLASSES = {"clip": CLIPImageProcessorPil, "siglip": SiglipImageProcessorPil, "qwen2_5_vl": Qwen2VLImageProcessorPil}
+PROCESSOR_CLASSES = {
+    "clip": CLIPImageProcessorPil, "siglip": SiglipImageProcessorPil, "qwen2_5_vl": Qwen2VLImageProcessorPil}
 CHARS_PER_TOKEN = 4  # see count_text_tokens
 
 
@@ -31,8 +28,7 @@ def make_processor(preset_name: str | EncoderPreset, **overrides: Any):
     """The preset's image processor; ``overrides`` replace published settings (e.g. Qwen's
     ``min_pixels`` / ``max_pixels``, in pixels)."""
     preset = get_preset(preset_name)
-    settings = {**preset.processor, **overrides}
-    return PROCESSOR_CLASSES[preset.family](**settings)
+    return PROCESSOR_CLASSES[preset.family](**{**preset.processor, **overrides})
 
 
 @lru_cache(maxsize=32)
@@ -63,18 +59,18 @@ def make_items(images: Sequence[Image.Image], preset_name: str, **processor_over
     return [MultimodalItem(feature=pv.clone(), num_tokens=rows) for pv in out["pixel_values"]]  # own storage
 
 
-def _qwen_items(patches: torch.Tensor, grids: torch.Tensor, preset: EncoderPreset) -> list[MultimodalItem]:
+def _qwen_item(feature: torch.Tensor, grid: Sequence[int], preset: EncoderPreset) -> MultimodalItem:
     merge = int(preset.config["spatial_merge_size"])
+    return MultimodalItem(feature, math.prod(grid) // merge**2, meta={"image_grid_thw": tuple(grid)})
+
+
+def _qwen_items(patches: torch.Tensor, grids: torch.Tensor, preset: EncoderPreset) -> list[MultimodalItem]:
     items, start = [], 0
-    for t, h, w in grids.tolist():
-        n = t * h * w
-        items.append(MultimodalItem(
-            # own storage (a row slice is already contiguous, so .contiguous() would keep a view):
-            # an item must not hold every other image's patches alive
-            feature=patches[start:start + n].clone(),
-            num_tokens=n // (merge * merge),
-            meta={"image_grid_thw": (t, h, w)},
-        ))
+    for grid in grids.tolist():
+        n = math.prod(grid)
+        # own storage (a row slice is already contiguous, so .contiguous() would keep a view):
+        # an item must not hold every other image's patches alive
+        items.append(_qwen_item(patches[start:start + n].clone(), grid, preset))
         start += n
     if start != patches.shape[0]:
         raise ValueError(f"processor returned {patches.shape[0]} patches but grids account for {start}")
@@ -83,11 +79,11 @@ def _qwen_items(patches: torch.Tensor, grids: torch.Tensor, preset: EncoderPrese
 
 def qwen_grid(height: int, width: int, preset_name: str = "qwen2.5-vl-7b", **overrides: Any) -> tuple[int, int, int]:
     """(t, h, w) patch grid Qwen2VLImageProcessor gives an image of ``height`` x ``width`` pixels."""
-    preset = get_preset(preset_name)
-    settings = {**preset.processor, **overrides}
-    factor = settings["patch_size"] * settings["merge_size"]
-    h, w = smart_resize(height, width, factor=factor, min_pixels=settings["min_pixels"], max_pixels=settings["max_pixels"])
-    return 1, h // settings["patch_size"], w // settings["patch_size"]
+    settings = {**get_preset(preset_name).processor, **overrides}
+    patch = settings["patch_size"]
+    h, w = smart_resize(height, width, factor=patch * settings["merge_size"], min_pixels=settings["min_pixels"],
+                        max_pixels=settings["max_pixels"])
+    return 1, h // patch, w // patch
 
 
 def synthetic_items(
@@ -101,39 +97,28 @@ def synthetic_items(
     gen = torch.Generator().manual_seed(seed)
     items = []
     for k, size in enumerate(sizes):
-        height, width = _check_size(k, size)
+        if len(size) != 2:
+            raise ValueError(f"synthetic_items: size {k} must be (height, width) in pixels, got {size!r}")
+        height = positive_int(f"synthetic_items: size {k} height (px)", size[0])
+        width = positive_int(f"synthetic_items: size {k} width (px)", size[1])
         if preset.variable_resolution:
-            t, h, w = qwen_grid(height, width, preset, **processor_overrides)
+            grid = qwen_grid(height, width, preset, **processor_overrides)
             width_ = 3 * int(preset.config["temporal_patch_size"]) * preset.patch_size**2
-            feature = torch.randn(t * h * w, width_, generator=gen)
-            merge = int(preset.config["spatial_merge_size"])
-            items.append(MultimodalItem(feature, t * h * w // merge**2, meta={"image_grid_thw": (t, h, w)}))
+            items.append(_qwen_item(torch.randn(math.prod(grid), width_, generator=gen), grid, preset))
         else:
             side = preset.image_size
             items.append(MultimodalItem(torch.randn(3, side, side, generator=gen), preset.fixed_num_tokens))
     return items
 
 
-def _check_size(k: int, size: Sequence[int]) -> tuple[int, int]:
-    if len(size) != 2:
-        raise ValueError(f"synthetic_items: size {k} must be (height, width) in pixels, got {size!r}")
-    return positive_int(f"synthetic_items: size {k} height (px)", size[0]), \
-        positive_int(f"synthetic_items: size {k} width (px)", size[1])
-
-
 def count_text_tokens(text: str) -> int:
-    """Approximate token count of ``text``: ceil(UTF-8 bytes / 4), the usual rule of thumb for
-    English BPE vocabularies (about 4 characters per token). No tokenizer is loaded, because none
-    can be downloaded; vitkit only needs text lengths to place image spans, not token ids."""
+    """Approximate token count of ``text``: ceil(UTF-8 bytes / 4), the usual rule for English BPE
+    vocabularies. No tokenizer is loaded (none can be downloaded): only text lengths are needed."""
     return math.ceil(len(text.encode("utf-8")) / CHARS_PER_TOKEN)
 
 
-def make_request(
-    rid: Hashable,
-    segments: Sequence[str | int | Image.Image | MultimodalItem],
-    preset_name: str,
-    **processor_overrides: Any,
-) -> Request:
+def make_request(rid: Hashable, segments: Sequence[str | int | Image.Image | MultimodalItem], preset_name: str,
+                 **processor_overrides: Any) -> Request:
     """A ``Request`` laid out from segments in order: ``str`` is text (counted with
     ``count_text_tokens``), ``int`` that many text tokens, a PIL image its run of placeholder tokens
     (one per embedding row), a ``MultimodalItem`` as it is. ``prompt_len`` is the total.
@@ -149,7 +134,6 @@ def make_request(
         elif isinstance(seg, MultimodalItem) or (isinstance(seg, int) and not isinstance(seg, bool)):
             laid_out.append(seg)
         else:
-            raise TypeError(
-                f"request {rid!r} segment {k}: expected str, int, PIL.Image or MultimodalItem, got {type(seg).__name__}"
-            )
+            raise TypeError(f"request {rid!r} segment {k}: expected str, int, PIL.Image or MultimodalItem, "
+                            f"got {type(seg).__name__}")
     return Request.from_segments(rid, laid_out)

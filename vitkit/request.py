@@ -37,7 +37,11 @@ class Request:
         if len(self.items) != len(self.spans):
             raise ValueError(f"request {self.rid!r}: {len(self.items)} items but {len(self.spans)} spans")
         self._check_spans()
-        self._check_prompt_len()
+        if self.prompt_len is not None:  # None: unbounded, only the items' layout is known
+            non_negative_int(f"request {self.rid!r}: prompt_len", self.prompt_len)
+            if self.spans and self.spans[-1].stop > self.prompt_len:
+                raise ValueError(f"request {self.rid!r}: last span {self.spans[-1]} ends past "
+                                 f"prompt_len={self.prompt_len}")
 
     def _coerce_span(self, i: int, span: object) -> Span:
         try:
@@ -48,27 +52,14 @@ class Request:
     def _check_spans(self) -> None:
         for i, (item, span) in enumerate(zip(self.items, self.spans)):
             if len(span) != item.num_tokens:
-                raise ValueError(
-                    f"request {self.rid!r} item {i} (hash {item.hash[:12]}): span {span} holds "
-                    f"{len(span)} tokens but the item has num_tokens={item.num_tokens}"
-                )
+                raise ValueError(f"request {self.rid!r} item {i} (hash {item.hash[:12]}): span {span} holds "
+                                 f"{len(span)} tokens but the item has num_tokens={item.num_tokens}")
         for i in range(1, len(self.spans)):
             prev, cur = self.spans[i - 1], self.spans[i]
             if cur.start < prev.stop:
                 what = "overlaps" if cur.start >= prev.start else "comes before"
-                raise ValueError(
-                    f"request {self.rid!r}: span of item {i} {cur} {what} span of item {i - 1} {prev}; "
-                    "spans must be sorted and must not overlap"
-                )
-
-    def _check_prompt_len(self) -> None:
-        if self.prompt_len is None:
-            return  # unbounded: only the items' layout is known
-        non_negative_int(f"request {self.rid!r}: prompt_len", self.prompt_len)
-        if self.spans and self.spans[-1].stop > self.prompt_len:
-            raise ValueError(
-                f"request {self.rid!r}: last span {self.spans[-1]} ends past prompt_len={self.prompt_len}"
-            )
+                raise ValueError(f"request {self.rid!r}: span of item {i} {cur} {what} span of item {i - 1} {prev}; "
+                                 "spans must be sorted and must not overlap")
 
     @property
     def items_stop(self) -> int:
@@ -96,8 +87,6 @@ class Request:
             elif isinstance(seg, int) and not isinstance(seg, bool) and seg >= 0:
                 pos += seg
             else:
-                raise TypeError(
-                    f"request {rid!r} segment {k}: expected a text token count (int >= 0) or a "
-                    f"MultimodalItem, got {seg!r}"
-                )
+                raise TypeError(f"request {rid!r} segment {k}: expected a text token count (int >= 0) or a "
+                                f"MultimodalItem, got {seg!r}")
         return cls(rid, tuple(items), tuple(spans), prompt_len=pos)

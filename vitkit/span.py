@@ -50,9 +50,7 @@ class Span:
 
     def intersect(self, other: Span) -> Span | None:
         """The common part of two spans, or None when they do not overlap."""
-        if not self.overlaps(other):
-            return None
-        return Span(max(self.start, other.start), min(self.stop, other.stop))
+        return Span(max(self.start, other.start), min(self.stop, other.stop)) if self.overlaps(other) else None
 
     def __repr__(self) -> str:
         return f"Span({self.start}, {self.stop})"

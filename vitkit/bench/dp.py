@@ -1,29 +1,21 @@
-"""``python -m vitkit.bench.dp`` (also ``python -m vitkit.bench --sweep dp``): the encoder across
-N GPUs, one process per GPU, launched by ``torchrun``.
+"""``python -m vitkit.bench dp``: the encoder across N GPUs, one process per GPU under ``torchrun``.
 
-Every rank builds the same tower and the same seeded steps (``--images`` images a step, in
-requests of ``--images-per-request``; Qwen2.5-VL draws each image's size from the mixed-size
-cycle of the single-GPU sweeps) and runs each step through ``embed_chunks`` with a
-``DataParallelEncoder``, for every mode, assignment policy and gather variant. A step is timed
-with CUDA events from a common start (a barrier, then a sync) to the end of ``embed_chunks``;
-medians are over ``--repeats`` passes over the ``--steps`` steps, after ``--warmup`` passes.
-Rank 0 writes ``dp-n<N>.json`` under ``--out`` and then merges every ``dp-n*.json`` there into
-``dp.json`` + ``dp.png`` (speedup and efficiency against the N=1 file). Examples::
+Every rank runs the same seeded steps through ``embed_chunks`` with a ``DataParallelEncoder`` for
+every mode, policy and gather, timed from a common start (a barrier, then a sync). Rank 0 writes
+``dp-n<N>.json`` under ``--out`` and merges all of them there into ``dp.json`` and ``dp.png``.
 
-    for n in 1 2 4; do torchrun --standalone --nproc-per-node $n -m vitkit.bench.dp --out results/h100/dp; done
-    python -m vitkit.bench.dp --merge results/h100/dp      # re-merge the per-N files
-    torchrun --nproc-per-node 2 -m vitkit.bench.dp --device cpu --out /tmp/dp   # CPU smoke (gloo, tiny towers)
+    for n in 1 2 4; do torchrun --standalone --nproc-per-node $n -m vitkit.bench dp --out DIR; done
+    torchrun --nproc-per-node 2 -m vitkit.bench dp --device cpu --out /tmp/dp   # CPU smoke (gloo, tiny towers)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
-import inspect
+import itertools
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from vitkit.bench.dp_summary import SCHEMA, combine, format_table, merge_folder, write_json
-from vitkit.bench.machine import default_dtype, machine_info, resolve_device, versions
-from vitkit.bench.run import DTYPES, layout_requests
-from vitkit.bench.sweeps import MIXED_SIZES, MIXED_SIZES_TINY
-from vitkit.bench.timing import Stopwatch, synchronize
-from vitkit.cache import EmbeddingCache, embedding_row_bytes
+from vitkit.bench.machine import (DTYPES, check_dtype, default_dtype, free_memory, list_of, on_gpu, parser, provenance,
+                                  resolve_device, roomy_cache, table, timed_step)
+from vitkit.bench.plot import MODE_STYLE
+from vitkit.bench.sweep import MIXED_SIZES, MIXED_SIZES_TINY, layout_requests, max_rel_diff
 from vitkit.checks import non_negative_int, positive_int
-from vitkit.embed import MODES, embed_chunks
+from vitkit.costs import results as files
+from vitkit.embed import MODES
 from vitkit.encoders import IMPLS, build_encoder
 from vitkit.encoders.assignment import POLICIES
 from vitkit.encoders.dp import GATHERS, DataParallelEncoder
@@ -51,9 +43,17 @@ from vitkit.span import Span
 
 GPU_ENCODERS = ("qwen2.5-vl-7b", "clip-l-336")
 CPU_ENCODERS = ("qwen2.5-vl-tiny", "clip-tiny")
-# A rank that dies leaves the others in a collective: torchrun stops them, and failing that the
-# group's timeout does, well inside the device's 10-minute command limit (warm-ups included).
+# A rank that dies leaves the others in a collective: the group's timeout ends them if torchrun does not.
 GROUP_TIMEOUT = dt.timedelta(minutes=5)
+STORED_DP = files.results_folder() / "dp" / "dp.json"  # the stored card's merged runs
+DEFAULT_GATHER = "all_gather_into_tensor"
+# Issue 11's targets: the Qwen2.5-VL tower, 32 mixed-size images a step, token-balanced.
+TARGET_ENCODER = "qwen2.5-vl-7b"
+TARGET_SPEEDUP = {2: 1.85, 4: 3.4}
+TARGET_BALANCE = 1.05  # max rank load / mean
+TARGET_GATHER_SHARE = 0.05
+# Rows in the wrong order or from the wrong item differ by O(1), bf16 batches' rounding by a few percent.
+DIFF_WARNING = 0.1
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,7 @@ class DPSettings:
     device: str = "cuda"
     text_tokens: int = 8
     seed: int = 0
-    # False: skip the encoder's warmup(); each configuration's untimed passes (the very calls the
-    # timed passes repeat) then compile and capture just the buckets they use. Shorter, and the
-    # rows' compiles/captures while timing still prove none was left for the timed passes.
+    # False: no encoder warmup(); the untimed passes capture just the buckets they use (a faster start).
     encoder_warmup: bool = True
 
     def __post_init__(self) -> None:
@@ -90,8 +88,7 @@ class DPSettings:
             values = getattr(self, name)
             if not values or any(v not in allowed for v in values):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {values!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        check_dtype(self.dtype)
         if not self.encoders:
             raise ValueError("encoders is empty")
         if self.impl not in IMPLS:
@@ -112,9 +109,8 @@ def init_distributed(device_type: str) -> Dist:
     if "WORLD_SIZE" not in os.environ:
         device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
         return Dist(0, 1, device)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
-        device = torch.device("cuda", local)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         # eager init (device_id): the NCCL communicator is made here, not inside the first timed step
         dist.init_process_group("nccl", device_id=device, timeout=GROUP_TIMEOUT)
@@ -126,61 +122,35 @@ def init_distributed(device_type: str) -> Dist:
 
 @dataclass
 class Step:
-    """One scheduler step: its requests (windows cover whole prompts) and their items."""
+    """One scheduler step: its requests (windows over whole prompts) and their items."""
 
     batch: list[tuple[Request, Span]]
     items: list[MultimodalItem]
 
-    @property
-    def rows(self) -> int:
-        return sum(item.num_tokens for item in self.items)
-
-
-def step_sizes(encoder: Any, images: int, seed: int) -> list[tuple[int, int]]:
-    """(height, width) px per image: the tower's own size, or drawn from the mixed-size cycle."""
-    if not encoder.variable_resolution:
-        side = encoder.preset.image_size
-        return [(side, side)] * images
-    cycle = MIXED_SIZES_TINY if encoder.preset.tiny else MIXED_SIZES
-    rng = random.Random(seed)
-    return [rng.choice(cycle) for _ in range(images)]
-
 
 def make_steps(encoder: Any, settings: DPSettings, device: torch.device) -> list[Step]:
-    """The run's seeded steps; every rank builds the very same ones (SPMD)."""
+    """The run's seeded steps, the same on every rank, features already on the rank's device; images
+    of the tower's own size, or drawn from the sweeps' mixed-size cycle."""
+    cycle = MIXED_SIZES_TINY if encoder.preset.tiny else MIXED_SIZES
     steps = []
     for s in range(settings.steps):
         seed = settings.seed * 1000 + s
-        items = synthetic_items(encoder.name, step_sizes(encoder, settings.images, seed), seed)
-        # Features live on each rank's GPU before the step, as in the single-GPU sweeps: the
-        # host-to-device copy is not what is measured.
+        rng = random.Random(seed)
+        sizes = [rng.choice(cycle) if encoder.variable_resolution else (encoder.preset.image_size,) * 2
+                 for _ in range(settings.images)]
+        items = synthetic_items(encoder.name, sizes, seed)
         move_items_to_device(items, device)
-        requests = layout_requests(items, settings.images_per_request, settings.text_tokens)
-        steps.append(Step([(r, Span(0, r.prompt_len)) for r in requests], items))
+        steps.append(Step(layout_requests(items, settings.images_per_request, settings.text_tokens), items))
     return steps
 
 
-def _fresh_cache(step: Step, encoder: Any) -> EmbeddingCache:
-    row_bytes = embedding_row_bytes(encoder.hidden_size, encoder.dtype)
-    return EmbeddingCache(2 * row_bytes * step.rows + 1)  # no eviction: the sweep measures encoding
-
-
-def _start_together(where: Dist) -> None:
+def time_step(dp: DataParallelEncoder, step: Step, mode: str, where: Dist) -> dict[str, float]:
+    """One step on this rank: step ms, and over its calls encode / gather / reorder ms and loads (rows)."""
+    cache = roomy_cache(step.items, dp, copies=2)
+    dp.reset_calls()
     if where.world_size > 1:
         dist.barrier()
-    synchronize(where.device)
-
-
-def time_step(dp: DataParallelEncoder, step: Step, mode: str, where: Dist) -> dict[str, float]:
-    """One timed step on this rank: step ms, and the DP encoder's encode / gather / reorder ms
-    and critical-path loads (rows) summed over its calls."""
-    cache = _fresh_cache(step, dp)
-    dp.reset_calls()
-    _start_together(where)
-    watch = Stopwatch(where.device)
-    watch.start()
-    result = embed_chunks(step.batch, dp, cache, mode=mode, check_finite=False)  # timed: no extra sync
-    watch.stop()
+    result, watch = timed_step(step.batch, dp, cache, mode, where.device)
     sample = {"step": watch.elapsed_ms(), "encode": 0.0, "gather": 0.0, "reorder": 0.0,
               "critical_rows": 0.0, "mean_rows": 0.0, "calls": float(result.encoder_calls)}
     for call in dp.calls:
@@ -194,99 +164,83 @@ def time_step(dp: DataParallelEncoder, step: Step, mode: str, where: Dist) -> di
 
 def measure_config(dp: DataParallelEncoder, steps: list[Step], mode: str, settings: DPSettings,
                    where: Dist) -> dict[str, Any]:
-    """This rank's samples: ``warmup`` untimed passes (items checked across ranks), then
-    ``repeats`` timed passes over the steps; with the wrapped encoder's counters over the timed
-    passes (compiles and captures must stay 0 after its warm-up; rows padded to buckets)."""
+    """This rank's timed samples after ``warmup`` passes, and the encoder's counters while timed."""
     dp.check_items = True
     for _ in range(settings.warmup):
         for step in steps:
             time_step(dp, step, mode, where)
     dp.check_items = False
-    stats = getattr(dp.encoder, "stats", None)
-    before = stats.copy() if stats is not None else None
+    before = dp.encoder.stats.copy()
     samples = [time_step(dp, step, mode, where) for _ in range(settings.repeats) for step in steps]
-    counters = {}
-    if before is not None:
-        delta = dp.encoder.stats - before
-        counters = {k: getattr(delta, k) for k in ("compiles", "captures", "real_rows", "padded_rows", "packs",
-                                                   "unbucketed")}
-    return {"samples": samples, "counters": counters}
-
-
-def max_rel_diff(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float:
-    """Largest |got - want| relative to the largest |want| (bf16 batches of different
-    composition round differently; 0.0 when identical)."""
-    worst = 0.0
-    for g, w in zip(got, want, strict=True):
-        scale = w.abs().max().float().clamp_min(torch.finfo(torch.float32).tiny)
-        worst = max(worst, float((g.float() - w.float()).abs().max() / scale))
-    return worst
-
-
-def _gather_objects(obj: Any, where: Dist) -> list[Any]:
-    if where.world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * where.world_size
-    dist.all_gather_object(out, obj)
-    return out
+    delta = dp.encoder.stats - before
+    keys = ("compiles", "captures", "real_rows", "padded_rows", "packs", "unbucketed")
+    return {"samples": samples, "counters": {k: getattr(delta, k) for k in keys}}
 
 
 def measure_encoder(name: str, settings: DPSettings, where: Dist, bar: tqdm) -> list[dict[str, Any]]:
     """Every (mode, policy, gather) of one tower; rows on rank 0, [] elsewhere."""
     encoder = build_encoder(name, device=where.device, dtype=DTYPES[settings.dtype], impl=settings.impl)
-    warmup_s = warm_up(encoder, where, progress=not bar.disable) if settings.encoder_warmup else 0.0
+    # every bucket compiled and captured before anything is timed (progress on rank 0 only)
+    warmup_s = encoder.warmup(progress=not bar.disable).seconds if settings.encoder_warmup else 0.0
     if where.rank == 0:
-        print(f"vitkit.bench.dp N={where.world_size}: {name} warm-up {warmup_s:.1f} s", flush=True)
+        print(f"vitkit.bench dp N={where.world_size}: {name} warm-up {warmup_s:.1f} s", flush=True)
     steps = make_steps(encoder, settings, where.device)
     reference = encoder(steps[0].items)
     # One GPU: every policy and gather is the wrapped encoder itself; measure it once.
     policies = settings.policies if where.world_size > 1 else settings.policies[:1]
     gathers = settings.gathers if where.world_size > 1 else settings.gathers[:1]
     rows = []
-    for mode in settings.modes:
-        for policy in policies:
-            for gather in gathers:
-                bar.set_postfix_str(f"{name} {mode} {policy} {gather}")
-                dp = DataParallelEncoder(encoder, policy=policy, gather=gather, timed=True)
-                measured = measure_config(dp, steps, mode, settings, where)
-                measured["diff"] = max_rel_diff(dp(steps[0].items), reference)
-                measured["warmup_s"] = warmup_s
-                per_rank = _gather_objects(measured, where)
-                if where.rank == 0:
-                    rows.append(make_row(encoder, settings, where, mode, policy, gather, steps, per_rank))
-                bar.update()
+    for mode, policy, gather in itertools.product(settings.modes, policies, gathers):
+        bar.set_postfix_str(f"{name} {mode} {policy} {gather}")
+        dp = DataParallelEncoder(encoder, policy=policy, gather=gather, timed=True)
+        measured = measure_config(dp, steps, mode, settings, where)
+        measured |= {"diff": max_rel_diff(dp(steps[0].items), reference), "warmup_s": warmup_s}
+        per_rank = [measured]
+        if where.world_size > 1:
+            per_rank = [None] * where.world_size
+            dist.all_gather_object(per_rank, measured)
+        if where.rank == 0:
+            rows.append(make_row(encoder, settings, where, mode, policy, gather, steps, per_rank))
+        bar.update()
     del encoder, steps, reference
-    gc.collect()
-    if where.device.type == "cuda":
-        torch.cuda.empty_cache()
+    free_memory(where.device)
     return rows
 
 
-def warm_up(encoder: Any, where: Dist, progress: bool = True) -> float:
-    """The wrapped encoder's ``warmup`` (every bucket compiled and captured before anything is
-    timed; a progress bar on rank 0 only); its seconds, 0.0 when it has none."""
-    warm = getattr(encoder, "warmup", None)
-    if not callable(warm):
-        return 0.0
-    takes_progress = "progress" in inspect.signature(warm).parameters
-    report = warm(progress=progress and where.rank == 0) if takes_progress else warm()
-    return float(getattr(report, "seconds", 0.0))
+def combine(per_rank: list[list[dict[str, float]]]) -> dict[str, Any]:
+    """Rank samples -> a row's figures: a step lasts until the slowest rank ends; the gather costs what
+    the least-waiting rank spent in it (the most any rank spent is the wait for stragglers)."""
+    def each(key: str, how) -> np.ndarray:
+        return np.array([how([rank[i][key] for rank in per_rank]) for i in range(len(per_rank[0]))])
 
-
-def device_name(device: torch.device) -> str:
-    """The card's name (what every row records), or "cpu"."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    step = each("step", max)
+    encode = np.array([[rank[i]["encode"] for rank in per_rank] for i in range(len(per_rank[0]))])
+    enc_balance = encode.max(axis=1) / np.maximum(encode.mean(axis=1), 1e-9) if encode.any() else np.ones(len(step))
+    critical, mean = each("critical_rows", max), each("mean_rows", max)
+    gather = each("gather", min)
+    return {
+        "step_ms_median": float(np.median(step)), "step_ms_p10": float(np.percentile(step, 10)),
+        "step_ms_p90": float(np.percentile(step, 90)),
+        "encode_ms_median": float(np.median(each("encode", max))),
+        "gather_ms_median": float(np.median(gather)), "gather_wait_ms_median": float(np.median(each("gather", max))),
+        "reorder_ms_median": float(np.median(each("reorder", max))),
+        "gather_share": float(np.median(gather / step)),
+        # rows on the critical path (the most-loaded rank, summed over calls) / the mean rank's
+        "load_balance": float(critical.sum() / mean.sum()) if mean.sum() else 1.0,
+        "encode_time_balance": float(np.median(enc_balance)),
+        "encoder_calls": float(np.median(each("calls", max))), "samples": len(step),
+    }
 
 
 def make_row(encoder: Any, settings: DPSettings, where: Dist, mode: str, policy: str, gather: str,
              steps: list[Step], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """One results row from every rank's ``measure_config`` output (plus ``diff``, ``warmup_s``)."""
     figures = combine([m["samples"] for m in per_rank])
     counters = {k: sum(m["counters"].get(k, 0) for m in per_rank) for k in per_rank[0]["counters"]}
     seconds = figures["step_ms_median"] / 1e3
-    rows = float(np.mean([s.rows for s in steps]))
+    rows = float(np.mean([sum(item.num_tokens for item in s.items) for s in steps]))
     return {
-        "world_size": where.world_size, "device_name": device_name(where.device),
+        "world_size": where.world_size,
+        "device_name": torch.cuda.get_device_name(where.device) if on_gpu(where.device) else "cpu",
         "encoder": encoder.name, "impl": settings.impl, "mode": mode, "policy": policy, "gather": gather,
         "images": settings.images, "images_per_request": settings.images_per_request,
         "requests": settings.images // settings.images_per_request, "rows_per_step": rows,
@@ -303,100 +257,234 @@ def make_row(encoder: Any, settings: DPSettings, where: Dist, mode: str, policy:
 
 
 def run(settings: DPSettings, where: Dist, *, progress: bool = True) -> dict[str, Any] | None:
-    """Measure every tower; the results object on rank 0, None on the other ranks."""
     per_encoder = len(settings.modes) * (len(settings.policies) * len(settings.gathers) if where.world_size > 1 else 1)
-    bar = tqdm(total=per_encoder * len(settings.encoders), desc=f"vitkit.bench.dp N={where.world_size}",
+    bar = tqdm(total=per_encoder * len(settings.encoders), desc=f"vitkit.bench dp N={where.world_size}",
                unit="config", disable=not progress or where.rank != 0)
     rows = [row for name in settings.encoders for row in measure_encoder(name, settings, where, bar)]
     bar.close()
     if where.rank != 0:
         return None
+    head = provenance(where.device)
+    nccl = torch.cuda.nccl.version() if on_gpu(where.device) else None
     return {
-        "schema": SCHEMA, "world_size": where.world_size,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(where.device), "versions": versions() | {"nccl": _nccl_version(where)},
+        "schema": files.schema("dp"), "world_size": where.world_size, "created": head["created"],
+        "machine": head["machine"], "versions": head["versions"] | {
+            "nccl": ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl and str(nccl)},
         "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")},
         "settings": asdict(settings), "rows": rows,
     }
 
 
-def _nccl_version(where: Dist) -> str | None:
-    if where.device.type != "cuda":
-        return None
-    version = torch.cuda.nccl.version()
-    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-N runs merged: each row's ``speedup``/``efficiency`` against N=1 and step-time ratios."""
+    for k, r in enumerate(runs):
+        files.check_schema("dp", r, f"run {k}")
+    rows = [dict(row) for r in sorted(runs, key=lambda r: r["world_size"]) for row in r["rows"]]
+
+    def setup(row):
+        return tuple(row[k] for k in ("device_name", "encoder", "impl", "dtype", "images", "images_per_request"))
+
+    single = {(setup(r), r["mode"]): r for r in rows if r["world_size"] == 1}
+    index = {(setup(r), r["world_size"], r["mode"], r["policy"], r["gather"]): r for r in rows}
+    for r in rows:
+        base = single.get((setup(r), r["mode"]))
+        r["speedup"] = base["step_ms_median"] / r["step_ms_median"] if base else None
+        r["efficiency"] = r["speedup"] / r["world_size"] if base else None
+        key = (setup(r), r["world_size"])
+        other = index.get((*key, "per_request", r["policy"], r["gather"]))
+        r["batched_over_per_request"] = (other["step_ms_median"] / r["step_ms_median"]
+                                         if other and r["mode"] == "batched" else None)
+        rr = index.get((*key, r["mode"], "round-robin", r["gather"]))
+        r["balanced_over_round_robin"] = (rr["step_ms_median"] / r["step_ms_median"]
+                                          if rr and r["policy"] == "token-balanced" and r["world_size"] > 1 else None)
+    merged = {"schema": files.schema("dp"), "kind": "merged",
+              "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs], "rows": rows}
+    return merged | {"targets": target_checks(merged)}
 
 
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+def target_checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets on the batched, token-balanced Qwen rows (default gather) at each N > 1."""
+    checks = []
+    for r in results["rows"]:
+        if (r["encoder"], r["mode"], r["policy"], r["gather"]) != (TARGET_ENCODER, "batched", "token-balanced",
+                                                                  DEFAULT_GATHER) or r["world_size"] == 1:
+            continue
+        wanted = [("speedup", ">=", TARGET_SPEEDUP.get(r["world_size"])), ("load_balance", "<=", TARGET_BALANCE),
+                  ("gather_share", "<=", TARGET_GATHER_SHARE)]
+        for what, op, target in wanted:
+            if target is not None:
+                value = r[what]
+                met = None if value is None else (value >= target if op == ">=" else value <= target)
+                checks.append({"where": f"N={r['world_size']} {r['device_name']}", "what": what, "value": value,
+                               "op": op, "target": target, "met": met})
+    return checks
+
+
+def merge_folder(folder: str | Path, *, plots: bool = True) -> dict[str, Any]:
+    """Merge ``folder/dp-n*.json`` into ``folder/dp.json`` (and ``dp.png``); returns the object."""
+    paths = list(reversed(files.newest_first("dp", folder)))
+    if not paths:
+        raise ValueError(f"merge: no dp-n*.json files in {folder}")
+    merged = merge([files.read("dp", p) for p in paths])
+    files.write("dp", merged, Path(folder) / "dp.json")
+    if plots:
+        dp_scaling_figure(merged).savefig(Path(folder) / "dp.png", dpi=110)
+    return merged
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """A line per row, then warnings and target checks; bal / t-bal: max rank rows / time over the mean."""
+    lines = table([("N", ">2", "world_size"), ("card", "<22.22", "device_name"), ("encoder", "<15.15", "encoder"),
+                   ("mode", "<11", "mode"), ("policy", "<14", "policy"), ("gather", "<22", "gather"),
+                   ("step ms", "8.2f", "step_ms_median"), ("img/s", "7.1f", "images_per_s"),
+                   ("speedup", "7.2f", "speedup"), ("eff", "5.2f", "efficiency"), ("bal", "5.3f", "load_balance"),
+                   ("t-bal", "5.3f", "encode_time_balance"), ("gath ms", "7.3f", "gather_ms_median"),
+                   ("gath%", "5.1f", lambda r: 100 * r["gather_share"]),
+                   ("pad%", "5.1f", lambda r: None if r.get("padding_waste") is None else 100 * r["padding_waste"]),
+                   ("b/pr", "5.2f", "batched_over_per_request"), ("tb/rr", "5.2f", "balanced_over_round_robin")],
+                  results["rows"], rule=True)
+    for r in results["rows"]:
+        which = f"WARNING N={r['world_size']} {r['encoder']} {r['mode']} {r['policy']} {r['gather']}: "
+        diff = r.get("max_rel_diff_vs_single")
+        if diff is not None and diff > DIFF_WARNING:
+            lines.append(f"{which}DP rows differ from the single-GPU rows by {diff:.3g} (max rel; "
+                         f"expected < {DIFF_WARNING})")
+        if r.get("compiles_during_timing") or r.get("captures_during_timing"):
+            lines.append(f"{which}{r.get('compiles_during_timing') or 0} compiles / "
+                         f"{r.get('captures_during_timing') or 0} captures while timing (expected 0 after warm-up): "
+                         "the times include them")
+    for c in results.get("targets", []):
+        state = {True: "met", False: "MISSED", None: "no N=1 run"}[c["met"]]
+        value = "-" if c["value"] is None else f"{c['value']:.3f}"
+        lines.append(f"target {c['where']}: {c['what']} {value} {c['op']} {c['target']}: {state}")
+    return "\n".join(lines)
+
+
+# Notebook 02's scaling panel (``vitkit.viz``).
+POLICY_COLORS = {"token-balanced": "tab:blue", "round-robin": "tab:orange", "contiguous": "tab:green"}
+PANELS = (("speedup", "speedup vs 1 GPU (x)"), ("efficiency", "scaling efficiency (speedup / N)"),
+          ("images_per_s", "images/s"), ("batched_over_per_request", "batched / per-request (x)"),
+          ("load_balance", "load balance (max rank rows / mean)"))
+
+
+def load_dp_results(path: str | Path) -> dict[str, Any]:
+    """A merged ``dp.json`` (``python -m vitkit.bench dp --merge DIR`` writes it)."""
+    data = files.read("dp", path)
+    if "rows" not in data:
+        raise ValueError(f"{path}: not a data-parallel results file (no 'rows')")
+    return data
+
+
+def stored_dp_results(path: str | Path = STORED_DP) -> dict[str, Any] | None:
+    """The stored merged results, or None when none are stored yet (the notebook says so)."""
+    return load_dp_results(path) if Path(path).is_file() else None
+
+
+def scaling_series(rows: Sequence[Mapping[str, Any]], encoder: str,
+                   gather: str = DEFAULT_GATHER) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """(policy, mode) -> rows of ``encoder`` by N, each starting at the N=1 row; N > 1 with ``gather``."""
+    ones = [r for r in rows if r["encoder"] == encoder and r["world_size"] == 1]
+    series: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r["encoder"] == encoder and r["world_size"] > 1 and r["gather"] == gather:
+            series.setdefault((r["policy"], r["mode"]), []).append(r)
+    for (policy, mode), group in series.items():
+        group.extend(r for r in ones if r["mode"] == mode)
+        group.sort(key=lambda r: r["world_size"])
+    return series
+
+
+def dp_scaling_figure(results: Mapping[str, Any], gather: str = DEFAULT_GATHER) -> Figure:
+    """A row of ``PANELS`` against N per tower, a line per policy (colour) and mode (style)."""
+    rows = results["rows"]
+    if not rows:
+        raise ValueError("dp_scaling_figure: the results have no rows")
+    encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+    fig = Figure(figsize=(4.2 * len(PANELS), 3.4 * len(encoders)), layout="constrained")
+    axes = fig.subplots(len(encoders), len(PANELS), squeeze=False)
+    ns = sorted({r["world_size"] for r in rows})
+    for ax_row, encoder in zip(axes, encoders):
+        for (policy, mode), group in scaling_series(rows, encoder, gather).items():
+            xs = [r["world_size"] for r in group]
+            for ax, (key, _) in zip(ax_row, PANELS):
+                ys = [r.get(key) for r in group]
+                if any(y is None for y in ys):
+                    continue  # no N=1 run: no speedup to draw
+                ax.plot(xs, ys, color=POLICY_COLORS.get(policy, "gray"), label=f"{policy}, {mode}",
+                        **MODE_STYLE.get(mode, {}))
+        ax_row[0].plot(ns, ns, color="black", linewidth=0.8, linestyle=":", label="ideal")
+        for ax, (key, label) in zip(ax_row, PANELS):
+            ax.set_title(f"{encoder}", fontsize=9)
+            ax.set(xlabel="GPUs (N)", ylabel=label, xticks=ns)
+            ax.grid(True, alpha=0.3)
+        ax_row[0].legend(fontsize=7)
+    cards = sorted({r["device_name"] for r in rows})
+    smoke = " [CPU SMOKE: not a GPU measurement]" if "cpu" in cards else ""
+    fig.suptitle(f"data-parallel encoder, {rows[0]['images']} images a step, gather {gather}: "
+                 f"{', '.join(cards)}{smoke}")
+    return fig
+
+
+def dp_table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows for ``vitkit.viz.show_table``: N, card, tower, mode, policy, gather and the figures."""
+    keys = ("world_size", "device_name", "encoder", "mode", "policy", "gather", "step_ms_median", "images_per_s",
+            "speedup", "efficiency", "load_balance", "gather_share", "batched_over_per_request")
+    return [{k: r.get(k) for k in keys} for r in results["rows"]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    intro, examples = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="python -m vitkit.bench.dp", description=intro, epilog=examples,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, help="folder for dp-n<N>.json, dp.json, dp.png (default results/<card>/dp)")
+    p = parser("dp", __doc__, "device", "out", "no-plots", "no-progress", "steps", "repeats", "warmup",
+               steps=dict(help="distinct steps, cycled (default 4; CPU 2)"),
+               repeats=dict(help="timed passes over the steps (default 5; CPU 2)"),
+               warmup=dict(default=1, help="untimed passes per configuration (default 1)"))
     p.add_argument("--merge", type=Path, metavar="DIR", help="only merge the dp-n*.json in DIR into dp.json + dp.png")
-    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    p.add_argument("--encoders", type=_list, help=f"presets (default GPU {GPU_ENCODERS}, CPU {CPU_ENCODERS})")
+    p.add_argument("--encoders", type=list_of(str), help=f"presets (default GPU {GPU_ENCODERS}, CPU {CPU_ENCODERS})")
     p.add_argument("--images", type=int, help="images per step (default 32; CPU 8)")
     p.add_argument("--images-per-request", type=int, default=4, help="images per request (default 4)")
-    p.add_argument("--steps", type=int, help="distinct steps, cycled (default 4; CPU 2)")
-    p.add_argument("--modes", type=_list, default=MODES, help=f"subset of {MODES}")
-    p.add_argument("--policies", type=_list, default=POLICIES, help=f"subset of {POLICIES}")
-    p.add_argument("--gathers", type=_list, default=GATHERS, help=f"subset of {GATHERS}")
-    p.add_argument("--repeats", type=int, help="timed passes over the steps (default 5; CPU 2)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed passes per configuration (default 1)")
+    p.add_argument("--modes", type=list_of(str), default=MODES, help=f"subset of {MODES}")
+    p.add_argument("--policies", type=list_of(str), default=POLICIES, help=f"subset of {POLICIES}")
+    p.add_argument("--gathers", type=list_of(str), default=GATHERS, help=f"subset of {GATHERS}")
     p.add_argument("--impl", default="vitkit", help="vitkit, vitkit-eager or stock (default vitkit)")
     p.add_argument("--no-encoder-warmup", action="store_true",
                    help="skip encoder.warmup(): the untimed passes capture only the buckets used (faster start)")
-    p.add_argument("--no-plots", action="store_true", help="write the JSON only")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
-def _given(value: Any, default: Any) -> Any:
-    """``value`` unless the option was left out: ``--images 0`` reaches DPSettings (which names
-    it) instead of silently becoming the default."""
-    return default if value is None else value
-
-
 def settings_from_args(args: argparse.Namespace) -> DPSettings:
-    device = resolve_device(args.device)
-    gpu = torch.device(device).type == "cuda"
+    """The run's settings, device defaults for options left out (``--images 0`` is refused, not defaulted)."""
+    gpu = on_gpu(device := resolve_device(args.device))
+
+    def given(value: Any, gpu_default: Any, cpu_default: Any) -> Any:
+        return (gpu_default if gpu else cpu_default) if value is None else value
+
     return DPSettings(
-        encoders=_given(args.encoders, GPU_ENCODERS if gpu else CPU_ENCODERS), images=_given(args.images, 32 if gpu else 8),
-        images_per_request=args.images_per_request, steps=_given(args.steps, 4 if gpu else 2),
+        encoders=tuple(given(args.encoders, GPU_ENCODERS, CPU_ENCODERS)), images=given(args.images, 32, 8),
+        images_per_request=args.images_per_request, steps=given(args.steps, 4, 2),
         modes=tuple(args.modes), policies=tuple(args.policies), gathers=tuple(args.gathers),
-        repeats=_given(args.repeats, 5 if gpu else 2), warmup=args.warmup, impl=args.impl,
+        repeats=given(args.repeats, 5, 2), warmup=args.warmup, impl=args.impl,
         dtype=default_dtype(device), device=device, encoder_warmup=not args.no_encoder_warmup,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
     if args.merge is not None:
         print(format_table(merge_folder(args.merge, plots=not args.no_plots)))
         return 0
     try:
         settings = settings_from_args(args)
     except ValueError as err:
-        parser.error(str(err))
-    where = init_distributed(settings.device)
+        p.error(str(err))
+    where = init_distributed(torch.device(settings.device).type)
     try:
-        results = run(settings, where, progress=not args.no_progress)
+        data = run(settings, where, progress=not args.no_progress)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if results is None:
+    if data is None:
         return 0
-    folder = args.out or Path("results") / results["machine"]["slug"] / "dp"
-    path = write_json(results, folder / f"dp-n{where.world_size}.json")
-    print(f"wrote {path}")
+    folder = args.out or files.results_folder(data["machine"]["slug"]) / "dp"
+    print(f"wrote {files.write('dp', data, folder / f'dp-n{where.world_size}.json')}")
     print(format_table(merge_folder(folder, plots=not args.no_plots)))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

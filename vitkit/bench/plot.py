@@ -1,8 +1,6 @@
-"""Figures from a results file: latency, throughput, speedup, MFU and peak memory per sweep.
-
-Every function takes the results object (``load_results(path)``) and returns matplotlib
-``Figure`` objects built without pyplot (no global state; notebooks display them, scripts save
-them). ``save_figures`` writes one PNG per figure.
+"""Figures of a sweep results file (``vitkit.bench.rows.load_results``): latency, throughput, speedup,
+MFU, peak memory and bookkeeping per sweep, and the memory model. Built without pyplot (no global
+state): notebooks display them, ``save_figures`` writes PNGs.
 """
 
 from __future__ import annotations
@@ -13,28 +11,26 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from vitkit.bench.results import load_results
 from vitkit.bench.rows import BenchRow
 
-# The axis each sweep varies, in the order we look for one that takes several values.
+# The axes a sweep may vary, in the order one taking several values is looked for.
 X_AXES = ("requests", "images_per_request", "resolution", "hit_fraction", "max_tokens_per_call")
-X_LABELS = {
-    "requests": "requests in the step",
-    "images_per_request": "images per request",
-    "resolution": "image side (px)",
-    "hit_fraction": "cache hit fraction",
-    "max_tokens_per_call": "max_tokens_per_call (rows)",
-}
+X_LABELS = {"requests": "requests in the step", "images_per_request": "images per request",
+            "resolution": "image side (px)", "hit_fraction": "cache hit fraction",
+            "max_tokens_per_call": "max_tokens_per_call (rows)"}
 MODE_STYLE = {"batched": dict(marker="o", linestyle="-"), "per_request": dict(marker="s", linestyle="--")}
+PANELS = (("step_ms_median", "step latency (ms, median; bars p10-p90)"), ("images_per_s", "throughput (images/s)"),
+          ("speedup", "speedup: per-request / batched step time"),
+          ("mfu", "MFU (%: model FLOPs / step time / matmul peak)"), ("peak_mem_bytes", "peak memory (GiB)"),
+          ("bookkeeping_share", "bookkeeping share of the step (%)"))
+SCALE = {"mfu": 100.0, "bookkeeping_share": 100.0, "peak_mem_bytes": 1 / 2**30}
 
 
 def sweep_names(results: Mapping[str, Any]) -> list[str]:
-    """Sweep names in the order their rows appear."""
     return list(dict.fromkeys(row.sweep for row in results["rows"]))
 
 
 def sweep_rows(results: Mapping[str, Any], sweep: str) -> list[BenchRow]:
-    """The rows of ``sweep``, in file order."""
     return [row for row in results["rows"] if row.sweep == sweep]
 
 
@@ -55,74 +51,44 @@ def _positions(values: Sequence[Any]) -> tuple[list[float], list[str] | None]:
     return [float(index["none" if v is None else str(v)]) for v in values], labels
 
 
-def _series(rows: Sequence[BenchRow]) -> dict[tuple[str, str, str], list[BenchRow]]:
-    series: dict[tuple[str, str, str], list[BenchRow]] = {}
-    for row in rows:
-        series.setdefault((row.encoder, row.impl, row.mode), []).append(row)
-    return series
-
-
-def _decorate(ax: Any, axis: str, xs: Sequence[Any], labels: list[str] | None, ylabel: str) -> None:
-    ax.set_xlabel(X_LABELS.get(axis, axis))
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if labels is not None:
-        ax.set_xticks(range(len(labels)), labels)
-    elif axis in ("requests", "images_per_request", "max_tokens_per_call") and max(xs) / max(min(xs), 1e-9) >= 4:
-        ax.set_xscale("log", base=2)
-
-
-def _title(results: Mapping[str, Any], sweep: str) -> str:
-    machine = results.get("machine", {})
-    peak = results.get("matmul_peak") or {}
-    kind = results.get("kind", "")
-    label = " [CPU SMOKE: not a GPU measurement]" if kind == "cpu-smoke" else ""
-    rate = f", matmul peak {peak['tflops']:.3g} TFLOP/s ({peak.get('label', '')})" if peak.get("tflops") else ""
-    return f"{sweep}: {machine.get('device_name', '?')}{rate}{label}"
-
-
-PANELS = (
-    ("step_ms_median", "step latency (ms, median; bars p10-p90)"),
-    ("images_per_s", "throughput (images/s)"),
-    ("speedup", "speedup: per-request / batched step time"),
-    ("mfu", "MFU (%: model FLOPs / step time / matmul peak)"),
-    ("peak_mem_bytes", "peak memory (GiB)"),
-    ("bookkeeping_share", "bookkeeping share of the step (%)"),
-)
-SCALE = {"mfu": 100.0, "bookkeeping_share": 100.0, "peak_mem_bytes": 1 / 2**30}
-
-
 def plot_sweep(results: Mapping[str, Any], sweep: str) -> Figure:
     """Six panels over the sweep's varying axis; one line per (encoder, impl, mode)."""
     rows = sweep_rows(results, sweep)
     if not rows:
         raise ValueError(f"no rows for sweep {sweep!r}; sweeps in this file: {sweep_names(results)}")
     axis = x_axis(rows)
+    xs, labels = _positions([getattr(r, axis) for r in rows])
+    at = {id(r): x for r, x in zip(rows, xs)}
+    series: dict[tuple[str, str, str], list[BenchRow]] = {}
+    for row in rows:
+        series.setdefault((row.encoder, row.impl, row.mode), []).append(row)
     fig = Figure(figsize=(15, 8.5), layout="constrained")
-    axes = fig.subplots(2, 3).ravel()
-    series = _series(rows)
-    for ax, (metric, ylabel) in zip(axes, PANELS):
+    for ax, (metric, ylabel) in zip(fig.subplots(2, 3).ravel(), PANELS):
         for (encoder, impl, mode), members in series.items():
-            if metric == "speedup" and mode != "batched":
-                continue
-            _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis)
-        xs, labels = _positions([getattr(r, axis) for r in rows])
-        _decorate(ax, axis, xs, labels, ylabel)
+            if metric != "speedup" or mode == "batched":
+                _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis, at)
+        ax.set(xlabel=X_LABELS.get(axis, axis), ylabel=ylabel)
+        ax.grid(True, alpha=0.3)
+        if labels is not None:
+            ax.set_xticks(range(len(labels)), labels)
+        elif axis in ("requests", "images_per_request", "max_tokens_per_call") and max(xs) / max(min(xs), 1e-9) >= 4:
+            ax.set_xscale("log", base=2)
         if metric == "peak_mem_bytes" and all(r.peak_mem_bytes is None for r in rows):
             ax.text(0.5, 0.5, "not measured on CPU", transform=ax.transAxes, ha="center", va="center")
         elif ax.lines:
             ax.legend(fontsize=7)
-    fig.suptitle(_title(results, sweep))
+    peak = results.get("matmul_peak") or {}
+    rate = f", matmul peak {peak['tflops']:.3g} TFLOP/s ({peak.get('label', '')})" if peak.get("tflops") else ""
+    smoke = " [CPU SMOKE: not a GPU measurement]" if results.get("kind", "") == "cpu-smoke" else ""
+    fig.suptitle(f"{sweep}: {results.get('machine', {}).get('device_name', '?')}{rate}{smoke}")
     return fig
 
 
-def _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis) -> None:
-    xs_all, labels = _positions([getattr(r, axis) for r in rows])
-    pos = {id(r): x for r, x in zip(rows, xs_all)}
-    xs = [pos[id(r)] for r in members]
-    label = f"{encoder} {impl} {mode}"
+def _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis, at) -> None:
+    xs = [at[id(r)] for r in members]
     if metric == "speedup":
-        other = {repr(getattr(r, axis)): r for r in rows if (r.encoder, r.impl, r.mode) == (encoder, impl, "per_request")}
+        other = {repr(getattr(r, axis)): r for r in rows if (r.encoder, r.impl) == (encoder, impl)
+                 and r.mode == "per_request"}
         pairs = [(x, other[repr(getattr(r, axis))].step_ms_median / r.step_ms_median)
                  for x, r in zip(xs, members) if repr(getattr(r, axis)) in other]
         if pairs:
@@ -131,7 +97,7 @@ def _plot_metric(ax, metric, rows, encoder, impl, mode, members, axis) -> None:
         return
     scale = SCALE.get(metric, 1.0)
     ys = [getattr(r, metric) * scale if getattr(r, metric) is not None else float("nan") for r in members]
-    ax.plot(xs, ys, label=label, **MODE_STYLE.get(mode, {}))
+    ax.plot(xs, ys, label=f"{encoder} {impl} {mode}", **MODE_STYLE.get(mode, {}))
     if metric == "step_ms_median":
         low = [r.step_ms_median - r.step_ms_p10 for r in members]
         high = [r.step_ms_p90 - r.step_ms_median for r in members]
@@ -159,8 +125,7 @@ def plot_memory_model(results: Mapping[str, Any]) -> Figure | None:
                     label="(step part)")
     ax_err.axhspan(-10, 10, color="green", alpha=0.1, label="target +-10%")
     for ax, ylabel in ((ax_abs, "peak memory (GiB)"), (ax_err, "error vs prediction (%)")):
-        ax.set_xlabel("largest encoder call (embedding rows)")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="largest encoder call (embedding rows)", ylabel=ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("memory model: calibrated at the largest call, predicted elsewhere")
@@ -176,23 +141,11 @@ def figures(results: Mapping[str, Any]) -> dict[str, Figure]:
     return figs
 
 
-def plot_results_file(path: str | Path, folder: str | Path | None = None) -> dict[str, Figure]:
-    """Load a results file and return its figures; with ``folder``, also save them there as PNGs
-    named after the file."""
-    path = Path(path)
-    results = load_results(path)
-    if folder is not None:
-        save_figures(results, folder, prefix=path.stem + "-")
-    return figures(results)
-
-
 def save_figures(results: Mapping[str, Any], folder: str | Path, prefix: str = "") -> list[Path]:
     """Write ``figures(results)`` as PNGs named ``<prefix><name>.png`` into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    Path(folder).mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures(results).items():
-        path = folder / f"{prefix}{name}.png"
-        fig.savefig(path, dpi=110)
-        paths.append(path)
+        paths.append(Path(folder) / f"{prefix}{name}.png")
+        fig.savefig(paths[-1], dpi=110)
     return paths

@@ -1,9 +1,7 @@
 """Real vision towers from transformers, as vitkit encoders (``encoder(items) -> list[Tensor]``).
 
-Presets: ``clip-l-336`` (LLaVA-1.5's tower), ``siglip-so400m-384``, ``qwen2.5-vl-7b`` (variable
-resolution, packed), and ``clip-tiny`` / ``siglip-tiny`` / ``qwen2.5-vl-tiny`` for CPU tests.
-Which rows each returns: ``PRESETS[name].rows_note``. ``DataParallelEncoder`` spreads any of them
-over the ranks of a ``torch.distributed`` group (``vitkit.encoders.dp``).
+Presets: ``clip-l-336``, ``siglip-so400m-384``, ``qwen2.5-vl-7b`` and their ``*-tiny`` CPU variants;
+which rows each returns: ``PRESETS[name].rows_note``. ``DataParallelEncoder`` spreads one over ranks.
 """
 
 from vitkit.encoders.assignment import POLICIES, Assignment, assign
@@ -15,8 +13,7 @@ from vitkit.encoders.fixed import FIXED_BUCKETS, FixedResolutionEncoder
 from vitkit.encoders.presets import PRESETS, EncoderPreset, get_preset
 from vitkit.encoders.qwen import QWEN_BUCKETS, QwenVisionEncoder
 
-# The towers' internals (layer functions, fused weights, attention kernels, graph cache, packed
-# layouts) stay module-level: vitkit.encoders.{fused,attention,graphs,qwen,fixed}.
+# The towers' internals stay module-level: vitkit.encoders.{fused,attention,graphs,qwen,fixed}.
 __all__ = [
     "VisionEncoder", "FixedResolutionEncoder", "QwenVisionEncoder", "DataParallelEncoder",
     "build_encoder", "count_parameters", "default_buckets", "IMPLS", "EncoderStats", "PackRecord", "WarmupReport",

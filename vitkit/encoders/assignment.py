@@ -1,16 +1,9 @@
 """Which rank encodes which item of a call: the data-parallel encoder's assignment policies.
 
-Every rank computes the same assignment from the same item list (SPMD), so no rank has to tell
-the others what it encodes or how many rows it will send.
-
-- ``token-balanced``: largest item first, each to the rank with the least load so far (greedy
-  longest-processing-time scheduling). This is what SGLang's ``--mm-enable-dp-encoder`` and
-  vLLM's ``mm_encoder_tp_mode="data"`` do for Qwen-style towers (both weigh an image by its
-  patch count, which for Qwen2.5-VL is 4x its embedding rows: the same order). Its maximum
-  load is at most the mean load plus the largest item.
-- ``round-robin``: item k to rank k mod N; balances the item count, not the tokens.
-- ``contiguous``: consecutive runs of n/N items (the first n mod N ranks one more); also balances
-  the count only, and keeps each rank's items adjacent (one request's images stay together).
+Every rank computes the same assignment from the same item list (SPMD), so no sizes are exchanged.
+``token-balanced``: largest item first to the least-loaded rank (greedy LPT, as SGLang's and vLLM's
+data-parallel encoders); ``round-robin``: item k to rank k mod N (balances counts, not tokens);
+``contiguous``: runs of n/N items (the first n mod N ranks one more), one request's images together.
 """
 
 from __future__ import annotations
@@ -26,8 +19,7 @@ POLICIES = ("token-balanced", "round-robin", "contiguous")
 
 @dataclass(frozen=True)
 class Assignment:
-    """Items per rank. ``items[r]``: indices (into the call's item list, ascending) that rank
-    ``r`` encodes; ``loads[r]``: the sum of their costs (embedding rows by default)."""
+    """``items[r]``: ascending item indices rank ``r`` encodes; ``loads[r]``: their summed costs."""
 
     items: tuple[tuple[int, ...], ...]
     loads: tuple[int, ...]
@@ -44,8 +36,7 @@ class Assignment:
 
 
 def assign(costs: Sequence[int], world_size: int, policy: str = "token-balanced") -> Assignment:
-    """Split items of the given ``costs`` (non-negative ints, e.g. embedding rows) over
-    ``world_size`` ranks with ``policy`` (one of ``POLICIES``)."""
+    """Split items of ``costs`` (non-negative ints, e.g. embedding rows) over ``world_size`` ranks."""
     positive_int("world_size", world_size)
     for k, c in enumerate(costs):
         non_negative_int(f"costs[{k}]", c)
@@ -54,7 +45,9 @@ def assign(costs: Sequence[int], world_size: int, policy: str = "token-balanced"
     elif policy == "round-robin":
         groups = [list(range(r, len(costs), world_size)) for r in range(world_size)]
     elif policy == "contiguous":
-        groups = _contiguous(len(costs), world_size)
+        size, extra = divmod(len(costs), world_size)
+        bounds = [r * size + min(r, extra) for r in range(world_size + 1)]
+        groups = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
     else:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     items = tuple(tuple(sorted(g)) for g in groups)
@@ -70,14 +63,4 @@ def _token_balanced(costs: Sequence[int], world_size: int) -> list[list[int]]:
         load, r = heapq.heappop(heap)
         groups[r].append(i)
         heapq.heappush(heap, (load + costs[i], r))
-    return groups
-
-
-def _contiguous(n: int, world_size: int) -> list[list[int]]:
-    size, extra = divmod(n, world_size)
-    groups, start = [], 0
-    for r in range(world_size):
-        stop = start + size + (1 if r < extra else 0)
-        groups.append(list(range(start, stop)))
-        start = stop
     return groups

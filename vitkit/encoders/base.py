@@ -1,12 +1,8 @@
 """What every vitkit encoder shares: item checks, bucketed padded calls, graphs, counters.
 
-``impl`` is the one switch (nano-vllm's ``enforce_eager``):
-- ``"vitkit"``: fused layers over the tower's weights; each call is packed into token buckets
-  (``vitkit.encoders.buckets``) and padded to one; on CUDA the bucket's forward is
-  ``torch.compile``d and replayed from a CUDA graph captured once per bucket (``warmup()`` does
-  them all up front). Elsewhere the same padded forward runs eagerly.
-- ``"vitkit-eager"``: the same fused layers, unpadded, no compile, no graphs (the ablation).
-- ``"stock"``: the transformers model's own forward (sdpa), the eager baseline.
+``impl`` is the one switch (nano-vllm's ``enforce_eager``): ``"vitkit"`` pads each call to a token bucket
+(on CUDA compiled and replayed from one CUDA graph per bucket); ``"vitkit-eager"`` runs the same fused
+layers unpadded, no compile, no graphs; ``"stock"`` is the transformers forward (sdpa), the baseline.
 """
 
 from __future__ import annotations
@@ -38,14 +34,8 @@ def dynamo_compiles() -> int:
 
 @dataclass
 class EncoderStats:
-    """Counters over an encoder's calls (not its warm-up). Rows are embedding rows.
-
-    ``packs``: bucketed runs (graph replays on CUDA); ``unbucketed``: runs without a bucket (an
-    item larger than the largest bucket, a layout over a graph's window capacity, or an impl
-    that does not bucket); ``padded_rows``: rows computed for padding and dropped;
-    ``compiles`` / ``captures``: new compiled graphs / CUDA graphs made during calls (zero after
-    ``warmup`` on any stream).
-    """
+    """Counters over an encoder's calls (not its warm-up), in embedding rows; ``unbucketed``: runs without
+    a bucket (too large, window overflow, unbucketed impl); ``compiles``/``captures``: zero after warmup."""
 
     calls: int = 0
     packs: int = 0
@@ -75,8 +65,7 @@ class PackRecord:
 
 @dataclass(frozen=True)
 class WarmupReport:
-    """What ``warmup`` did: seconds, buckets readied, compiles and captures, graph-pool bytes
-    (CUDA memory reserved by the warm-up), and seconds per bucket, largest first."""
+    """What ``warmup`` did; ``pool_bytes``: CUDA memory it reserved; ``bucket_seconds``: largest first."""
 
     seconds: float
     buckets: int
@@ -87,13 +76,8 @@ class WarmupReport:
 
 
 class VisionEncoder:
-    """A vision tower as vitkit's encoder contract: ``encoder(items) -> list[Tensor]``.
-
-    Each returned tensor is (item.num_tokens, hidden_size) on ``device``; which rows they are is
-    the preset's ``rows_note``. ``model`` holds the weights (its q/k/v and gate/up parameters are
-    views of the ``fused`` per-layer buffers, built where the weights were loaded); every impl
-    reads the same memory. Subclasses define the tower's bucket units, buffers and forwards.
-    """
+    """A vision tower as ``encoder(items) -> list[Tensor]``, each (item.num_tokens, hidden_size) on ``device``.
+    ``model``'s q/k/v and gate/up parameters view the ``fused`` buffers: every impl reads the same memory."""
 
     def __init__(self, preset: EncoderPreset, model: nn.Module, impl: str, *,
                  fused: Sequence[tuple[torch.Tensor, ...]], buckets: Buckets | None = None) -> None:
@@ -122,9 +106,8 @@ class VisionEncoder:
     cuda_graphs = property(lambda self: self.accelerated, doc="Bucket forwards replay CUDA graphs.")
 
     def variant(self, *, impl: str | None = None, dtype: torch.dtype | None = None) -> VisionEncoder:
-        """The same tower with another ``impl`` and/or ``dtype``: shares this one's weights when the
-        dtype is unchanged (an A/B of stock vs vitkit over the very same memory), otherwise a cast
-        copy fused anew (e.g. a float32 reference and its bf16 twin with equal weights)."""
+        """The same tower with another ``impl`` and/or ``dtype``: the same weights' memory when the dtype
+        is unchanged, otherwise a cast copy fused anew."""
         model, fused = self.model, self.fused
         if dtype is not None and dtype != self.dtype:
             model = copy.deepcopy(model).to(dtype)
@@ -140,9 +123,7 @@ class VisionEncoder:
     @property
     def max_tokens_per_call(self) -> int | None:
         """Embedding rows of the largest bucket: no bucketed run computes more (None: unbucketed)."""
-        if self.buckets is None:
-            return None
-        return self.units_to_rows(self.buckets.largest)
+        return None if self.buckets is None else self.units_to_rows(self.buckets.largest)
 
     @torch.inference_mode()
     def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
@@ -178,11 +159,9 @@ class VisionEncoder:
     def _run_pack(self, group: list[MultimodalItem], p: Pack) -> tuple[torch.Tensor, PackRecord]:
         real_rows = sum(item.num_tokens for item in group)
         if p.bucket is None or not self.fill(group, p.bucket):
-            # No bucket holds it (or its layout overflows the bucket's buffers): unpadded, eager,
-            # uncompiled, so it never triggers a compile. Exact, just slower.
+            # No bucket holds it (or its layout overflows the buffers): unpadded and eager, never a compile.
             return self.forward_eager(*self._batch_input(group)), self._record(group, None)
-        args = self.bucket_args(p.bucket)
-        fn = self.bucket_fn(p.bucket)
+        args, fn = self.bucket_args(p.bucket), self.bucket_fn(p.bucket)
         if self.graphs is not None:
             rows = self.graphs.run(p.bucket, fn, args)[:real_rows].clone()  # next replay overwrites it
         else:
@@ -194,15 +173,12 @@ class VisionEncoder:
         padded = 0 if bucket is None else self.units_to_rows(bucket) - real
         self.stats.real_rows += real
         self.stats.padded_rows += padded
-        if bucket is None:
-            self.stats.unbucketed += 1
-        else:
-            self.stats.packs += 1
+        self.stats.unbucketed += bucket is None
+        self.stats.packs += bucket is not None
         return PackRecord(len(group), real, padded, bucket, bucket is not None and self.graphs is not None)
 
     def warmup(self, progress: bool = True) -> WarmupReport:
-        """Compile and capture every bucket now (largest first, so smaller graphs reuse its pool
-        memory): after this, a stream of any length causes no compile and no capture."""
+        """Compile and capture every bucket now, largest first (smaller graphs reuse its pool memory)."""
         if self.graphs is None:  # eager or off CUDA: nothing to compile or capture
             return WarmupReport(0.0, 0, 0, 0, 0, ())
         torch.cuda.synchronize(self.device)
@@ -229,11 +205,11 @@ class VisionEncoder:
     # --- what a tower defines ------------------------------------------------------------------
     @staticmethod
     def buckets_for(preset: EncoderPreset) -> Buckets:
-        """The tower's measured default bucket set for ``preset`` (the one definition of it)."""
+        """The tower's default bucket set for ``preset`` (the one definition of it)."""
         raise NotImplementedError
 
     def units_to_rows(self, units: int) -> int:
-        """Embedding rows that ``units`` bucket units produce (patches / 4, or images x rows)."""
+        """Embedding rows that ``units`` bucket units produce."""
         raise NotImplementedError
 
     def item_units(self, k: int, item: MultimodalItem) -> int:
@@ -244,8 +220,7 @@ class VisionEncoder:
         raise NotImplementedError
 
     def fill(self, group: list[MultimodalItem], bucket: int) -> bool:
-        """Write ``group`` (possibly empty: warm-up) padded to ``bucket`` into the static buffers;
-        False if the group's layout does not fit them (then the pack runs unbucketed)."""
+        """Write ``group`` (empty: warm-up) padded to ``bucket`` into the static buffers; False: no fit."""
         raise NotImplementedError
 
     def bucket_args(self, bucket: int) -> tuple[torch.Tensor, ...]:
@@ -258,7 +233,7 @@ class VisionEncoder:
         raise NotImplementedError
 
     def forward(self, *args) -> torch.Tensor:
-        """The unpadded batched forward of ``impl`` on device tensors (subclasses document shapes)."""
+        """The unpadded batched forward of ``impl`` on device tensors."""
         raise NotImplementedError
 
     def forward_eager(self, *args) -> torch.Tensor:
@@ -266,26 +241,19 @@ class VisionEncoder:
         raise NotImplementedError
 
     # --- shared helpers ------------------------------------------------------------------------
+    def _bad_item(self, k: int, item: MultimodalItem, problem: str) -> ValueError:
+        return ValueError(f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) {problem}")
+
     def _split_rows(self, items: list[MultimodalItem], out: torch.Tensor) -> list[torch.Tensor]:
-        """Split the packed (sum rows, hidden) output per item, checking each count."""
         counts = [item.num_tokens for item in items]
         if out.shape[0] != sum(counts):
-            raise ValueError(
-                f"encoder {self.name!r}: produced {out.shape[0]} rows for {len(items)} items whose "
-                f"num_tokens sum to {sum(counts)} (per item: {counts})"
-            )
+            raise ValueError(f"encoder {self.name!r}: produced {out.shape[0]} rows for {len(items)} items whose "
+                             f"num_tokens sum to {sum(counts)} (per item: {counts})")
         return list(torch.split(out, counts))
 
     def gather_features(self, items: list[MultimodalItem], combine: str) -> torch.Tensor:
-        """The items' features combined on the encoder's device (``combine``: "stack" or "cat").
-
-        Features already on the device are combined there. Otherwise the CPU copies
-        (``item.cpu_feature``) are combined on the host by one thread and, on CUDA, into the
-        encoder's page-locked staging buffer, then moved in one non-blocking copy: one transfer
-        per batch instead of one per item (``vitkit.encoders.staging`` says why one thread and
-        one buffer). The result is cast to the encoder's dtype on the device (the host copy stays
-        float32).
-        """
+        """The items' features combined (``combine``: "stack" or "cat") on the device, in the encoder's dtype;
+        host features are joined by one thread and moved in one copy per batch (``vitkit.encoders.staging``)."""
         if all(item.feature.device == self.device for item in items):
             join = torch.stack if combine == "stack" else torch.cat
             return join([item.feature for item in items]).to(self.dtype)

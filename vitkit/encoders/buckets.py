@@ -1,16 +1,8 @@
 """Token buckets: the few input sizes an encoder compiles and captures, and packing calls into them.
 
-A serving stream changes the encoder's input at almost every step (which requests share the step,
-how many images miss, their sizes). Compiled code and CUDA graphs are specialised to one shape, so
-vitkit pads every call up to one of a small, fixed set of sizes and keeps one compiled graph per
-size, never per layout (nano-vllm's ``capture_cudagraph`` does this for decode batch sizes; vLLM's
-encoder CUDA graphs and SGLang's ViT graph runner for vision towers).
-
-The unit of a size is what the tower's tensors are shaped by: patches for Qwen2.5-VL (rows before
-the 2x2 merge), images for the fixed-resolution towers. ``pack`` follows vLLM's encoder packing:
-items are sorted largest first and packed first-fit under the largest bucket and a maximum item
-count; each pack is then padded to the smallest bucket that holds it. An item larger than the
-largest bucket is a pack of its own with no bucket: it runs without a graph, and still exactly.
+Compiled code and CUDA graphs are specialised to one shape while a serving stream changes the input
+every step, so every call is padded to one of a few sizes, one graph per size (as nano-vllm, vLLM's
+encoder graphs and SGLang's ViT graph runner do). Units: patches for Qwen2.5-VL, images otherwise.
 """
 
 from __future__ import annotations
@@ -23,11 +15,8 @@ from vitkit.checks import positive_int
 
 @dataclass(frozen=True)
 class Buckets:
-    """Padded call sizes, ascending, and the most items one call may pack.
-
-    ``multiple``: every size must be a multiple of it (Qwen2.5-VL: the 2x2 merge unit, 4 patches,
-    so padding never splits a merged row).
-    """
+    """Padded call sizes, ascending, and the most items one call may pack; every size a ``multiple``
+    (Qwen2.5-VL: 4 patches, so padding never splits a merged row)."""
 
     sizes: tuple[int, ...]
     max_items: int
@@ -55,16 +44,12 @@ class Buckets:
         """The smallest bucket holding ``size``; None when ``size`` exceeds the largest."""
         if size < 0:
             raise ValueError(f"buckets: size must be >= 0, got {size}")
-        for s in self.sizes:
-            if s >= size:
-                return s
-        return None
+        return next((s for s in self.sizes if s >= size), None)
 
 
 @dataclass(frozen=True)
 class Pack:
-    """Items (indices into the call's item list) run together, their total size, and its bucket
-    (None: larger than the largest bucket, run unpadded without a graph)."""
+    """Items (indices into the call's list) run together, their size, and bucket (None: too large)."""
 
     indices: tuple[int, ...]
     size: int
@@ -76,12 +61,9 @@ class Pack:
 
 
 def pack(sizes: Sequence[int], buckets: Buckets) -> list[Pack]:
-    """Pack items of ``sizes`` into calls: largest first, first fit under ``buckets.largest`` and
-    ``buckets.max_items``; each pack padded to the smallest bucket that holds it.
-
-    Every index appears in exactly one pack; packs list indices largest item first (ties in
-    input order), so a caller restores the input order from the indices.
-    """
+    """Pack items of ``sizes`` into calls as vLLM's encoder does: largest first, first fit under
+    ``buckets.largest`` and ``max_items``, each pack padded to the smallest bucket that holds it; an item
+    over the largest bucket is a pack of its own with no bucket. Indices listed largest item first."""
     for k, s in enumerate(sizes):
         positive_int(f"pack: item {k}'s size", s)
     order = sorted(range(len(sizes)), key=lambda k: -sizes[k])
@@ -105,8 +87,7 @@ def pack(sizes: Sequence[int], buckets: Buckets) -> list[Pack]:
 
 
 def padding_waste(calls: Sequence[Sequence[int]], buckets: Buckets) -> tuple[int, int]:
-    """(real, padding) summed over ``calls`` (each a list of item sizes) packed into ``buckets``:
-    the padding-waste figure that the default bucket sets were chosen by."""
+    """(real, padding) summed over ``calls`` (each a list of item sizes) packed into ``buckets``."""
     real = pad = 0
     for sizes in calls:
         for p in pack(list(sizes), buckets):

@@ -37,28 +37,12 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_at
                 "temporal_patch_size", "fullatt_block_indexes")
 
 
-def build_encoder(
-    name: str | EncoderPreset,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    checkpoint: str | Path | None = None,
-    impl: str = "vitkit",
-    seed: int = 0,
-    buckets: Buckets | None = None,
-) -> VisionEncoder:
-    """The preset's tower as a vitkit encoder, on ``device`` in ``dtype``.
-
-    Without ``checkpoint`` the weights are random, drawn with ``seed`` (transformers' own
-    initialisation; the global RNG is left as it was). ``checkpoint`` is a local directory holding
-    a transformers checkpoint, either of the tower alone or of the whole multimodal model (the
-    tower's weights are then taken from it); it is read with ``local_files_only`` semantics.
-    ``impl``: "vitkit" (fused layers, calls padded to token ``buckets`` — default: the tower's
-    measured set — compiled and replayed from CUDA graphs on CUDA), "vitkit-eager" (the same
-    layers unpadded, no compile, no graphs) or "stock" (the transformers forward, sdpa); see
-    ``vitkit.encoders.base``. The q/k/v and gate/up weights are fused here, where they are loaded.
-    ``device="meta"`` builds the shapes without memory (for counting parameters).
-    """
+def build_encoder(name: str | EncoderPreset, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  checkpoint: str | Path | None = None, impl: str = "vitkit", seed: int = 0,
+                  buckets: Buckets | None = None) -> VisionEncoder:
+    """The preset's tower as a vitkit encoder on ``device`` in ``dtype``: random weights drawn with ``seed``
+    (the global RNG is left as it was), or a local ``checkpoint`` directory of the tower or the whole model.
+    ``impl``: see ``vitkit.encoders.base``. ``device="meta"`` builds the shapes without memory."""
     preset = get_preset(name)
     if checkpoint is None:
         model = _random_model(preset, torch.device(device), seed)
@@ -74,8 +58,7 @@ def encoder_class(preset: EncoderPreset) -> type[VisionEncoder]:
 
 
 def default_buckets(name: str | EncoderPreset) -> Buckets:
-    """The bucket set a preset's ``impl="vitkit"`` encoder pads to unless told otherwise (its
-    tower class's ``buckets_for``)."""
+    """The bucket set a preset's ``impl="vitkit"`` encoder pads to unless told otherwise."""
     preset = get_preset(name)
     return encoder_class(preset).buckets_for(preset)
 
@@ -83,8 +66,9 @@ def default_buckets(name: str | EncoderPreset) -> Buckets:
 def _random_model(preset: EncoderPreset, device: torch.device, seed: int) -> nn.Module:
     config_cls, model_cls = MODEL_CLASSES[preset.family]
     config = config_cls(**preset.config)
-    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    # Build directly on the target device: initialising 0.7 B parameters on a GPU takes ~1 s.
+    rng_devices = ([device.index if device.index is not None else torch.cuda.current_device()]
+                   if device.type == "cuda" else [])
+    # Build directly on the target device: a GPU initialises the parameters quickly, with no host copy.
     with torch.random.fork_rng(devices=rng_devices), torch.device(device):
         torch.manual_seed(seed)
         return model_cls._from_config(config, attn_implementation="sdpa")
@@ -98,9 +82,8 @@ def _checkpoint_model(preset: EncoderPreset, path: Path) -> nn.Module:
     config_cls, model_cls = MODEL_CLASSES[preset.family]
     if "vision_config" not in raw:  # a tower saved on its own
         _check_config(preset, config_cls.from_pretrained(path, local_files_only=True), path)
-        model, info = model_cls.from_pretrained(
-            path, local_files_only=True, attn_implementation="sdpa", output_loading_info=True
-        )
+        model, info = model_cls.from_pretrained(path, local_files_only=True, attn_implementation="sdpa",
+                                                output_loading_info=True)
         # from_pretrained only warns about missing weights (and initialises them randomly).
         missing = sorted(info.get("missing_keys", [])) + sorted(str(m) for m in info.get("mismatched_keys", []))
         if missing:
@@ -114,10 +97,8 @@ def _checkpoint_model(preset: EncoderPreset, path: Path) -> nn.Module:
     state = _load_tower_state(path, CHECKPOINT_PREFIXES[preset.family])
     missing = set(model.state_dict()) - set(state)
     if missing:
-        raise ValueError(
-            f"checkpoint {path} for preset {preset.name!r}: {len(missing)} tower weights missing "
-            f"(e.g. {sorted(missing)[:3]}); looked for prefixes {CHECKPOINT_PREFIXES[preset.family]}"
-        )
+        raise ValueError(f"checkpoint {path} for preset {preset.name!r}: {len(missing)} tower weights missing "
+                         f"(e.g. {sorted(missing)[:3]}); looked for prefixes {CHECKPOINT_PREFIXES[preset.family]}")
     model.load_state_dict({k: state[k] for k in model.state_dict()}, strict=True)
     return model
 

@@ -1,16 +1,9 @@
 """One encoder call spread over several GPUs: data-parallel, one replica of the tower per rank.
 
-Every rank runs the same scheduler step, so every rank calls the encoder with the same item list
-(SPMD, as SGLang's and vLLM's tensor-parallel workers do). Each rank computes the same
-assignment (``vitkit.encoders.assignment``), encodes its share with its own single-GPU encoder,
-pads its rows to the largest rank's row count and all-gathers them; then every rank cuts the
-gathered rows back into one tensor per item, in the caller's order. SGLang
-(``--mm-enable-dp-encoder``) and vLLM (``mm_encoder_tp_mode="data"``) do the same: the padded
-all-gather needs no exchange of sizes, because every rank already knows every rank's row count.
-
-The process group is the caller's (``torchrun`` + ``torch.distributed.init_process_group``:
-NCCL on GPUs, gloo on CPU). Without an initialised group, or with one rank, a call is exactly
-the wrapped encoder's call and no collective runs.
+Every rank gets the same items (SPMD), computes the same assignment, encodes its share, pads its rows
+to the largest rank's count and all-gathers them (no sizes exchanged, as SGLang's and vLLM's DP encoders),
+then cuts them per item in the caller's order. Without a process group, or with one rank, a call is
+exactly the wrapped encoder's call.
 """
 
 from __future__ import annotations
@@ -27,28 +20,24 @@ import torch.distributed as dist
 from vitkit.encoders.assignment import POLICIES, Assignment, assign
 from vitkit.item import MultimodalItem
 
-# "all_gather_into_tensor": one flat (world * max_rows, hidden) buffer that the collective writes
-# directly; "all_gather": a list of per-rank (max_rows, hidden) buffers (NCCL gathers into a flat
-# buffer of its own and copies each rank's slice out: one more pass over the gathered rows).
+# "all_gather_into_tensor" writes one flat buffer; "all_gather" per-rank buffers (NCCL copies them out
+# of a flat buffer of its own: one more pass over the rows).
 GATHERS = ("all_gather_into_tensor", "all_gather")
-# torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns); 2.11 has
-# only the old name. Same collective either way.
+# torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns); same collective.
 _gather_into_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 @dataclass(frozen=True)
 class DPCall:
-    """What one call did on this rank: the assignment and four time marks (CUDA events on a GPU,
-    ``perf_counter`` seconds on CPU) before the local encode, before the collective, after it,
-    and after the rows were put back in item order."""
+    """One call on this rank: its assignment and four time marks (CUDA events, or ``perf_counter`` s
+    on CPU) around the local encode, the collective and the reordering."""
 
     assignment: Assignment
     rank: int
     marks: tuple[Any, Any, Any, Any]
 
     def times_ms(self) -> dict[str, float]:
-        """``encode``, ``gather`` (the collective: transfer plus any wait for slower ranks) and
-        ``reorder`` times in ms; synchronises on a GPU."""
+        """``encode``, ``gather`` (with any wait for slower ranks) and ``reorder`` ms; syncs on a GPU."""
         a, b, c, d = self.marks
         return {"encode": _elapsed_ms(a, b), "gather": _elapsed_ms(b, c), "reorder": _elapsed_ms(c, d)}
 
@@ -71,17 +60,9 @@ def _elapsed_ms(start: Any, stop: Any) -> float:
 class DataParallelEncoder:
     """``encoder(items) -> list[Tensor]`` over every rank of ``group``, behind the same contract.
 
-    ``encoder``: this rank's single-GPU encoder (any callable of the contract); its
-    ``hidden_size``, ``dtype`` and ``device`` attributes size the gather buffers, or pass them.
-    ``policy``: one of ``POLICIES``; ``gather``: one of ``GATHERS``. ``cost(item) -> int`` weighs
-    items for the assignment (default: embedding rows, ``item.num_tokens``).
-    ``timed=True`` keeps a ``DPCall`` per call in ``calls`` (the bench reads them).
-    ``check_items=True`` compares a digest of the item list across ranks before each call (one
-    extra small collective): a rank that was handed different items raises instead of hanging.
-
-    A failure inside one rank's local encode cannot be reported to the others: they wait in the
-    collective until the process group's timeout, as in any SPMD program.
-    """
+    The encoder's ``hidden_size``, ``dtype`` and ``device`` size the gather buffers unless given; ``cost(item)``
+    weighs items (default ``num_tokens``); ``timed``: a ``DPCall`` per call in ``calls``; ``check_items``:
+    compare an item digest across ranks first. A rank's failed encode leaves the others waiting until timeout."""
 
     def __init__(self, encoder: Callable[[list[MultimodalItem]], Sequence[torch.Tensor]], *,
                  policy: str = "token-balanced", gather: str = "all_gather_into_tensor",
@@ -102,8 +83,7 @@ class DataParallelEncoder:
         self.calls: list[DPCall] = []
         if dist.is_available() and dist.is_initialized():
             self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
-            backend = dist.get_backend(group)
-            if backend == "nccl" and self.device.type != "cuda":
+            if dist.get_backend(group) == "nccl" and self.device.type != "cuda":
                 raise ValueError(f"process group backend 'nccl' needs a CUDA encoder, got device {self.device}")
         else:
             self.rank, self.world_size = 0, 1
@@ -119,8 +99,7 @@ class DataParallelEncoder:
                 f"rank={self.rank}, world_size={self.world_size})")
 
     def warmup(self, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped encoder's ``warmup`` (each rank compiles and captures its own buckets; no
-        collective), or nothing when it has none."""
+        """The wrapped encoder's ``warmup`` (per rank, no collective), or nothing when it has none."""
         fn = getattr(self.encoder, "warmup", None)
         return fn(*args, **kwargs) if callable(fn) else None
 
@@ -170,8 +149,7 @@ class DataParallelEncoder:
                 raise ValueError(
                     f"DataParallelEncoder rank {self.rank}: local item {k} (hash {item.hash[:12]}) came back "
                     f"{tuple(out.shape)} {out.dtype}, expected {(item.num_tokens, self.hidden_size)} {self.dtype}")
-        used = sum(item.num_tokens for item in mine)
-        torch.cat(outs, out=buf[:used])  # one copy, straight into the send buffer
+        torch.cat(outs, out=buf[:sum(item.num_tokens for item in mine)])  # one copy, into the send buffer
         return buf
 
     def _gather(self, local: torch.Tensor) -> list[torch.Tensor]:
@@ -186,8 +164,7 @@ class DataParallelEncoder:
 
     @staticmethod
     def _reorder(parts: list[torch.Tensor], plan: Assignment, rows: list[list[int]], n: int) -> torch.Tensor:
-        """The real rows of every rank, in item order, as one compact tensor (one copy): the
-        padding and the gather buffers are not kept alive by the returned embeddings."""
+        """Every rank's real rows in item order, one compact copy (not keeping the gather buffers alive)."""
         pieces: list[torch.Tensor | None] = [None] * n
         for r, (share, counts) in enumerate(zip(plan.items, rows)):
             start = 0

@@ -1,12 +1,8 @@
 """Fixed-resolution towers (CLIP, SigLIP): a batch is one stacked (B, 3, H, W) forward.
 
-``impl="vitkit"`` runs ``fused_vit_layer`` over the tower's own weights (fused QKV, residuals
-added inside the GEMMs, the patch embedding as a GEMM). Its bucket unit is the image: a call is
-padded with blank images to the next batch-size bucket (attention is per image, so a blank image
-touches no real row), and on CUDA each bucket is compiled once and replayed from its CUDA graph.
-It stops at the layer the rows come from: CLIP's rows are the penultimate layer's, so its last
-layer is never computed (SGLang's and vLLM's LLaVA towers skip it too). ``impl="stock"`` calls
-the transformers model's forward.
+``impl="vitkit"`` runs ``fused_vit_layer`` over the tower's weights, padded with blank images to a
+batch-size bucket (attention is per image, so they touch no real row). It stops at the layer the rows
+come from: CLIP's last layer is never computed (as in SGLang's and vLLM's LLaVA towers).
 """
 
 from __future__ import annotations
@@ -19,10 +15,8 @@ from vitkit.encoders.buckets import Buckets
 from vitkit.encoders.fused import compile_layer, fused_vit_layer, patch_embed_gemm
 from vitkit.item import MultimodalItem
 
-# Batch sizes, chosen on a 400-step stream of 1-64 CLIP images a step with 20% repeats
-# (``python -m vitkit.bench.buckets``, results/cpu/bucket-choice.json): 19 graphs pad batched
-# calls by 5.8% of their rows (powers of two: 7 graphs, 45%; steps of 8: 13 graphs, 12.4%) and
-# per-request calls (1-4 images) not at all. Each bucket costs one compile and capture in warm-up.
+# Batch sizes 1-4, then steps of 4 up to 64: low padding with few graphs (each costs a compile and a
+# capture in warm-up), against powers of two and steps of 8; figures in results/README.md.
 FIXED_BUCKETS = Buckets((1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64), max_items=64)
 
 
@@ -60,15 +54,11 @@ class FixedResolutionEncoder(VisionEncoder):
         side = self.preset.image_size
         expected = (self.model.config.num_channels, side, side)
         if tuple(item.feature.shape) != expected:
-            raise ValueError(
-                f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has feature shape "
-                f"{tuple(item.feature.shape)}, expected {expected} pixel values"
-            )
+            raise self._bad_item(k, item, f"has feature shape {tuple(item.feature.shape)}, "
+                                          f"expected {expected} pixel values")
         if item.num_tokens != self.preset.fixed_num_tokens:
-            raise ValueError(
-                f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has num_tokens="
-                f"{item.num_tokens}, but this tower returns {self.preset.fixed_num_tokens} rows per image"
-            )
+            raise self._bad_item(k, item, f"has num_tokens={item.num_tokens}, but this tower returns "
+                                          f"{self.preset.fixed_num_tokens} rows per image")
         return 1
 
     def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor]:
@@ -80,8 +70,7 @@ class FixedResolutionEncoder(VisionEncoder):
         return {"pixels": torch.zeros(shape, device=self.device, dtype=self.dtype)}
 
     def fill(self, group: list[MultimodalItem], bucket: int) -> bool:
-        pixels = self.buffer("pixels")
-        n = len(group)
+        pixels, n = self.buffer("pixels"), len(group)
         if n:
             pixels[:n].copy_(self.gather_features(group, "stack"))
         pixels[n:bucket].zero_()  # blank images: finite, and their rows are dropped
@@ -119,11 +108,10 @@ class FixedResolutionEncoder(VisionEncoder):
         model, cfg = self.model, self.model.config
         emb = model.embeddings
         pre_ln = getattr(model, "pre_layrnorm", None)  # CLIP normalises the embeddings first
-        x = embed_fn(
-            pixel_values, emb.patch_embedding.weight, emb.patch_embedding.bias,
-            getattr(emb, "class_embedding", None), emb.position_embedding.weight,
-            None if pre_ln is None else pre_ln.weight, None if pre_ln is None else pre_ln.bias, cfg.layer_norm_eps,
-        )
+        x = embed_fn(pixel_values, emb.patch_embedding.weight, emb.patch_embedding.bias,
+                     getattr(emb, "class_embedding", None), emb.position_embedding.weight,
+                     None if pre_ln is None else pre_ln.weight, None if pre_ln is None else pre_ln.bias,
+                     cfg.layer_norm_eps)
         for weights in self.fused[: self.num_layers]:
             x = layer_fn(x, cfg.num_attention_heads, cfg.layer_norm_eps, cfg.hidden_act, *weights)
         if self.preset.family == "siglip" and self.preset.feature_layer == -1:

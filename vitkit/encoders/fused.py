@@ -1,12 +1,8 @@
 """Fused layer functions over the towers' own weights, shaped for ``torch.compile`` and CUDA graphs.
 
-Each layer is a plain function of tensors (no ``nn.Module`` argument), so one compiled graph
-serves every layer of a tower and the CUDA graph of a whole forward holds only these kernels. Where the transformers model keeps q/k/v (or gate/up) as separate
-``nn.Linear``s, their weights are moved into one fused buffer and the modules' parameters become
-views of it: one GEMM instead of three reads the input once, the model's own forward still works
-and no weight is copied. Measured on an H200 (results/explore/): for CLIP-L/336 x64 these, plus
-the patch embedding as a GEMM instead of cuDNN's Conv2d and the residual added in the GEMM's C
-operand, take the compiled tower from 52.8 ms to 49.9 ms.
+Layers are plain functions of tensors, so one compiled graph serves every layer. q/k/v (gate/up) weights
+move into one buffer the modules' parameters view (one GEMM, nothing copied); with the patch embedding as
+a GEMM and residuals added in the GEMM's C operand this speeds up CLIP-L/336 (results/README.md).
 """
 
 from __future__ import annotations
@@ -19,28 +15,18 @@ from torch.utils.flop_counter import register_flop_formula
 
 from vitkit.encoders.attention import packed_attention
 
-# Compiled layers specialise on their input shape: measured on an H100, Qwen2.5-VL at 16 x 448 ran
-# 52 ms specialised but 65 ms once dynamo had seen a few shapes and switched to a dynamic-shape
-# graph. So shapes are few by construction: every call is padded to a token bucket
-# (vitkit.encoders.buckets) and each bucket compiles once, in ``warmup``.
-
 
 def compile_layer(fn, variants: int):
-    """``torch.compile`` a layer function specialised per input shape, allowing ``variants``
-    specialisations (one or two per bucket) before dynamo would fall back to eager."""
+    """``torch.compile`` ``fn`` specialised per input shape, allowing ``variants`` specialisations (dynamo's
+    dynamic-shape fallback runs Qwen2.5-VL markedly slower, so every call is padded to a bucket)."""
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, variants)
     return torch.compile(fn, dynamic=False)
 
 
 @torch.library.custom_op("vitkit::addmm_into", mutates_args={"out"})
 def addmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``out += a @ b`` in place: the residual stream is the GEMM's C operand.
-
-    ``torch.addmm(c, a, b)`` first copies ``c`` into a fresh output (a device-to-device memcpy per
-    residual, 3.5% of CLIP-L/336's step on an H200); as a mutating custom op, inductor fuses the
-    producer of ``out`` (``x + bias``, next to the layer norm that reads ``x``) and lets cuBLAS
-    accumulate into it, with no copy (checked in inductor's generated code).
-    """
+    """``out += a @ b`` in place: as a mutating op, inductor fuses ``out``'s producer and cuBLAS accumulates
+    into it, where ``torch.addmm`` would first copy C (a visible memcpy per residual in CLIP-L/336)."""
     out.addmm_(a, b)
 
 
@@ -57,10 +43,8 @@ def _addmm_into_flops(c_shape, a_shape, b_shape, *args, **kwargs) -> int:
 
 
 def residual_linear(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``x + a @ weight.T + bias`` with the residual accumulated in place by the GEMM (see
-    addmm_into). Measured on an H100 (results/explore/explore_inplace_residual_h100.json):
-    CLIP-L/336 x64 49.7 -> 47.8 ms, x1 1.74 -> 1.61 ms; but Qwen2.5-VL x16 54.7 -> 65.3 ms, so
-    the Qwen block keeps ``residual_addmm``."""
+    """``x + a @ weight.T + bias``, accumulated in place (``addmm_into``): faster for CLIP-L/336, slower
+    for Qwen2.5-VL's packed call, which keeps ``residual_addmm``."""
     out = x + bias
     addmm_into(out, a, weight.t())
     return out
@@ -72,8 +56,7 @@ def residual_addmm(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias:
 
 
 def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenate the linears' weights (and biases) along the output dim; rebind each module's
-    parameters as views into the fused buffers so the model keeps working on the same memory."""
+    """The linears' weights (and biases) concatenated on the output dim; their parameters become views."""
     weight = torch.cat([lin.weight.detach() for lin in linears])
     has_bias = all(lin.bias is not None for lin in linears)
     bias = torch.cat([lin.bias.detach() for lin in linears]) if has_bias else None
@@ -88,10 +71,8 @@ def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor |
 
 
 def patch_embed_gemm(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A Conv2d whose stride equals its kernel, as one GEMM: (B, C, H, W) -> (B, patches, D).
-
-    Like the convolution, it ignores the pixels past the last whole patch (SigLIP-384/14 has a
-    27x27 grid and drops 6 pixels of each side's 384)."""
+    """A Conv2d whose stride equals its kernel, as one GEMM: (B, C, H, W) -> (B, patches, D); pixels past
+    the last whole patch are ignored, as by the conv (SigLIP-384/14 drops 6 per side)."""
     b, c, h, w = pixel_values.shape
     d, _, p, _ = weight.shape
     gh, gw = h // p, w // p
@@ -113,11 +94,8 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def fuse_tower(preset, model: nn.Module) -> tuple[tuple[torch.Tensor, ...], ...]:
-    """Per-layer fused weight tuples of a freshly loaded tower (called where weights are loaded:
-    ``build_encoder``, or ``VisionEncoder.variant`` after a cast). The modules' q/k/v (gate/up)
-    parameters become views of the fused buffers, so the transformers forward keeps working."""
-    # Plain tensors even under a caller's inference_mode: the buffers back the model's own
-    # parameters, which must stay usable outside it.
+    """Per-layer fused weight tuples of a freshly loaded tower (its q/k/v, gate/up parameters become views)."""
+    # Plain tensors even under a caller's inference_mode: they back parameters used outside it.
     with torch.inference_mode(False), torch.no_grad():
         if preset.family == "qwen2_5_vl":
             return tuple(qwen_block_weights(block) for block in model.blocks)
@@ -134,8 +112,7 @@ def vit_layer_weights(layer: nn.Module) -> tuple[torch.Tensor, ...]:
 
 
 def fused_vit_layer(x: torch.Tensor, heads: int, eps: float, act: str, *w: torch.Tensor) -> torch.Tensor:
-    """One pre-norm CLIP/SigLIP layer on (B, N, D): same math as the module, fused QKV, and each
-    residual accumulated by the GEMM itself (``residual_linear``) instead of a separate pass."""
+    """One pre-norm CLIP/SigLIP layer on (B, N, D): the module's math, fused QKV, GEMM-accumulated residuals."""
     ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b = w
     b, n, d = x.shape
     x = x.reshape(b * n, d)
@@ -147,9 +124,14 @@ def fused_vit_layer(x: torch.Tensor, heads: int, eps: float, act: str, *w: torch
     return residual_linear(x, h, fc2_w, fc2_b).view(b, n, d)
 
 
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype norms and rotary angles are computed in: float32 as in transformers (float64 stays)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Qwen2RMSNorm: normalise in float32, scale in the input dtype."""
-    xf = x.float()
+    """Qwen2RMSNorm (the vision tower's and the language model's): normalise wide, scale in the input dtype."""
+    xf = x.to(wide(x.dtype))
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
 
@@ -170,18 +152,9 @@ def qwen_block_weights(block: nn.Module) -> tuple[torch.Tensor, ...]:
             block.norm2.weight, gate_up_w, gate_up_b, mlp.down_proj.weight, mlp.down_proj.bias)
 
 
-def fused_qwen_block(
-    x: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    heads: int,
-    eps: float,
-    *w: torch.Tensor,
-) -> torch.Tensor:
-    """One Qwen2.5-VL vision block on packed rows (rows, D): RMSNorm, fused QKV, rotary, one
-    variable-length attention call for all sequences, SwiGLU with gate and up in one GEMM."""
+def fused_qwen_block(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, cos: torch.Tensor, sin: torch.Tensor,
+                     heads: int, eps: float, *w: torch.Tensor) -> torch.Tensor:
+    """One Qwen2.5-VL vision block on packed rows (rows, D): fused QKV, one varlen attention, fused SwiGLU."""
     n1_w, qkv_w, qkv_b, o_w, o_b, n2_w, gu_w, gu_b, down_w, down_b = w
     rows, d = x.shape
     q, k, v = F.linear(rms_norm(x, n1_w, eps), qkv_w, qkv_b).view(rows, 3, heads, d // heads).unbind(1)

@@ -1,16 +1,9 @@
 """CUDA graphs of an encoder's padded forward, one per token bucket.
 
-A per-request ViT call on one image is launch-bound: CLIP-L/336 runs ~300 kernels for 5 ms of
-eager time but only ~2 ms of GPU work (measured on an H200, results/explore/). Replaying a
-captured graph removes the launch gaps, so the per-request baseline is as fast as the card
-allows and the batched-vs-per-request comparison does not flatter batching.
-
-Graphs are keyed by bucket, never by layout: everything that depends on how a call's rows split
-into images (pixels or patches, cu_seqlens, window permutations, rotary positions) lives in
-static buffers that the encoder fills before each replay (nano-vllm's ``capture_cudagraph``
-pattern). SGLang's ViT graph runner keys on the total patch count and keeps the first capture's
-cu_seqlens, so a second call with the same total and another split attends across images;
-here the split is an input, so any split of a bucket replays exactly.
+A one-image ViT call is launch-bound (hundreds of kernels), so replaying a graph keeps the
+per-request baseline honest. Graphs are keyed by bucket, never by layout: how rows split into
+images lives in static buffers filled before each replay (nano-vllm's pattern), so any split of a
+bucket replays exactly (SGLang's ViT runner keeps the first capture's cu_seqlens).
 """
 
 from __future__ import annotations
@@ -28,30 +21,17 @@ class _Captured:
 
 
 class GraphCache:
-    """One captured graph per bucket, all sharing one memory pool, never evicted.
-
-    The graphs replay one at a time on one stream, so they may share intermediates: capturing
-    the largest bucket first (``warmup`` does) lets every smaller one reuse its memory. The
-    caller owns the input buffers (views of static tensors it fills before ``run``) and must copy
-    what it keeps out of the returned output, which the next replay of that bucket overwrites.
-    """
+    """One captured graph per bucket, sharing one memory pool (capture the largest first), never evicted.
+    The caller owns the static inputs and copies out what it keeps: the next replay overwrites outputs."""
 
     def __init__(self) -> None:
         self._graphs: dict[Hashable, _Captured] = {}
         self._pool = None
         self.captures = 0
 
-    def __len__(self) -> int:
-        return len(self._graphs)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._graphs
-
     def run(self, key: Hashable, fn: Callable[..., torch.Tensor], args: tuple) -> torch.Tensor:
         """Replay the graph of ``key`` (captured now from ``fn(*args)`` if new); its output buffer."""
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self.capture(key, fn, args)
+        entry = self._graphs.get(key) or self.capture(key, fn, args)
         entry.graph.replay()
         return entry.output
 

@@ -1,13 +1,9 @@
-"""Encoder presets: the published vision-tower configurations, written out, plus tiny variants.
-
-Values are copied from the ``config.json`` / ``preprocessor_config.json`` of the named Hugging Face
-repositories (vision part only) so that nothing is downloaded: the model is built from these
-numbers with random weights, or loaded from a local ``checkpoint`` directory when one is given.
-"""
+"""Encoder presets: published vision-tower configurations, written out (nothing is downloaded), plus
+tiny variants. Values come from the named Hugging Face repositories' config and preprocessor files."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -21,14 +17,8 @@ BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 @dataclass(frozen=True)
 class EncoderPreset:
-    """One vision tower: its family, HF vision config, image-processor settings and output rows.
-
-    ``feature_layer`` says which hidden state an item's embedding rows come from: ``-1`` is the
-    tower's final output (SigLIP: ``last_hidden_state`` after ``post_layernorm``; Qwen2.5-VL: the
-    patch merger's output), ``-2`` the penultimate encoder layer's output (LLaVA-1.5's
-    ``mm_vision_select_layer=-2`` for CLIP). ``drop_cls`` drops the class token (LLaVA's
-    ``mm_vision_select_feature="patch"``). ``source`` names the published configuration.
-    """
+    """One vision tower: family, HF vision config, image-processor settings and output rows. ``feature_layer``:
+    ``-1`` the final output, ``-2`` the penultimate layer's (LLaVA-1.5's CLIP); ``drop_cls``: no class token."""
 
     name: str
     family: str
@@ -64,22 +54,16 @@ class EncoderPreset:
     @property
     def hidden_size(self) -> int:
         """Width of the returned embedding rows."""
-        if self.family == "qwen2_5_vl":
-            return int(self.config["out_hidden_size"])
-        return int(self.config["hidden_size"])
+        return int(self.config["out_hidden_size" if self.family == "qwen2_5_vl" else "hidden_size"])
 
     @property
     def fixed_num_tokens(self) -> int | None:
-        """Rows per image for fixed-resolution towers (patches, minus nothing: the class token
-        is dropped); ``None`` for Qwen2.5-VL, whose rows depend on the image size."""
-        if self.variable_resolution:
-            return None
-        return (self.image_size // self.patch_size) ** 2
+        """Rows (patches) per image for fixed-resolution towers; ``None`` for Qwen2.5-VL."""
+        return None if self.variable_resolution else (self.image_size // self.patch_size) ** 2
 
 
 def _clip_processor(side: int) -> dict[str, Any]:
-    # openai/clip-vit-large-patch14-336 preprocessor_config.json: resize the shortest edge to 336,
-    # centre-crop 336x336, bicubic, OpenAI mean/std.
+    # openai/clip-vit-large-patch14-336: resize the shortest edge, centre-crop, bicubic, OpenAI mean/std.
     return dict(
         do_resize=True, size={"shortest_edge": side}, resample=BICUBIC,
         do_center_crop=True, crop_size={"height": side, "width": side},
@@ -89,8 +73,7 @@ def _clip_processor(side: int) -> dict[str, Any]:
 
 
 def _siglip_processor(side: int) -> dict[str, Any]:
-    # google/siglip-so400m-patch14-384 preprocessor_config.json: squash to 384x384 (no crop),
-    # bicubic, mean = std = 0.5.
+    # google/siglip-so400m-patch14-384: squash to a square (no crop), bicubic, mean = std = 0.5.
     return dict(
         do_resize=True, size={"height": side, "width": side}, resample=BICUBIC,
         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
@@ -145,38 +128,26 @@ PRESETS: dict[str, EncoderPreset] = {
         ),
         processor=_qwen_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384), rows_note=QWEN_ROWS,
     ),
-    # Tiny variants: the same classes and code paths, a few layers and a small width, for CPU tests.
-    "clip-tiny": EncoderPreset(
-        name="clip-tiny", family="clip", source="tiny variant of clip-l-336",
-        config=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-            num_channels=3, image_size=56, patch_size=14, hidden_act="quick_gelu",
-            layer_norm_eps=1e-5, attention_dropout=0.0, initializer_range=0.02,
-            initializer_factor=1.0, projection_dim=32,
-        ),
-        processor=_clip_processor(56), feature_layer=-2, drop_cls=True, tiny=True, rows_note=CLIP_ROWS,
-    ),
-    "siglip-tiny": EncoderPreset(
-        name="siglip-tiny", family="siglip", source="tiny variant of siglip-so400m-384",
-        config=dict(
-            hidden_size=72, intermediate_size=144, num_hidden_layers=2, num_attention_heads=4,
-            num_channels=3, image_size=70, patch_size=14, hidden_act="gelu_pytorch_tanh",
-            layer_norm_eps=1e-6, attention_dropout=0.0, vision_use_head=False,
-        ),
-        processor=_siglip_processor(70), tiny=True, rows_note=SIGLIP_ROWS,
-    ),
-    "qwen2.5-vl-tiny": EncoderPreset(
-        name="qwen2.5-vl-tiny", family="qwen2_5_vl", source="tiny variant of qwen2.5-vl-7b",
-        # window_size 56 px = 2x2 merged units per window: images of a few windows, some partial.
-        config=dict(
-            depth=4, hidden_size=64, hidden_act="silu", intermediate_size=128, num_heads=4,
-            in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-            tokens_per_second=2, window_size=56, out_hidden_size=96,
-            fullatt_block_indexes=[1, 3], initializer_range=0.02,
-        ),
-        processor=_qwen_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 64), tiny=True, rows_note=QWEN_ROWS,
-    ),
 }
+
+
+def _tiny(name: str, full: str, processor: dict[str, Any], **config: Any) -> EncoderPreset:
+    base = PRESETS[full]
+    return replace(base, name=name, source=f"tiny variant of {full}", config={**base.config, **config},
+                   processor=processor, tiny=True)
+
+
+# Tiny variants: the same classes and code paths, a few layers and a small width, for CPU tests.
+PRESETS.update({p.name: p for p in (
+    _tiny("clip-tiny", "clip-l-336", _clip_processor(56), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+          num_attention_heads=4, image_size=56, projection_dim=32),
+    _tiny("siglip-tiny", "siglip-so400m-384", _siglip_processor(70), hidden_size=72, intermediate_size=144,
+          num_hidden_layers=2, num_attention_heads=4, image_size=70),
+    # window_size 56 px = 2x2 merged units per window: images of a few windows, some partial.
+    _tiny("qwen2.5-vl-tiny", "qwen2.5-vl-7b", _qwen_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 64), depth=4,
+          hidden_size=64, intermediate_size=128, num_heads=4, window_size=56, out_hidden_size=96,
+          fullatt_block_indexes=[1, 3]),
+)})
 
 
 def get_preset(name: str | EncoderPreset) -> EncoderPreset:

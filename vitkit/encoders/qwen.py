@@ -1,25 +1,10 @@
 """Qwen2.5-VL vision tower: a batch of images of different sizes is one packed forward.
 
-All images' patches are concatenated (rows = patches); attention boundaries come from
-``cu_seqlens`` (one segment per image, for the full-attention blocks 7/15/23/31) and
-``cu_window_seqlens`` (one segment per 112x112-pixel window, for the other blocks), computed by
-transformers' own ``get_vision_*`` helpers so the layout is exactly the model's.
-
-``impl="vitkit"``: ``fused_qwen_block`` (vitkit.encoders.fused) runs each block over the block's
-own weights with ``packed_attention``: on CUDA one varlen flash-attention call per layer for the
-whole batch (every image, every window), where stock transformers (sdpa) calls SDPA once per
-window from Python (hundreds of launches per layer for 16 images). The patch embedding (a Conv3d
-whose stride equals its kernel) runs as the equivalent matmul over the same weight.
-
-Its bucket unit is the patch. A call's images are packed into token buckets and padded: the
-padding rows are one more sequence for full attention and 64-row sequences for window attention,
-so no real row attends to them, and they are cut before the output is split. The layout (window
-permutation and its inverse, rotary positions, both cu_seqlens) is written into static buffers
-before each replay, so one CUDA graph per bucket serves every split of its rows into images
-(see vitkit.encoders.graphs). ``max_seqlen`` for full attention is the bucket itself (the flash
-kernel only sizes its grid by it; blocks past a sequence's end exit at once); for window
-attention it is the window's size. ``qwen_block`` is the same block over the modules (kept as
-the readable reference). ``impl="stock"`` calls the transformers model's forward.
+Rows are all images' patches; ``cu_seqlens`` (per image) and ``cu_window_seqlens`` (per window) come from
+transformers' ``get_vision_*`` helpers. ``impl="vitkit"`` runs one varlen attention per layer for the whole
+batch (stock sdpa loops per window). Bucket unit: the patch; padding rows are sequences of their own and
+the layout lives in static buffers, so one CUDA graph per bucket serves every split. Full attention's
+``max_seqlen`` is the bucket (the flash kernel only sizes its grid by it).
 """
 
 from __future__ import annotations
@@ -29,11 +14,9 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from vitkit.encoders.attention import VARLEN_DTYPES, packed_attention
+from vitkit.encoders.attention import VARLEN_DTYPES
 from vitkit.encoders.base import VisionEncoder
 from vitkit.encoders.buckets import Buckets
 from vitkit.encoders.fused import compile_layer, fused_qwen_block
@@ -41,25 +24,17 @@ from vitkit.item import MultimodalItem
 
 LAYOUT_CACHE_SIZE = 64
 
-# Patches (multiples of the 2x2 merge unit), chosen on a 400-step stream of 1-8 images a step,
-# sides 224-1344 px drawn apart, 20% repeats (``python -m vitkit.bench.buckets``,
-# results/cpu/bucket-choice.json). Steps of 1024 up to 16384 (4096 embedding rows, the steady-state
-# 16 x 448 point) pad batched calls by 5.3% and single-image calls by 8.8% with 18 graphs;
-# powers of two (7 graphs) waste 25% / 42%, steps of 2048 (11 graphs) 9.6% / 16.5%, geometric
-# x1.25 (20 graphs) 8.5% / 11.6%. Each bucket costs one compile and capture in warm-up. 32 images
-# a call bounds the full-attention sequence count baked into the graphs.
+# Patches: 256, 512, then steps of 1024 up to 16384 (4096 rows, 16 x 448 px): low padding with few
+# graphs against powers of two, steps of 2048 and x1.25 (figures in results/README.md). 32 images a
+# call bounds the full-attention sequence count baked into the graphs.
 QWEN_BUCKETS = Buckets((256, 512, *range(1024, 16385, 1024)), max_items=32, multiple=4)
 TINY_QWEN_BUCKETS = Buckets((16, 32, 64, 128, 256, 512, 1024), max_items=32, multiple=4)
 
 
 @dataclass(frozen=True)
 class PackedLayout:
-    """Index tensors of one packed batch (rows = patches, in the model's window order).
-
-    ``window_index`` / ``reverse_index``: merge-unit permutation into / out of window order.
-    ``position_ids``: (rows, 2) rotary (h, w) positions, already in window order.
-    ``cu_seqlens`` / ``cu_window_seqlens``: int32 boundaries for full / window attention.
-    """
+    """Index tensors of one packed batch, rows in window order: ``window_index`` / ``reverse_index``
+    permute merge units into / out of it; ``position_ids``: (rows, 2) rotary (h, w); int32 cu_seqlens."""
 
     window_index: torch.Tensor
     reverse_index: torch.Tensor
@@ -70,11 +45,9 @@ class PackedLayout:
     max_window_seqlen: int
 
     def to(self, device: torch.device) -> PackedLayout:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device, non_blocking=True)
-        return PackedLayout(**moved)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PackedLayout(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                               for k, v in values.items()})
 
 
 def packed_layout(grid_thw: torch.Tensor, config) -> PackedLayout:
@@ -82,41 +55,15 @@ def packed_layout(grid_thw: torch.Tensor, config) -> PackedLayout:
     grid_thw = grid_thw.to("cpu", torch.long)
     merge = config.spatial_merge_size
     unit = merge * merge
-    window_index, cu_window = get_vision_window_index(
-        grid_thw, spatial_merge_size=merge, window_size=config.window_size, patch_size=config.patch_size
-    )
+    window_index, cu_window = get_vision_window_index(grid_thw, spatial_merge_size=merge,
+                                                      window_size=config.window_size, patch_size=config.patch_size)
     cu_full = get_vision_cu_seqlens(grid_thw).to(torch.int32)
     position_ids = get_vision_position_ids(grid_thw, merge)
     rows = position_ids.shape[0]
     position_ids = position_ids.view(rows // unit, unit, 2)[window_index].reshape(rows, 2)
-    return PackedLayout(
-        window_index=window_index,
-        reverse_index=torch.argsort(window_index),
-        position_ids=position_ids,
-        cu_seqlens=cu_full,
-        cu_window_seqlens=cu_window.to(torch.int32),
-        max_seqlen=int(torch.diff(cu_full).max()),
-        max_window_seqlen=int(torch.diff(cu_window).max()),
-    )
-
-
-def qwen_block(
-    block: nn.Module,
-    x: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-) -> torch.Tensor:
-    """One Qwen2.5-VL vision block on packed rows (rows, hidden); same math as the module's forward."""
-    attn = block.attn
-    rows = x.shape[0]
-    qkv = attn.qkv(block.norm1(x)).view(rows, 3, attn.num_heads, attn.head_dim)
-    q, k, v = qkv.unbind(1)
-    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # transformers' own (computes in fp32)
-    o = packed_attention(q, k, v, cu_seqlens, max_seqlen)
-    x = x + attn.proj(o.reshape(rows, -1))
-    return x + block.mlp(block.norm2(x))
+    return PackedLayout(window_index=window_index, reverse_index=torch.argsort(window_index), position_ids=position_ids,
+                        cu_seqlens=cu_full, cu_window_seqlens=cu_window.to(torch.int32),
+                        max_seqlen=int(torch.diff(cu_full).max()), max_window_seqlen=int(torch.diff(cu_window).max()))
 
 
 class QwenVisionEncoder(VisionEncoder):
@@ -126,8 +73,7 @@ class QwenVisionEncoder(VisionEncoder):
     def __init__(self, preset, model, impl, **kwargs) -> None:
         super().__init__(preset, model, impl, **kwargs)
         if self.accelerated and self.dtype not in VARLEN_DTYPES:
-            # A CUDA graph cannot hold the float32 reference attention (it reads cu_seqlens on
-            # the host); the varlen kernel needs fp16/bf16. Say so rather than change impl.
+            # A graph cannot hold the float32 reference attention (it reads cu_seqlens on the host).
             raise ValueError(f"encoder {preset.name!r}: impl='vitkit' on CUDA needs fp16/bf16 (the varlen "
                              f"attention kernel), got {self.dtype}; use impl='vitkit-eager' for {self.dtype}")
         cfg = model.config
@@ -158,20 +104,16 @@ class QwenVisionEncoder(VisionEncoder):
         cfg = self.model.config
         grid = (item.meta or {}).get("image_grid_thw")
         if grid is None:
-            raise ValueError(f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has no meta['image_grid_thw']")
+            raise self._bad_item(k, item, "has no meta['image_grid_thw']")
         t, h, w = (int(v) for v in torch.as_tensor(grid).reshape(-1).tolist())
         width = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
         merge = cfg.spatial_merge_size
         if tuple(item.feature.shape) != (t * h * w, width):
-            raise ValueError(
-                f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) has feature shape "
-                f"{tuple(item.feature.shape)}, expected {(t * h * w, width)} for grid {(t, h, w)}"
-            )
+            raise self._bad_item(k, item, f"has feature shape {tuple(item.feature.shape)}, "
+                                          f"expected {(t * h * w, width)} for grid {(t, h, w)}")
         if h % merge or w % merge or item.num_tokens != t * h * w // merge**2:
-            raise ValueError(
-                f"encoder {self.name!r}: item {k} (hash {item.hash[:12]}) grid {(t, h, w)} gives "
-                f"{t * h * w // merge**2} rows (h, w must be multiples of {merge}), item says num_tokens={item.num_tokens}"
-            )
+            raise self._bad_item(k, item, f"grid {(t, h, w)} gives {t * h * w // merge**2} rows (h, w must be "
+                                          f"multiples of {merge}), item says num_tokens={item.num_tokens}")
         return t, h, w
 
     # --- unpadded paths (vitkit-eager, stock, and packs no bucket holds) -------------------------
@@ -186,15 +128,8 @@ class QwenVisionEncoder(VisionEncoder):
 
     def layout(self, grid_thw: torch.Tensor) -> PackedLayout:
         """Device layout for these grids, cached (least recently used) by the grid list."""
-        key = tuple(map(tuple, grid_thw.tolist()))
-        if key in self._layouts:
-            self._layouts.move_to_end(key)
-            return self._layouts[key]
-        layout = packed_layout(grid_thw, self.model.config).to(self.device)
-        self._layouts[key] = layout
-        if len(self._layouts) > LAYOUT_CACHE_SIZE:
-            self._layouts.popitem(last=False)
-        return layout
+        return _lru(self._layouts, tuple(map(tuple, grid_thw.tolist())),
+                    lambda: packed_layout(grid_thw, self.model.config).to(self.device))
 
     def forward_packed(self, patches: torch.Tensor, layout: PackedLayout, block_fn=None) -> torch.Tensor:
         """The tower on packed patches with a precomputed layout (no host sync inside)."""
@@ -214,17 +149,13 @@ class QwenVisionEncoder(VisionEncoder):
         full = set(model.fullatt_block_indexes)
         heads, eps = model.config.num_heads, model.blocks[0].norm1.variance_epsilon
         for i, weights in enumerate(self.fused):
-            if i in full:
-                x = block_fn(x, cu_full, max_full, cos, sin, heads, eps, *weights)
-            else:
-                x = block_fn(x, cu_window, max_window, cos, sin, heads, eps, *weights)
+            cu, max_len = (cu_full, max_full) if i in full else (cu_window, max_window)
+            x = block_fn(x, cu, max_len, cos, sin, heads, eps, *weights)
         return model.merger(x)[reverse_index]
 
     # --- the bucketed path ---------------------------------------------------------------------
     def window_capacity(self, bucket: int) -> int:
-        """Window sequences a bucket's graph holds: real windows (a 224 px image has 4 of 64
-        patches; edge windows are smaller) plus the padding's 64-patch windows. A pack whose
-        layout has more runs unbucketed (counted in ``stats.unbucketed``)."""
+        """Window sequences a bucket's graph holds (real windows plus the padding's); more runs unbucketed."""
         return bucket // 16 + bucket // self.window_rows + 2 * self.buckets.max_items + 2
 
     def allocate_buffers(self) -> dict[str, torch.Tensor]:
@@ -263,20 +194,25 @@ class QwenVisionEncoder(VisionEncoder):
         return True
 
     def _padded_layout(self, group: list[MultimodalItem], bucket: int) -> tuple[torch.Tensor, ...] | None:
-        """Device layout of ``group`` padded to ``bucket`` (see ``padded_layout``), cached (least
-        recently used) by grids and bucket; None if its windows overflow the bucket's capacity."""
+        """Device ``padded_layout`` of ``group`` in ``bucket``, LRU-cached; None if its windows overflow."""
         grids = tuple(self._item_grid(k, item) for k, item in enumerate(group))
-        key = (grids, bucket)
-        if key in self._padded:
-            self._padded.move_to_end(key)
-            return self._padded[key]
-        layout = padded_layout(grids, bucket, self.model.config, self.buckets.max_items, self.window_capacity(bucket))
-        if layout is not None:
-            layout = tuple(t.to(self.device) for t in layout)
-        self._padded[key] = layout
-        if len(self._padded) > LAYOUT_CACHE_SIZE:
-            self._padded.popitem(last=False)
-        return layout
+
+        def make() -> tuple[torch.Tensor, ...] | None:
+            layout = padded_layout(grids, bucket, self.model.config, self.buckets.max_items,
+                                   self.window_capacity(bucket))
+            return None if layout is None else tuple(t.to(self.device) for t in layout)
+        return _lru(self._padded, (grids, bucket), make)
+
+
+def _lru(cache: OrderedDict, key: tuple, make):
+    """``cache[key]``, made by ``make()`` when missing; keeps the ``LAYOUT_CACHE_SIZE`` most recently used."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    cache[key] = value = make()
+    if len(cache) > LAYOUT_CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
 
 
 # Buffers ``padded_layout`` fills, in its order.
@@ -285,11 +221,9 @@ PADDED_LAYOUT_BUFFERS = ("window_index", "reverse_index", "position_ids", "cu_fu
 
 def padded_layout(grids: tuple[tuple[int, int, int], ...], bucket: int, config, max_items: int,
                   window_capacity: int) -> tuple[torch.Tensor, ...] | None:
-    """Host layout of images with ``grids`` packed and padded to ``bucket`` patches, as
-    ``PADDED_LAYOUT_BUFFERS``: padding units map to themselves in both permutations, padding rows
-    form one full-attention sequence and window sequences of at most a window's patches, and the
-    cu_seqlens are filled up to their fixed lengths (``max_items + 2`` and ``window_capacity + 1``)
-    with ``bucket`` (empty sequences). None if the windows need more than ``window_capacity``."""
+    """Host layout of images with ``grids`` padded to ``bucket`` patches, as ``PADDED_LAYOUT_BUFFERS``:
+    padding maps to itself, forms one full sequence and window-sized windows; cu_seqlens are filled to
+    ``max_items + 2`` / ``window_capacity + 1`` with ``bucket``. None if the windows need more."""
     unit = config.spatial_merge_size**2
     window = (config.window_size // config.patch_size) ** 2
     if grids:
@@ -311,10 +245,6 @@ def padded_layout(grids: tuple[tuple[int, int, int], ...], bucket: int, config, 
     tail = torch.arange(real // unit, bucket // unit, dtype=torch.long)
     full = torch.full((max_items + 2,), bucket, dtype=torch.int32)
     full[: cu_full.shape[0]] = cu_full
-    return (
-        torch.cat([index, tail]),
-        torch.cat([reverse, tail]),
-        torch.cat([positions, torch.zeros(bucket - real, 2, dtype=torch.long)]),
-        full,
-        torch.cat([cu_window, torch.full((window_capacity + 1 - cu_window.shape[0],), bucket, dtype=torch.int32)]),
-    )
+    return (torch.cat([index, tail]), torch.cat([reverse, tail]),
+            torch.cat([positions, torch.zeros(bucket - real, 2, dtype=torch.long)]), full,
+            torch.cat([cu_window, torch.full((window_capacity + 1 - cu_window.shape[0],), bucket, dtype=torch.int32)]))

@@ -1,19 +1,9 @@
 """Staging a call's host features for the GPU: one page-locked buffer, written by one thread.
 
-A server's pixels arrive on the host, so every encoder call first gathers its items' features
-into one buffer and copies it to the device. On the H100 host (16 vCPUs,
-``results/h100/slow-staging-20261127T054103Z.json``), gathering one 448x448 image (4.8 MB of
-float32 patches) with torch's intra-op thread pool took 0.1-0.3 ms at the median but 3-4 ms at
-the p90 when the GPU had just been busy (a parallel region waits for its slowest thread), and a
-new buffer from the caching host allocator each call added more; one thread's copy took
-0.6-0.9 ms every time. Inside the TTFT validation this made one-image calls bimodal, 6.4 or
-9.3 ms, in whichever calls followed a prefill step (``slow-calls-20261127T053635Z.json``): a
-cost no model of the call's shape can predict. vLLM's GPU workers run with one intra-op thread
-for the same contention.
-
-So features are copied by one thread (numpy) into one page-locked buffer that lives as long as
-the encoder and grows to the largest call seen, and moved in one non-blocking copy. An event
-marks when that copy has read the buffer; the next call waits for it before writing.
+Torch's multi-threaded gather (and a fresh host buffer per call) has multi-millisecond stragglers
+after busy GPU steps, which made one-image calls bimodal; one thread's copy is steady (vLLM's workers
+also use one intra-op thread; results/README.md). So one thread (numpy) copies into one growing
+page-locked buffer, moved in one non-blocking copy; the next call waits on an event before writing.
 """
 
 from __future__ import annotations
@@ -44,8 +34,8 @@ def joined_shape(parts: Sequence[torch.Tensor], combine: str) -> tuple[int, ...]
 
 
 def copy_parts(parts: Sequence[torch.Tensor], out: torch.Tensor, combine: str) -> None:
-    """Write ``parts`` stacked or concatenated into host tensor ``out``, on this one thread (numpy
-    copies; torch's own copy, which may use the intra-op pool, only for dtypes numpy lacks)."""
+    """Write ``parts`` stacked or concatenated into host tensor ``out`` on this thread (numpy; torch only
+    for dtypes numpy lacks)."""
     start = 0
     for p in parts:
         stop = start + (1 if combine == "stack" else p.shape[0])
@@ -58,19 +48,15 @@ def copy_parts(parts: Sequence[torch.Tensor], out: torch.Tensor, combine: str) -
 
 
 def join_host(parts: Sequence[torch.Tensor], combine: str, pin: bool) -> torch.Tensor:
-    """``parts`` stacked or concatenated into one new (optionally page-locked) host tensor, in
-    one copy by one thread (``torch.cat(...).pin_memory()`` would make two)."""
+    """``parts`` joined into one new (optionally pinned) host tensor, in one copy by one thread."""
     out = torch.empty(joined_shape(parts, combine), dtype=parts[0].dtype, pin_memory=pin)
     copy_parts(parts, out, combine)
     return out
 
 
 class HostStaging:
-    """One page-locked buffer for the host features of ``device``'s calls (see the module doc).
-
-    ``stage(parts, combine)`` returns the joined features on the device, in their own dtype; the
-    copy is queued on the current stream, and the buffer is not written again before it has run.
-    """
+    """One page-locked buffer for ``device``'s calls: ``stage(parts, combine)`` returns the joined
+    features on the device, in their own dtype, copied on the current stream."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
@@ -78,10 +64,6 @@ class HostStaging:
             raise ValueError(f"HostStaging pages memory for a CUDA device, got {self.device}")
         self.buffer: torch.Tensor | None = None
         self._copied: torch.cuda.Event | None = None
-
-    @property
-    def capacity_bytes(self) -> int:
-        return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
 
     def stage(self, parts: Sequence[torch.Tensor], combine: str) -> torch.Tensor:
         shape = joined_shape(parts, combine)

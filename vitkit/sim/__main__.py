@@ -1,31 +1,35 @@
 """``python -m vitkit.sim [TRACE]``: replay a trace for both modes, pinning on/off, a few cache
 sizes, and print the summary table. ``--write-examples`` regenerates data/traces.
 
-``python -m vitkit.sim ttft ...``: time to first token against load (``vitkit.sim.ttft_report``).
-``python -m vitkit.sim validate ...``: the same on the GPU, real encoder and prefill against the
-cost models (``vitkit.sim.validate``)."""
+``python -m vitkit.sim ttft ...``: time to first token against load (``vitkit.sim.report``). The
+same replay on a GPU, real encoder and prefill against the cost models, is a benchmark:
+``python -m vitkit.bench validate ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from vitkit.sim.fake import FakeEncoder, cache_bytes_for_tokens
-from vitkit.sim.run import compare, prepare
+from vitkit.sim.engine import ReplayConfig
+from vitkit.sim.replay import compare, prepare
+from vitkit.sim.report import main as ttft_main
+from vitkit.sim.report import print_table
+from vitkit.sim.scheduler import SchedulerConfig
 from vitkit.sim.trace import TRACES_DIR, save_trace
-from vitkit.sim.ttft_report import main as ttft_main
-from vitkit.sim.validate import main as validate_main
 from vitkit.sim.workload import EXAMPLES, example_trace
 
-COLUMNS = ("mode", "pin", "cache_tokens", "hit_rate", "encoder_calls", "encoded_items", "re_encodings", "request_re_encodings", "rejected")
+COLUMNS = ("mode", "pin", "cache_tokens", "hit_rate", "encoder_calls", "encoded_items", "re_encodings",
+           "request_re_encodings", "refused_puts")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "ttft":
-        return ttft_main(argv[1:])
+        ttft_main(argv[1:])
+        return 0
     if argv and argv[0] == "validate":
-        return validate_main(argv[1:])
+        print("validate runs on a GPU: python -m vitkit.bench validate " + " ".join(argv[1:]), file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m vitkit.sim", description=__doc__)
     parser.add_argument("trace", nargs="?", default="product-catalog", help="trace file or example name")
     parser.add_argument("--write-examples", action="store_true", help="regenerate data/traces/*.json and exit")
@@ -36,19 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.write_examples:
         for name in EXAMPLES:
             print(save_trace(example_trace(name), TRACES_DIR / f"{name}.json"))
-        return
-    stream = prepare(args.trace, chunked_prefill_size=args.chunked_prefill_size,
-                     long_prefill_token_threshold=args.long_prefill_token_threshold)
-    encoder = FakeEncoder()
-    runs = compare(stream, [cache_bytes_for_tokens(t, encoder) for t in args.cache_tokens], encoder=encoder)
-    widths = [max(len(c), 11) for c in COLUMNS]
-    print(" ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, widths)))
-    for run in runs:
-        s = run.summary
-        values = (s.mode, s.pin, s.capacity_tokens, f"{s.hit_rate:.3f}", s.encoder_calls,
-                  s.encoded_items, s.re_encodings, s.request_re_encodings, s.rejected)
-        print(" ".join(f"{str(v):>{w}}" for v, w in zip(values, widths)))
+        return 0
+    scheduler = SchedulerConfig(args.chunked_prefill_size, args.long_prefill_token_threshold)
+    configs = [ReplayConfig(scheduler, mode=m, pin=p, cache_tokens=t)
+               for m in ("batched", "per_request") for t in args.cache_tokens for p in (True, False)]
+    runs = compare(prepare(args.trace), configs)
+    records = [run.record() for run in runs]
+    print_table(COLUMNS, [[f"{r[c]:.3f}" if c == "hit_rate" else r[c] for c in COLUMNS] for r in records],
+                [max(len(c), 11) for c in COLUMNS])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

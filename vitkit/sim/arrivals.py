@@ -1,36 +1,27 @@
-"""When requests arrive: Poisson at a rate, bursts, or a trace's own times (all seeded).
+"""When requests arrive: Poisson at a rate (seeded), bursts, or a trace's own times.
 
-A load sweep replays one request stream at several rates. The Poisson process draws its gaps
-once, as unit-rate exponentials from the seed, and divides them by the rate: every rate of a
-sweep sees the same arrival pattern, compressed or stretched, so the latency-versus-load curve
-moves with the load and not with the luck of each draw.
+The Poisson gaps are drawn once, as unit-rate exponentials, and divided by the rate: every rate of a load
+sweep sees the same arrival pattern, so the latency-versus-load curve moves with the load, not the draw.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, replace
 
-from vitkit.checks import non_negative_int, positive_int
+from vitkit.checks import non_negative_int, positive_int, positive_number
 from vitkit.sim.trace import Trace
 
 PROCESSES = ("poisson", "bursts", "trace")
 
 
-def _check_count(n: object) -> int:
-    return non_negative_int("number of arrivals", n)
-
-
 def _check_rate(rate_per_s: object) -> float:
-    if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) or not (math.isfinite(rate_per_s) and rate_per_s > 0):
-        raise ValueError(f"rate_per_s must be a finite number > 0 (requests per second), got {rate_per_s!r}")
-    return float(rate_per_s)
+    return positive_number("rate_per_s (requests per second)", rate_per_s)
 
 
 def poisson_times(n: int, rate_per_s: float, seed: int = 0) -> tuple[float, ...]:
     """``n`` arrival times (ms) of a Poisson process at ``rate_per_s``; the first at 0 ms."""
-    _check_count(n)
+    non_negative_int("number of arrivals", n)
     rate = _check_rate(rate_per_s)
     rng = random.Random(seed)
     unit_gaps = [rng.expovariate(1.0) for _ in range(max(0, n - 1))]  # same pattern at every rate
@@ -42,19 +33,17 @@ def poisson_times(n: int, rate_per_s: float, seed: int = 0) -> tuple[float, ...]
 
 
 def burst_times(n: int, rate_per_s: float, burst_size: int) -> tuple[float, ...]:
-    """``n`` arrival times (ms): bursts of ``burst_size`` requests at once, evenly spaced so the
-    mean rate is ``rate_per_s`` (a burst every ``burst_size / rate_per_s`` seconds)."""
-    _check_count(n)
-    rate = _check_rate(rate_per_s)
-    positive_int("burst_size", burst_size)
-    gap_ms = burst_size * 1000.0 / rate
+    """``n`` arrival times (ms): bursts of ``burst_size`` requests at once, a burst every
+    ``burst_size / rate_per_s`` seconds (mean rate ``rate_per_s``)."""
+    non_negative_int("number of arrivals", n)
+    gap_ms = positive_int("burst_size", burst_size) * 1000.0 / _check_rate(rate_per_s)
     return tuple((k // burst_size) * gap_ms for k in range(n))
 
 
 @dataclass(frozen=True)
 class ArrivalProcess:
     """How a stream's requests arrive: ``"poisson"`` at ``rate_per_s``, ``"bursts"`` of
-    ``burst_size`` at a mean ``rate_per_s``, or ``"trace"`` (the trace's own times, unchanged)."""
+    ``burst_size`` at a mean ``rate_per_s``, or ``"trace"`` (its own times)."""
 
     kind: str = "poisson"
     rate_per_s: float | None = None
@@ -76,10 +65,7 @@ class ArrivalProcess:
         raise ValueError("an arrival process of kind 'trace' keeps the trace's times; it draws none")
 
     def apply(self, trace: Trace) -> Trace:
-        """``trace`` with its requests (in trace order) arriving at this process's times.
-
-        An abort keeps its delay after the arrival. ``"trace"`` returns the trace unchanged.
-        """
+        """``trace``'s requests (in order) arriving at this process's times; an abort keeps its delay."""
         if self.kind == "trace":
             return trace
         times = self.times(len(trace.requests))
@@ -92,5 +78,4 @@ class ArrivalProcess:
     def label(self) -> str:
         if self.kind == "trace":
             return "trace times"
-        extra = f", bursts of {self.burst_size}" if self.kind == "bursts" else ""
-        return f"{self.kind} {self.rate_per_s:g}/s{extra}"
+        return f"{self.kind} {self.rate_per_s:g}/s" + (f", bursts of {self.burst_size}" if self.kind == "bursts" else "")

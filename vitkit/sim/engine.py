@@ -1,84 +1,66 @@
-"""The step loop: the scheduler decides, ``embed_chunks`` runs, the clock moves on.
+"""The step loop, the only one in ``vitkit``: the scheduler decides, ``embed_chunks`` runs, the clock moves on.
 
-nano-vllm's ``LLMEngine.step`` in three lines: ``policy.schedule(now, view)`` picks the windows
-(it may look at the cache and at the requests' items), ``embed_chunks`` runs them and returns the
-step's ``EmbedResult`` (what every window touched, and each item's fate), and the clock advances
-by ``step_duration(step, result)`` ms before the policy is asked again: a closed loop, so a step
-that costs more delays the next one. The default duration is a fixed ``step_ms`` whatever the
-step did; then every embedding mode and cache size replays the very same windows.
-
-This is the only loop in ``vitkit``: ``vitkit.sim.run`` turns its steps into tables, notebook 01
-runs it under ``Scheduler.fixed_chunk``, and ``plan_steps`` runs it over prompts without images
-to get the schedule alone.
+As nano-vllm's ``LLMEngine.step``, a closed loop: the ``StepClock`` times each step before the policy is
+asked again, so a step that costs more delays the next one.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-
-import torch
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from vitkit.cache import CacheStats, EmbeddingCache
-from vitkit.embed import EmbedResult, Encoder, embed_chunks
-from vitkit.item import MultimodalItem
+from vitkit.checks import non_negative_int, non_negative_number
+from vitkit.costs.clock import StepClock, StepTimes, TimedEncoderLike, as_timed
+from vitkit.embed import MODES, EmbedResult, Encoder, embed_chunks
 from vitkit.request import Request
-from vitkit.sim.scheduler import Arrival, Policy, Scheduler, SchedulerView, Step
-from vitkit.sim.timing import EncoderTime, TimedEncoderLike, as_timed
-
-StepDuration = Callable[[Step, EmbedResult], float]
-"""How long a step takes (ms), given what it ran and what ``embed_chunks`` returned."""
+from vitkit.sim.scheduler import Policy, SchedulerConfig, SchedulerView, Step
 
 DEFAULT_STEP_MS = 50.0
 
 
-def fixed_step(step_ms: float = DEFAULT_STEP_MS) -> StepDuration:
-    """Every step lasts ``step_ms`` whatever it did (the open-loop schedule)."""
-    if isinstance(step_ms, bool) or not isinstance(step_ms, (int, float)) or not step_ms > 0 or not math.isfinite(step_ms):
-        raise ValueError(f"step_ms must be > 0, got {step_ms!r}")
+@dataclass(frozen=True)
+class ReplayConfig:
+    """One replay's settings: the scheduler's (nested), the embedding path (mode, pinning, rows per encoder
+    call) and the cache's size in embedding rows (0: holds none)."""
 
-    def duration(step: Step, result: EmbedResult) -> float:
-        return step_ms
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    mode: str = "batched"
+    pin: bool = True
+    cache_tokens: int = 16384
+    max_tokens_per_call: int | None = None
 
-    return duration
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        non_negative_int("cache_tokens", self.cache_tokens)
+
+    def flat(self) -> dict[str, object]:
+        """The settings as one flat dict (a table row's columns)."""
+        s = self.scheduler
+        return {"mode": self.mode, "policy": s.policy, "chunked_prefill_size": s.chunked_prefill_size,
+                "long_prefill_token_threshold": s.long_prefill_token_threshold, "max_running": s.max_running,
+                "cache_tokens": self.cache_tokens, "pin": self.pin, "encoder_budget_tokens": s.encoder_budget_tokens,
+                "max_tokens_per_call": self.max_tokens_per_call}
 
 
 @dataclass(frozen=True)
 class StepRun:
-    """One step as run: the policy's decision, ``embed_chunks``' result, its wall time and the
-    encoder's share of it (ms), the cache counters before and after, and how far the clock then
-    moved (``duration_ms``; 0 for a step that only recorded aborts: the clock jumps instead)."""
+    """One step as run: the policy's decision, ``embed_chunks``' result, its times, the cache's counters."""
 
     step: Step
     result: EmbedResult
-    wall_ms: float
-    encoder_time: EncoderTime
+    times: StepTimes
     before: CacheStats
     after: CacheStats
-    duration_ms: float
 
 
-def run_steps(
-    requests: Mapping[Hashable, Request],
-    policy: Policy,
-    encoder: Encoder,
-    cache: EmbeddingCache,
-    *,
-    mode: str = "batched",
-    pin: bool = True,
-    max_tokens_per_call: int | None = None,
-    step_duration: StepDuration | None = None,
-) -> Iterator[StepRun]:
-    """Drive ``policy`` over ``requests`` until it is idle, yielding each step as run.
-
-    The clock starts at the first arrival. A step with windows moves it by
-    ``step_duration(step, result)`` ms (default ``fixed_step()``); when nothing can run, it jumps
-    to the next arrival. Aborted requests' pins are released before their step, finished ones'
-    after it (``embed_chunks`` already released them at their last window).
-    """
-    duration = fixed_step() if step_duration is None else step_duration
+def run_steps(requests: Mapping[Hashable, Request], policy: Policy, encoder: Encoder, cache: EmbeddingCache,
+              config: ReplayConfig, clock: StepClock) -> Iterator[StepRun]:
+    """Drive ``policy`` over ``requests`` until it is idle, yielding each step as run. The clock starts at
+    the first arrival, moves by what ``clock`` says, and jumps to the next arrival when nothing runs.
+    Aborted requests' pins are released before their step, finished ones' after it."""
     timed = as_timed(encoder)
     view = SchedulerView(requests, cache)
     first = policy.next_arrival_ms()
@@ -86,10 +68,10 @@ def run_steps(
     while not policy.idle:
         step = policy.schedule(now, view)
         if step is not None:
-            ran = _execute(step, requests, timed, cache, (mode, pin, max_tokens_per_call), duration)
+            ran = _execute(step, requests, timed, cache, config, clock)
             yield ran
             if step.windows:
-                now += ran.duration_ms
+                now += ran.times.duration_ms
                 continue
         now = _wait(policy, now)
 
@@ -105,52 +87,18 @@ def _wait(policy: Policy, now: float) -> float:
 
 
 def _execute(step: Step, requests: Mapping[Hashable, Request], encoder: TimedEncoderLike, cache: EmbeddingCache,
-             config: tuple[str, bool, int | None], duration: StepDuration) -> StepRun:
-    mode, pin, max_tokens_per_call = config
+             config: ReplayConfig, clock: StepClock) -> StepRun:
     for rid in step.aborted:  # an aborted request's next window will never come
         cache.release(rid)
     before = cache.stats()
     batch = [(requests[w.rid], w.span) for w in step.windows]
     start = time.perf_counter()
-    result = embed_chunks(batch, encoder, cache, mode=mode, pin=pin, max_tokens_per_call=max_tokens_per_call)
+    result = embed_chunks(batch, encoder, cache, mode=config.mode, pin=config.pin,
+                          max_tokens_per_call=config.max_tokens_per_call)
     wall_ms = (time.perf_counter() - start) * 1e3
     for rid in step.finished:
         cache.release(rid)
     spent = encoder.take_time()
-    took = _check_duration(duration(step, result), step) if step.windows else 0.0
-    return StepRun(step, result, wall_ms, spent, before, cache.stats(), took)
-
-
-def _check_duration(ms: object, step: Step) -> float:
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
-        raise ValueError(f"step_duration must return a finite number of ms >= 0, got {ms!r} for step {step.index}")
-    return float(ms)
-
-
-def _no_images(items: list[MultimodalItem]) -> list[torch.Tensor]:
-    return []  # plan_steps' prompts hold no images: embed_chunks never has anything to encode
-
-
-def plan_steps(
-    arrivals: Iterable[Arrival],
-    chunked_prefill_size: int,
-    *,
-    max_running: int | None = None,
-    long_prefill_token_threshold: int | None = None,
-    step_ms: float = DEFAULT_STEP_MS,
-) -> list[Step]:
-    """The schedule alone: ``Scheduler`` steps every ``step_ms`` until every request is done.
-
-    The step loop run over prompts without images (nothing to encode), so this is exactly the
-    schedule that ``run_steps`` replays with the default fixed step duration. When nothing runs,
-    the clock jumps to the next arrival; a request is aborted before the first step at or after
-    its ``abort_ms``.
-    """
-    duration = fixed_step(step_ms)
-    scheduler = Scheduler(chunked_prefill_size, max_running, long_prefill_token_threshold)
-    requests = {}
-    for arrival in arrivals:
-        scheduler.add(arrival)
-        requests[arrival.rid] = Request(arrival.rid, (), (), prompt_len=arrival.prompt_len)
-    cache = EmbeddingCache(1)
-    return [ran.step for ran in run_steps(requests, scheduler, _no_images, cache, step_duration=duration)]
+    times = clock(step, result, requests, spent, wall_ms) if step.windows else StepTimes(0.0, 0.0, 0.0, 0.0)
+    non_negative_number(f"step {step.index}: duration_ms", times.duration_ms)  # a NaN would corrupt the clock
+    return StepRun(step, result, times, before, cache.stats())

@@ -1,18 +1,7 @@
-"""What a user waits for: queueing delay and time to first token, per request and per run.
+"""What a user waits for: queueing delay and time to first token (TTFT), per request and per run.
 
-A timed replay yields one ``StepTime`` per scheduler step: when it started on the replay clock,
-what it cost (encoder + language-model prefill + bookkeeping, ms) and which windows it ran. From
-those and the arrival times follow, per request:
-
-- **queueing delay**: arrival to the start of the first step that runs a window of it;
-- **time to first token (TTFT)**: arrival to the end of the step that runs its prompt's last
-  window. The first output token comes out of that step's forward pass; decoding is out of
-  scope, so steps hold prefill tokens only and nothing here includes decode time;
-- **prompt throughput**: prompt tokens / (TTFT - queueing delay), tokens per second while it ran.
-
-Per run: TTFT percentiles (p50/p90/p99), requests and prompt tokens finished per second (over
-the replay's span, first arrival to last step end), and the encoder's share of step time.
-``summarize_latency`` computes every field from the rows, so table and rows always agree.
+The queueing delay runs from arrival to the start of the first step with a window of the request, TTFT to
+the end of the step that finishes its prompt (decode is not modelled). Summaries are computed from the rows.
 """
 
 from __future__ import annotations
@@ -20,33 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 DECODE_NOTE = "prefill only: decode is not modelled (TTFT = arrival to the end of the step that finishes the prompt)"
-
-
-@dataclass(frozen=True)
-class StepTime:
-    """One step on the replay clock (ms) and what it ran; ``duration_ms`` is the sum of parts."""
-
-    step: int
-    start_ms: float
-    encoder_ms: float
-    prefill_ms: float
-    bookkeeping_ms: float
-    windows: tuple[tuple[Hashable, int, int], ...]  # (rid, start, stop), step order
-    finished: tuple[Hashable, ...]  # prompts done by the end of this step
-
-    @property
-    def duration_ms(self) -> float:
-        return self.encoder_ms + self.prefill_ms + self.bookkeeping_ms
-
-    @property
-    def end_ms(self) -> float:
-        return self.start_ms + self.duration_ms
-
-    @property
-    def tokens(self) -> int:
-        return sum(stop - start for _, start, stop in self.windows)
 
 
 @dataclass(frozen=True)
@@ -73,8 +38,7 @@ class RequestLatency:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``values``, linear between order statistics (numpy's
-    default); NaN for no values."""
+    """The ``q``-th percentile (0-100) of ``values``, linear between order statistics as numpy; NaN for none."""
     if not 0 <= q <= 100:
         raise ValueError(f"percentile q must be in [0, 100], got {q!r}")
     if not values:
@@ -86,12 +50,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def request_latencies(steps: Sequence[StepTime], arrival_ms: Mapping[Hashable, float]) -> list[RequestLatency]:
-    """One ``RequestLatency`` per request that finished in ``steps``, in finishing order.
-
-    Aborted and unfinished requests have no TTFT and are left out (counted by the summary).
-    """
-    first: dict[Hashable, StepTime] = {}
+def request_latencies(steps: Sequence[Any], arrival_ms: Mapping[Hashable, float]) -> list[RequestLatency]:
+    """One ``RequestLatency`` per request that finished in ``steps`` (``StepRow``s), in finishing order."""
+    first: dict[Hashable, Any] = {}
     done: dict[Hashable, int] = {}
     count: dict[Hashable, int] = {}
     out = []
@@ -104,10 +65,9 @@ def request_latencies(steps: Sequence[StepTime], arrival_ms: Mapping[Hashable, f
             if rid not in arrival_ms:
                 raise ValueError(f"step {st.step}: request {rid!r} finished but has no arrival time")
             at = arrival_ms[rid]
-            out.append(RequestLatency(
-                rid=rid, prompt_tokens=done[rid], arrival_ms=at, first_step=first[rid].step, last_step=st.step,
-                queue_ms=first[rid].start_ms - at, ttft_ms=st.end_ms - at, steps=count[rid],
-            ))
+            out.append(RequestLatency(rid=rid, prompt_tokens=done[rid], arrival_ms=at, first_step=first[rid].step,
+                                      last_step=st.step, queue_ms=first[rid].time_ms - at, ttft_ms=st.end_ms - at,
+                                      steps=count[rid]))
     return out
 
 
@@ -133,30 +93,20 @@ class LatencySummary:
     note: str = DECODE_NOTE
 
 
-def summarize_latency(
-    rows: Sequence[RequestLatency], steps: Sequence[StepTime], arrival_ms: Mapping[Hashable, float]
-) -> LatencySummary:
+def summarize_latency(rows: Sequence[RequestLatency], steps: Sequence[Any],
+                      arrival_ms: Mapping[Hashable, float]) -> LatencySummary:
     """Percentiles and rates of ``rows`` over the replay of ``steps``."""
-    ttft = [r.ttft_ms for r in rows]
-    queue = [r.queue_ms for r in rows]
+    ttft, queue = [r.ttft_ms for r in rows], [r.queue_ms for r in rows]
     begin = min(arrival_ms.values(), default=0.0)
-    end = max((st.end_ms for st in steps), default=begin)
-    span = end - begin
-    total = sum(st.duration_ms for st in steps)
+    span = max((st.end_ms for st in steps), default=begin) - begin
+    total = sum(st.encoder_ms + st.prefill_ms + st.bookkeeping_ms for st in steps)
     return LatencySummary(
-        requests=len(arrival_ms),
-        finished=len(rows),
-        ttft_p50_ms=percentile(ttft, 50),
-        ttft_p90_ms=percentile(ttft, 90),
-        ttft_p99_ms=percentile(ttft, 99),
-        ttft_mean_ms=sum(ttft) / len(ttft) if ttft else math.nan,
-        queue_p50_ms=percentile(queue, 50),
-        queue_p99_ms=percentile(queue, 99),
-        span_ms=span,
+        requests=len(arrival_ms), finished=len(rows), ttft_p50_ms=percentile(ttft, 50),
+        ttft_p90_ms=percentile(ttft, 90), ttft_p99_ms=percentile(ttft, 99),
+        ttft_mean_ms=sum(ttft) / len(ttft) if ttft else math.nan, queue_p50_ms=percentile(queue, 50),
+        queue_p99_ms=percentile(queue, 99), span_ms=span,
         requests_per_s=len(rows) / (span / 1e3) if span > 0 else math.nan,
         prompt_tokens_per_s=sum(r.prompt_tokens for r in rows) / (span / 1e3) if span > 0 else math.nan,
-        steps=len(steps),
-        step_ms_mean=total / len(steps) if steps else math.nan,
+        steps=len(steps), step_ms_mean=sum(st.duration_ms for st in steps) / len(steps) if steps else math.nan,
         encoder_share=sum(st.encoder_ms for st in steps) / total if total > 0 else 0.0,
-        prefill_share=sum(st.prefill_ms for st in steps) / total if total > 0 else 0.0,
-    )
+        prefill_share=sum(st.prefill_ms for st in steps) / total if total > 0 else 0.0)

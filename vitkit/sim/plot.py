@@ -1,17 +1,20 @@
-"""Figures of simulator runs (matplotlib ``Figure`` objects, no pyplot state).
+"""Figures of replays (matplotlib ``Figure`` objects, no pyplot state).
 
-Runs are told apart by colour (mode), line style (cache size) and line width (pinning), so a
-``compare`` grid of modes x cache sizes x pin on/off reads in one panel.
+Colour tells the mode; over steps line style tells the cache size and width the pinning, against load the
+percentile (marker: admission policy). One legend below the panels, so no legend covers a curve.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate
+from typing import Any
 
 from matplotlib.figure import Figure
 
-from vitkit.sim.run import SimRun, Stream
+from vitkit.sim.replay import LoadPoint, Run
 
 MODE_COLORS = {"batched": "tab:blue", "per_request": "tab:orange"}
 STYLES = ("-", "--", ":", "-.")
@@ -25,39 +28,14 @@ METRICS = {
 }
 
 
-def _mib(nbytes: float) -> str:
-    return f"{nbytes / 2**20:.3g} MiB"
+def _style(run: Run, capacities: list[int]) -> dict:
+    c = run.config
+    return {"color": MODE_COLORS.get(c.mode, "tab:gray"),
+            "linestyle": STYLES[capacities.index(c.cache_tokens) % len(STYLES)], "linewidth": 2.0 if c.pin else 1.0,
+            "label": f"{c.mode}, cache {c.cache_tokens} tokens, pin {'on' if c.pin else 'off'}"}
 
 
-def capacity_label(run: SimRun) -> str:
-    s = run.summary
-    return f"{s.capacity_tokens} tokens" if s.capacity_tokens is not None else _mib(s.capacity_bytes)
-
-
-def run_label(run: SimRun) -> str:
-    s = run.summary
-    return f"{s.mode}, cache {capacity_label(run)}, pin {'on' if s.pin else 'off'}"
-
-
-def _style(run: SimRun, capacities: list[int]) -> dict:
-    s = run.summary
-    return {
-        "color": MODE_COLORS.get(s.mode, "tab:gray"),
-        "linestyle": STYLES[capacities.index(s.capacity_bytes) % len(STYLES)],
-        "linewidth": 2.0 if s.pin else 1.0,
-        "label": run_label(run),
-    }
-
-
-def _figure_legend(fig: Figure, ax) -> None:
-    """One legend for the figure, below its panels: with a dozen runs a legend inside a panel
-    covers the curves."""
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
-
-
-def series(run: SimRun, metric: str) -> list[float]:
+def series(run: Run, metric: str) -> list[float]:
     """Cumulative per-step series of ``metric`` (hit rate = hits so far / lookups so far)."""
     if metric == "hit_rate":
         hits = list(accumulate(r.hits for r in run.rows))
@@ -66,73 +44,134 @@ def series(run: SimRun, metric: str) -> list[float]:
     return list(accumulate(getattr(r, metric) for r in run.rows))
 
 
-def plot_over_steps(runs: Sequence[SimRun], metrics: Sequence[str] = ("hit_rate", "encoder_calls", "encoder_ms")) -> Figure:
+def plot_over_steps(runs: Sequence[Run],
+                    metrics: Sequence[str] = ("hit_rate", "encoder_calls", "encoder_ms")) -> Figure:
     """One panel per metric, cumulative over scheduler steps, one line per run."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(METRICS)}")
-    capacities = sorted({run.summary.capacity_bytes for run in runs})
-    fig = Figure(figsize=(5.0 * len(metrics), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        for run in runs:
-            ax.plot([r.step for r in run.rows], series(run, metric), **_style(run, capacities))
-        ax.set_xlabel("scheduler step")
-        ax.set_title(METRICS[metric])
-    _figure_legend(fig, axes[0])
-    return fig
+    return _over_steps(runs, [(METRICS[m], lambda run, m=m: series(run, m)) for m in metrics])
 
 
-def plot_cache_memory(runs: Sequence[SimRun]) -> Figure:
+def plot_cache_memory(runs: Sequence[Run]) -> Figure:
     """Cache bytes and pinned bytes (MiB) after each step, one line per run."""
-    capacities = sorted({run.summary.capacity_bytes for run in runs})
-    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
-    ax_bytes, ax_pinned = fig.subplots(1, 2)
-    for run in runs:
-        steps = [r.step for r in run.rows]
-        style = _style(run, capacities)
-        ax_bytes.plot(steps, [r.cache_bytes / 2**20 for r in run.rows], **style)
-        ax_pinned.plot(steps, [r.pinned_bytes / 2**20 for r in run.rows], **style)
-    for ax, title in ((ax_bytes, "cache MiB"), (ax_pinned, "pinned MiB")):
+    return _over_steps(runs, [("cache MiB", lambda run: [r.cache_bytes / 2**20 for r in run.rows]),
+                              ("pinned MiB", lambda run: [r.pinned_bytes / 2**20 for r in run.rows])])
+
+
+def _over_steps(runs: Sequence[Run], panels: Sequence[tuple[str, Callable[[Run], list[float]]]]) -> Figure:
+    """A panel per ``(title, a run's per-step values)``, a line per run; one legend below the panels (with a
+    dozen runs, one inside a panel covers the curves)."""
+    capacities = sorted({run.config.cache_tokens for run in runs})
+    fig = Figure(figsize=(5.0 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, values) in zip(axes, panels):
+        for run in runs:
+            ax.plot([r.step for r in run.rows], values(run), **_style(run, capacities))
         ax.set_xlabel("scheduler step")
         ax.set_title(title)
-    _figure_legend(fig, ax_bytes)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
     return fig
 
 
-def plot_summary(runs: Sequence[SimRun], metric: str = "encoder_ms") -> Figure:
-    """A run total (any ``RunSummary`` field) against cache size, one line per mode x pin."""
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
-    ax = fig.subplots()
-    in_tokens = all(run.summary.capacity_tokens is not None for run in runs)
-    groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
-    for run in runs:
-        s = run.summary
-        size = s.capacity_tokens if in_tokens else s.capacity_bytes / 2**20
-        groups.setdefault((s.mode, s.pin), []).append((size, getattr(s, metric)))
-    for (mode, pin), points in sorted(groups.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                color=MODE_COLORS.get(mode, "tab:gray"), linestyle="-" if pin else "--",
-                label=f"{mode}, pin {'on' if pin else 'off'}")
-    ax.set_xlabel("cache capacity, " + ("embedding rows (tokens)" if in_tokens else "MiB"))
-    ax.set_title(metric)
-    ax.legend(fontsize="small")
+PERCENTILES = {"ttft_p99_ms": ("p99", "-"), "ttft_p50_ms": ("p50", "--")}
+POLICY_MARKERS = {"legacy": "o", "cache-aware": "s"}
+
+
+def _curves(points: Sequence[LoadPoint]) -> dict[tuple[str, str, str], list[LoadPoint]]:
+    curves: dict[tuple[str, str, str], list[LoadPoint]] = {}
+    for p in points:
+        c = p.run.config
+        curves.setdefault((p.workload, c.mode, c.scheduler.policy), []).append(p)
+    for curve in curves.values():
+        curve.sort(key=lambda p: p.rate_per_s)
+    return curves
+
+
+def measured_points(validation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The GPU-measured TTFT of a stored validation: per workload and mode, its Poisson rate, request
+    count, p50 and p99 (ms), the card and the validation's settings."""
+    settings = validation.get("settings", {})
+    card = validation.get("machine", {}).get("device_name", "a GPU")
+    out = []
+    for row in validation["rows"]:
+        match = re.fullmatch(r"poisson ([0-9.]+)/s", str(row.get("arrivals", "")))
+        if match is None:
+            continue
+        out.append({"workload": row["workload"], "mode": row["mode"], "rate_per_s": float(match.group(1)),
+                    "requests": row["measured"]["requests"],
+                    "ttft_p50_ms": row["measured_p50_ms"], "ttft_p99_ms": row["measured_p99_ms"], "card": card,
+                    "chunked_prefill_size": settings.get("chunked_prefill_size"),
+                    "cache_tokens": settings.get("cache_tokens")})
+    return out
+
+
+def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None, title: str | None = None,
+                      measured: Sequence[Mapping[str, Any]] = ()) -> Figure:
+    """TTFT p50 and p99 (ms, log scale) against the arrival rate, one panel per workload; ``measured``
+    (``measured_points``) adds a GPU replay's as hollow markers, next to the model's curve."""
+    if not points:
+        raise ValueError("plot_ttft_vs_load needs at least one LoadPoint")
+    workloads = list(dict.fromkeys(p.workload for p in points))
+    curves = _curves(points)
+    policies = {key[2] for key in curves}
+    fig = Figure(figsize=(max(8.0, 5.2 * len(workloads)), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(workloads), squeeze=False)[0]
+    for ax, workload in zip(axes, workloads):
+        for (w, mode, policy), curve in curves.items():
+            if w != workload:
+                continue
+            for metric, (name, style) in PERCENTILES.items():
+                label = f"{mode} {name}" + (f", {policy}" if len(policies) > 1 else "")
+                ax.plot([p.rate_per_s for p in curve], [getattr(p.run.latency, metric) for p in curve],
+                        linestyle=style, marker=POLICY_MARKERS.get(policy, "^"), markersize=4,
+                        color=MODE_COLORS.get(mode, "tab:gray"), label=label)
+        for m in measured:
+            if m["workload"] == workload:
+                for metric, (name, _) in PERCENTILES.items():
+                    ax.plot([m["rate_per_s"]], [m[metric]], linestyle="none", marker="D" if name == "p99" else "o",
+                            markersize=9, markerfacecolor="none", markeredgewidth=1.6,
+                            color=MODE_COLORS.get(m["mode"], "tab:gray"),
+                            label=f"{m['mode']} {name}, measured on {m.get('card', 'a GPU')}")
+        if bound_ms is not None:
+            ax.axhline(bound_ms, color="tab:red", linewidth=0.8, linestyle=":", label=f"p99 bound {bound_ms:g} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("arrival rate, requests/s (Poisson)")
+        ax.set_ylabel("time to first token, ms")
+        ax.set_title(workload)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="outside lower center",
+               ncols=min(2 + 2 * (len(workloads) > 1), len(unique)), fontsize="small")
+    sources = "\n".join(textwrap.wrap(points[0].run.sources, 60 * len(workloads) + 40))
+    fig.suptitle(title or f"TTFT vs load (prefill only; decode not modelled)\n{sources}", fontsize="small")
     return fig
 
 
-def plot_schedule(stream: Stream) -> Figure:
-    """The planned windows: one row per request, one bar per step it ran (tokens in the bar)."""
-    rids = list(stream.requests)
-    fig = Figure(figsize=(10.0, 0.25 * len(rids) + 1.5), layout="constrained")
-    ax = fig.subplots()
-    for step in stream.steps:
-        for w in step.windows:
-            y = rids.index(w.rid)
-            ax.barh(y, 0.9, left=step.index, height=0.8, color="tab:blue", alpha=0.3 + 0.7 * len(w) / max(1, step.tokens))
-        for rid in step.aborted:
-            ax.plot(step.index, rids.index(rid), marker="x", color="tab:red")
-    ax.set_yticks(range(len(rids)), [str(r) for r in rids], fontsize="small")
-    ax.invert_yaxis()
-    ax.set_xlabel("scheduler step (darker: larger share of the step's tokens; x: aborted)")
+def plot_admission(rows: Sequence[dict],
+                   metrics: Sequence[str] = ("request_re_encodings", "refused_puts", "ttft_p99_ms")) -> Figure:
+    """Bars per metric of ``Run.record()`` rows with "trace": a group a (trace, cache size), a bar a mode x policy."""
+    if not rows:
+        raise ValueError("plot_admission needs at least one row")
+    groups = list(dict.fromkeys((r["trace"], r["cache_tokens"]) for r in rows))
+    configs = list(dict.fromkeys((r["mode"], r["policy"]) for r in rows))
+    width = 0.8 / len(configs)
+    fig = Figure(figsize=(4.6 * len(metrics), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    by_key = {(r["trace"], r["cache_tokens"], r["mode"], r["policy"]): r for r in rows}
+    for ax, metric in zip(axes, metrics):
+        for k, (mode, policy) in enumerate(configs):
+            values = [by_key.get((t, c, mode, policy), {}).get(metric, float("nan")) for t, c in groups]
+            ax.bar([g + (k - (len(configs) - 1) / 2) * width for g in range(len(groups))], values, width,
+                   color=MODE_COLORS.get(mode, "tab:gray"), hatch="//" if policy == "cache-aware" else None,
+                   edgecolor="white", label=f"{mode}, {policy}")
+        ax.set_xticks(range(len(groups)), [f"{t}\ncache {c}" for t, c in groups], fontsize="x-small", rotation=30,
+                      ha="right")
+        ax.set_title(metric.replace("_", " "))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(configs), fontsize="small")
+    fig.suptitle("admission policies (hatched: cache-aware); prefill only, decode not modelled", fontsize="small")
     return fig

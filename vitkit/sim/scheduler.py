@@ -1,35 +1,16 @@
 """Chunked-prefill scheduler policies: which window of which prompt runs in each step.
 
-The scheduler only decides (nano-vllm's split): asked for a step at the current clock
-(``schedule(now_ms, view)``), it hands out token windows and never encodes; ``vitkit.sim.engine``
-runs them and moves the clock. ``Scheduler`` gives each step a token budget,
-``chunked_prefill_size``. Running requests take it first, in arrival order; then waiting requests
-that have arrived join, in arrival order, while budget is left (and, optionally, while fewer than
-``max_running`` run). A request granted ``g`` tokens runs the window ``[done, done + g)`` and
-leaves when its prompt is done. This is SGLang's ``PrefillAdder`` (the chunked request continues
-first, then new requests; only the last one admitted can be cut, so at most one request is
-part-way through its prompt between steps) and vLLM v1's order (running before waiting,
-``max_num_batched_tokens``, ``max_num_seqs``), for the prefill phase only: decode tokens are not
-modelled.
-
-Optionally each request gets at most ``long_prefill_token_threshold`` tokens a step (vLLM v1's
-knob of that name). Then several requests can be part-way through their prompts at once, and an
-image straddling one request's window boundary can be evicted by another request's encodes
-before its next window runs; that is the case the cache's pins are for. Without the cap only the
-last request of a step is cut, and it runs first in the next step, before anything is stored.
-With the cap and no step budget (``Scheduler.fixed_chunk``) every unfinished request advances the
-same number of tokens each step: notebook 01's simplest chunked prefill.
-
-With an ``admission`` policy set (``vitkit.sim.admission.CacheAwareAdmission``, vLLM's), a window
-is also cut just before the first image the cache or the step's encoder budget cannot take; a
-request whose window comes out empty waits (a waiting one, and those behind it, stay waiting, as
-in vLLM's first-come-first-served admission). If no window at all can be granted, the head
-request's is granted regardless (counted as forced), so the loop never spins.
+The scheduler only decides (nano-vllm's split); ``vitkit.sim.engine`` runs the windows and keeps the
+clock. Each step has a token budget: running requests take it first, then arrived waiting ones join, all
+in arrival order, as SGLang's ``PrefillAdder`` and vLLM v1 do (prefill only). With a per-request cap several
+prompts can be part-way at once, the case the cache's pins are for. An ``admission`` policy
+(``vitkit.sim.admission``) also cuts a window before an image the cache or encoder budget cannot take.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import insort
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +18,7 @@ from typing import Protocol
 from vitkit.cache import EmbeddingCache
 from vitkit.checks import positive_int
 from vitkit.request import Request
+from vitkit.sim.admission import POLICIES, CacheAwareAdmission
 from vitkit.span import Span
 
 
@@ -84,10 +66,8 @@ class Arrival:
 
 @dataclass(frozen=True)
 class SchedulerView:
-    """What a policy may look at when it decides a step: every request's items (by rid) and the
-    embedding cache as it is now (live: read it, do not change it; cache-aware admission is the
-    one exception: it pins what it grants for the step, as vLLM's scheduler allocates encoder
-    cache space when it schedules an input)."""
+    """What a policy may look at: every request (by rid) and the live cache (read only; cache-aware
+    admission alone pins what it grants, as vLLM allocates encoder cache space when it schedules)."""
 
     requests: Mapping[Hashable, Request]
     cache: EmbeddingCache
@@ -122,52 +102,32 @@ class Admission(Protocol):
 
 
 class Scheduler:
-    """Prefill scheduler state: waiting queue, running set (both in arrival order), progress,
-    and the aborts still to come. ``chunked_prefill_size=None``: no step budget."""
+    """Prefill scheduler state: waiting and running requests (in arrival order), progress, aborts to come."""
 
-    def __init__(
-        self,
-        chunked_prefill_size: int | None,
-        max_running: int | None = None,
-        long_prefill_token_threshold: int | None = None,
-        *,
-        admission: Admission | None = None,
-    ) -> None:
-        self.chunked_prefill_size = (
-            None if chunked_prefill_size is None else positive_int("chunked_prefill_size", chunked_prefill_size)
-        )
-        self.max_running = None if max_running is None else positive_int("max_running", max_running)
-        self.per_request_cap = (
-            None
-            if long_prefill_token_threshold is None
-            else positive_int("long_prefill_token_threshold", long_prefill_token_threshold)
-        )
+    def __init__(self, chunked_prefill_size: int | None, max_running: int | None = None,
+                 long_prefill_token_threshold: int | None = None, *, admission: Admission | None = None) -> None:
+        for name, value in (("chunked_prefill_size", chunked_prefill_size), ("max_running", max_running),
+                            ("long_prefill_token_threshold", long_prefill_token_threshold)):
+            if value is not None:
+                positive_int(name, value)
+        self.chunked_prefill_size, self.max_running = chunked_prefill_size, max_running
+        self.per_request_cap = long_prefill_token_threshold
         self.waiting: list[Arrival] = []  # sorted by arrival time, ties in add order
         self.running: list[Arrival] = []
         self.done_tokens: dict[Hashable, int] = {}
         self._pending_aborts: list[Arrival] = []  # add order
         self._seen: set[Hashable] = set()
         self._steps = 0
-        # optional cache-aware admission (vitkit.sim.admission): cuts windows before an image the
-        # cache or the step's encoder budget cannot take; None grants by tokens alone
-        self.admission = admission
-
-    @classmethod
-    def fixed_chunk(cls, chunk_size: int) -> Scheduler:
-        """Every unfinished request advances ``chunk_size`` tokens a step, all at once (no step
-        budget, no limit on running requests): notebook 01's policy."""
-        return cls(None, long_prefill_token_threshold=positive_int("chunk_size", chunk_size))
+        self.admission = admission  # None: grant by tokens alone
 
     def add(self, arrival: Arrival) -> None:
-        """Queue a request; it may join from the first step at or after ``arrival_ms``, and is
-        aborted before the first step at or after its ``abort_ms``."""
+        """Queue a request to join from the first step at or after ``arrival_ms`` (abort: ``abort_ms``)."""
         if arrival.rid in self._seen:
             raise ValueError(f"request {arrival.rid!r} was already added")
         positive_int(f"request {arrival.rid!r}: prompt_len", arrival.prompt_len)
         for name in ("arrival_ms", "abort_ms"):
             value = getattr(arrival, name)
-            # NaN compares false both ways: a NaN arrival never joins (the step loop would wait for
-            # ever) and a NaN abort would be silently dropped
+            # a NaN arrival would never join (the loop would wait for ever), a NaN abort never apply
             if not (value is None and name == "abort_ms") and not _is_finite_number(value):
                 raise ValueError(f"request {arrival.rid!r}: {name} must be a finite number (ms), got {value!r}")
         if self.admission is not None:
@@ -175,11 +135,8 @@ class Scheduler:
         self._seen.add(arrival.rid)
         if arrival.abort_ms is not None:
             self._pending_aborts.append(arrival)
-        # insert after every request arriving at the same time or earlier: stable arrival order
-        k = len(self.waiting)
-        while k > 0 and self.waiting[k - 1].arrival_ms > arrival.arrival_ms:
-            k -= 1
-        self.waiting.insert(k, arrival)
+        # after every request arriving at the same time or earlier: stable arrival order
+        insort(self.waiting, arrival, key=lambda a: a.arrival_ms)
 
     def abort(self, rid: Hashable) -> bool:
         """Drop a waiting or running request; False when it is not queued (unknown or finished)."""
@@ -199,12 +156,9 @@ class Scheduler:
         return self.waiting[0].arrival_ms if self.waiting else None
 
     def schedule(self, now_ms: float, view: SchedulerView | None = None) -> Step | None:
-        """Decide one step at ``now_ms`` and advance every granted request by its window.
-
-        Requests whose ``abort_ms`` has come are dropped first. When nothing can run (no running
-        request, none arrived), the step has no windows and is returned only to record aborts;
-        otherwise None. This policy does not look at ``view``.
-        """
+        """Decide one step at ``now_ms`` and advance every granted request by its window, after dropping
+        the requests whose ``abort_ms`` has come. When nothing runs: a step without windows to record
+        aborts, else None. This policy does not look at ``view``."""
         aborted = self._apply_aborts(now_ms)
         if not self.running and not (self.waiting and self.waiting[0].arrival_ms <= now_ms):
             return self._record(now_ms, (), (), (), aborted) if aborted else None
@@ -246,8 +200,7 @@ class Scheduler:
         return step
 
     def _admit(self, budget: float, windows: list[Window], admitted: list[Hashable], force: bool) -> int:
-        """Grant the first waiting request its first window; it joins the running set unless
-        that window is empty (admission held it back)."""
+        """Grant the first waiting request its first window; unless empty, it joins the running set."""
         arrival = self.waiting[0]
         self.done_tokens[arrival.rid] = 0
         granted = self._grant(arrival, budget, windows, force)
@@ -270,3 +223,35 @@ class Scheduler:
         windows.append(Window(arrival.rid, start, start + granted))
         self.done_tokens[arrival.rid] = start + granted
         return granted
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The scheduler's settings (tokens): the step budget (SGLang ``--chunked-prefill-size``, vLLM
+    ``max_num_batched_tokens``), the per-request cap, the running limit, and the admission policy, with
+    ``encoder_budget_tokens`` rows a step may encode under "cache-aware" (None: the step budget)."""
+
+    chunked_prefill_size: int | None = 2048
+    long_prefill_token_threshold: int | None = None
+    max_running: int | None = None
+    policy: str = "legacy"
+    encoder_budget_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("chunked_prefill_size", "long_prefill_token_threshold", "max_running", "encoder_budget_tokens"):
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        if self.chunked_prefill_size is None and self.long_prefill_token_threshold is None:
+            raise ValueError("a scheduler needs a step budget (chunked_prefill_size) or a per-request cap")
+
+    def build(self, requests: Mapping[Hashable, Request], cache: EmbeddingCache, row_bytes: int, *,
+              hold_hits: bool = False) -> Scheduler:
+        """A fresh scheduler (one a run); ``hold_hits``: cache-aware admission also holds hits (per-request mode)."""
+        admission = None
+        if self.policy == "cache-aware":
+            budget = self.encoder_budget_tokens or self.chunked_prefill_size
+            admission = CacheAwareAdmission(requests, cache, row_bytes, budget, hold_hits=hold_hits)
+        return Scheduler(self.chunked_prefill_size, self.max_running, self.long_prefill_token_threshold,
+                         admission=admission)

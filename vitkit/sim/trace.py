@@ -2,41 +2,30 @@
 
 Trace file format (``vitkit.sim.trace/1``), one JSON object::
 
-    {
-      "schema": "vitkit.sim.trace/1",
-      "name": "product-catalog",
-      "description": "free text",
-      "images": {"sku-17": {"height": 448, "width": 448}, ...},
-      "requests": [
-        {"rid": "q0", "arrival_ms": 0.0,
-         "segments": [{"text": 24}, {"image": "sku-17"}, {"text": 40}],
-         "abort_ms": 350.0},
-        ...
-      ]
-    }
+    {"schema": "vitkit.sim.trace/1", "name": "product-catalog", "description": "free text",
+     "images": {"sku-17": {"height": 448, "width": 448}, ...},
+     "requests": [{"rid": "q0", "arrival_ms": 0.0, "segments": [{"text": 24}, {"image": "sku-17"}, {"text": 40}],
+                   "abort_ms": 350.0}, ...]}
 
-``images`` names each distinct picture once with its pixel size: two segments naming the same
-image are the same content (a product photo shown to many users, or a conversation resending an
-earlier turn's picture), so they hash alike and can hit the embedding cache. ``segments`` lay
-out the prompt in order: ``{"text": n}`` is ``n`` text tokens, ``{"image": id}`` that image's
-placeholder tokens (how many depends on the item factory: Qwen-like ``(h/28)*(w/28)`` by
-default). ``arrival_ms`` is when the request reaches the scheduler; ``abort_ms`` (optional) when
-the client gives up. Request ids are unique strings.
+``images`` names each distinct picture once with its pixel size: segments naming the same image are the
+same content, so they hash alike and can hit the embedding cache. ``segments`` lay out the prompt in
+order (``{"text": n}``: n text tokens; ``{"image": id}``: its placeholder tokens, as many as the item
+factory makes). ``abort_ms`` (optional) is when the client gives up; request ids are unique strings.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitkit.checks import non_negative_int, positive_int
+from vitkit.checks import non_negative_int, non_negative_number, positive_int
+from vitkit.costs.results import schema
 from vitkit.sim.scheduler import Arrival
 
-SCHEMA = "vitkit.sim.trace/1"
+SCHEMA = schema("trace")
 TRACES_DIR = Path(__file__).resolve().parents[2] / "data" / "traces"
 
 Segment = int | str  # text token count, or an image id
@@ -91,44 +80,29 @@ def _check_request(trace: Trace, k: int, req: TraceRequest, seen: set[str]) -> N
     if req.rid in seen:
         raise ValueError(f"{where}: rid is used twice")
     seen.add(req.rid)
-    if not _is_time(req.arrival_ms):
-        raise ValueError(f"{where}: arrival_ms must be a number >= 0, got {req.arrival_ms!r}")
-    if req.abort_ms is not None and not (_is_time(req.abort_ms) and req.abort_ms >= req.arrival_ms):
+    non_negative_number(f"{where}: arrival_ms", req.arrival_ms)
+    if req.abort_ms is not None and non_negative_number(f"{where}: abort_ms", req.abort_ms) < req.arrival_ms:
         raise ValueError(f"{where}: abort_ms must be a number >= arrival_ms ({req.arrival_ms}), got {req.abort_ms!r}")
     for j, seg in enumerate(req.segments):
-        if isinstance(seg, str):
-            if seg not in trace.images:
-                raise ValueError(f"{where}: segments[{j}] names unknown image {seg!r}")
-        else:
-            # not an image id: a text token count
+        if isinstance(seg, str) and seg not in trace.images:
+            raise ValueError(f"{where}: segments[{j}] names unknown image {seg!r}")
+        if not isinstance(seg, str):
             non_negative_int(f"{where}: segments[{j}] (a text token count, or an image id)", seg)
     if not any(isinstance(s, str) or s > 0 for s in req.segments):
         raise ValueError(f"{where}: the prompt is empty (no text tokens and no image)")
 
 
-def _is_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
-# ---------------------------------------------------------------- JSON
-
 def trace_to_json(trace: Trace) -> dict[str, Any]:
-    def segment(seg: Segment) -> dict[str, Any]:
-        return {"image": seg} if isinstance(seg, str) else {"text": seg}
-
     def request(r: TraceRequest) -> dict[str, Any]:
-        out = {"rid": r.rid, "arrival_ms": r.arrival_ms, "segments": [segment(s) for s in r.segments]}
+        segments = [{"image": s} if isinstance(s, str) else {"text": s} for s in r.segments]
+        out = {"rid": r.rid, "arrival_ms": r.arrival_ms, "segments": segments}
         if r.abort_ms is not None:
             out["abort_ms"] = r.abort_ms
         return out
 
-    return {
-        "schema": SCHEMA,
-        "name": trace.name,
-        "description": trace.description,
-        "images": {k: {"height": v.height, "width": v.width} for k, v in trace.images.items()},
-        "requests": [request(r) for r in trace.requests],
-    }
+    return {"schema": SCHEMA, "name": trace.name, "description": trace.description,
+            "images": {k: {"height": v.height, "width": v.width} for k, v in trace.images.items()},
+            "requests": [request(r) for r in trace.requests]}
 
 
 def trace_from_json(data: Mapping[str, Any]) -> Trace:
@@ -140,26 +114,19 @@ def trace_from_json(data: Mapping[str, Any]) -> Trace:
     name = data.get("name")
     if not isinstance(name, str):
         raise ValueError(f"trace field 'name' must be a string, got {name!r}")
-    images = _parse_images(name, data.get("images", {}))
+    images = data.get("images", {})
+    if not isinstance(images, Mapping):
+        raise ValueError(f"trace {name!r}: field 'images' must be an object of id -> size")
+    for image_id, size in images.items():
+        if not isinstance(size, Mapping) or set(size) != {"height", "width"}:
+            raise ValueError(f"trace {name!r}: images[{image_id!r}] must be {{'height': int, 'width': int}}, "
+                             f"got {size!r}")
     raw = data.get("requests")
     if not isinstance(raw, list):
         raise ValueError(f"trace {name!r}: field 'requests' must be a list, got {type(raw).__name__}")
     requests = [_parse_request(name, k, r) for k, r in enumerate(raw)]
-    return Trace(name, tuple(requests), images, str(data.get("description", "")))
-
-
-def _parse_images(name: str, raw: object) -> dict[str, ImageSpec]:
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"trace {name!r}: field 'images' must be an object of id -> size")
-    images = {}
-    for image_id, size in raw.items():
-        if not isinstance(size, Mapping) or set(size) != {"height", "width"}:
-            raise ValueError(f"trace {name!r}: images[{image_id!r}] must be {{'height': int, 'width': int}}, got {size!r}")
-        images[image_id] = ImageSpec(size["height"], size["width"])
-    return images
-
-
-_REQUEST_FIELDS = {"rid", "arrival_ms", "segments", "abort_ms"}
+    specs = {image_id: ImageSpec(size["height"], size["width"]) for image_id, size in images.items()}
+    return Trace(name, tuple(requests), specs, str(data.get("description", "")))
 
 
 def _parse_request(name: str, k: int, raw: object) -> TraceRequest:
@@ -170,12 +137,13 @@ def _parse_request(name: str, k: int, raw: object) -> TraceRequest:
     for key in ("rid", "arrival_ms", "segments"):
         if key not in raw:
             raise ValueError(f"{where}: missing field {key!r}")
-    unknown = set(raw) - _REQUEST_FIELDS
+    unknown = set(raw) - {"rid", "arrival_ms", "segments", "abort_ms"}
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
     if not isinstance(raw["segments"], list):
         raise ValueError(f"{where}: field 'segments' must be a list")
-    return TraceRequest(raw["rid"], raw["arrival_ms"], tuple(_parse_segment(where, j, s) for j, s in enumerate(raw["segments"])), raw.get("abort_ms"))
+    segments = tuple(_parse_segment(where, j, s) for j, s in enumerate(raw["segments"]))
+    return TraceRequest(raw["rid"], raw["arrival_ms"], segments, raw.get("abort_ms"))
 
 
 def _parse_segment(where: str, j: int, raw: object) -> Segment:
@@ -190,17 +158,10 @@ def _parse_segment(where: str, j: int, raw: object) -> Segment:
 def format_trace(trace: Trace) -> str:
     """JSON text with one image and one request per line, so diffs of trace files stay readable."""
     data = trace_to_json(trace)
-    lines = ["{"]
-    for key in ("schema", "name", "description"):
-        lines.append(f"  {json.dumps(key)}: {json.dumps(data[key])},")
-    lines.append('  "images": {')
-    images = [f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in data["images"].items()]
-    lines.append(",\n".join(images))
-    lines.append("  },")
-    lines.append('  "requests": [')
-    lines.append(",\n".join(f"    {json.dumps(r)}" for r in data["requests"]))
-    lines.append("  ]")
-    lines.append("}")
+    head = [f"  {json.dumps(key)}: {json.dumps(data[key])}," for key in ("schema", "name", "description")]
+    images = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in data["images"].items())
+    requests = ",\n".join(f"    {json.dumps(r)}" for r in data["requests"])
+    lines = ["{", *head, '  "images": {', images, "  },", '  "requests": [', requests, "  ]", "}"]
     return "\n".join(line for line in lines if line) + "\n"
 
 

@@ -1,18 +1,16 @@
-"""Generated request streams, and turning any trace into vitkit ``Request`` objects.
+"""Generated request streams (seeded), and turning any trace into vitkit ``Request`` objects.
 
-A workload is drawn from a few parameters: arrivals (a fixed batch at t=0, or Poisson at a
-seeded rate), text lengths, images per request and their sizes, the share of images that repeat
-an earlier one (a popular product photo), and multi-turn conversations in which each turn resends
-the previous turns' text and images, as chat clients do.
+The two stock TTFT workloads bracket the latency-versus-load question: many small images (many misses a
+step for batching to merge) and large ones (one or two requests a step, little to merge).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
-from vitkit.checks import positive_int
+from vitkit.checks import positive_int, positive_number
 from vitkit.item import MultimodalItem
 from vitkit.processing import synthetic_items
 from vitkit.request import Request
@@ -58,8 +56,7 @@ class WorkloadParams:
 
 
 class _ImagePool:
-    """Images drawn so far. A repeat picks a past *use* uniformly, so popular images get more
-    popular (a few product photos dominate, as in a catalog)."""
+    """Images drawn so far; a repeat picks a past *use*, so popular images get more popular (as in a catalog)."""
 
     def __init__(self, params: WorkloadParams, rng: random.Random) -> None:
         self.params, self.rng = params, rng
@@ -108,26 +105,20 @@ def generate_workload(params: WorkloadParams = WorkloadParams(), name: str = "ge
 
 
 def build_requests(trace: Trace, make_item: ItemFactory = fake_item) -> dict[str, Request]:
-    """One ``Request`` per trace request (by rid, in trace order); one item object per image id,
-    so a repeated image is the same content with the same hash."""
+    """One ``Request`` per trace request (by rid, in trace order), one item per image id (a repeat: same hash)."""
     items: dict[str, MultimodalItem] = {}
     requests = {}
     for req in trace.requests:
-        segments: list[int | MultimodalItem] = []
         for seg in req.segments:
-            if isinstance(seg, str):
-                if seg not in items:
-                    spec = trace.images[seg]
-                    items[seg] = make_item(seg, spec.height, spec.width)
-                seg = items[seg]
-            segments.append(seg)
+            if isinstance(seg, str) and seg not in items:
+                items[seg] = make_item(seg, trace.images[seg].height, trace.images[seg].width)
+        segments = [items[s] if isinstance(s, str) else s for s in req.segments]
         requests[req.rid] = Request.from_segments(req.rid, segments)
     return requests
 
 
 def processing_items(preset_name: str) -> ItemFactory:
-    """An item factory making real processor outputs with ``vitkit.processing.synthetic_items``
-    (random pixels seeded by the image id), for driving a real encoder of that preset."""
+    """An item factory of real processor outputs (``synthetic_items``, pixels seeded by the image id)."""
     def make(image_id: str, height: int, width: int) -> MultimodalItem:
         return synthetic_items(preset_name, [(height, width)], seed=image_seed(image_id))[0]
 
@@ -138,33 +129,16 @@ def processing_items(preset_name: str) -> ItemFactory:
 # them with chunked_prefill_size=4096 and long_prefill_token_threshold=1024 (see data/traces/README.md).
 EXAMPLES: dict[str, tuple[WorkloadParams, str]] = {
     "product-catalog": (
-        WorkloadParams(
-            num_requests=48,
-            arrival_rate_per_s=60.0,
-            text_tokens=(16, 96),
-            images_per_request=(1, 3),
-            image_sizes=((448, 448), (672, 672), (896, 896), (1344, 1008)),
-            repeat_share=0.5,
-            image_prefix="sku",
-            seed=7,
-        ),
+        WorkloadParams(num_requests=48, arrival_rate_per_s=60.0, text_tokens=(16, 96), images_per_request=(1, 3),
+                       image_sizes=((448, 448), (672, 672), (896, 896), (1344, 1008)), repeat_share=0.5,
+                       image_prefix="sku", seed=7),
         "Shoppers asking about product photos: 48 single-turn requests, Poisson at 60/s, 1-3 "
         "photos each; half the photo slots show a photo seen before, popular ones more often.",
     ),
     "chat-multiturn": (
-        WorkloadParams(
-            num_requests=24,
-            arrival_rate_per_s=20.0,
-            turns=4,
-            turn_gap_ms=300.0,
-            text_tokens=(32, 160),
-            images_per_request=(1, 1),
-            image_sizes=((672, 672), (896, 672), (1008, 1344)),
-            abort_share=0.1,
-            abort_after_ms=100.0,
-            image_prefix="photo",
-            seed=3,
-        ),
+        WorkloadParams(num_requests=24, arrival_rate_per_s=20.0, turns=4, turn_gap_ms=300.0, text_tokens=(32, 160),
+                       images_per_request=(1, 1), image_sizes=((672, 672), (896, 672), (1008, 1344)), abort_share=0.1,
+                       abort_after_ms=100.0, image_prefix="photo", seed=3),
         "Six chat conversations of four turns, one new photo per turn; each turn resends the "
         "whole conversation so far, earlier photos included; about one request in ten is "
         "aborted 100 ms after it arrives.",
@@ -180,3 +154,76 @@ def example_trace(name: str) -> Trace:
     trace = generate_workload(params, name)
     return Trace(name, trace.requests, trace.images, description)
 
+
+TTFT_WORKLOADS: dict[str, tuple[WorkloadParams, str]] = {
+    "small-images": (
+        WorkloadParams(num_requests=400, text_tokens=(16, 64), images_per_request=(1, 1),
+                       image_sizes=((448, 448),), repeat_share=0.2, image_prefix="thumb", seed=11),
+        "one 448x448 photo (256 rows) and 16-128 text tokens per request; a fifth of the photos repeat",
+    ),
+    "large-images": (
+        WorkloadParams(num_requests=200, text_tokens=(32, 128), images_per_request=(1, 2),
+                       image_sizes=((896, 896), (1344, 1008), (1008, 1344)), repeat_share=0.1,
+                       image_prefix="photo", seed=12),
+        "1-2 photos of 896x896 to 1344x1008 (1024-1728 rows each) and 32-384 text tokens per request",
+    ),
+}
+
+# Poisson rates (requests/s) of each workload's latency-versus-load curve: from light load to
+# past saturation on the stored card's cost models
+DEFAULT_RATES = {
+    "small-images": (10, 20, 30, 40, 50, 60, 65, 70, 75, 80, 85, 90),
+    "large-images": (1, 2, 4, 6, 8, 9, 10, 11, 12),
+}
+ADMISSION_RATES = {"small-images": 60.0, "large-images": 6.0}  # the admission comparison's rate, near the knee
+# The GPU validation's Poisson rate (/s) and request count per workload (``vitkit.bench.validate``):
+# enough requests that p99 is over several of them (the 2nd-slowest request of 200 is a noisy statistic)
+VALIDATION_SIZES = {"small-images": (40.0, 600), "large-images": (4.0, 150)}
+
+
+def workload_params(name: str, num_requests: int | None = None) -> WorkloadParams:
+    """The stock workload ``name`` (arrivals are set by the load sweep), optionally resized."""
+    if name not in TTFT_WORKLOADS:
+        raise ValueError(f"unknown TTFT workload {name!r}; known: {sorted(TTFT_WORKLOADS)}")
+    params = TTFT_WORKLOADS[name][0]
+    return params if num_requests is None else replace(params, num_requests=num_requests)
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One rate of a search: requests per second and the TTFT p99 it gave (ms)."""
+
+    rate_per_s: float
+    ttft_p99_ms: float
+
+
+def max_sustainable_rate(p99_at: Callable[[float], float], bound_ms: float, rates: Sequence[float], *,
+                         refine: int = 5) -> tuple[float | None, list[RatePoint]]:
+    """The highest rate whose TTFT p99 (``p99_at(rate)``, ms) stays at or under ``bound_ms`` (None when even
+    the lowest fails), and every point evaluated, in order: ``rates`` ascending until one fails, then
+    ``refine`` bisections between the last that held and the first that failed (p99 rises with load)."""
+    positive_number("bound_ms", bound_ms)
+    ordered = sorted(rates)
+    if not ordered or ordered[0] <= 0:
+        raise ValueError(f"rates must be a non-empty list of rates > 0, got {list(rates)!r}")
+    points: list[RatePoint] = []
+
+    def holds(rate: float) -> bool:
+        points.append(RatePoint(rate, p99_at(rate)))
+        return points[-1].ttft_p99_ms <= bound_ms
+
+    good, bad = None, None
+    for rate in ordered:
+        if not holds(rate):
+            bad = rate
+            break
+        good = rate
+    if good is None or bad is None:
+        return good, points
+    for _ in range(refine):
+        mid = (good + bad) / 2
+        if holds(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, points

@@ -1,16 +1,5 @@
-"""Notebook 02's widget: benchmark results (measured here, stored from an H100, or a CPU smoke run).
-
-With a GPU, ``bench_view()`` runs ``vitkit.bench`` on it (a progress bar per measurement),
-saves the JSON under ``results/<device>/`` and plots it. Without one it shows the stored H100
-results in ``results/h100/`` (a stream benchmark file first when there is one, else the newest
-sweep file) and offers a small CPU smoke run behind a button, labelled as such everywhere it
-appears: tiny random-weight towers on a CPU say nothing about a GPU, so it is never run or
-selected unless asked for.
-
-What is shown by default is what the measurements support: the optimised A/B (``impl``
-"vitkit", the same compiled encoder on both paths). The eager "stock" A/B is one click away,
-with a note that its per-request path is launch-bound and so overstates what batching buys.
-"""
+"""Notebook 02's views: benchmark results (measured here on a GPU, stored from an H100, or a CPU smoke run that
+runs only behind its button and is labelled wherever it appears), and the stored data-parallel scaling."""
 
 from __future__ import annotations
 
@@ -23,28 +12,26 @@ from typing import Any
 import ipywidgets as widgets
 import torch
 
+from vitkit.bench.dp import DEFAULT_GATHER, STORED_DP, dp_scaling_figure, dp_table_rows, stored_dp_results
 from vitkit.bench.plot import plot_memory_model, plot_sweep, sweep_names, sweep_rows, x_axis
-from vitkit.bench.results import find_results, load_results, write_results
-from vitkit.bench.rows import BenchRow
-from vitkit.bench.run import RunSettings, run_sweeps
-from vitkit.bench.stream_plot import stream_figure
-from vitkit.bench.stream_run import SCHEMA as STREAM_SCHEMA  # results/<device>/stream-*.json
-from vitkit.bench.stream_run import load_stream_results
-from vitkit.bench.sweeps import get_sweeps
-from vitkit.viz.render import figure_png, html_table
+from vitkit.bench.rows import BenchRow, find_results, load_results, load_stream_results, write_results
+from vitkit.bench.stream import stream_figure
+from vitkit.bench.sweep import RunSettings, get_sweeps, run_sweeps
+from vitkit.costs import results as files
+from vitkit.viz.render import figure_png, html_table, png_widget, scroll_html
 
-REPO = Path(__file__).resolve().parents[2]
-STORED = REPO / "results" / "h100"
-SMOKE_SWEEPS = ("cpu-clip", "cpu-qwen")  # a fixed- and a variable-resolution tiny tower, ~5 s on 2 cores
+REPO = files.RESULTS.parent
+STORED = files.results_folder()
+STREAM_SCHEMA = files.schema("stream")
+SMOKE_SWEEPS = ("cpu-clip", "cpu-qwen")  # a fixed- and a variable-resolution tiny tower
 MEMORY_MODEL = "memory-model"  # the extra figure a run with token budgets has
 SMOKE_LABEL = "CPU SMOKE RUN: tiny random-weight towers on this CPU; these numbers say nothing about a GPU"
 ALL_IMPLS = "all"
+EAGER = "its per-request calls are launch-bound, so its speedups overstate what batching buys"
 IMPL_NOTES = {
     "vitkit": "vitkit: the compiled, CUDA-graphed encoder on both paths (the headline A/B)",
-    "vitkit-eager": ("vitkit-eager: the fused layers without compile or CUDA graphs; its per-request calls are "
-                     "launch-bound, so its speedups overstate what batching buys"),
-    "stock": ("stock: transformers' eager forward on both paths; its per-request calls are launch-bound, "
-              "so its speedups overstate what batching buys"),
+    "vitkit-eager": f"vitkit-eager: the fused layers without compile or CUDA graphs; {EAGER}",
+    "stock": f"stock: transformers' eager forward on both paths; {EAGER}",
 }
 
 
@@ -59,24 +46,14 @@ def gpu_available() -> bool:
 
 
 def stored_results(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
-    """The GPU results files in ``folder`` (oldest first), loaded and validated, keyed by path;
-    {} when there are none. Files that are not valid results are left out (``find_results``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}
+    """The valid GPU results files in ``folder``, oldest first, loaded and keyed by path."""
     return {_relative(path): load_results(path) for path in find_results(folder, kind="gpu")}
 
 
 def stored_sources(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
-    """What notebook 02 offers from ``folder``, keyed by path, in the order shown: stream
-    benchmark files (``stream-*.json``, schema ``vitkit.stream/1``) newest first, then the GPU
-    sweep files newest first. A stream, when there is one, is what a step sees in serving."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}
+    """What notebook 02 offers from ``folder``, keyed by path: GPU stream files, then GPU sweep files, newest first."""
     streams = {}
-    # newest first by the timestamp that ends the name (stream-<encoder>-<stamp>.json)
-    for path in sorted(folder.glob("stream-*.json"), key=lambda p: (p.stem.rsplit("-", 1)[-1], p.name), reverse=True):
+    for path in files.newest_first("stream", folder):
         try:
             results = load_stream_results(path)
         except (OSError, ValueError):  # json's decode error is a ValueError too
@@ -87,45 +64,31 @@ def stored_sources(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
 
 
 def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
+    """``path`` from the checkout's root when it lies inside it."""
+    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
 
 
-def run_benchmark(
-    sweep: str | None = None,
-    *,
-    sweeps: Sequence[str] | None = None,
-    device: str | None = None,
-    save: bool | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run a named ``vitkit.bench`` sweep preset (default ``"full"`` on a GPU, ``"cpu-smoke"``
-    on CPU), or only the sweeps named in ``sweeps`` out of it, and return the results object.
-
-    A GPU run is saved to ``results/<device>/notebook-<sweep>-<time>.json`` (``save`` defaults to
-    True on a GPU, False on CPU: a smoke run is for looking at, not for keeping).
-    """
+def run_benchmark(sweep: str | None = None, *, sweeps: Sequence[str] | None = None, device: str | None = None,
+                  save: bool | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run a ``vitkit.bench`` sweep preset (default "full" on a GPU, "cpu-smoke" on CPU), or only its ``sweeps``;
+    ``save`` (default: on a GPU) writes ``results/<device>/notebook-<sweep>-<stamp>.json``."""
     settings = RunSettings.for_device(device, sweep=sweep)
     preset = settings.sweep
     chosen = get_sweeps(preset)
     if sweeps is not None:
-        unknown = set(sweeps) - {s.name for s in chosen}
-        if unknown:
-            raise ValueError(f"sweeps {sorted(unknown)} are not in preset {preset!r}; it has {[s.name for s in chosen]}")
+        known = [s.name for s in chosen]
+        if unknown := set(sweeps) - set(known):
+            raise ValueError(f"sweeps {sorted(unknown)} are not in preset {preset!r}; it has {known}")
         chosen = tuple(s for s in chosen if s.name in sweeps)
     results = run_sweeps(chosen, settings, progress=progress)
     if save if save is not None else settings.kind == "gpu":
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = REPO / "results" / results["machine"]["slug"] / f"notebook-{preset}-{stamp}.json"
+        path = files.results_folder(results["machine"]["slug"]) / f"notebook-{preset}-{files.stamp()}.json"
         results["saved_to"] = _relative(write_results(results, path))
     return results
 
 
 def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, object]]:
-    """One row per (encoder, impl, point) of ``sweep``: both modes' step times, the speedup
-    (per-request / batched step time), batched images/s, MFU and peak memory (MiB)."""
+    """One row per (encoder, impl, point) of ``sweep``: both modes' step times, speedup, images/s, MFU, memory."""
     rows = sweep_rows(results, sweep)
     axis = x_axis(rows)
     pairs: dict[tuple, dict[str, BenchRow]] = {}
@@ -137,13 +100,10 @@ def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, objec
         if b is None or p is None:
             continue
         out.append({
-            "encoder": encoder, "impl": impl, axis: getattr(b, axis),
-            "images": b.images,
-            "batched ms": round(b.step_ms_median, 3),
-            "per-request ms": round(p.step_ms_median, 3),
+            "encoder": encoder, "impl": impl, axis: getattr(b, axis), "images": b.images,
+            "batched ms": round(b.step_ms_median, 3), "per-request ms": round(p.step_ms_median, 3),
             "speedup": round(p.step_ms_median / b.step_ms_median, 2),
-            "batched img/s": round(b.images_per_s, 1),
-            "batched MFU %": round(100 * b.mfu, 1),
+            "batched img/s": round(b.images_per_s, 1), "batched MFU %": round(100 * b.mfu, 1),
             "peak MiB": "-" if b.peak_mem_bytes is None else round(b.peak_mem_bytes / 2**20),
         })
     return out
@@ -151,18 +111,14 @@ def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, objec
 
 def describe(results: Mapping[str, Any], label: str) -> str:
     """One HTML line saying where the numbers come from (device, date, versions, file)."""
-    machine, versions = results.get("machine", {}), results.get("versions", {})
-    peak = results.get("matmul_peak") or {}
-    what = (
-        f"<b style='color:#b35806'>{SMOKE_LABEL}</b>" if results.get("kind") == "cpu-smoke"
-        else f"<b>GPU measurement</b> on {html.escape(str(machine.get('device_name', '?')))}"
-    )
-    rate = f", matmul peak {peak['tflops']:.3g} TFLOP/s ({html.escape(str(peak.get('label', '')))})" if peak.get("tflops") else ""
-    return (
-        f"{what}{rate}<br><span style='color:#666'>{html.escape(label)} &middot; created "
-        f"{html.escape(str(results.get('created', '?')))} &middot; torch {html.escape(str(versions.get('torch', '?')))}, "
-        f"transformers {html.escape(str(versions.get('transformers', '?')))}</span>"
-    )
+    machine, versions, peak = results.get("machine", {}), results.get("versions", {}), results.get("matmul_peak") or {}
+    what = (f"<b style='color:#b35806'>{SMOKE_LABEL}</b>" if results.get("kind") == "cpu-smoke"
+            else f"<b>GPU measurement</b> on {html.escape(str(machine.get('device_name', '?')))}")
+    if peak.get("tflops"):
+        what += f", matmul peak {peak['tflops']:.3g} TFLOP/s ({html.escape(str(peak.get('label', '')))})"
+    created, torch_version = html.escape(str(results.get("created", "?"))), html.escape(str(versions.get("torch", "?")))
+    return (f"{what}<br><span style='color:#666'>{html.escape(label)} &middot; created {created} &middot; "
+            f"torch {torch_version}, transformers {html.escape(str(versions.get('transformers', '?')))}</span>")
 
 
 def impls_of(results: Mapping[str, Any]) -> list[str]:
@@ -189,12 +145,7 @@ def stream_rows(results: Mapping[str, Any]) -> list[dict[str, object]]:
 
 
 class BenchView(widgets.VBox):
-    """Pick a results object, an implementation and a sweep; see its six-panel figure and its
-    speedup table.
-
-    ``sources`` maps a label (a file path, or "measured here ...") to a results object; the first
-    is shown. ``run_cpu_smoke()`` (also the button) adds a labelled smoke run and selects it.
-    """
+    """Pick one of ``sources`` (label -> results; the first is shown), an impl and a sweep; see its figure and table."""
 
     def __init__(self, sources: Mapping[str, Mapping[str, Any]] | None = None, *, note: str = "") -> None:
         self.sources: dict[str, Mapping[str, Any]] = {}
@@ -204,8 +155,7 @@ class BenchView(widgets.VBox):
         self.impl = widgets.Dropdown(description="impl", layout=widgets.Layout(width="20em"))
         self.header = widgets.HTML()
         self.note = widgets.HTML(note)
-        self.figure = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.table = widgets.HTML(layout=widgets.Layout(max_height="20em", overflow="auto"))
+        self.figure, self.table = png_widget(), scroll_html("20em")
         self.smoke_button = widgets.Button(description="Run CPU smoke benchmark", icon="play",
                                            layout=widgets.Layout(width="20em"), tooltip=SMOKE_LABEL)
         self.progress = widgets.Output()
@@ -213,8 +163,8 @@ class BenchView(widgets.VBox):
                           widgets.HBox([self.sweep, self.impl]), self.header, self.progress, self.figure, self.table])
         self.add_class("vitkit-bench-view")
         self.source.observe(self._on_source, names="value")
-        self.sweep.observe(self._on_sweep, names="value")
-        self.impl.observe(self._on_impl, names="value")
+        self.sweep.observe(self._on_pick, names="value")
+        self.impl.observe(self._on_pick, names="value")
         self.smoke_button.on_click(lambda _: self.run_cpu_smoke())
         for label, results in (sources or {}).items():
             self.add_results(label, results, select=False)  # the first source stays selected
@@ -228,13 +178,12 @@ class BenchView(widgets.VBox):
             self._on_source({"new": label})  # Dropdown does not fire when the value is unchanged
 
     def run_cpu_smoke(self, sweeps: Sequence[str] = SMOKE_SWEEPS) -> dict[str, Any]:
-        """Run the CPU smoke sweeps (progress bar in the widget), add and show the result."""
+        """Run the CPU smoke sweeps (progress in the widget); add and show the result."""
         self.smoke_button.disabled = True
         try:
             with self.progress:
                 results = run_benchmark("cpu-smoke", sweeps=sweeps, device="cpu", save=False)
-            stamp = dt.datetime.now().strftime("%H:%M:%S")
-            self.add_results(f"CPU smoke run at {stamp} (not a GPU measurement)", results)
+            self.add_results(f"CPU smoke run at {dt.datetime.now():%H:%M:%S} (not a GPU measurement)", results)
         finally:
             self.smoke_button.disabled = False
         return results
@@ -262,15 +211,14 @@ class BenchView(widgets.VBox):
         self.draw()
 
     def _set_sweeps(self) -> None:
-        results = self.results
-        names = sweep_names(rows_of_impl(results, self.impl.value)) + ([MEMORY_MODEL] if results.get("memory_model") else [])
+        names = sweep_names(rows_of_impl(self.results, self.impl.value))
+        names += [MEMORY_MODEL] if self.results.get("memory_model") else []
         keep = self.sweep.value if self.sweep.value in names else names[0]
         self.sweep.options = names
         self.sweep.value = keep
 
     def _show_stream(self) -> None:
-        """A stream file has no sweeps: its own figure (``stream_figure``) and one row per
-        impl and mode."""
+        """A stream file has no sweeps: its own figure and one row per impl and mode."""
         self._switching = True
         try:
             self.sweep.options, self.impl.options = [], []
@@ -280,18 +228,16 @@ class BenchView(widgets.VBox):
         rows = stream_rows(self.results)
         self.table.value = impl_notes(list(dict.fromkeys(r["impl"] for r in rows))) + html_table(rows)
 
-    def _on_sweep(self, change: dict) -> None:
-        if not self._switching:
-            self.draw()
-
-    def _on_impl(self, change: dict) -> None:
+    def _on_pick(self, change: dict) -> None:
+        """Another sweep or impl: redraw (another impl first offers its own sweeps)."""
         if self._switching or self.results is None:
             return
-        self._switching = True
-        try:
-            self._set_sweeps()
-        finally:
-            self._switching = False
+        if change["owner"] is self.impl:
+            self._switching = True
+            try:
+                self._set_sweeps()
+            finally:
+                self._switching = False
         self.draw()
 
     def draw(self) -> None:
@@ -308,18 +254,26 @@ class BenchView(widgets.VBox):
 
 
 def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str | Path = STORED) -> BenchView:
-    """Notebook 02's view. ``run`` defaults to whether a GPU is present: then ``sweep`` (default
-    ``"full"``) is measured here first. The stored results in ``folder`` are always offered
-    (``stored_sources``: a stream file first, else the newest sweep file); the CPU smoke run
-    only behind its button."""
+    """Notebook 02's view: ``sweep`` measured here first when ``run`` (default: with a GPU), then ``folder``'s."""
     sources: dict[str, Mapping[str, Any]] = {}
     run = gpu_available() if run is None else run
     if run:
         results = run_benchmark(sweep)
-        sources[f"measured here: {results['machine']['device_name']} ({results.get('saved_to', 'not saved')})"] = results
+        label = f"measured here: {results['machine']['device_name']} ({results.get('saved_to', 'not saved')})"
+        sources[label] = results
     sources.update(stored_sources(folder))
-    note = "" if sources else (
-        f"<i>No stored results in {html.escape(_relative(Path(folder)))} and no GPU run: "
-        "press the button for a CPU smoke run.</i>"
-    )
+    note = "" if sources else (f"<i>No stored results in {html.escape(_relative(Path(folder)))} and no GPU run: "
+                               "press the button for a CPU smoke run.</i>")
     return BenchView(sources, note=note)
+
+
+def dp_panel(path: str | Path = STORED_DP) -> widgets.Widget:
+    """The stored data-parallel scaling figure and a table of every N (token-balanced, default gather)."""
+    results = stored_dp_results(path)
+    if results is None:
+        return widgets.HTML(f"<p><i>No stored data-parallel results at {path}: run <code>torchrun --nproc-per-node N "
+                            "-m vitkit.bench --sweep dp</code> on a GPU host.</i></p>")
+    rows = [r for r in dp_table_rows(results)
+            if r["policy"] == "token-balanced" and (r["world_size"] == 1 or r["gather"] == DEFAULT_GATHER)]
+    return widgets.VBox([widgets.Image(value=figure_png(dp_scaling_figure(results)), format="png"),
+                         widgets.HTML(html_table(rows))])

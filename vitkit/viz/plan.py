@@ -1,37 +1,35 @@
-"""Notebook 01's model: chunk windows over a few requests, step by step, in both embed modes.
+"""Notebook 01's model: requests of ``data/`` photos (processed once per size, memoised for sliders) replayed
+through ``vitkit.sim``'s step loop once per embed mode.
 
-``chunk_plan`` lays out requests from the photos in ``data/`` and replays them through
-``vitkit.sim``'s step loop twice, once per mode, each mode with its own cache; every window's
-items and their fates (cache hit, encoded by this window, or shared: encoded once in the step
-for another window that missed it too) come from ``embed_chunks``' per-window outcomes.
-
-Scheduling is deliberately the simplest chunked prefill (``Scheduler.fixed_chunk``): every
-unfinished request advances by ``chunk_size`` tokens per step, so step ``s`` gives each request
-the window ``[s * chunk_size, (s + 1) * chunk_size)``. SGLang and vLLM share one token budget
-between the requests of a step instead; ``vitkit.sim``'s ``Scheduler`` models that, notebook 01
-only needs the windows.
+Every unfinished request advances ``chunk_size`` tokens a step (no shared step budget), so step ``s``'s window is
+``[s * chunk_size, (s + 1) * chunk_size)``; each item in it is a cache hit, encoded by it, or shared (encoded once
+in the step for another window that missed it too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+from PIL import Image
 
 from vitkit.checks import non_negative_int, positive_int
+from vitkit.costs.clock import StepClock
 from vitkit.embed import ENCODING_FATES, MODES
+from vitkit.images import image_paths, load_images
 from vitkit.item import MultimodalItem
-from vitkit.processing import make_request
+from vitkit.processing import make_items, make_request
 from vitkit.request import Request
-from vitkit.sim.run import StepRow, WindowRow, replay
-from vitkit.sim.scheduler import Arrival, Scheduler
+from vitkit.sim.engine import ReplayConfig
+from vitkit.sim.replay import WindowRow, replay
+from vitkit.sim.scheduler import Arrival, SchedulerConfig
 from vitkit.span import Span
-from vitkit.viz.photos import photo_items, photo_names
 
 TOY_HIDDEN = 1  # the toy encoder's output width: cache sizes read directly in embedding rows
 TOY_BYTES_PER_TOKEN = 4 * TOY_HIDDEN  # float32
-STATUSES = ("hit", "encoded", "shared")
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ class ChunkPlan:
     photos: tuple[tuple[str, ...], ...]  # photo name of each item, per request
     windows: tuple[WindowResult, ...]  # both modes, step-major
     steps: tuple[StepResult, ...]  # both modes
-    photo_names: tuple[str, ...] = field(default=())  # all photos of data/: colours stay put across plans
+    photo_names: tuple[str, ...]  # all photos of data/: colours stay put across plans
 
     def windows_of(self, mode: str) -> list[WindowResult]:
         return [w for w in self.windows if w.mode == _check_mode(mode)]
@@ -118,24 +116,17 @@ class ChunkPlan:
         return sum(getattr(s, what) for s in self.steps_of(mode))
 
     def table(self, mode: str) -> list[dict[str, object]]:
-        """One row per window of ``mode``: the items it touched (``index:photo``), hits, misses,
-        the items it encoded (``*`` = encoded again after an earlier step had), misses shared
-        with another window of the step, and the encoder calls of its whole step."""
+        """One row per window of ``mode``: its items (``index:photo``), hits, misses, the items it encoded (``*``:
+        again after an earlier step had), misses shared with another window, and its step's encoder calls."""
         calls = {s.step: s.encoder_calls for s in self.steps_of(mode)}
-        rows = []
-        for w in self.windows_of(mode):
-            rows.append({
-                "step": w.step,
-                "request": w.request,
-                "window": f"[{w.window.start}, {w.window.stop})",
-                "items": ", ".join(f"{i.item}:{i.photo}" for i in w.items) or "-",
-                "hits": w.count("hit"),
-                "misses": w.count("encoded") + w.count("shared"),
-                "encoded here": ", ".join(f"{i.item}{'*' if i.again else ''}" for i in w.items if i.status == "encoded") or "-",
-                "shared": w.count("shared"),
-                "step encoder calls": calls[w.step],
-            })
-        return rows
+        return [{
+            "step": w.step, "request": w.request, "window": f"[{w.window.start}, {w.window.stop})",
+            "items": ", ".join(f"{i.item}:{i.photo}" for i in w.items) or "-",
+            "hits": w.count("hit"), "misses": w.count("encoded") + w.count("shared"),
+            "encoded here": ", ".join(f"{i.item}{'*' if i.again else ''}" for i in w.items if i.status == "encoded")
+            or "-",
+            "shared": w.count("shared"), "step encoder calls": calls[w.step],
+        } for w in self.windows_of(mode)]
 
 
 def _check_mode(mode: str) -> str:
@@ -145,55 +136,74 @@ def _check_mode(mode: str) -> str:
 
 
 def toy_encoder(items: list[MultimodalItem]) -> list[torch.Tensor]:
-    """A cheap deterministic stand-in for a ViT: ``(num_tokens, 1)`` rows derived from the hash.
-
-    Notebook 01 is about which items get encoded when, not about the embeddings, so it needs
-    no model; equal content still gives equal embeddings, as a real encoder would.
-    """
+    """A stand-in for a ViT: ``(num_tokens, 1)`` rows from the item's hash, so equal content embeds equally."""
     return [torch.full((item.num_tokens, TOY_HIDDEN), float(int(item.hash[:6], 16))) for item in items]
 
 
-def plan_requests(settings: PlanSettings) -> tuple[list[Request], list[tuple[str, ...]]]:
-    """Requests of text and photos: request ``r``'s image ``j`` is photo ``(r * K + j) % distinct``.
+@lru_cache(maxsize=1)
+def _photos() -> tuple[tuple[str, Image.Image], ...]:
+    return tuple((p.stem, im) for p, im in zip(image_paths(), load_images()))
 
-    Text runs differ by request (48, 64, 80... tokens by default) so windows cut images at
-    different places in different requests.
-    """
+
+@lru_cache(maxsize=512)
+def _photo_item(index: int, size: int, preset: str) -> tuple[str, MultimodalItem]:
+    name, image = _photos()[index]
+    scale = positive_int("image size (px)", size) / max(image.size)  # the longer side becomes ``size`` px
+    w, h = image.size
+    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    (item,) = make_items([image], preset)
+    return name, item
+
+
+def photo_names() -> tuple[str, ...]:
+    """File stems of the photos in ``data/``, sorted: the order ``photo_items`` uses."""
+    return tuple(name for name, _ in _photos())
+
+
+def photo_items(size: int, count: int, preset: str = "qwen2.5-vl-7b") -> list[tuple[str, MultimodalItem]]:
+    """``(name, item)`` for the first ``count`` photos of ``data/``, longer side ``size`` px, through ``preset``'s
+    processor; memoised, so a photo is the same item in every request and slider position that shows it."""
+    available = len(_photos())
+    if positive_int("photo count", count) > available:
+        raise ValueError(f"asked for {count} photos; data/ holds {available}")
+    # two threads: the processor's numpy work releases the GIL
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda i: _photo_item(i, size, preset), range(count)))
+
+
+def plan_requests(settings: PlanSettings) -> tuple[list[Request], list[tuple[str, ...]]]:
+    """Requests of text and photos (request ``r``'s image ``j`` is photo ``(r * K + j) % distinct``); text runs
+    grow by 16 tokens a request, so windows cut images at different places in different requests."""
     k = settings.images_per_request
-    # only the photos some request shows get processed: a new image size costs ~80 ms per photo
+    # process only the photos some request shows
     pool = photo_items(settings.image_size, min(settings.distinct_images, settings.num_requests * k), settings.preset)
     requests, photos = [], []
     for r in range(settings.num_requests):
         text = settings.text_tokens + 16 * r
         chosen = [pool[(r * k + j) % len(pool)] for j in range(k)]
-        segments: list[int | MultimodalItem] = []
-        for name, item in chosen:
-            segments += [text, item]
-        segments.append(text)
+        segments: list[int | MultimodalItem] = [part for _, item in chosen for part in (text, item)] + [text]
         requests.append(make_request(r, segments, settings.preset))
         photos.append(tuple(name for name, _ in chosen))
     return requests, photos
 
 
 def chunk_plan(settings: PlanSettings | None = None, **overrides: object) -> ChunkPlan:
-    """Run ``settings`` (or ``PlanSettings(**overrides)``) through both modes, step by step.
-
-    Per-request mode serves a step's requests one after another (as SGLang's legacy path does),
-    so a request finds in the cache what an earlier request of the same step put there.
-    """
+    """Run ``settings`` (or ``PlanSettings(**overrides)``) through both modes, step by step; per-request mode
+    serves a step's requests one after another, so each finds what an earlier one of the step stored."""
     settings = settings or PlanSettings(**overrides)
     requests, photos = plan_requests(settings)
     by_rid = {r.rid: r for r in requests}
-    capacity = max(1, settings.cache_tokens * TOY_BYTES_PER_TOKEN)  # 1 byte holds nothing
+    # every unfinished request advances chunk_size tokens a step: no step budget, no running limit
+    scheduler = SchedulerConfig(chunked_prefill_size=None, long_prefill_token_threshold=settings.chunk_size)
+    arrivals = [Arrival(r.rid, r.prompt_len) for r in requests]
     windows: list[WindowResult] = []
     steps: list[StepResult] = []
     for mode in MODES:
-        policy = Scheduler.fixed_chunk(settings.chunk_size)
-        for r in requests:
-            policy.add(Arrival(r.rid, r.prompt_len))
-        run = replay(by_rid, policy, toy_encoder, capacity, mode=mode)
+        config = ReplayConfig(scheduler, mode=mode, cache_tokens=settings.cache_tokens)
+        run = replay(by_rid, arrivals, config, StepClock(step_ms=1.0), toy_encoder, row_bytes=TOY_BYTES_PER_TOKEN)
         windows += [_window_result(mode, w, by_rid[w.rid], photos) for w in run.window_rows]
-        steps += [_step_result(row) for row in run.rows]
+        steps += [StepResult(mode, r.step, len(r.windows), r.encoder_calls, r.encoded_items, r.encoded_tokens, r.hits,
+                             r.misses, r.re_encodings, r.cache_bytes, r.pinned_bytes) for r in run.rows]
     return ChunkPlan(settings, tuple(requests), tuple(photos), tuple(windows), tuple(steps), photo_names())
 
 
@@ -205,10 +215,3 @@ def _window_result(mode: str, row: WindowRow, request: Request, photos: Sequence
         for index, fate, again in zip(row.items, row.fates, row.again)
     )
     return WindowResult(mode, row.step, request.rid, window, marks)
-
-
-def _step_result(row: StepRow) -> StepResult:
-    return StepResult(
-        row.mode, row.step, len(row.windows), row.encoder_calls, row.encoded_items, row.encoded_tokens,
-        row.hits, row.misses, row.re_encodings, row.cache_bytes, row.pinned_bytes,
-    )

@@ -1,15 +1,9 @@
-"""Notebook 03's widget: a request stream through the chunked-prefill simulator, both modes,
-several cache sizes, pinning on and off; hit rate, calls, re-encodings, encoder time and memory.
-
-Cache sizes are set in embedding rows (tokens). The simulator's fake encoder keeps small rows
-(``FAKE_HIDDEN`` floats) so a run takes a fraction of a second; memory is therefore shown in
-tokens too, since its MiB would be those of the small rows, not of a real model's.
-"""
+"""Notebook 03's widgets: a request stream through the chunked-prefill simulator, and TTFT against load. Cache
+sizes and memory are in embedding rows (tokens): the fake encoder's small rows' MiB would not be a real model's."""
 
 from __future__ import annotations
 
 import html
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,30 +13,22 @@ from typing import Any
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from vitkit.bench.results import find_results
-from vitkit.sim import (
-    FakeEncoder,
-    ModelledEncoder,
-    WorkloadParams,
-    cache_bytes_for_tokens,
-    compare,
-    example_traces,
-    fit_cost_models,
-    generate_workload,
-    load_trace,
-    prepare,
-)
+from vitkit.bench.stream import fit_stream_bucket_cost
+from vitkit.costs import results
+from vitkit.costs.clock import StepCosts
+from vitkit.costs.encoder import EncoderCost, load_encoder_cost, stream_bookkeeping_ms
+from vitkit.costs.prefill import load_prefill_cost
+from vitkit.sim.engine import ReplayConfig
+from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.latency import DECODE_NOTE
-from vitkit.sim.load import DEFAULT_RATES, TTFT_WORKLOADS, VALIDATION_SIZES
-from vitkit.sim.plot import plot_cache_memory, plot_over_steps
-from vitkit.sim.bucketcost import BucketCost
-from vitkit.sim.plot_ttft import measured_points, plot_ttft_vs_load
-from vitkit.sim.run import SimRun
-from vitkit.sim.stepcost import StepCosts, default_prefill, load_encoder_cost
-from vitkit.sim.ttft import LoadPoint, ReplayConfig, load_sweep, timed_replay
-from vitkit.viz.bench_widget import STORED
-from vitkit.viz.render import figure_png, html_table
+from vitkit.sim.plot import measured_points, plot_cache_memory, plot_over_steps, plot_ttft_vs_load
+from vitkit.sim.replay import LoadPoint, Run, compare, load_sweep, prepare, replay_stream
+from vitkit.sim.scheduler import SchedulerConfig
+from vitkit.sim.trace import example_traces, load_trace
+from vitkit.sim.workload import DEFAULT_RATES, TTFT_WORKLOADS, VALIDATION_SIZES, WorkloadParams, generate_workload
+from vitkit.viz.render import control, control_grid, figure_png, html_table, png_widget, scroll_html, slider
 
+STORED = results.results_folder()
 FAKE_HIDDEN = 32
 FAKE_BYTES_PER_TOKEN = 4 * FAKE_HIDDEN  # float32 rows
 GENERATED = "generated (sliders)"
@@ -53,6 +39,7 @@ IMAGE_MIXES: dict[str, tuple[tuple[int, int], ...]] = {  # (height, width) px
     "896 to 1344, large": ((896, 896), (1344, 1008)),
 }
 CACHE_CHOICES = (256, 1024, 4096, 16384, 65536)  # embedding tokens
+TTFT_CACHE_CHOICES = (2048, 4096, 8192, 16384, 65536)
 PINS = {"on and off": (True, False), "on": (True,), "off": (False,)}
 PANELS = {  # figure name -> per-step metrics it plots (two a figure keeps each panel readable)
     "hits and calls": ("hit_rate", "encoder_calls"),
@@ -73,93 +60,83 @@ class SimSettings:
     long_prefill_token_threshold: int | None = 512  # tokens per request per step (None: no cap)
     cache_tokens: tuple[int, ...] = (1024, 4096, 16384)  # embedding rows each cache holds
     pins: tuple[bool, ...] = (True, False)
-    # "<encoder>/<impl>" of a cost model fitted to stored results, or "fake" (CPU wall time of a
-    # fake encoder: not meaningful as a time); None: the stored Qwen2.5-VL model when there is one
+    # "<encoder>/<impl>" of a stored cost model, or "fake" (a fake encoder's CPU time); None: ``default_encoder``
     encoder: str | None = None
 
 
-def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) -> dict[str, Any]:
-    """``"<encoder>/<impl>" -> CallCost`` fitted to the GPU results files in ``folder`` (newer
-    files win); {} when there are none. Lets a laptop report H100-like encoder time.
-
-    A file whose rows cannot be fitted raises ValueError naming it, or, when ``problems`` is
-    given, is left out with that message appended there (the explorer shows it).
-    """
-    models: dict[str, Any] = {}
-    for path in find_results(folder, kind="gpu") if Path(folder).is_dir() else []:
-        try:
-            fitted = fit_cost_models(path)
-        except ValueError as err:
-            message = f"cannot fit an encoder cost model to {path}: {err}"
-            if problems is None:
-                raise ValueError(message) from None
-            problems.append(message)
-            continue
-        models.update({f"{encoder}/{impl}": cost for (encoder, impl), cost in fitted.items()})
-    try:  # the stream's per-bucket model describes the bucketed encoder best (the TTFT view uses it too)
-        stream = load_encoder_cost(folder)
+def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) -> dict[str, EncoderCost]:
+    """``"<encoder>/<impl>" -> EncoderCost`` from ``folder``: the measured encoder-costs model, else a fit to the
+    encoder's newest GPU stream file. A file that cannot be fitted raises ValueError, or is noted in ``problems``."""
+    models: dict[str, EncoderCost] = {}
+    for path in results.newest_first("stream", folder):
+        data = results.read("stream", path)
+        gpu = data.get("kind", "gpu") == "gpu"
+        encoders = {r["encoder"] for r in data["steps"] if r["impl"] == "vitkit"} if gpu else set()
+        for encoder in sorted(encoders - {k.split("/")[0] for k in models}):
+            try:
+                cost, _ = fit_stream_bucket_cost(path, encoder)
+            except ValueError as err:
+                problem = f"cannot fit an encoder cost model to {path}: {err}"
+                if problems is None:
+                    raise ValueError(problem) from None
+                problems.append(problem)
+                continue
+            book, _ = stream_bookkeeping_ms(folder, encoder)
+            models[f"{encoder}/vitkit"] = EncoderCost(cost, book, f"stream fit {path.name} ({encoder}/vitkit)")
+    try:
+        measured = load_encoder_cost(folder)
     except ValueError:
         return models
-    if isinstance(stream.call, BucketCost):
-        models[f"{stream.call.encoder}/{stream.call.impl}"] = replace(stream.call, source=stream.source)
+    models[f"{measured.call.encoder}/{measured.call.impl}"] = measured
     return models
 
 
 def default_encoder(models: Mapping[str, Any]) -> str:
-    """The encoder-time choice shown first: the stored cost model of ``DEFAULT_MODEL`` (else of
-    any encoder) when stored results exist, "fake" only when there are none."""
-    if DEFAULT_MODEL in models:
-        return DEFAULT_MODEL
-    return sorted(models)[0] if models else "fake"
+    """The encoder time shown first: ``DEFAULT_MODEL``'s, else any stored model's, else "fake"."""
+    return DEFAULT_MODEL if DEFAULT_MODEL in models else min(models, default="fake")
 
 
 def encoder_label(encoder: str, models: Mapping[str, Any]) -> str:
     """What the figures say about their encoder time."""
     if encoder == "fake":
         return "encoder time: fake encoder on this CPU (not meaningful as a time)"
-    source = models[encoder].source
-    where = Path(source).name if source.startswith("/") else source  # a sweep file's path, or the stream fit's label
-    return f"encoder time: modelled from stored results, {encoder}, fitted to {where}"
+    return f"encoder time: modelled from stored results, {encoder}, {models[encoder].source}"
 
 
-def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, progress: bool = False) -> list[SimRun]:
-    """Every mode x cache size x pin setting of ``settings``, on one planned schedule.
-
-    ``models`` defaults to the cost models fitted to the stored results (``cost_models()``)."""
+def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, progress: bool = False) -> list[Run]:
+    """Every mode x cache size x pin setting of ``settings`` on one schedule; ``models`` default: the stored ones."""
     models = cost_models(STORED, []) if models is None else models
     trace = generate_workload(settings.workload) if settings.trace == GENERATED else load_trace(settings.trace)
-    stream = prepare(trace, chunked_prefill_size=settings.chunked_prefill_size,
-                     long_prefill_token_threshold=settings.long_prefill_token_threshold)
     settings = replace(settings, encoder=settings.encoder or default_encoder(models))
     if settings.encoder == "fake":
-        encoder = FakeEncoder(FAKE_HIDDEN)
+        costs = None
     elif models and settings.encoder in models:
-        encoder = ModelledEncoder(models[settings.encoder], FAKE_HIDDEN)
+        costs = StepCosts(models[settings.encoder], load_prefill_cost())
     else:
-        raise ValueError(f"encoder {settings.encoder!r} has no cost model; known: {['fake', *sorted(models or {})]}")
-    capacities = [cache_bytes_for_tokens(t, encoder.bytes_per_token) for t in settings.cache_tokens]
-    return compare(stream, capacities, pins=settings.pins, encoder=encoder, progress=progress)
+        known = ["fake", *sorted(models or {})]
+        raise ValueError(f"encoder {settings.encoder!r} has no cost model; known: {known}")
+    scheduler = SchedulerConfig(settings.chunked_prefill_size, settings.long_prefill_token_threshold)
+    configs = [ReplayConfig(scheduler, mode=m, pin=p, cache_tokens=t)
+               for m in ("batched", "per_request") for t in settings.cache_tokens for p in settings.pins]
+    # a fixed step: every run replays the very same schedule, only the cache and the encoder differ
+    encoder = FakeEncoder(FAKE_HIDDEN)
+    return compare(prepare(trace), configs, costs, step_ms=50.0, encoder=encoder, progress=progress)
 
 
-def summary_rows(runs: Sequence[SimRun]) -> list[dict[str, object]]:
+def summary_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
     """One row per run: the totals a reader compares across modes, cache sizes and pinning."""
-    rows = []
-    for run in runs:
-        s = run.summary
-        rows.append({
-            "mode": s.mode, "pin": "on" if s.pin else "off", "cache (tokens)": s.capacity_tokens,
-            "steps": s.steps, "hit rate": round(s.hit_rate, 3), "encoder calls": s.encoder_calls,
-            "encoded items": s.encoded_items, "re-encodings": s.re_encodings,
-            "re-encodings in a request": s.request_re_encodings, "evictions": s.evictions,
-            "encoder ms": round(s.encoder_ms, 2),
-            "peak cache (tokens)": s.peak_cache_bytes // FAKE_BYTES_PER_TOKEN,
-        })
-    return rows
+    return [{
+        "mode": r.config.mode, "pin": "on" if r.config.pin else "off", "cache (tokens)": r.config.cache_tokens,
+        "steps": r.summary.steps, "hit rate": round(r.summary.hit_rate, 3), "encoder calls": r.summary.encoder_calls,
+        "encoded items": r.summary.encoded_items, "re-encodings": r.summary.re_encodings,
+        "re-encodings in a request": r.summary.request_re_encodings, "evictions": r.summary.evictions,
+        "encoder ms": round(r.summary.encoder_ms, 2),
+        "peak cache (tokens)": r.summary.peak_cache_bytes // FAKE_BYTES_PER_TOKEN,
+    } for r in runs]
 
 
-def sim_figures(runs: Sequence[SimRun], label: str = "") -> dict[str, Figure]:
-    """Per-step curves (hit rate, calls, re-encodings, encoder time) and cache memory; ``label``
-    (where the encoder time comes from) titles each figure."""
+def sim_figures(runs: Sequence[Run], label: str = "") -> dict[str, Figure]:
+    """Per-step curves and cache memory, each titled ``label`` (where the encoder time comes from)."""
     figs = {name: plot_over_steps(runs, metrics) for name, metrics in PANELS.items()}
     figs["memory"] = plot_memory_tokens(runs)
     if label:
@@ -168,9 +145,8 @@ def sim_figures(runs: Sequence[SimRun], label: str = "") -> dict[str, Figure]:
     return figs
 
 
-def plot_memory_tokens(runs: Sequence[SimRun]) -> Figure:
-    """Cache and pinned embedding rows after each step, one line per run (``vitkit.sim.plot``'s
-    figure, its MiB turned into tokens: the fake rows' bytes would not be a real model's)."""
+def plot_memory_tokens(runs: Sequence[Run]) -> Figure:
+    """``plot_cache_memory``'s figure with its MiB turned into embedding tokens."""
     fig = plot_cache_memory(runs)
     for ax, title in zip(fig.axes, ("cache (embedding tokens)", "pinned (embedding tokens)")):
         for line in ax.get_lines():
@@ -182,59 +158,45 @@ def plot_memory_tokens(runs: Sequence[SimRun]) -> Figure:
 
 
 class SimExplorer(widgets.VBox):
-    """Sliders over ``SimSettings``; a change re-runs the simulation and redraws.
+    """Controls over ``SimSettings``; a change re-runs the simulation (``runs``, ``rows``) and redraws."""
 
-    ``controls`` maps names to widgets (set ``value`` from code as a user would); ``runs`` is
-    the last comparison, ``rows`` its summary table, ``redraw_ms`` the last update's time.
-    """
-
-    def __init__(
-        self, settings: SimSettings | None = None, models: Mapping[str, Any] | None = None, notes: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, settings: SimSettings | None = None, models: Mapping[str, Any] | None = None,
+                 notes: Sequence[str] = ()) -> None:
         self.models = dict(models or {})
         self.settings = settings or SimSettings()
         self.settings = replace(self.settings, encoder=self.settings.encoder or default_encoder(self.models))
         self.notes = list(notes)  # e.g. results files no cost model could be fitted to
         self.controls = _controls(self.settings, self.models)
-        self.figures = {name: widgets.Image(format="png", layout=widgets.Layout(max_width="100%")) for name in (*PANELS, "memory")}
-        self.table = widgets.HTML(layout=widgets.Layout(max_height="20em", overflow="auto"))
-        self.status = widgets.HTML()
-        self.runs: list[SimRun] = []
+        self.figures = {name: png_widget() for name in (*PANELS, "memory")}
+        self.table, self.status = scroll_html("20em"), widgets.HTML()
+        self.runs: list[Run] = []
         self.rows: list[dict[str, object]] = []
         self.redraw_ms = 0.0
-        boxes = list(self.controls.values())
-        grid = widgets.GridBox(boxes, layout=widgets.Layout(grid_template_columns="repeat(3, 27em)"))
+        grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
         super().__init__([grid, self.status, *self.figures.values(), self.table])
         self.add_class("vitkit-sim-explorer")
-        for control in self.controls.values():
-            control.observe(lambda _: self.redraw(), names="value")
         self.redraw()
 
     def current_settings(self) -> SimSettings:
         c = self.controls
         workload = replace(
-            self.settings.workload,
-            num_requests=c["requests"].value,
+            self.settings.workload, num_requests=c["requests"].value,
             arrival_rate_per_s=float(c["arrival_rate"].value) or None,
-            images_per_request=tuple(c["images_per_request"].value),
-            image_sizes=IMAGE_MIXES[c["image_sizes"].value],
-            repeat_share=c["repeat_share"].value,
-            turns=c["turns"].value,
+            images_per_request=tuple(c["images_per_request"].value), image_sizes=IMAGE_MIXES[c["image_sizes"].value],
+            repeat_share=c["repeat_share"].value, turns=c["turns"].value,
         )
         return replace(
-            self.settings, trace=c["trace"].value, workload=workload,
-            chunked_prefill_size=c["chunked_prefill_size"].value,
+            self.settings, trace=c["trace"].value, workload=workload, pins=PINS[c["pins"].value],
+            chunked_prefill_size=c["chunked_prefill_size"].value, encoder=c["encoder"].value,
             long_prefill_token_threshold=c["per_request_cap"].value or None,
             cache_tokens=tuple(sorted(c["cache_tokens"].value)) or self.settings.cache_tokens,
-            pins=PINS[c["pins"].value], encoder=c["encoder"].value,
         )
 
     def redraw(self) -> None:
         start = time.perf_counter()
         settings = self.current_settings()
-        generated = settings.trace == GENERATED
         for name in ("requests", "arrival_rate", "images_per_request", "image_sizes", "repeat_share", "turns"):
-            self.controls[name].disabled = not generated  # an example trace fixes the workload
+            self.controls[name].disabled = settings.trace != GENERATED  # an example trace fixes the workload
         self.runs = run_sim(settings, self.models)
         for name, fig in sim_figures(self.runs, encoder_label(settings.encoder, self.models)).items():
             self.figures[name].value = figure_png(fig)
@@ -251,52 +213,44 @@ class SimExplorer(widgets.VBox):
 
 
 def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.ValueWidget]:
-    w = s.workload
-    style, layout = {"description_width": "11em"}, widgets.Layout(width="26em")
-
-    def slider(cls, value, lo, hi, step, label):
-        return cls(value=value, min=lo, max=hi, step=step, description=label, continuous_update=False, style=style, layout=layout)
-
+    w, box = s.workload, ("11em", "26em")  # label width, control width
     sizes = next((k for k, v in IMAGE_MIXES.items() if v == tuple(w.image_sizes)), next(iter(IMAGE_MIXES)))
+    pins, caches = next(k for k, v in PINS.items() if v == s.pins), sorted({*CACHE_CHOICES, *s.cache_tokens})
+    rate, cap, chunk = int(w.arrival_rate_per_s or 0), s.long_prefill_token_threshold or 0, s.chunked_prefill_size
     return {
-        "trace": widgets.Dropdown(options=[GENERATED, *example_traces()], value=s.trace, description="workload", style=style, layout=layout),
-        "requests": slider(widgets.IntSlider, w.num_requests, 2, 64, 1, "requests"),
-        "arrival_rate": slider(widgets.IntSlider, int(w.arrival_rate_per_s or 0), 0, 200, 5, "arrivals / s (0: batch)"),
-        "images_per_request": widgets.IntRangeSlider(value=w.images_per_request, min=0, max=6, description="images / request",
-                                                     continuous_update=False, style=style, layout=layout),
-        "image_sizes": widgets.Dropdown(options=list(IMAGE_MIXES), value=sizes, description="image sizes", style=style, layout=layout),
-        "repeat_share": slider(widgets.FloatSlider, w.repeat_share, 0.0, 1.0, 0.05, "repeated images"),
-        "turns": slider(widgets.IntSlider, w.turns, 1, 4, 1, "turns / conversation"),
-        "chunked_prefill_size": slider(widgets.IntSlider, s.chunked_prefill_size, 256, 8192, 256, "tokens / step"),
-        "per_request_cap": slider(widgets.IntSlider, s.long_prefill_token_threshold or 0, 0, 4096, 128, "tokens / request (0: no cap)"),
-        "cache_tokens": widgets.SelectMultiple(options=sorted({*CACHE_CHOICES, *s.cache_tokens}), value=s.cache_tokens,
-                                               description="cache sizes (tokens)", rows=5, style=style, layout=layout),
-        "pins": widgets.ToggleButtons(options=list(PINS), value=next(k for k, v in PINS.items() if v == s.pins), description="pinning", style=style),
-        "encoder": widgets.Dropdown(options=["fake", *sorted(models)], value=s.encoder, description="encoder time", style=style, layout=layout),
+        "trace": control(widgets.Dropdown, "workload", s.trace, *box, options=[GENERATED, *example_traces()]),
+        "requests": slider(widgets.IntSlider, "requests", w.num_requests, 2, 64, 1, *box),
+        "arrival_rate": slider(widgets.IntSlider, "arrivals / s (0: batch)", rate, 0, 200, 5, *box),
+        "images_per_request": slider(widgets.IntRangeSlider, "images / request", w.images_per_request, 0, 6, 1, *box),
+        "image_sizes": control(widgets.Dropdown, "image sizes", sizes, *box, options=list(IMAGE_MIXES)),
+        "repeat_share": slider(widgets.FloatSlider, "repeated images", w.repeat_share, 0.0, 1.0, 0.05, *box),
+        "turns": slider(widgets.IntSlider, "turns / conversation", w.turns, 1, 4, 1, *box),
+        "chunked_prefill_size": slider(widgets.IntSlider, "tokens / step", chunk, 256, 8192, 256, *box),
+        "per_request_cap": slider(widgets.IntSlider, "tokens / request (0: no cap)", cap, 0, 4096, 128, *box),
+        "cache_tokens": control(widgets.SelectMultiple, "cache sizes (tokens)", s.cache_tokens, *box, options=caches,
+                                rows=5),
+        "pins": control(widgets.ToggleButtons, "pinning", pins, box[0], options=list(PINS)),
+        "encoder": control(widgets.Dropdown, "encoder time", s.encoder, *box, options=["fake", *sorted(models)]),
     }
 
 
 def sim_explorer(settings: SimSettings | None = None, *, results_folder: str | Path = STORED) -> SimExplorer:
-    """Notebook 03's explorer; offers H100-modelled encoder time when ``results_folder`` has results."""
-    problems: list[str] = []
-    models = cost_models(results_folder, problems)
-    return SimExplorer(settings, models, problems)
+    """Notebook 03's explorer; offers modelled encoder time when ``results_folder`` has results."""
+    problems: list[str] = []  # filled by cost_models before SimExplorer shows them
+    return SimExplorer(settings, cost_models(results_folder, problems), problems)
 
 
-# ---------------------------------------------------------------- time to first token (issue 10)
-
-TTFT_CACHE_CHOICES = (2048, 4096, 8192, 16384, 65536)  # embedding tokens
+# ---------------------------------------------------------------- time to first token
 
 
 @dataclass(frozen=True)
 class TTFTSettings:
     """One workload at several Poisson rates, both modes, one scheduler / cache / policy."""
 
-    workload: str = "small-images"  # a stock TTFT workload (vitkit.sim.load.TTFT_WORKLOADS)
+    workload: str = "small-images"  # a stock TTFT workload (vitkit.sim.workload.TTFT_WORKLOADS)
     rate_per_s: float = 40.0  # the rate the table reports (marked on the curves)
     rates: tuple[float, ...] | None = None  # the curve's rates (None: the workload's defaults)
-    # None: the GPU validation's count for the workload (600 / 150), so its measured points,
-    # drawn on the curves, compare like with like (a p99 over 200 requests is another statistic)
+    # None: the GPU validation's count for the workload, so that its measured points compare like with like
     num_requests: int | None = None
     chunked_prefill_size: int = 2048
     cache_tokens: int = 16384
@@ -306,15 +260,13 @@ class TTFTSettings:
 def ttft_points(settings: TTFTSettings, costs: StepCosts) -> list[LoadPoint]:
     """Both modes of ``settings`` at every rate of its curve and at ``rate_per_s``."""
     rates = sorted({*(settings.rates or DEFAULT_RATES[settings.workload]), settings.rate_per_s})
-    base = ReplayConfig(chunked_prefill_size=settings.chunked_prefill_size, cache_tokens=settings.cache_tokens,
-                        policy=settings.policy)
-    configs = [replace(base, mode=mode) for mode in ("batched", "per_request")]
+    scheduler = SchedulerConfig(settings.chunked_prefill_size, policy=settings.policy)
+    configs = [ReplayConfig(scheduler, mode=m, cache_tokens=settings.cache_tokens) for m in ("batched", "per_request")]
     return load_sweep(settings.workload, rates, costs, configs, num_requests=ttft_requests(settings), progress=False)
 
 
 def measured_at(measured: Sequence[Mapping[str, object]], settings: TTFTSettings) -> list[Mapping[str, object]]:
-    """The stored GPU replay's points that were run with these settings (step budget, cache,
-    legacy admission, as many requests as the curve replays)."""
+    """The stored GPU replay's points run with these settings (and as many requests as the curve)."""
     return [m for m in measured if m["chunked_prefill_size"] == settings.chunked_prefill_size
             and m["cache_tokens"] == settings.cache_tokens and settings.policy == "legacy"
             and m.get("requests") == ttft_requests(settings)]
@@ -331,11 +283,12 @@ def ttft_rows(points: Sequence[LoadPoint], rate_per_s: float) -> list[dict[str, 
     for p in points:
         if p.rate_per_s != rate_per_s:
             continue
-        s, c = p.run.summary, p.run.cache
+        s, c = p.run.latency, p.run.summary
         rows.append({
-            "mode": p.run.config.mode, "policy": p.run.config.policy, "rate (req/s)": p.rate_per_s,
-            "TTFT p50 ms": round(s.ttft_p50_ms, 1), "TTFT p90 ms": round(s.ttft_p90_ms, 1), "TTFT p99 ms": round(s.ttft_p99_ms, 1),
-            "queue p99 ms": round(s.queue_p99_ms, 1), "done req/s": round(s.requests_per_s, 1),
+            "mode": p.run.config.mode, "policy": p.run.config.scheduler.policy, "rate (req/s)": p.rate_per_s,
+            "TTFT p50 ms": round(s.ttft_p50_ms, 1), "TTFT p90 ms": round(s.ttft_p90_ms, 1),
+            "TTFT p99 ms": round(s.ttft_p99_ms, 1), "queue p99 ms": round(s.queue_p99_ms, 1),
+            "done req/s": round(s.requests_per_s, 1),
             "prompt tok/s": round(s.prompt_tokens_per_s), "encoder share": round(s.encoder_share, 3),
             "re-encodings in a request": c.request_re_encodings, "refused puts": c.refused_puts,
         })
@@ -343,35 +296,28 @@ def ttft_rows(points: Sequence[LoadPoint], rate_per_s: float) -> list[dict[str, 
 
 
 class TTFTExplorer(widgets.VBox):
-    """Time to first token against load, both modes, from the H100 cost models (named in the
-    figure). ``controls``: workload, rate, chunk size, cache size, admission policy."""
+    """Time to first token against load, both modes, from the stored cost models; ``controls`` set ``TTFTSettings``."""
 
     def __init__(self, settings: TTFTSettings | None = None, costs: StepCosts | None = None,
                  measured: Sequence[Mapping[str, object]] = ()) -> None:
         self.settings = settings or TTFTSettings()
-        self.costs = costs or StepCosts(load_encoder_cost(), default_prefill())
+        self.costs = costs or StepCosts(load_encoder_cost(), load_prefill_cost())
         self.measured = list(measured)
-        style, layout = {"description_width": "9em"}, widgets.Layout(width="26em")
-        s = self.settings
+        s, box = self.settings, ("9em", "26em")  # label width, control width
+        caches = sorted({*TTFT_CACHE_CHOICES, s.cache_tokens})
         self.controls = {
-            "workload": widgets.Dropdown(options=list(TTFT_WORKLOADS), value=s.workload, description="workload", style=style, layout=layout),
-            "rate": widgets.FloatSlider(value=s.rate_per_s, min=1, max=100, step=1, description="request rate /s",
-                                        continuous_update=False, style=style, layout=layout),
-            "chunked_prefill_size": widgets.IntSlider(value=s.chunked_prefill_size, min=512, max=8192, step=512, description="tokens / step",
-                                                      continuous_update=False, style=style, layout=layout),
-            "cache_tokens": widgets.Dropdown(options=sorted({*TTFT_CACHE_CHOICES, s.cache_tokens}), value=s.cache_tokens,
-                                             description="cache (tokens)", style=style, layout=layout),
-            "policy": widgets.ToggleButtons(options=["legacy", "cache-aware"], value=s.policy, description="admission", style=style),
+            "workload": control(widgets.Dropdown, "workload", s.workload, *box, options=list(TTFT_WORKLOADS)),
+            "rate": slider(widgets.FloatSlider, "request rate /s", s.rate_per_s, 1, 100, 1, *box),
+            "chunked_prefill_size": slider(widgets.IntSlider, "tokens / step", s.chunked_prefill_size, 512, 8192, 512,
+                                           *box),
+            "cache_tokens": control(widgets.Dropdown, "cache (tokens)", s.cache_tokens, *box, options=caches),
+            "policy": control(widgets.ToggleButtons, "admission", s.policy, box[0], options=["legacy", "cache-aware"]),
         }
-        self.figure = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.table = widgets.HTML()
-        self.status = widgets.HTML()
+        self.figure, self.table, self.status = png_widget(), widgets.HTML(), widgets.HTML()
         self.points: list[LoadPoint] = []
         self.rows: list[dict[str, object]] = []
-        grid = widgets.GridBox(list(self.controls.values()), layout=widgets.Layout(grid_template_columns="repeat(3, 27em)"))
+        grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
         super().__init__([grid, self.status, self.figure, self.table])
-        for control in self.controls.values():
-            control.observe(lambda _: self.redraw(), names="value")
         self.redraw()
 
     def current_settings(self) -> TTFTSettings:
@@ -391,42 +337,37 @@ class TTFTExplorer(widgets.VBox):
         self.rows = ttft_rows(self.points, settings.rate_per_s)
         self.table.value = html_table(self.rows)
         ms = (time.perf_counter() - start) * 1e3
-        self.status.value = (f"{ttft_requests(settings)} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
-                             f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())} "
-                             f"<span style='color:#888'>(updated in {ms:.0f} ms)</span>")
+        self.status.value = (
+            f"{ttft_requests(settings)} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
+            f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())} "
+            f"<span style='color:#888'>(updated in {ms:.0f} ms)</span>"
+        )
 
 
 def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path = STORED) -> TTFTExplorer:
-    """Notebook 03's lead view: TTFT against load from the encoder cost model fitted to the
-    stored results in ``results_folder`` and the stored prefill model."""
-    return TTFTExplorer(settings, StepCosts(load_encoder_cost(results_folder), default_prefill()),
-                        measured=stored_measured_points(results_folder))
+    """Notebook 03's lead view: TTFT against load from the cost models stored in ``results_folder``."""
+    costs = StepCosts(load_encoder_cost(results_folder), load_prefill_cost(folder=results_folder))
+    return TTFTExplorer(settings, costs, measured=stored_measured_points(results_folder))
 
 
 def stored_measured_points(results_folder: str | Path = STORED) -> list[dict[str, object]]:
     """The newest stored GPU validation's measured TTFT points (none when none is stored)."""
-    files = sorted(Path(results_folder).glob("ttft-validate-*.json"))
-    return measured_points(json.loads(files[-1].read_text())) if files else []
+    files = results.newest_first("ttft-validate", results_folder)
+    return measured_points(results.read("ttft-validate", files[0])) if files else []
 
 
-def admission_rows(
-    trace: str = "product-catalog",
-    cache_tokens: int = 4096,
-    *,
-    chunked_prefill_size: int = 4096,
-    long_prefill_token_threshold: int | None = 1024,
-    costs: StepCosts | None = None,
-) -> list[dict[str, object]]:
-    """Both admission policies x both modes on a stored trace (its own arrival times), with a
-    tight cache: re-encodings, refused puts and TTFT, timed by the stored cost models."""
-    costs = costs or StepCosts(load_encoder_cost(), default_prefill())
-    base = ReplayConfig(chunked_prefill_size=chunked_prefill_size, long_prefill_token_threshold=long_prefill_token_threshold,
-                        cache_tokens=cache_tokens)
+def admission_rows(trace: str = "product-catalog", cache_tokens: int = 4096, *, chunked_prefill_size: int = 4096,
+                   long_prefill_token_threshold: int | None = 1024, costs: StepCosts | None = None,
+                   ) -> list[dict[str, object]]:
+    """Both admission policies x both modes on a stored trace: re-encodings, refused puts and TTFT."""
+    costs = costs or StepCosts(load_encoder_cost(), load_prefill_cost())
     rows = []
     for mode in ("batched", "per_request"):
         for policy in ("legacy", "cache-aware"):
-            run = timed_replay(load_trace(trace), costs, replace(base, mode=mode, policy=policy))
-            s, c = run.summary, run.cache
+            scheduler = SchedulerConfig(chunked_prefill_size, long_prefill_token_threshold, policy=policy)
+            config = ReplayConfig(scheduler, mode=mode, cache_tokens=cache_tokens)
+            run = replay_stream(load_trace(trace), config, costs)
+            s, c = run.latency, run.summary
             rows.append({"mode": mode, "admission": policy, "cache (tokens)": cache_tokens,
                          "re-encodings in a request": c.request_re_encodings, "re-encodings": c.re_encodings,
                          "refused puts": c.refused_puts, "forced grants": c.forced_grants,

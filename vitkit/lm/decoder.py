@@ -1,22 +1,10 @@
 """The language model's decoder, prefilling a step of chunked windows through a KV cache.
 
-A step packs several requests' windows into one batch of rows (rows = sum of new tokens). Window
-``i`` is ``(context_i, new_i)``: its request already has ``context_i`` tokens in the KV cache and
-prefills ``new_i`` more. Each new token attends causally to its request's cached context and to
-the new tokens before it, never to another request's rows. Per layer the new tokens' keys and
-values are written into the cache slots after their context, then one variable-length flash
-attention call (``torch.nn.attention.varlen.varlen_attn``, GQA, causal aligned to the end of each
-key sequence) reads every window's context + new keys; this is what vLLM's and SGLang's prefill
-does with ``flash_attn_varlen_func`` over their paged caches (here each window's cache rows are
-contiguous instead of paged: the same FLOPs and bytes, no block table).
-
-The decoder is a Qwen2 text stack (Qwen2.5-VL's language model): RMSNorm, fused QKV with bias,
-rotary embedding, GQA attention, output projection without bias, SwiGLU with gate and up fused in
-one GEMM. Layers are plain functions of tensors (weights as arguments, like
-``vitkit.encoders.fused``) so that one compiled graph serves all layers; the row count is marked
-dynamic, so steps of any size share that graph (vLLM compiles its models the same way, with the
-token count symbolic). Position ids are 1-D (``context + i``): Qwen2.5-VL's M-RoPE gives text
-tokens three equal ids, which is this, and gives image tokens other ids at the same cost.
+Window ``(context, new)`` prefills ``new`` tokens after ``context`` cached ones, attending causally
+within its request: per layer the new keys and values go into the cache, then one causal GQA varlen
+flash attention reads every window (as vLLM's and SGLang's prefill, with contiguous cache rows). A Qwen2
+text stack (Qwen2.5-VL's); layers are plain functions of tensors, so one compiled graph with a dynamic
+row count serves every layer and step size. Position ids are 1-D (``context + i``), M-RoPE's text ids.
 """
 
 from __future__ import annotations
@@ -28,20 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vitkit.bench.decoder_graphs import SegmentGraphs
 from vitkit.checks import positive_int
-
-try:  # PyTorch >= 2.10
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - older torch: reference path only
-    varlen_attn = None
+from vitkit.encoders.attention import uses_varlen_kernel, varlen_attn
+from vitkit.encoders.fused import rms_norm, wide
+from vitkit.lm.graphs import SegmentGraphs
 
 
 def _causal_gqa_kwargs() -> dict:
-    """``varlen_attn``'s keywords for causal GQA in the installed torch: 2.10 takes
-    ``is_causal=True``; 2.11 and later take ``window_size=(-1, 0)`` (a tuple: 2.11 tests
-    ``window_size == (-1, 0)``); 2.13 also wants ``enable_gqa=True`` for fewer KV than query heads
-    (2.11 has no such check and passes the KV heads to the flash kernel, which supports GQA)."""
+    """``varlen_attn``'s causal GQA keywords in this torch: 2.10 ``is_causal=True``; 2.11+ ``window_size=(-1, 0)``
+    (a tuple, compared as one); 2.13 also ``enable_gqa=True``."""
     if varlen_attn is None:
         return {}
     params = inspect.signature(varlen_attn).parameters
@@ -58,7 +41,7 @@ GQA_EXPANDED_KV = [False]
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """A Qwen2-style decoder's shapes. ``head_dim`` times ``heads`` need not equal ``hidden``."""
+    """A Qwen2-style decoder's shapes (``head_dim * heads`` need not equal ``hidden``)."""
 
     name: str
     hidden: int
@@ -77,7 +60,8 @@ class DecoderConfig:
         for field in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "vocab"):
             positive_int(f"DecoderConfig {self.name!r}: {field}", getattr(self, field))
         if self.heads % self.kv_heads:
-            raise ValueError(f"DecoderConfig {self.name!r}: heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
+            raise ValueError(f"DecoderConfig {self.name!r}: heads={self.heads} is not a multiple of "
+                             f"kv_heads={self.kv_heads}")
 
     @property
     def q_width(self) -> int:
@@ -88,13 +72,8 @@ class DecoderConfig:
         return self.kv_heads * self.head_dim
 
 
-# Qwen/Qwen2.5-VL-7B-Instruct config.json (top level, the language model's fields): hidden_size
-# 3584, intermediate_size 18944, num_hidden_layers 28, num_attention_heads 28,
-# num_key_value_heads 4, rope_theta 1e6, rms_norm_eps 1e-6, vocab_size 152064,
-# tie_word_embeddings false. head_dim is not in the file: transformers takes
-# hidden_size // num_attention_heads = 128. transformers' Qwen2_5_VLTextConfig defaults are the
-# 72B's (8192 hidden, 80 layers, 64/8 heads, eps 1e-5), so they are not used; its modelling code
-# (Qwen2_5_VLAttention / Qwen2MLP) fixes the biases: q/k/v bias=True, o_proj, MLP and lm_head none.
+# Qwen/Qwen2.5-VL-7B-Instruct config.json's top-level fields (not transformers' defaults, the 72B's);
+# head_dim = hidden_size // num_attention_heads as transformers takes it; biases on q/k/v only.
 QWEN2_5_VL_7B_TEXT = DecoderConfig(
     name="qwen2.5-vl-7b-text", hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, head_dim=128,
     vocab=152064, rope_theta=1e6, rms_eps=1e-6, qkv_bias=True,
@@ -110,8 +89,7 @@ TINY_DECODER = DecoderConfig(
 
 @dataclass(frozen=True)
 class DecoderWeights:
-    """All weights. ``layers[i]`` is ``(norm1, qkv_w, qkv_b, o_w, norm2, gate_up_w, down_w)``:
-    q, k, v stacked in ``qkv`` (q rows first), gate then up in ``gate_up``."""
+    """``layers[i]``: ``(norm1, qkv_w, qkv_b, o_w, norm2, gate_up_w, down_w)``, q/k/v and gate/up stacked."""
 
     embed: torch.Tensor  # (vocab, hidden)
     layers: tuple[tuple[torch.Tensor, ...], ...]
@@ -119,12 +97,9 @@ class DecoderWeights:
     lm_head: torch.Tensor  # (vocab, hidden)
 
 
-def random_weights(
-    config: DecoderConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-    std: float = 0.02, seed: int = 0,
-) -> DecoderWeights:
-    """Normal(0, std) matrices (transformers' initializer_range is 0.02), norms near 1, made
-    directly on ``device`` in ``dtype`` (no 7B float32 copy on the host)."""
+def random_weights(config: DecoderConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   std: float = 0.02, seed: int = 0) -> DecoderWeights:
+    """Normal(0, std) matrices, norms near 1, made directly on ``device`` in ``dtype`` (no host copy)."""
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*shape: int, scale: float = std) -> torch.Tensor:
@@ -143,10 +118,10 @@ def random_weights(
 
 
 def check_windows(windows: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """``windows`` as a tuple of ``(context_tokens, new_tokens)`` int pairs; ValueError (or
-    TypeError) naming the first bad window: context >= 0, new >= 1, at least one window."""
+    """``windows`` as a tuple of ``(context_tokens, new_tokens)`` int pairs (context >= 0, new >= 1)."""
     if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
-        raise TypeError(f"windows must be a sequence of (context_tokens, new_tokens) pairs, got {type(windows).__name__}")
+        raise TypeError(f"windows must be a sequence of (context_tokens, new_tokens) pairs, "
+                        f"got {type(windows).__name__}")
     if len(windows) == 0:
         raise ValueError("windows is empty: a prefill step needs at least one (context_tokens, new_tokens) window")
     out = []
@@ -165,8 +140,7 @@ def check_windows(windows: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], 
 
 @dataclass(frozen=True)
 class StepLayout:
-    """Where a step's rows live. New rows are packed window by window; the step's KV rows hold
-    each window's context then its new tokens, window after window (``cu_k`` bounds)."""
+    """Where a step's rows live: new rows window by window; KV rows each window's context then new tokens."""
 
     windows: tuple[tuple[int, int], ...]
     cu_q: torch.Tensor  # int32 (windows + 1,): new-row bounds
@@ -186,11 +160,9 @@ class StepLayout:
         return sum(ctx + new for ctx, new in self.windows)
 
 
-def step_layout(
-    windows: Sequence[tuple[int, int]], *, finishing: Sequence[bool] | None = None, device: torch.device | str = "cpu"
-) -> StepLayout:
-    """The layout of a step. ``finishing[i]`` says window ``i`` ends its prompt, so its last row
-    goes through the LM head; ``None`` means every window does (an upper bound on the step)."""
+def step_layout(windows: Sequence[tuple[int, int]], *, finishing: Sequence[bool] | None = None,
+                device: torch.device | str = "cpu") -> StepLayout:
+    """A step's layout; ``finishing[i]``: window ``i`` ends its prompt, its last row gets logits (default all)."""
     windows = check_windows(windows)
     if finishing is None:
         finishing = [True] * len(windows)
@@ -215,8 +187,7 @@ def step_layout(
 
 @dataclass(frozen=True)
 class PackedKV:
-    """The step's KV cache: ``k``/``v`` of shape (layers, kv_rows, kv_heads, head_dim), laid out as
-    ``StepLayout.cu_k`` says; each layer's slice is contiguous (it may be a view of a larger pool)."""
+    """The step's KV cache: ``k``/``v`` (layers, kv_rows, kv_heads, head_dim) laid out by ``cu_k``."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -224,8 +195,8 @@ class PackedKV:
 
 def pack_kv(contexts: Sequence[tuple[torch.Tensor, torch.Tensor] | None], layout: StepLayout,
             config: DecoderConfig, dtype: torch.dtype = torch.float32) -> PackedKV:
-    """A step's cache from each window's cached (K, V), each (layers, context, kv_heads, head_dim)
-    or ``None`` for no context; the new tokens' slots are zero until the forward fills them."""
+    """A step's cache from each window's cached (K, V) (layers, context, kv_heads, head_dim), or None;
+    the new tokens' slots are zero until the forward fills them."""
     if len(contexts) != len(layout.windows):
         raise ValueError(f"pack_kv got {len(contexts)} contexts for {len(layout.windows)} windows")
     parts_k, parts_v = [], []
@@ -243,30 +214,12 @@ def pack_kv(contexts: Sequence[tuple[torch.Tensor, torch.Tensor] | None], layout
     return PackedKV(torch.cat(parts_k, dim=1).contiguous(), torch.cat(parts_v, dim=1).contiguous())
 
 
-def unpack_kv(kv: PackedKV, layout: StepLayout) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each window's (K, V) after the step: its context plus its new tokens."""
-    bounds = layout.cu_k.tolist()
-    return [(kv.k[:, a:b], kv.v[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    # transformers computes norms and rotary angles in float32; float64 stays float64 (exact tests).
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Qwen2RMSNorm: normalise in float32 (float64 stays), scale in the input dtype."""
-    xf = x.to(_wide(x.dtype))
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Qwen2's rotary tables for ``positions``: (rows, head_dim) each, computed in float32 and
-    cast to ``dtype`` as transformers does."""
-    wide = _wide(dtype)
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=wide) / head_dim)
-    freqs = positions.to(wide)[:, None] * inv_freq[None, :]
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2's rotary tables for ``positions``: (rows, head_dim) each, computed wide, cast to ``dtype``."""
+    wide_dtype = wide(dtype)
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=wide_dtype) / head_dim)
+    freqs = positions.to(wide_dtype)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -280,8 +233,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def pre_attention(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, eps: float,
                   norm_w: torch.Tensor, qkv_w: torch.Tensor, qkv_b: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """RMSNorm, one fused QKV GEMM, rotary on q and k: (rows, hidden) -> q (rows, heads, dim),
-    k and v (rows, kv_heads, dim)."""
+    """RMSNorm, fused QKV, rotary: (rows, hidden) -> q (rows, heads, dim), k and v (rows, kv_heads, dim)."""
     rows = x.shape[0]
     dim = cos.shape[-1]
     qkv = F.linear(rms_norm(x, norm_w, eps), qkv_w, qkv_b)
@@ -298,15 +250,9 @@ def post_attention(x: torch.Tensor, attn: torch.Tensor, eps: float, o_w: torch.T
     return x + F.linear(F.silu(gate) * up, down_w)
 
 
-def uses_varlen_kernel(query: torch.Tensor) -> bool:
-    """Whether ``causal_attention`` runs the flash varlen kernel (CUDA, fp16/bf16)."""
-    return varlen_attn is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
-
-
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: StepLayout) -> torch.Tensor:
-    """Each window's new rows attend to its KV rows (context + new), causally aligned to the end:
-    new token ``j`` sees KV rows ``0 .. context + j``. ``q`` (rows, heads, dim); ``k``/``v``
-    (kv_rows, kv_heads, dim). Returns (rows, heads, dim)."""
+    """New token ``j`` of each window attends to its KV rows ``0 .. context + j``: ``q`` (rows, heads, dim),
+    ``k``/``v`` (kv_rows, kv_heads, dim) -> (rows, heads, dim)."""
     if not uses_varlen_kernel(q):
         return _reference_causal_attention(q, k, v, layout)
     if GQA_EXPANDED_KV[0] and k.shape[1] != q.shape[1]:
@@ -315,15 +261,15 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     try:
         return varlen_attn(q, k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k, **VARLEN_CAUSAL_GQA)
     except RuntimeError:
-        # Should a torch build refuse fewer KV than query heads, repeat them (slower, same result)
-        # from now on; the bench records it in its settings.
+        # A torch build that refuses fewer KV than query heads: repeat them from now on (the bench records it).
         if GQA_EXPANDED_KV[0] or k.shape[1] == q.shape[1]:
             raise
         GQA_EXPANDED_KV[0] = True
         return causal_attention(q, k, v, layout)
 
 
-def _reference_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: StepLayout) -> torch.Tensor:
+def _reference_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                layout: StepLayout) -> torch.Tensor:
     # Explicit matmul/softmax per window (CPU, float32): exact, and torch's FLOP counter sees it.
     group = q.shape[1] // k.shape[1]
     out = []
@@ -333,38 +279,32 @@ def _reference_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         vi = v[ka:ka + ctx + new].repeat_interleave(group, dim=1).transpose(0, 1)
         scores = torch.matmul(qi, ki.transpose(1, 2)) * q.shape[-1] ** -0.5
         allowed = torch.arange(ctx + new, device=q.device)[None, :] <= ctx + torch.arange(new, device=q.device)[:, None]
-        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")).to(_wide(q.dtype)), dim=-1).to(q.dtype)
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")).to(wide(q.dtype)), dim=-1).to(q.dtype)
         out.append(torch.matmul(probs, vi).transpose(0, 1))
     return torch.cat(out)
 
 
 class PrefillDecoder:
-    """The decoder's prefill of one step. ``compile=True`` compiles ``pre_attention`` and
-    ``post_attention`` once each (row count dynamic); ``False`` is the one eager switch.
-    ``graph_buckets``: a step whose row count is one of them runs as graph segments
-    (``vitkit.bench.decoder_graphs``; CUDA graphs on CUDA, the same buffered calls elsewhere);
-    the caller pads steps to a bucket (``pad_to_bucket``)."""
+    """The decoder's prefill of one step. ``compile=True`` compiles the layer halves (row count dynamic).
+    A step of a ``graph_buckets`` size runs as graph segments (``vitkit.lm.graphs``; ``pad_to_bucket``)."""
 
     def __init__(self, config: DecoderConfig, weights: DecoderWeights, *, compile: bool = False,
                  graph_buckets: Sequence[int] = ()) -> None:
-        self.config = config
-        self.weights = weights
-        self.compiled = compile
+        self.config, self.weights, self.compiled = config, weights, compile
         self._pre = torch.compile(pre_attention) if compile else pre_attention
         self._post = torch.compile(post_attention) if compile else post_attention
         self.segments = None
         if graph_buckets:
             c, w = config, weights
             self.segments = SegmentGraphs(
-                graph_buckets, layers=c.layers, hidden=c.hidden, heads=c.heads, kv_heads=c.kv_heads, head_dim=c.head_dim,
-                pre=self._call_dynamic(self._pre, 3), post=self._call_dynamic(self._post, 2),
+                graph_buckets, layers=c.layers, hidden=c.hidden, heads=c.heads, kv_heads=c.kv_heads,
+                head_dim=c.head_dim, pre=self._call_dynamic(self._pre, 3), post=self._call_dynamic(self._post, 2),
                 pre_args=lambda i: (c.heads, c.kv_heads, c.rms_eps, *w.layers[i][:3]),
                 post_args=lambda i: (c.rms_eps, *w.layers[i][3:]),
                 device=w.embed.device, dtype=w.embed.dtype)
 
     def _call_dynamic(self, fn, row_args: int):
-        """``fn`` with its first ``row_args`` arguments' row dim marked dynamic: every bucket shares
-        the compiled layer graph (row count symbolic), as the ungraphed path does."""
+        """``fn`` with its first ``row_args`` arguments' row dim dynamic: every bucket shares one graph."""
         if not self.compiled:
             return fn
 
@@ -374,7 +314,8 @@ class PrefillDecoder:
             return fn(*args)
         return call
 
-    def _forward_segments(self, token_ids: torch.Tensor, layout: StepLayout, kv: PackedKV) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_segments(self, token_ids: torch.Tensor, layout: StepLayout,
+                          kv: PackedKV) -> tuple[torch.Tensor, torch.Tensor]:
         c, w, s, rows = self.config, self.weights, self.segments, layout.rows
         s.x[0][:rows].copy_(F.embedding(token_ids, w.embed))
         cos, sin = rope_cos_sin(layout.positions, c.head_dim, c.rope_theta, w.embed.dtype)
@@ -391,9 +332,8 @@ class PrefillDecoder:
         return x, F.linear(last, w.lm_head)
 
     def forward(self, token_ids: torch.Tensor, layout: StepLayout, kv: PackedKV) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefill ``token_ids`` (rows,) laid out by ``layout``; writes the new keys and values into
-        ``kv`` and returns the last layer's hidden states (rows, hidden) and the logits of the
-        finishing windows' last rows (finishing, vocab)."""
+        """Prefill ``token_ids`` (rows,), writing the new keys and values into ``kv``: the last layer's
+        hidden states (rows, hidden) and the finishing windows' last rows' logits (finishing, vocab)."""
         c, w = self.config, self.weights
         if token_ids.shape != (layout.rows,):
             raise ValueError(f"token_ids has shape {tuple(token_ids.shape)}, the layout needs ({layout.rows},)")

@@ -1,25 +1,11 @@
-"""Model FLOPs of a vision tower for one image, counted from the HF config and the image geometry.
+"""Model FLOPs of a vision tower for one image, from the HF config and the image geometry.
 
-What is counted: every matrix multiply of the forward pass, at 2 FLOPs per multiply-add (the
-convention of ``torch.utils.flop_counter`` and of MFU figures in the literature):
-
-- patch embedding: the conv is a matmul of each patch's ``channels * [temporal *] p * p`` pixels
-  with the ``hidden`` filters;
-- per layer: the Q/K/V projections (``3 * d * d`` per token), the output projection (``d * d``),
-  the attention scores ``Q @ K^T`` and the weighted sum ``P @ V`` (``2 * S^2 * d`` multiply-adds
-  per sequence of ``S`` tokens, over all heads), and the MLP: two matrices for CLIP/SigLIP's
-  GELU MLP, three for Qwen's SwiGLU;
-- attention is per image: a batched (stacked or packed) call does no cross-image attention, so
-  the count does not depend on how images are batched. Qwen2.5-VL's window layers attend within
-  windows of ``window_size`` pixels (``sum over windows of w^2``), its ``fullatt_block_indexes``
-  layers over the whole image (per frame);
-- Qwen's patch merger: two linears on ``S / merge^2`` rows of width ``hidden * merge^2``;
-- SigLIP's attention-pooling head, only when asked (``include_head``), since LLaVA-style
-  consumers use the patch tokens and skip it.
-
-Not counted: norms, activations, softmax, rotary embeddings, residual adds, position-embedding
-adds (all elementwise, O(S * d), under 1% of the total for these towers). Bias adds are not
-counted either (``flop_counter`` counts ``addmm`` as its matmul alone).
+Every matrix multiply at 2 FLOPs per multiply-add (``torch.utils.flop_counter``'s convention): the
+patch embedding, per layer Q/K/V (3 d^2 per token), output (d^2), ``Q @ K^T`` and ``P @ V``
+(2 S^2 d per sequence) and the MLP (2 matrices; 3 for Qwen's SwiGLU), Qwen's patch merger and, when
+asked, SigLIP's pooling head. Attention is per image (per window in Qwen's window layers, per frame
+in its full layers), so batching changes nothing. Elementwise work (norms, activations, softmax,
+rotary, residual and bias adds: under 1%) is not counted.
 """
 
 from __future__ import annotations
@@ -50,12 +36,6 @@ class FlopCount:
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
 
-    def __add__(self, other: FlopCount) -> FlopCount:
-        return FlopCount(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"total": self.total}
-
 
 def _layer_count(config: Any, num_layers: int | None) -> int:
     total = getattr(config, "num_hidden_layers", None) or getattr(config, "depth")
@@ -68,11 +48,7 @@ def _layer_count(config: Any, num_layers: int | None) -> int:
 
 
 def vit_flops(config: Any, *, num_layers: int | None = None, include_head: bool = False) -> FlopCount:
-    """FLOPs of one image through a fixed-resolution CLIP or SigLIP vision tower.
-
-    ``num_layers`` counts only the first layers (LLaVA takes CLIP's penultimate layer, so an
-    encoder may stop early); the sequence is the patches plus CLIP's class token.
-    """
+    """FLOPs of one image through a CLIP or SigLIP tower; ``num_layers``: only the first layers."""
     if config.model_type not in FIXED_RESOLUTION:
         raise ValueError(f"vit_flops expects one of {FIXED_RESOLUTION}, got model_type {config.model_type!r}")
     d, inter, p = config.hidden_size, config.intermediate_size, config.patch_size
@@ -80,14 +56,9 @@ def vit_flops(config: Any, *, num_layers: int | None = None, include_head: bool 
     seq = patches + (1 if config.model_type == "clip_vision_model" else 0)
     layers = _layer_count(config, num_layers)
     head = _siglip_head_flops(config, patches) if include_head else 0
-    return FlopCount(
-        patch_embed=2 * patches * config.num_channels * p * p * d,
-        qkv=layers * 2 * seq * d * 3 * d,
-        attn_out=layers * 2 * seq * d * d,
-        attn_scores=layers * 4 * seq * seq * d,
-        mlp=layers * 2 * seq * d * inter * 2,
-        head=head,
-    )
+    return FlopCount(patch_embed=2 * patches * config.num_channels * p * p * d, qkv=layers * 2 * seq * d * 3 * d,
+                     attn_out=layers * 2 * seq * d * d, attn_scores=layers * 4 * seq * seq * d,
+                     mlp=layers * 2 * seq * d * inter * 2, head=head)
 
 
 def _siglip_head_flops(config: Any, patches: int) -> int:
@@ -101,24 +72,15 @@ def _siglip_head_flops(config: Any, patches: int) -> int:
 
 
 def qwen_window_lengths(config: Any, grid_thw: tuple[int, int, int]) -> list[int]:
-    """Patch counts of Qwen2.5-VL's attention windows for one image of ``grid_thw`` patches.
-
-    Mirrors ``transformers.vision_utils.get_vision_window_index``: windows of
-    ``window_size // patch_size`` patches per side, tiled from the top-left corner of each frame,
-    the last row and column of windows cut short by the image edge.
-    """
+    """Patch counts of Qwen2.5-VL's attention windows for one image of ``grid_thw`` patches, as
+    ``transformers.vision_utils.get_vision_window_index`` tiles them (edge windows cut short)."""
     t, h, w = (positive_int(f"grid_thw[{k}]", int(v)) for k, v in enumerate(grid_thw))
     merge = config.spatial_merge_size
     if h % merge or w % merge:
         raise ValueError(f"grid_thw {grid_thw}: height and width must be multiples of spatial_merge_size={merge}")
     cells = config.window_size // merge // config.patch_size  # window side in merged cells
-    rows = _tiles(h // merge, cells)
-    cols = _tiles(w // merge, cells)
+    rows, cols = ([min(cells, n - start) for start in range(0, n, cells)] for n in (h // merge, w // merge))
     return [r * c * merge * merge for _ in range(t) for r in rows for c in cols]
-
-
-def _tiles(length: int, size: int) -> list[int]:
-    return [min(size, length - start) for start in range(0, length, size)]
 
 
 def qwen_vision_flops(config: Any, grid_thw: tuple[int, int, int], *, num_layers: int | None = None) -> FlopCount:
@@ -134,14 +96,10 @@ def qwen_vision_flops(config: Any, grid_thw: tuple[int, int, int], *, num_layers
     frame_sq = t * (h * w) ** 2  # full attention is per frame (transformers' cu_seqlens)
     pixels = config.in_channels * config.temporal_patch_size * config.patch_size**2
     merged, wide = seq // config.spatial_merge_size**2, d * config.spatial_merge_size**2
-    return FlopCount(
-        patch_embed=2 * seq * pixels * d,
-        qkv=layers * 2 * seq * d * 3 * d,
-        attn_out=layers * 2 * seq * d * d,
-        attn_scores=4 * d * (len(full) * frame_sq + (layers - len(full)) * window_sq),
-        mlp=layers * 2 * seq * d * inter * 3,
-        merger=2 * merged * wide * (wide + out),
-    )
+    return FlopCount(patch_embed=2 * seq * pixels * d, qkv=layers * 2 * seq * d * 3 * d,
+                     attn_out=layers * 2 * seq * d * d,
+                     attn_scores=4 * d * (len(full) * frame_sq + (layers - len(full)) * window_sq),
+                     mlp=layers * 2 * seq * d * inter * 3, merger=2 * merged * wide * (wide + out))
 
 
 def item_flops(config: Any, item: Any, *, num_layers: int | None = None) -> FlopCount:

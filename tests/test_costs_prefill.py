@@ -11,15 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitkit.bench.prefill import grid_points
-from vitkit.sim.prefill import (
-    DEFAULT_FOLDER,
+from vitkit.costs import results
+from vitkit.costs.prefill import (
     PrefillCost,
     default_prefill_calibration,
-    default_prefill_results,
     fit_prefill_cost,
     load_prefill_cost,
     step_features,
 )
+
+STORED = results.results_folder()
 
 TERMS_TRUE = (0.9, 0.3, 0.1, 0.5)  # ms per 1e6 pairs, per window, per 1e3 keys, per 1e3 longest-window keys
 
@@ -86,7 +87,7 @@ def test_a_graphed_step_costs_its_bucket():
 @given(st.lists(st.tuples(st.integers(0, 40000), st.integers(1, 3000)), min_size=1, max_size=16),
        st.tuples(st.integers(0, 40000), st.integers(1, 3000)))
 def test_adding_a_window_never_makes_a_step_cheaper(windows, extra):
-    from vitkit.bench.decoder_graphs import PREFILL_GRAPH_BUCKETS
+    from vitkit.lm.graphs import PREFILL_GRAPH_BUCKETS
 
     cost = replace(fit_prefill_cost(synthetic_results()), graph_buckets=PREFILL_GRAPH_BUCKETS)
     one = cost.step_ms(windows)
@@ -97,6 +98,7 @@ def test_adding_a_window_never_makes_a_step_cheaper(windows, extra):
 @pytest.mark.parametrize(("windows", "error", "match"), [
     ([], ValueError, "empty"), ([(0, 5), (3, 0)], ValueError, r"window 1 \(3, 0\)"),
     ([(-2, 5)], ValueError, r"window 0 \(-2, 5\)"), ([(0, 1.5)], TypeError, "new_tokens"),
+    ([(0.5, 4)], TypeError, "window 0 .*context_tokens"), ([(1, 2, 3)], ValueError, r"window 0 is \(1, 2, 3\)"),
 ])
 def test_bad_windows_raise(windows, error, match):
     with pytest.raises(error, match=match):
@@ -116,13 +118,23 @@ def test_load_from_a_file_and_the_default(tmp_path):
     path = tmp_path / "prefill-20260101T000000Z.json"
     path.write_text(json.dumps(synthetic_results()))
     assert load_prefill_cost(path).ms_per_kilo_key == pytest.approx(TERMS_TRUE[2])
-    assert default_prefill_results(tmp_path) == path
-    with pytest.raises(FileNotFoundError, match="vitkit.bench.prefill"):
-        default_prefill_results(tmp_path / "empty")
+    assert results.newest("prefill", tmp_path) == path
+    # the default file is the newest grid in the folder (by stamp), calibrated by nothing there
+    older = synthetic_results(terms=(0.5, 0.3, 0.1, 0.5))
+    (tmp_path / "prefill-20250101T000000Z.json").write_text(json.dumps(older))
+    (tmp_path / "prefill-20260101T000000Z.png").write_bytes(b"")  # its figure is no grid
+    assert load_prefill_cost(folder=tmp_path) == load_prefill_cost(path)
+    with pytest.raises(FileNotFoundError, match=r"no prefill results .* in .*empty"):
+        load_prefill_cost(folder=tmp_path / "empty")
+    with pytest.raises(ValueError, match="prefill-20260101T000000Z.png: not a JSON results file"):
+        load_prefill_cost(tmp_path / "prefill-20260101T000000Z.png")
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "vitkit.bench/1", "rows": []}))
+    with pytest.raises(ValueError, match="other.json: field 'schema' must be 'vitkit.prefill/1'"):
+        load_prefill_cost(tmp_path / "other.json")
 
 
 def test_stored_h100_fit_when_present():
-    if not list(DEFAULT_FOLDER.glob("prefill-*.json")):
+    if not results.newest_first("prefill", STORED):
         pytest.skip("no stored H100 prefill results yet")
     cost = load_prefill_cost()
     assert cost.median_rel_error < 0.1 and cost.step_ms([(0, 2048)]) > 0
@@ -160,11 +172,14 @@ def test_load_calibrates_with_the_newest_encoder_costs_file_that_has_serving_ste
     path = tmp_path / "prefill-20260101T000000Z.json"
     path.write_text(json.dumps(synthetic_results()))
     assert load_prefill_cost(path).serving_steps == 0  # a grid file alone: no calibration
-    (tmp_path / "encoder-costs-20260101T000000Z.json").write_text(json.dumps({"kind": "gpu", "serving_prefill_steps": _serving_steps(0.9)}))
-    (tmp_path / "encoder-costs-20260102T000000Z.json").write_text(json.dumps({"kind": "gpu"}))  # newer, before the steps were kept
+    costs = {"schema": results.schema("encoder-costs"), "kind": "gpu"}
+    (tmp_path / "encoder-costs-20260101T000000Z.json").write_text(json.dumps(costs | {"serving_prefill_steps": _serving_steps(0.9)}))
+    (tmp_path / "encoder-costs-20260102T000000Z.json").write_text(json.dumps(costs))  # newer, before the steps were kept
     found = default_prefill_calibration(tmp_path)
     assert found.name == "encoder-costs-20260101T000000Z.json"
     assert load_prefill_cost(path, found).serving_steps == 60
     with pytest.raises(ValueError, match="no serving_prefill_steps"):
         load_prefill_cost(path, tmp_path / "encoder-costs-20260102T000000Z.json")
     assert default_prefill_calibration(tmp_path / "nothing") is None
+    # by default (no grid named) the newest grid of the folder with its newest calibration
+    assert load_prefill_cost(folder=tmp_path) == load_prefill_cost(path, found)

@@ -1,17 +1,9 @@
 """The decoder's prefill as CUDA-graph segments between attention calls, one set per row bucket.
 
-A compiled but ungraphed 7B prefill of a few hundred tokens is launch-bound: the host issues
-~600 kernels (Inductor's Triton kernels and cuBLAS GEMMs, 28 layers) and the step took 17-29 ms
-on the H100 depending on what else the host did, for ~7 ms of GPU work. Serving engines graph
-this part: vLLM's piecewise CUDA graphs capture everything between attention calls at a set of
-token counts and run attention eagerly, so the graphs never hold a layout. This is the same.
-
-A step of ``R`` rows (a bucket: the caller pads the step with a window of its own, which attends
-only to itself, so real rows are untouched) runs as ``layers + 1`` graph segments: segment
-``i`` is layer ``i - 1``'s output projection and MLP, then layer ``i``'s norm, QKV and rotary.
-Between segments, eagerly: the new keys and values go into the KV cache and varlen flash
-attention reads it. Every segment reads and writes static buffers sized for the largest bucket
-(views of the first ``R`` rows), so a graph's memory is only its temporaries, shared by all.
+An ungraphed 7B prefill of a few hundred tokens is launch-bound, so, as vLLM's piecewise graphs do,
+everything between attention calls is graphed and attention runs eagerly (graphs hold no layout).
+A step padded to ``R`` rows runs ``layers + 1`` segments: segment ``i`` is layer ``i - 1``'s output
+projection and MLP, then layer ``i``'s norm, QKV and rotary, all on static buffers of the largest bucket.
 """
 
 from __future__ import annotations
@@ -24,10 +16,8 @@ from tqdm.auto import tqdm
 from vitkit.checks import positive_int
 from vitkit.encoders.graphs import GraphCache
 
-# Row buckets of the graphed prefill: every step up to 2048 new tokens is padded to one. Up to
-# ~256 rows a step is bound by reading the weights (~15 GB for the 7B: 8.5-9.6 ms on the H100),
-# so padding there is nearly free; above, steps of 256 rows keep padding under 25% (0% at the
-# chunk sizes users pick). Larger steps are compute-bound and run the compiled layers ungraphed.
+# Up to ~256 rows a step is bound by reading the weights, so padding is nearly free; above, steps of 256
+# keep padding under 25%. Steps over 2048 rows are compute-bound and run ungraphed.
 PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 1792, 2048)
 
 
@@ -38,12 +28,9 @@ def graph_bucket(rows: int, buckets: Sequence[int]) -> int | None:
 
 
 class SegmentGraphs:
-    """Static buffers and per-(bucket, segment) graphs of a decoder's layers.
-
-    ``pre(x, cos, sin, ...) -> (q, k, v)`` and ``post(x, attn, ...) -> x`` are the layer halves
-    (``vitkit.bench.decoder``), ``pre_args(i)`` / ``post_args(i)`` layer ``i``'s arguments. Off CUDA the
-    segments run as plain calls on the same buffers (the padded path, testable on CPU).
-    """
+    """Static buffers and per-(bucket, segment) graphs of a decoder's layers: ``pre(x, cos, sin, ...) ->
+    (q, k, v)`` and ``post(x, attn, ...) -> x`` with layer ``i``'s ``pre_args(i)`` / ``post_args(i)``.
+    Off CUDA the segments run as plain calls on the same buffers."""
 
     def __init__(self, buckets: Sequence[int], *, layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
                  pre: Callable, post: Callable, pre_args: Callable[[int], tuple], post_args: Callable[[int], tuple],
@@ -62,13 +49,14 @@ class SegmentGraphs:
 
         self.x = (buf(largest, hidden), buf(largest, hidden))  # ping-pong: segment i writes x[i % 2]
         self.cos, self.sin = buf(largest, head_dim), buf(largest, head_dim)
-        self.q, self.k, self.v = buf(largest, heads, head_dim), buf(largest, kv_heads, head_dim), buf(largest, kv_heads, head_dim)
+        self.q = buf(largest, heads, head_dim)
+        self.k, self.v = buf(largest, kv_heads, head_dim), buf(largest, kv_heads, head_dim)
         self.attn = buf(largest, heads, head_dim)
         self.graphs = GraphCache() if device.type == "cuda" else None
 
     def segment(self, i: int, rows: int) -> Callable[[], torch.Tensor]:
-        """Segment ``i`` at ``rows`` rows: post of layer ``i - 1`` (from x[(i-1) % 2] and attn
-        into x[i % 2]), then pre of layer ``i`` into q, k, v. Returns x[i % 2]'s rows."""
+        """Segment ``i`` at ``rows`` rows: post of layer ``i - 1`` into x[i % 2], then pre of layer ``i``
+        into q, k, v. Returns x[i % 2]'s rows."""
         def run() -> torch.Tensor:
             x = self.x[i % 2][:rows]
             if i > 0:
@@ -83,9 +71,7 @@ class SegmentGraphs:
 
     def run_segment(self, i: int, rows: int) -> torch.Tensor:
         fn = self.segment(i, rows)
-        if self.graphs is None:
-            return fn()
-        return self.graphs.run((rows, i), fn, ())
+        return fn() if self.graphs is None else self.graphs.run((rows, i), fn, ())
 
     def capture(self, progress: bool = False) -> None:
         """Capture every bucket's segments now, largest bucket first (smaller ones reuse its pool)."""
@@ -99,9 +85,8 @@ class SegmentGraphs:
 
 def pad_to_bucket(windows: Sequence[tuple[int, int]], finishing: Sequence[bool] | None,
                   buckets: Sequence[int]) -> tuple[list[tuple[int, int]], list[bool]]:
-    """``windows`` (and their ``finishing`` flags, default all) with one more window ``(0, pad)``
-    that fills the step to its graph bucket: no context, not finishing, attending only to itself.
-    Unchanged when the step is larger than every bucket or already a bucket's size."""
+    """``windows`` and ``finishing`` (default all) plus a window ``(0, pad)``, not finishing, that fills the
+    step to its graph bucket (it attends only to itself); unchanged when over every bucket or exact."""
     windows = [tuple(w) for w in windows]
     finishing = [True] * len(windows) if finishing is None else list(finishing)
     if len(finishing) != len(windows):

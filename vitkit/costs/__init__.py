@@ -1,0 +1,8 @@
+"""Cost models of an encoder call and a prefill step, the step clock, and the one reader of measured files."""
+
+from vitkit.costs.clock import StepClock, StepCosts, StepTimes, TimedEncoder
+from vitkit.costs.encoder import BucketCost, EncoderCost, load_encoder_cost, measured_bucket_cost
+from vitkit.costs.prefill import PrefillCost, load_prefill_cost
+
+__all__ = ["BucketCost", "EncoderCost", "PrefillCost", "StepClock", "StepCosts", "StepTimes", "TimedEncoder",
+           "load_encoder_cost", "load_prefill_cost", "measured_bucket_cost"]
