@@ -13,7 +13,7 @@ import shutil
 
 from vitkit.costs import results
 from vitkit.sim import WorkloadParams
-from vitkit.viz import SimSettings, run_sim, sim_explorer, summary_rows
+from vitkit.viz import SimSettings, admission_rows, run_sim, sim_explorer, summary_rows
 from vitkit.viz.sim_widget import cost_models, sim_figures
 
 STORED = results.results_folder()
@@ -202,3 +202,21 @@ def test_ttft_figure_shows_the_stored_gpu_replay_next_to_the_model():
         assert {(p["workload"], p["mode"]) for p in stored} >= {("small-images", "batched"), ("small-images", "per_request")}
         assert TTFTSettings().chunked_prefill_size == stored[0]["chunked_prefill_size"]  # the default view shows them
         assert {p["requests"] for p in stored} == {ttft_requests(TTFTSettings(workload=p["workload"])) for p in stored}
+
+
+def test_notebook_03_claims_hold_for_the_tables_under_them():
+    """Notebook 03's markdown states these relations (no numbers) of the tables its cells show."""
+    rows = {(r["mode"], r["admission"]): r for r in admission_rows("product-catalog", cache_tokens=4096)}
+    for mode in ("batched", "per_request"):
+        aware, legacy = rows[(mode, "cache-aware")], rows[(mode, "legacy")]
+        assert aware["refused puts"] == 0 and aware["re-encodings in a request"] == 0 < legacy["re-encodings in a request"]
+        assert aware["TTFT p50 ms"] < legacy["TTFT p50 ms"] and aware["TTFT p99 ms"] < legacy["TTFT p99 ms"]
+    runs = run_sim(SimSettings(trace="chat-multiturn", chunked_prefill_size=4096, long_prefill_token_threshold=1024,
+                               cache_tokens=(2048, 8192)))
+    table = {(r["mode"], r["pin"], r["cache (tokens)"]): r for r in summary_rows(runs)}
+    lost = "re-encodings in a request"
+    assert table[("per_request", "on", 2048)][lost] < table[("per_request", "off", 2048)][lost]
+    assert table[("batched", "on", 2048)][lost] > table[("batched", "off", 2048)][lost]
+    assert table[("batched", "on", 2048)]["hit rate"] < table[("batched", "off", 2048)]["hit rate"]
+    for mode in ("batched", "per_request"):
+        assert table[(mode, "on", 8192)] | {"pin": ""} == table[(mode, "off", 8192)] | {"pin": ""}
