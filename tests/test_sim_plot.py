@@ -47,7 +47,9 @@ def test_ttft_against_load_names_its_sources_and_draws_measured_points():
     fig = plot_ttft_vs_load(points, bound_ms=100.0, measured=measured)
     (ax,) = fig.axes
     assert not [a for a in fig.axes if a.get_legend()] and len(fig.legends) == 1
-    assert "encoder: test; prefill: test double" in fig._suptitle.get_text() and "decode not modelled" in fig._suptitle.get_text()
+    assert "decode not modelled" in fig._suptitle.get_text()  # the models' sources: a footnote, the legend's title
+    assert "encoder: test; prefill: test double" in fig.legends[0].get_title().get_text().replace("\n", " ")
+    assert {"batched p99, modelled", "batched p99, measured on a GPU"} <= {t.get_text() for t in fig.legends[0].get_texts()}
     # p50 and p99 per mode (4 curves), the bound, and one marker per percentile of the panel's measured point
     assert len(ax.get_lines()) == 4 + 1 + 2
     with pytest.raises(ValueError, match="at least one LoadPoint"):

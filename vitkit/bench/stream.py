@@ -3,8 +3,8 @@ serving, through ``embed_chunks`` in every impl; ``buckets``: candidate bucket s
 
 Per impl: the first ``cold_steps`` steps before any warm-up (on a GPU in a fresh process: what a
 new server pays), ``encoder.warmup()``, the stream in each mode on one cache kept across steps, and
-the steady state (the step nearest the mean, repeated, all misses). The steps are the seeded
-stream's, not scheduled by ``vitkit.sim``. Without a GPU: tiny towers, short streams.
+the steady state (the step nearest the mean, repeated, all misses). Its own loop, not ``run_steps``: its
+steps are the seeded stream's, not scheduled, each timed by CUDA events. Without a GPU: tiny towers.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None
             if w != workload:
                 continue
             for metric, (name, style) in PERCENTILES.items():
-                label = f"{mode} {name}" + (f", {policy}" if len(policies) > 1 else "")
+                label = f"{mode} {name}, modelled" + (f", {policy}" if len(policies) > 1 else "")
                 ax.plot([p.rate_per_s for p in curve], [getattr(p.run.latency, metric) for p in curve],
                         linestyle=style, marker=POLICY_MARKERS.get(policy, "^"), markersize=4,
                         color=MODE_COLORS.get(mode, "tab:gray"), label=label)
@@ -144,10 +144,10 @@ def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="outside lower center",
+    sources = "\n".join(textwrap.wrap(f"models: {points[0].run.sources}", 110))  # a footnote: the legend's title
+    fig.legend(unique.values(), unique.keys(), loc="outside lower center", title=sources, title_fontsize="x-small",
                ncols=min(2 + 2 * (len(workloads) > 1), len(unique)), fontsize="small")
-    sources = "\n".join(textwrap.wrap(points[0].run.sources, 60 * len(workloads) + 40))
-    fig.suptitle(title or f"TTFT vs load (prefill only; decode not modelled)\n{sources}", fontsize="small")
+    fig.suptitle(title or "TTFT vs load (prefill only; decode not modelled)")
     return fig
 
 
