@@ -221,3 +221,18 @@ def test_notebook_03_claims_hold_for_the_tables_under_them():
     assert table[("batched", "on", 2048)]["hit rate"] < table[("batched", "off", 2048)]["hit rate"]
     for mode in ("batched", "per_request"):
         assert table[(mode, "on", 8192)] | {"pin": ""} == table[(mode, "off", 8192)] | {"pin": ""}
+
+
+def test_ttft_explorer_keeps_curves_brings_workload_rates_and_names_settings_it_cannot_replay():
+    from vitkit.viz.sim_widget import TTFTSettings, ttft_explorer
+
+    view = ttft_explorer(TTFTSettings(num_requests=30))
+    curve = list(view._curves.values())[0]
+    view.controls["rate"].value = 43.0  # a rate off the curve: the curve is kept, only the table's rate is replayed
+    assert len(view._curves) == 1 and view.points[: len(curve)] == curve and [r["rate (req/s)"] for r in view.rows] == [43.0] * 2
+    view.controls["workload"].value = "large-images"
+    assert view.controls["rate"].value == 4.0 and view.controls["rate"].max == 12  # its validation rate, its curve's span
+    assert {p.workload for p in view.points} == {"large-images"} and all(r["rate (req/s)"] == 4.0 for r in view.rows)
+    view.controls["policy"].value = "cache-aware"
+    view.controls["chunked_prefill_size"].value = 1024  # a 1728-row image never fits a 1024-token encoder budget
+    assert "cannot replay these settings" in view.status.value and "1728 embedding rows" in view.status.value

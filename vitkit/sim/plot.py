@@ -53,10 +53,11 @@ def plot_over_steps(runs: Sequence[Run],
     return _over_steps(runs, [(METRICS[m], lambda run, m=m: series(run, m)) for m in metrics])
 
 
-def plot_cache_memory(runs: Sequence[Run]) -> Figure:
-    """Cache bytes and pinned bytes (MiB) after each step, one line per run."""
-    return _over_steps(runs, [("cache MiB", lambda run: [r.cache_bytes / 2**20 for r in run.rows]),
-                              ("pinned MiB", lambda run: [r.pinned_bytes / 2**20 for r in run.rows])])
+def plot_cache_memory(runs: Sequence[Run], row_bytes: int | None = None) -> Figure:
+    """Cache and pinned MiB after each step, one line per run; with ``row_bytes``, in embedding rows (tokens)."""
+    unit, name = (row_bytes, "embedding tokens") if row_bytes else (2**20, "MiB")
+    return _over_steps(runs, [(f"cache ({name})", lambda run: [r.cache_bytes / unit for r in run.rows]),
+                              (f"pinned ({name})", lambda run: [r.pinned_bytes / unit for r in run.rows])])
 
 
 def _over_steps(runs: Sequence[Run], panels: Sequence[tuple[str, Callable[[Run], list[float]]]]) -> Figure:

@@ -113,14 +113,12 @@ def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, prog
     elif models and settings.encoder in models:
         costs = StepCosts(models[settings.encoder], load_prefill_cost())
     else:
-        known = ["fake", *sorted(models or {})]
-        raise ValueError(f"encoder {settings.encoder!r} has no cost model; known: {known}")
+        raise ValueError(f"encoder {settings.encoder!r} has no cost model; known: {['fake', *sorted(models or {})]}")
     scheduler = SchedulerConfig(settings.chunked_prefill_size, settings.long_prefill_token_threshold)
     configs = [ReplayConfig(scheduler, mode=m, pin=p, cache_tokens=t)
                for m in ("batched", "per_request") for t in settings.cache_tokens for p in settings.pins]
     # a fixed step: every run replays the very same schedule, only the cache and the encoder differ
-    encoder = FakeEncoder(FAKE_HIDDEN)
-    return compare(prepare(trace), configs, costs, step_ms=50.0, encoder=encoder, progress=progress)
+    return compare(prepare(trace), configs, costs, step_ms=50.0, encoder=FakeEncoder(FAKE_HIDDEN), progress=progress)
 
 
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
@@ -137,24 +135,12 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
 
 def sim_figures(runs: Sequence[Run], label: str = "") -> dict[str, Figure]:
     """Per-step curves and cache memory, each titled ``label`` (where the encoder time comes from)."""
-    figs = {name: plot_over_steps(runs, metrics) for name, metrics in PANELS.items()}
-    figs["memory"] = plot_memory_tokens(runs)
+    figs = {**{name: plot_over_steps(runs, metrics) for name, metrics in PANELS.items()},
+            "memory": plot_cache_memory(runs, FAKE_BYTES_PER_TOKEN)}  # in tokens: the fake rows' MiB are no model's
     if label:
         for fig in figs.values():
             fig.suptitle(label, fontsize="small")
     return figs
-
-
-def plot_memory_tokens(runs: Sequence[Run]) -> Figure:
-    """``plot_cache_memory``'s figure with its MiB turned into embedding tokens."""
-    fig = plot_cache_memory(runs)
-    for ax, title in zip(fig.axes, ("cache (embedding tokens)", "pinned (embedding tokens)")):
-        for line in ax.get_lines():
-            line.set_ydata([y * 2**20 / FAKE_BYTES_PER_TOKEN for y in line.get_ydata()])
-        ax.relim()
-        ax.autoscale_view()
-        ax.set_title(title)
-    return fig
 
 
 class SimExplorer(widgets.VBox):
@@ -169,9 +155,7 @@ class SimExplorer(widgets.VBox):
         self.controls = _controls(self.settings, self.models)
         self.figures = {name: png_widget() for name in (*PANELS, "memory")}
         self.table, self.status = scroll_html("20em"), widgets.HTML()
-        self.runs: list[Run] = []
-        self.rows: list[dict[str, object]] = []
-        self.redraw_ms = 0.0
+        self.runs, self.rows, self.redraw_ms = [], [], 0.0  # the last run's, set by redraw
         grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
         super().__init__([grid, self.status, *self.figures.values(), self.table])
         self.add_class("vitkit-sim-explorer")
@@ -193,8 +177,7 @@ class SimExplorer(widgets.VBox):
         )
 
     def redraw(self) -> None:
-        start = time.perf_counter()
-        settings = self.current_settings()
+        start, settings = time.perf_counter(), self.current_settings()
         for name in ("requests", "arrival_rate", "images_per_request", "image_sizes", "repeat_share", "turns"):
             self.controls[name].disabled = settings.trace != GENERATED  # an example trace fixes the workload
         self.runs = run_sim(settings, self.models)
@@ -304,18 +287,19 @@ class TTFTExplorer(widgets.VBox):
         self.costs = costs or StepCosts(load_encoder_cost(), load_prefill_cost())
         self.measured = list(measured)
         s, box = self.settings, ("9em", "26em")  # label width, control width
-        caches = sorted({*TTFT_CACHE_CHOICES, s.cache_tokens})
         self.controls = {
             "workload": control(widgets.Dropdown, "workload", s.workload, *box, options=list(TTFT_WORKLOADS)),
             "rate": slider(widgets.FloatSlider, "request rate /s", s.rate_per_s, 1, 100, 1, *box),
             "chunked_prefill_size": slider(widgets.IntSlider, "tokens / step", s.chunked_prefill_size, 512, 8192, 512,
                                            *box),
-            "cache_tokens": control(widgets.Dropdown, "cache (tokens)", s.cache_tokens, *box, options=caches),
+            "cache_tokens": control(widgets.Dropdown, "cache (tokens)", s.cache_tokens, *box,
+                                    options=sorted({*TTFT_CACHE_CHOICES, s.cache_tokens})),
             "policy": control(widgets.ToggleButtons, "admission", s.policy, box[0], options=["legacy", "cache-aware"]),
         }
         self.figure, self.table, self.status = png_widget(), widgets.HTML(), widgets.HTML()
-        self.points: list[LoadPoint] = []
-        self.rows: list[dict[str, object]] = []
+        self.points, self.rows = [], []  # the last redraw's
+        self._curves: dict[tuple, list[LoadPoint]] = {}  # per curve setting: a rate change replays only its rate
+        self.controls["workload"].observe(self._workload_rates, names="value")  # before the redraw's observer
         grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
         super().__init__([grid, self.status, self.figure, self.table])
         self.redraw()
@@ -326,22 +310,36 @@ class TTFTExplorer(widgets.VBox):
                        chunked_prefill_size=c["chunked_prefill_size"].value, cache_tokens=c["cache_tokens"].value,
                        policy=c["policy"].value)
 
+    def _workload_rates(self, change: dict) -> None:  # each workload brings its rates: its curve's, its validation's
+        rate = self.controls["rate"]
+        rate.max, rate.value = max(DEFAULT_RATES[change["new"]]), VALIDATION_SIZES[change["new"]][0]
+
+    def _points(self, s: TTFTSettings) -> list[LoadPoint]:
+        key = (s.workload, s.chunked_prefill_size, s.cache_tokens, s.policy)
+        if key not in self._curves:
+            self.status.value = f"<b>busy:</b> replaying {ttft_requests(s)} requests at each rate of the curve"
+            self._curves[key] = ttft_points(replace(s, rate_per_s=DEFAULT_RATES[s.workload][0]), self.costs)
+        curve = self._curves[key]  # plus the table's rate, when the curve has not got it
+        return curve + ([] if any(p.rate_per_s == s.rate_per_s for p in curve) else ttft_points(
+            replace(s, rates=(s.rate_per_s,)), self.costs))
+
     def redraw(self) -> None:
-        start = time.perf_counter()
-        settings = self.current_settings()
-        self.points = ttft_points(settings, self.costs)
+        start, settings = time.perf_counter(), self.current_settings()
+        try:
+            self.points = self._points(settings)
+        except ValueError as err:  # e.g. an image cache-aware admission could never grant at this step budget
+            self.status.value = f"<b>cannot replay these settings:</b> {html.escape(str(err))}"
+            return
         fig = plot_ttft_vs_load(self.points, measured=measured_at(self.measured, settings))
         for ax in fig.axes:
             ax.axvline(settings.rate_per_s, color="0.5", linewidth=0.8)
         self.figure.value = figure_png(fig)
         self.rows = ttft_rows(self.points, settings.rate_per_s)
         self.table.value = html_table(self.rows)
-        ms = (time.perf_counter() - start) * 1e3
         self.status.value = (
             f"{ttft_requests(settings)} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
             f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())} "
-            f"<span style='color:#888'>(updated in {ms:.0f} ms)</span>"
-        )
+            f"<span style='color:#888'>(updated in {(time.perf_counter() - start) * 1e3:.0f} ms)</span>")
 
 
 def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path = STORED) -> TTFTExplorer:
