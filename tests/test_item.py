@@ -198,3 +198,46 @@ BAD_ITEMS = [  # (constructor arguments, error, message)
 def test_bad_items_name_the_field_and_value(arguments, error, message):
     with pytest.raises(error, match=message):
         MultimodalItem(**{"feature": _feature(), "num_tokens": 4} | arguments)
+
+
+# --- videos: grid checks and frame groups (the encoder and request tests are in test_video.py) -----------
+
+def _video(t=5, h=2, w=4, seed=20):
+    return MultimodalItem(_feature(seed, shape=(t * h * w, 6)), t * h * w // 4, modality="video",
+                          meta={"video_grid_thw": (t, h, w), "fps": 2})
+
+
+def test_video_grid_reads_and_checks_the_meta():
+    from vitkit import video_grid
+
+    assert video_grid(_video()) == (5, 2, 4)
+    tensor_grid = MultimodalItem(_feature(20, shape=(40, 6)), 10, modality="video",
+                                 meta={"video_grid_thw": torch.tensor([[5, 2, 4]])})
+    assert video_grid(tensor_grid) == (5, 2, 4)
+    odd_tokens = MultimodalItem(_feature(20, shape=(40, 6)), 7, modality="video", meta={"video_grid_thw": (5, 2, 4)})
+    with pytest.raises(ValueError, match="num_tokens=7 is not a whole number per temporal patch"):
+        video_grid(odd_tokens)
+
+
+def test_frame_groups_keep_other_meta_and_hash_like_items_made_from_their_slices():
+    from vitkit import frame_groups
+
+    video = _video()
+    groups = frame_groups(video, 2)
+    assert [g.meta for g in groups] == [{"video_grid_thw": (n, 2, 4), "fps": 2} for n in (2, 2, 1)]
+    made = MultimodalItem(video.feature[16:32].clone(), 4, modality="video",
+                          meta={"video_grid_thw": (2, 2, 4), "fps": 2})
+    assert groups[1].hash == made.hash
+
+
+def test_frame_groups_of_a_device_item_slice_its_cpu_feature_too():
+    # "meta" stands in for an accelerator: the groups hash their CPU slices, no device-to-host copy
+    from vitkit import frame_groups
+
+    video = _video(seed=21)
+    on_host = frame_groups(video, 2)
+    video.to("meta")
+    groups = frame_groups(video, 2)
+    assert all(g.feature.device.type == "meta" and g.cpu_feature.device.type == "cpu" for g in groups)
+    assert [g.hash for g in groups] == [g.hash for g in on_host]
+    assert groups[2].offload().feature.data_ptr() == video.cpu_feature[32:].data_ptr()

@@ -173,3 +173,37 @@ def test_processor_overrides_with_list_values(images):
     default = make_items(images[:1], "clip-tiny")[0]
     assert plain.feature.min() >= 0.0 and plain.feature.max() <= 1.0  # rescaled, not normalised
     assert plain.hash != default.hash
+
+
+# --- Qwen3-VL: Qwen2-VL's processor class with its own settings -------------------------------------
+
+def test_qwen3_processor_has_the_published_settings():
+    processor = make_processor("qwen3-vl-8b")
+    assert type(processor).__name__ == "Qwen2VLImageProcessorPil"
+    assert (processor.patch_size, processor.merge_size, processor.temporal_patch_size) == (16, 2, 2)
+    assert (processor.size["shortest_edge"], processor.size["longest_edge"]) == (65536, 16777216)
+    assert list(processor.image_mean) == list(processor.image_std) == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("width, height, grid", [(640, 360, (1, 22, 40)), (1280, 720, (1, 44, 80)),
+                                                 (1920, 1080, (1, 68, 120))])
+def test_qwen3_token_counts_are_the_processors(width, height, grid):
+    # 360p/720p/1080p, the crossover benchmark's sizes: factor 32 (patch 16, merge 2), no downscale.
+    image = Image.new("RGB", (width, height), (90, 120, 150))
+    direct = make_processor("qwen3-vl-8b")(images=[image], return_tensors="pt")
+    item = make_items([image], "qwen3-vl-8b")[0]
+    assert tuple(direct["image_grid_thw"][0].tolist()) == item.meta["image_grid_thw"] == grid
+    assert torch.equal(item.feature, direct["pixel_values"])
+    assert item.feature.shape == (grid[1] * grid[2], 3 * 2 * 16 * 16)
+    assert item.num_tokens == grid[1] * grid[2] // 4 == qwen_grid(height, width, "qwen3-vl-8b")[1] * grid[2] // 4
+    fake = synthetic_items("qwen3-vl-8b", [(height, width)])[0]
+    assert fake.meta == item.meta and fake.feature.shape == item.feature.shape
+
+
+def test_qwen3_tiny_items_match_the_processor(images):
+    items = make_items(images, "qwen3-vl-tiny")
+    direct = make_processor("qwen3-vl-tiny")(images=images, return_tensors="pt")
+    assert torch.equal(torch.cat([i.feature for i in items]), direct["pixel_values"])
+    for item, grid in zip(items, direct["image_grid_thw"].tolist()):
+        assert list(item.meta["image_grid_thw"]) == grid
+        assert item.num_tokens == grid[0] * grid[1] * grid[2] // 4 <= 64  # the tiny processor's max_pixels

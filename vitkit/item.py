@@ -115,3 +115,84 @@ def move_items_to_device(items: Iterable[MultimodalItem], device: torch.device |
 def offload_items(items: Iterable[MultimodalItem]) -> None:
     for item in items:
         item.offload()
+
+
+# --- videos: the grid and frame groups ------------------------------------------------------------
+GRID_KEYS = {"image": "image_grid_thw", "video": "video_grid_thw"}  # the processors' names for (t, h, w)
+VIDEO_ITEMS = ("whole", "frame-groups:<g>")
+
+
+def video_grid(item: MultimodalItem) -> tuple[int, int, int]:
+    """(t, h, w) of a video item: temporal patches and patch rows and columns, from
+    ``meta["video_grid_thw"]``, checked against the feature ((t*h*w, ...) patches) and token count."""
+    who = f"video item (hash {item.hash[:12]})"
+    if item.modality != "video":
+        raise ValueError(f"item (hash {item.hash[:12]}) has modality {item.modality!r}, not 'video'")
+    grid = (item.meta or {}).get("video_grid_thw")
+    if grid is None:
+        raise ValueError(f"{who} has no meta['video_grid_thw'] (meta keys: {sorted(item.meta or {})})")
+    values = grid.reshape(-1).tolist() if hasattr(grid, "reshape") else list(grid)
+    if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"{who}: video_grid_thw must be three positive ints (t, h, w), got {grid!r}")
+    t, h, w = (int(v) for v in values)
+    if item.feature.dim() == 0 or item.feature.shape[0] != t * h * w:
+        raise ValueError(f"{who}: grid {(t, h, w)} needs {t * h * w} patch rows but the feature has shape "
+                         f"{tuple(item.feature.shape)}")
+    if item.num_tokens % t:
+        raise ValueError(f"{who}: num_tokens={item.num_tokens} is not a whole number per temporal patch (t={t})")
+    return t, h, w
+
+
+def frame_groups(item: MultimodalItem, group_size: int, *, hash_content: bool = True) -> list[MultimodalItem]:
+    """A video item as items of ``group_size`` temporal patches each (2 frames a patch for Qwen), in order;
+    the last group holds the rest (t % group_size) when ``group_size`` does not divide t. Each group has
+    its own rows, meta grid (g_i, h, w), token count and hash; a video of at most ``group_size`` patches
+    comes back whole, as itself.
+
+    For towers whose attention stays within a temporal patch (Qwen2-VL family) the groups' rows,
+    concatenated, equal the whole video's. ``hash_content=False`` names each group by the video's hash
+    and its patch range instead of hashing its bytes: for splits that never reach a cache.
+    """
+    positive_int(f"frame groups of video item (hash {item.hash[:12]}): group_size (temporal patches)", group_size)
+    t, h, w = video_grid(item)
+    if t <= group_size:
+        return [item]
+    rows, tokens = h * w, item.num_tokens // t  # per temporal patch
+    on_host = item.feature.device.type == "cpu"
+    groups = []
+    for start in range(0, t, group_size):
+        stop = min(start + group_size, t)
+        rows_slice = slice(start * rows, stop * rows)  # a view: the groups share the video's storage
+        cpu = None if on_host or item.cpu_feature is None else item.cpu_feature[rows_slice]
+        groups.append(MultimodalItem(
+            item.feature[rows_slice], (stop - start) * tokens, modality="video",
+            hash=None if hash_content else f"{item.hash}[t{start}:{stop}]",
+            meta={**(item.meta or {}), "video_grid_thw": (stop - start, h, w)}, cpu_feature=cpu))
+    return groups
+
+
+def parse_video_items(spec: str) -> int | None:
+    """The frame-group size (temporal patches) of an item-granularity spec: ``"whole"`` -> None (one item
+    per video, as vLLM and SGLang do), ``"frame-groups:g"`` -> g (a positive int)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"video_items must be a str, one of {VIDEO_ITEMS}, got {type(spec).__name__} {spec!r}")
+    if spec == "whole":
+        return None
+    kind, _, size = spec.partition(":")
+    if kind != "frame-groups" or not (size.isascii() and size.isdigit()) or int(size) <= 0:
+        raise ValueError(f"video_items must be 'whole' or 'frame-groups:<g>' with g a positive int number of "
+                         f"temporal patches per item, got {spec!r}")
+    return int(size)
+
+
+def split_video_items(items: Iterable[MultimodalItem], video_items: str = "whole") -> list[MultimodalItem]:
+    """``items`` with each video replaced by its frame groups under ``video_items`` (see
+    ``parse_video_items``); images, and everything under ``"whole"``, pass through."""
+    group_size = parse_video_items(video_items)
+    out: list[MultimodalItem] = []
+    for item in items:
+        if group_size is None or item.modality != "video":
+            out.append(item)
+        else:
+            out.extend(frame_groups(item, group_size))
+    return out

@@ -1,5 +1,10 @@
 """What every vitkit encoder shares: item checks, bucketed padded calls, graphs, counters.
 
+A bucketed call splits what no bucket holds where the tower allows it (a video, at frame-group boundaries:
+``split_for_buckets``), packs the pieces, and joins each item's rows back: one tensor per item, and no
+pack larger than the largest bucket. An item that cannot split (an image) over the largest bucket takes a
+large bucket (``Buckets.large``), captured on first use.
+
 ``impl`` is the one switch (nano-vllm's ``enforce_eager``): ``"vitkit"`` pads each call to a token bucket
 (on CUDA compiled and replayed from one CUDA graph per bucket); ``"vitkit-eager"`` runs the same fused
 layers unpadded, no compile, no graphs; ``"stock"`` is the transformers forward (sdpa), the baseline.
@@ -35,11 +40,15 @@ def dynamo_compiles() -> int:
 @dataclass
 class EncoderStats:
     """Counters over an encoder's calls (not its warm-up), in embedding rows; ``unbucketed``: runs without
-    a bucket (too large, window overflow, unbucketed impl); ``compiles``/``captures``: zero after warmup."""
+    a bucket (too large, window overflow, unbucketed impl); ``large``: packs in a large bucket (also
+    counted in ``packs``); ``split_items``: items split over packs (videos over the largest bucket);
+    ``compiles``/``captures``: zero after warmup (large buckets: after ``warmup(large=True)``)."""
 
     calls: int = 0
     packs: int = 0
     unbucketed: int = 0
+    large: int = 0
+    split_items: int = 0
     real_rows: int = 0
     padded_rows: int = 0
     compiles: int = 0
@@ -54,7 +63,8 @@ class EncoderStats:
 
 @dataclass(frozen=True)
 class PackRecord:
-    """One run inside a call: items, real and padded embedding rows, bucket (None: unbucketed)."""
+    """One run inside a call: items (each frame group of a split video counts one), real and padded
+    embedding rows, bucket (a regular or large one; None: unbucketed)."""
 
     items: int
     real_rows: int
@@ -94,7 +104,7 @@ class VisionEncoder:
         self.graphs = GraphCache() if self.accelerated else None
         self.stats = EncoderStats()
         self.last_call: tuple[PackRecord, ...] = ()
-        self._buffers: dict[str, torch.Tensor] | None = None
+        self._buffers: dict[str, torch.Tensor] | None = None  # static inputs, for ``buffer_units``
         self.staging: HostStaging | None = None  # made by the first call that stages host features
 
     name = property(lambda self: self.preset.name)
@@ -122,8 +132,14 @@ class VisionEncoder:
 
     @property
     def max_tokens_per_call(self) -> int | None:
-        """Embedding rows of the largest bucket: no bucketed run computes more (None: unbucketed)."""
+        """Embedding rows of the largest bucket: no bucketed pack of several items computes more, and a
+        video is split to fit it (None: unbucketed). One image over it runs alone in a large bucket."""
         return None if self.buckets is None else self.units_to_rows(self.buckets.largest)
+
+    @property
+    def buffer_units(self) -> int:
+        """Units the static input buffers hold: the largest large bucket, else the largest bucket."""
+        return (self.buckets.large or self.buckets.sizes)[-1]
 
     @torch.inference_mode()
     def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
@@ -146,27 +162,39 @@ class VisionEncoder:
         return out
 
     def _call_bucketed(self, items: list[MultimodalItem], units: list[int]):
-        out: list[torch.Tensor | None] = [None] * len(items)
+        pieces, owners = [], []
+        for k, item in enumerate(items):
+            parts = self.split_for_buckets(k, item, units[k])
+            self.stats.split_items += len(parts) > 1
+            pieces += parts
+            owners += [k] * len(parts)
+        piece_units = [self.item_units(owners[j], piece) for j, piece in enumerate(pieces)]
+        sequences = [self.item_sequences(owners[j], piece) for j, piece in enumerate(pieces)]
+        rows_of: list[torch.Tensor | None] = [None] * len(pieces)
         records = []
-        for p in pack(units, self.buckets):
-            group = [items[k] for k in p.indices]
+        for p in pack(piece_units, self.buckets, sequences):
+            group = [pieces[j] for j in p.indices]
             rows, record = self._run_pack(group, p)
             records.append(record)
-            for k, t in zip(p.indices, self._split_rows(group, rows)):
-                out[k] = t
-        return out, records
+            for j, t in zip(p.indices, self._split_rows(group, rows)):
+                rows_of[j] = t
+        return _join(rows_of, owners, len(items)), records
 
     def _run_pack(self, group: list[MultimodalItem], p: Pack) -> tuple[torch.Tensor, PackRecord]:
         real_rows = sum(item.num_tokens for item in group)
-        if p.bucket is None or not self.fill(group, p.bucket):
-            # No bucket holds it (or its layout overflows the buffers): unpadded and eager, never a compile.
+        bucket = p.bucket
+        if bucket is None and self.item_sequences(0, group[0]) <= self.buckets.max_items:
+            bucket = self.buckets.pick_large(p.size)  # one item over the largest bucket: a large one, if any
+        if bucket is None or not self.fill(group, bucket):
+            # No bucket holds it (over the large buckets' cap, or its layout overflows the buffers):
+            # unpadded and eager, never a compile.
             return self.forward_eager(*self._batch_input(group)), self._record(group, None)
-        args, fn = self.bucket_args(p.bucket), self.bucket_fn(p.bucket)
+        args, fn = self.bucket_args(bucket), self.bucket_fn(bucket)
         if self.graphs is not None:
-            rows = self.graphs.run(p.bucket, fn, args)[:real_rows].clone()  # next replay overwrites it
+            rows = self.graphs.run(bucket, fn, args)[:real_rows].clone()  # next replay overwrites it
         else:
             rows = fn(*args)[:real_rows]
-        return rows, self._record(group, p.bucket)
+        return rows, self._record(group, bucket)
 
     def _record(self, group: list[MultimodalItem], bucket: int | None) -> PackRecord:
         real = sum(item.num_tokens for item in group)
@@ -175,16 +203,20 @@ class VisionEncoder:
         self.stats.padded_rows += padded
         self.stats.unbucketed += bucket is None
         self.stats.packs += bucket is not None
+        self.stats.large += bucket is not None and bucket > self.buckets.largest
         return PackRecord(len(group), real, padded, bucket, bucket is not None and self.graphs is not None)
 
-    def warmup(self, progress: bool = True) -> WarmupReport:
-        """Compile and capture every bucket now, largest first (smaller graphs reuse its pool memory)."""
+    def warmup(self, progress: bool = True, large: bool = False) -> WarmupReport:
+        """Compile and capture every bucket now, largest first (smaller graphs reuse its pool memory);
+        ``large``: the large buckets too (otherwise each is captured by the first item that needs it, and
+        the graph pool grows to its size then)."""
         if self.graphs is None:  # eager or off CUDA: nothing to compile or capture
             return WarmupReport(0.0, 0, 0, 0, 0, ())
         torch.cuda.synchronize(self.device)
         reserved = torch.cuda.memory_reserved(self.device)
         compiles, captures, start, per_bucket = dynamo_compiles(), self.graphs.captures, time.perf_counter(), []
-        for bucket in tqdm(sorted(self.buckets.sizes, reverse=True), desc=f"warm-up {self.name}", disable=not progress):
+        sizes = sorted((*self.buckets.sizes, *(self.buckets.large if large else ())), reverse=True)
+        for bucket in tqdm(sizes, desc=f"warm-up {self.name}", disable=not progress):
             t0 = time.perf_counter()
             with torch.inference_mode():
                 self.fill([], bucket)
@@ -193,13 +225,18 @@ class VisionEncoder:
             per_bucket.append((bucket, time.perf_counter() - t0))
         pool = torch.cuda.memory_reserved(self.device) - reserved
         # captures made now, not graphs held: buckets captured by earlier calls cost nothing here
-        return WarmupReport(time.perf_counter() - start, len(self.buckets.sizes), dynamo_compiles() - compiles,
+        return WarmupReport(time.perf_counter() - start, len(sizes), dynamo_compiles() - compiles,
                             self.graphs.captures - captures, pool, tuple(per_bucket))
 
     def buffer(self, name: str) -> torch.Tensor:
-        """A static input buffer sized for the largest bucket (allocated on first use)."""
+        """A static input buffer sized for ``buffer_units`` (allocated on first use)."""
         if self._buffers is None:
-            self._buffers = self.allocate_buffers()
+            buffers = self.allocate_buffers()
+            held = next(iter(buffers.values())).shape[0]
+            if self.buckets.large and held < self.buffer_units:  # a tower that sizes by the largest bucket only
+                raise ValueError(f"encoder {self.name!r}: its buffers hold {held} units but the large buckets need "
+                                 f"{self.buffer_units}; size them by buffer_units, or pass buckets.capped(0)")
+            self._buffers = buffers
         return self._buffers[name]
 
     # --- what a tower defines ------------------------------------------------------------------
@@ -215,6 +252,15 @@ class VisionEncoder:
     def item_units(self, k: int, item: MultimodalItem) -> int:
         """Check item ``k`` and return its size in bucket units."""
         raise NotImplementedError
+
+    def item_sequences(self, k: int, item: MultimodalItem) -> int:
+        """What item ``k`` counts against ``buckets.max_items``: one (Qwen: its full-attention sequences)."""
+        return 1
+
+    def split_for_buckets(self, k: int, item: MultimodalItem, units: int) -> list[MultimodalItem]:
+        """Item ``k`` (of ``units``) as pieces that each fit a bucket, whose rows concatenate to the item's;
+        ``[item]`` where the tower cannot split it."""
+        return [item]
 
     def allocate_buffers(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -264,3 +310,10 @@ class VisionEncoder:
             self.staging = HostStaging(self.device)
         return self.staging.stage(parts, combine).to(self.dtype)
 
+
+def _join(rows: list[torch.Tensor], owners: list[int], count: int) -> list[torch.Tensor]:
+    """Per item, the rows of its pieces in order (``owners[j]``: the item piece ``j`` came from)."""
+    parts: list[list[torch.Tensor]] = [[] for _ in range(count)]
+    for owner, t in zip(owners, rows):
+        parts[owner].append(t)
+    return [p[0] if len(p) == 1 else torch.cat(p) for p in parts]

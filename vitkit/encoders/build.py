@@ -12,6 +12,8 @@ from transformers.initialization import no_init_weights
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
 from vitkit.encoders.base import VisionEncoder
 from vitkit.encoders.buckets import Buckets
@@ -19,22 +21,26 @@ from vitkit.encoders.fixed import FixedResolutionEncoder
 from vitkit.encoders.fused import fuse_tower
 from vitkit.encoders.presets import EncoderPreset, get_preset
 from vitkit.encoders.qwen import QwenVisionEncoder
+from vitkit.encoders.qwen3 import Qwen3VisionEncoder, qwen3_tower_weights
 
 MODEL_CLASSES = {
     "clip": (CLIPVisionConfig, CLIPVisionModel),
     "siglip": (SiglipVisionConfig, SiglipVisionModel),
     "qwen2_5_vl": (Qwen2_5_VLVisionConfig, Qwen2_5_VisionTransformerPretrainedModel),
+    "qwen3_vl": (Qwen3VLVisionConfig, Qwen3VLVisionModel),
 }
+ENCODER_CLASSES = {"qwen2_5_vl": QwenVisionEncoder, "qwen3_vl": Qwen3VisionEncoder}  # others: FixedResolutionEncoder
 # Where each tower's weights sit inside a full (vision + language) checkpoint.
 CHECKPOINT_PREFIXES = {
     "clip": ("vision_model.", "model.vision_model."),
     "siglip": ("vision_model.", "model.vision_model."),
     "qwen2_5_vl": ("visual.", "model.visual."),
+    "qwen3_vl": ("visual.", "model.visual."),
 }
 # Config fields that fix the tower's shapes: a checkpoint must agree with its preset on these.
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
                 "patch_size", "depth", "num_heads", "out_hidden_size", "window_size", "spatial_merge_size",
-                "temporal_patch_size", "fullatt_block_indexes")
+                "temporal_patch_size", "fullatt_block_indexes", "num_position_embeddings", "deepstack_visual_indexes")
 
 
 def build_encoder(name: str | EncoderPreset, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -49,12 +55,18 @@ def build_encoder(name: str | EncoderPreset, *, device: torch.device | str = "cp
     else:
         model = _checkpoint_model(preset, Path(checkpoint))
     model = model.to(device=device, dtype=dtype)
-    return encoder_class(preset)(preset, model, impl, fused=fuse_tower(preset, model), buckets=buckets)
+    return encoder_class(preset)(preset, model, impl, fused=tower_weights(preset, model), buckets=buckets)
+
+
+def tower_weights(preset: EncoderPreset, model: nn.Module) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Per-layer weight tuples the encoder's fused layers take: fused anew (``fuse_tower``), or Qwen3-VL's
+    own parameters (its Q/K/V are one linear already and its MLP has no gate)."""
+    return qwen3_tower_weights(model) if preset.family == "qwen3_vl" else fuse_tower(preset, model)
 
 
 def encoder_class(preset: EncoderPreset) -> type[VisionEncoder]:
     """The vitkit encoder class of a preset's tower."""
-    return QwenVisionEncoder if preset.variable_resolution else FixedResolutionEncoder
+    return ENCODER_CLASSES.get(preset.family, FixedResolutionEncoder)
 
 
 def default_buckets(name: str | EncoderPreset) -> Buckets:

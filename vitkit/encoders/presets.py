@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-FAMILIES = ("clip", "siglip", "qwen2_5_vl")
+FAMILIES = ("clip", "siglip", "qwen2_5_vl", "qwen3_vl")
+VARIABLE_RESOLUTION = ("qwen2_5_vl", "qwen3_vl")  # packed patches of any grid, rows from a patch merger
 
 # OpenAI CLIP normalisation, also used by Qwen2-VL / Qwen2.5-VL's image processor.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -40,11 +41,11 @@ class EncoderPreset:
 
     @property
     def variable_resolution(self) -> bool:
-        return self.family == "qwen2_5_vl"
+        return self.family in VARIABLE_RESOLUTION
 
     @property
     def image_size(self) -> int | None:
-        """Square input side (pixels) for fixed-resolution towers; ``None`` for Qwen2.5-VL."""
+        """Square input side (pixels) for fixed-resolution towers; ``None`` for the Qwen-VL towers."""
         return None if self.variable_resolution else int(self.config["image_size"])
 
     @property
@@ -53,12 +54,14 @@ class EncoderPreset:
 
     @property
     def hidden_size(self) -> int:
-        """Width of the returned embedding rows."""
-        return int(self.config["out_hidden_size" if self.family == "qwen2_5_vl" else "hidden_size"])
+        """Width of the returned embedding rows (Qwen3-VL: the merger's and each deepstack merger's, side by side)."""
+        if self.family == "qwen3_vl":
+            return int(self.config["out_hidden_size"]) * (1 + len(self.config["deepstack_visual_indexes"]))
+        return int(self.config["out_hidden_size" if self.variable_resolution else "hidden_size"])
 
     @property
     def fixed_num_tokens(self) -> int | None:
-        """Rows (patches) per image for fixed-resolution towers; ``None`` for Qwen2.5-VL."""
+        """Rows (patches) per image for fixed-resolution towers; ``None`` for the Qwen-VL towers."""
         return None if self.variable_resolution else (self.image_size // self.patch_size) ** 2
 
 
@@ -81,14 +84,22 @@ def _siglip_processor(side: int) -> dict[str, Any]:
     )
 
 
-def _qwen_processor(min_pixels: int, max_pixels: int) -> dict[str, Any]:
-    # Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json (Qwen2VLImageProcessor).
+def _qwen_processor(min_pixels: int, max_pixels: int, patch_size: int = 14, mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
+                    std: tuple[float, ...] = OPENAI_CLIP_STD) -> dict[str, Any]:
+    # Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json (Qwen2VLImageProcessor); Qwen3-VL's uses the
+    # same class with patch 16 and mean = std = 0.5 (``_qwen3_processor``).
     return dict(
         do_resize=True, resample=BICUBIC, min_pixels=min_pixels, max_pixels=max_pixels,
-        patch_size=14, temporal_patch_size=2, merge_size=2,
+        patch_size=patch_size, temporal_patch_size=2, merge_size=2,
         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD), do_convert_rgb=True,
+        image_mean=list(mean), image_std=list(std), do_convert_rgb=True,
     )
+
+
+def _qwen3_processor(min_pixels: int, max_pixels: int) -> dict[str, Any]:
+    # Qwen/Qwen3-VL-8B-Instruct preprocessor_config.json: Qwen2VLImageProcessor(Fast), size {shortest_edge:
+    # 65536, longest_edge: 16777216} (min/max pixels), patch 16, merge 2 (factor 32), temporal 2, mean = std = 0.5.
+    return _qwen_processor(min_pixels, max_pixels, patch_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 CLIP_ROWS = ("penultimate encoder layer (hidden_states[-2]), class token dropped: "
@@ -97,6 +108,11 @@ SIGLIP_ROWS = ("last_hidden_state (after post_layernorm), no attention-pooling h
                "(image_size/patch_size)^2 rows, as PaliGemma / LLaVA-style models use SigLIP")
 QWEN_ROWS = ("patch merger output (2x2 patches -> one row): grid_t*grid_h*grid_w/4 rows, "
              "as Qwen2.5-VL's get_image_features")
+QWEN3_ROWS = ("grid_t*grid_h*grid_w/4 rows (2x2 patches -> one row), each the patch merger's output (out_hidden_size) "
+              "followed by one deepstack merger's output per deepstack_visual_indexes layer (the multi-level "
+              "features Qwen3-VL adds to its first LM layers' hidden states at the image tokens): "
+              "out_hidden_size * (1 + len(deepstack_visual_indexes)) wide, what SGLang's and vLLM's Qwen3-VL towers "
+              "return, cache and split in front of the LM")
 
 PRESETS: dict[str, EncoderPreset] = {
     "clip-l-336": EncoderPreset(
@@ -128,6 +144,19 @@ PRESETS: dict[str, EncoderPreset] = {
         ),
         processor=_qwen_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384), rows_note=QWEN_ROWS,
     ),
+    # Qwen/Qwen3-VL-8B-Instruct config.json "vision_config" (transformers' Qwen3VLVisionModel); read from the
+    # checkpoint's mirrors and ports (the 8B tower: depth 27, width 1152, 16 heads, MLP 4304, 48x48 learned
+    # positions, deepstack after blocks 8/16/24, out 4096 = the 8B LM's width); rotary: axial, theta 10000
+    # (transformers' default, as published). Its processor: ``_qwen3_processor``.
+    "qwen3-vl-8b": EncoderPreset(
+        name="qwen3-vl-8b", family="qwen3_vl", source="Qwen/Qwen3-VL-8B-Instruct (vision_config)",
+        config=dict(
+            depth=27, hidden_size=1152, hidden_act="gelu_pytorch_tanh", intermediate_size=4304, num_heads=16,
+            in_channels=3, patch_size=16, spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=4096,
+            num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24], initializer_range=0.02,
+        ),
+        processor=_qwen3_processor(min_pixels=65536, max_pixels=16777216), rows_note=QWEN3_ROWS,
+    ),
 }
 
 
@@ -147,6 +176,11 @@ PRESETS.update({p.name: p for p in (
     _tiny("qwen2.5-vl-tiny", "qwen2.5-vl-7b", _qwen_processor(min_pixels=56 * 56, max_pixels=28 * 28 * 64), depth=4,
           hidden_size=64, intermediate_size=128, num_heads=4, window_size=56, out_hidden_size=96,
           fullatt_block_indexes=[1, 3]),
+    # 8x8 learned positions: tiny images' grids (2..16 patches a side) interpolate up and down from them;
+    # three deepstack layers as in the 8B tower. Images of up to 64 rows (256 patches).
+    _tiny("qwen3-vl-tiny", "qwen3-vl-8b", _qwen3_processor(min_pixels=32 * 32, max_pixels=32 * 32 * 64), depth=4,
+          hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=96, num_position_embeddings=64,
+          deepstack_visual_indexes=[0, 1, 2]),
 )})
 
 

@@ -5,6 +5,12 @@ transformers' ``get_vision_*`` helpers. ``impl="vitkit"`` runs one varlen attent
 batch (stock sdpa loops per window). Bucket unit: the patch; padding rows are sequences of their own and
 the layout lives in static buffers, so one CUDA graph per bucket serves every split. Full attention's
 ``max_seqlen`` is the bucket (the flash kernel only sizes its grid by it).
+
+Videos go through the same call: ``get_vision_*`` repeat a frame's h*w full-attention sequence and its
+windows over the t temporal patches (as transformers' tower does for ``video_grid_thw``), so attention
+never crosses a temporal patch. A video over the largest bucket is therefore split into frame groups
+(``vitkit.item.frame_groups``) over several packs, row for row equal to the whole video. An image over
+the largest bucket runs alone in a large bucket (``QWEN_LARGE_BUCKETS``).
 """
 
 from __future__ import annotations
@@ -18,16 +24,23 @@ from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position
 
 from vitkit.encoders.attention import VARLEN_DTYPES
 from vitkit.encoders.base import VisionEncoder
-from vitkit.encoders.buckets import Buckets
+from vitkit.encoders.buckets import Buckets, geometric_sizes
 from vitkit.encoders.fused import compile_layer, fused_qwen_block
-from vitkit.item import MultimodalItem
+from vitkit.item import GRID_KEYS, MultimodalItem, frame_groups
 
 LAYOUT_CACHE_SIZE = 64
 
 # Patches: 256, 512, then steps of 1024 up to 16384 (4096 rows, 16 x 448 px): low padding with few
 # graphs against powers of two, steps of 2048 and x1.25 (figures in results/README.md). 32 images a
 # call bounds the full-attention sequence count baked into the graphs.
-QWEN_BUCKETS = Buckets((256, 512, *range(1024, 16385, 1024)), max_items=32, multiple=4)
+# Large buckets, one image each, above 16384 patches up to the processor's max_pixels (28*28*16384 px =
+# 65536 patches, 12.8 MP): every image it allows. Steps of at most 1/8, so an image pads by under 12.5%
+# (a per-row cost within 1.15x of the largest regular graph's needs little padding; full attention's
+# quadratic share grows on its own). 65536 is the memory cap: the graph pool grows to the largest one
+# captured and the static buffers hold 65536 patches. ``build_encoder(..., buckets=default_buckets(name)
+# .capped(cap))`` lowers it (``capped(0)``: none, images over 16384 patches run eager).
+QWEN_LARGE_BUCKETS = geometric_sizes(16384, 65536, 1 / 8, multiple=1024)
+QWEN_BUCKETS = Buckets((256, 512, *range(1024, 16385, 1024)), max_items=32, multiple=4, large=QWEN_LARGE_BUCKETS)
 TINY_QWEN_BUCKETS = Buckets((16, 32, 64, 128, 256, 512, 1024), max_items=32, multiple=4)
 
 
@@ -68,7 +81,13 @@ def packed_layout(grid_thw: torch.Tensor, config) -> PackedLayout:
 
 class QwenVisionEncoder(VisionEncoder):
     """Qwen2.5-VL tower. Item feature: flattened patches (grid_t*grid_h*grid_w, 3*2*14*14) as
-    Qwen2VLImageProcessor emits them; ``item.meta["image_grid_thw"]`` holds (t, h, w) in patches."""
+    Qwen2VLImageProcessor (or its video processor) emits them; ``item.meta["image_grid_thw"]`` (a video's
+    ``"video_grid_thw"``) holds (t, h, w) in patches. ``buckets.max_items`` counts full-attention
+    sequences: one per image, one per temporal patch of a video."""
+
+    # The block function and its attention kinds (window, full); Qwen3-VL's tower subclasses with its own.
+    block = staticmethod(fused_qwen_block)
+    attention_kinds = 2
 
     def __init__(self, preset, model, impl, **kwargs) -> None:
         super().__init__(preset, model, impl, **kwargs)
@@ -78,12 +97,17 @@ class QwenVisionEncoder(VisionEncoder):
                              f"attention kernel), got {self.dtype}; use impl='vitkit-eager' for {self.dtype}")
         cfg = model.config
         self.unit = cfg.spatial_merge_size**2  # patches per embedding row
-        self.window_rows = (cfg.window_size // cfg.patch_size) ** 2  # patches in a full window
         # One compiled graph per bucket and attention kind serves all 32 blocks (weights are arguments).
-        variants = 2 * len(self.buckets.sizes) + 2 if self.buckets else 0
-        self.block_fn = compile_layer(fused_qwen_block, variants) if self.accelerated else fused_qwen_block
+        variants = self.attention_kinds * (len(self.buckets.sizes) + len(self.buckets.large)) + 2 if self.buckets else 0
+        self.block_fn = compile_layer(self.block, variants) if self.accelerated else self.block
         self._layouts: OrderedDict[tuple, PackedLayout] = OrderedDict()
-        self._padded: OrderedDict[tuple, tuple[torch.Tensor, ...] | None] = OrderedDict()
+        self._padded: OrderedDict[tuple, dict[str, torch.Tensor] | None] = OrderedDict()
+
+    @property
+    def window_rows(self) -> int:
+        """Patches in a full attention window."""
+        cfg = self.model.config
+        return (cfg.window_size // cfg.patch_size) ** 2
 
     @staticmethod
     def buckets_for(preset) -> Buckets:
@@ -96,15 +120,28 @@ class QwenVisionEncoder(VisionEncoder):
         t, h, w = self._item_grid(k, item)
         return t * h * w
 
+    def item_sequences(self, k: int, item: MultimodalItem) -> int:
+        return self._item_grid(k, item)[0]  # cu_seqlens holds one full-attention sequence per temporal patch
+
+    def split_for_buckets(self, k: int, item: MultimodalItem, units: int) -> list[MultimodalItem]:
+        """A video over the largest bucket (or over ``max_items`` temporal patches) as frame groups that each
+        fit it; other items whole. A temporal patch larger than the largest bucket goes alone (a large one)."""
+        t, h, w = self._item_grid(k, item)
+        if item.modality != "video" or (units <= self.buckets.largest and t <= self.buckets.max_items):
+            return [item]
+        group = max(1, min(self.buckets.max_items, self.buckets.largest // (h * w)))
+        return frame_groups(item, group, hash_content=False)  # pieces never reach a cache: no hashing
+
     def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor, torch.Tensor]:
         grids = [self._item_grid(k, item) for k, item in enumerate(items)]
         return self.gather_features(items, "cat"), torch.tensor(grids, dtype=torch.long)
 
     def _item_grid(self, k: int, item: MultimodalItem) -> tuple[int, int, int]:
         cfg = self.model.config
-        grid = (item.meta or {}).get("image_grid_thw")
+        key = GRID_KEYS[item.modality]
+        grid = (item.meta or {}).get(key)
         if grid is None:
-            raise self._bad_item(k, item, "has no meta['image_grid_thw']")
+            raise self._bad_item(k, item, f"({item.modality}) has no meta[{key!r}]")
         t, h, w = (int(v) for v in torch.as_tensor(grid).reshape(-1).tolist())
         width = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
         merge = cfg.spatial_merge_size
@@ -124,7 +161,7 @@ class QwenVisionEncoder(VisionEncoder):
         return self.forward_eager(patches, grid_thw)
 
     def forward_eager(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        return self.forward_packed(patches, self.layout(grid_thw), fused_qwen_block)
+        return self.forward_packed(patches, self.layout(grid_thw), self.block)
 
     def layout(self, grid_thw: torch.Tensor) -> PackedLayout:
         """Device layout for these grids, cached (least recently used) by the grid list."""
@@ -159,7 +196,7 @@ class QwenVisionEncoder(VisionEncoder):
         return bucket // 16 + bucket // self.window_rows + 2 * self.buckets.max_items + 2
 
     def allocate_buffers(self) -> dict[str, torch.Tensor]:
-        cfg, largest, dev = self.model.config, self.buckets.largest, self.device
+        cfg, largest, dev = self.model.config, self.buffer_units, self.device
         width = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
         return {
             "patches": torch.zeros(largest, width, device=dev, dtype=self.dtype),
@@ -189,19 +226,25 @@ class QwenVisionEncoder(VisionEncoder):
         if group:
             patches[:real].copy_(self.gather_features(group, "cat"))
         patches[real:bucket].zero_()  # finite padding; its rows are cut
-        for name, values in zip(PADDED_LAYOUT_BUFFERS, layout):
+        for name, values in layout.items():
             self.buffer(name)[: values.shape[0]].copy_(values)
         return True
 
-    def _padded_layout(self, group: list[MultimodalItem], bucket: int) -> tuple[torch.Tensor, ...] | None:
-        """Device ``padded_layout`` of ``group`` in ``bucket``, LRU-cached; None if its windows overflow."""
+    def _padded_layout(self, group: list[MultimodalItem], bucket: int) -> dict[str, torch.Tensor] | None:
+        """Device ``host_padded_layout`` of ``group`` in ``bucket``, LRU-cached; None if it overflows."""
         grids = tuple(self._item_grid(k, item) for k, item in enumerate(group))
 
-        def make() -> tuple[torch.Tensor, ...] | None:
-            layout = padded_layout(grids, bucket, self.model.config, self.buckets.max_items,
-                                   self.window_capacity(bucket))
-            return None if layout is None else tuple(t.to(self.device) for t in layout)
+        def make() -> dict[str, torch.Tensor] | None:
+            layout = self.host_padded_layout(grids, bucket)
+            return None if layout is None else {name: t.to(self.device) for name, t in layout.items()}
         return _lru(self._padded, (grids, bucket), make)
+
+    def host_padded_layout(self, grids: tuple[tuple[int, int, int], ...],
+                           bucket: int) -> dict[str, torch.Tensor] | None:
+        """The bucket buffers' contents for images of ``grids``, by buffer name, on the host; None if the
+        windows overflow the buffers."""
+        layout = padded_layout(grids, bucket, self.model.config, self.buckets.max_items, self.window_capacity(bucket))
+        return None if layout is None else dict(zip(PADDED_LAYOUT_BUFFERS, layout))
 
 
 def _lru(cache: OrderedDict, key: tuple, make):
@@ -221,7 +264,7 @@ PADDED_LAYOUT_BUFFERS = ("window_index", "reverse_index", "position_ids", "cu_fu
 
 def padded_layout(grids: tuple[tuple[int, int, int], ...], bucket: int, config, max_items: int,
                   window_capacity: int) -> tuple[torch.Tensor, ...] | None:
-    """Host layout of images with ``grids`` padded to ``bucket`` patches, as ``PADDED_LAYOUT_BUFFERS``:
+    """Host layout of images (videos) with ``grids`` padded to ``bucket`` patches, as ``PADDED_LAYOUT_BUFFERS``:
     padding maps to itself, forms one full sequence and window-sized windows; cu_seqlens are filled to
     ``max_items + 2`` / ``window_capacity + 1`` with ``bucket``. None if the windows need more."""
     unit = config.spatial_merge_size**2
@@ -235,9 +278,10 @@ def padded_layout(grids: tuple[tuple[int, int, int], ...], bucket: int, config, 
         positions = torch.zeros(0, 2, dtype=torch.long)
         cu_full = cu_window = torch.zeros(1, dtype=torch.int32)
     real = int(cu_full[-1])
-    if real > bucket or len(grids) > max_items:
-        raise ValueError(f"padded_layout: {len(grids)} images of {real} patches do not fit bucket {bucket} "
-                         f"of at most {max_items} images")
+    sequences = sum(t for t, _, _ in grids)  # full-attention sequences: one per image or temporal patch
+    if real > bucket or sequences > max_items:
+        raise ValueError(f"padded_layout: {len(grids)} items of {real} patches and {sequences} sequences do not "
+                         f"fit bucket {bucket} of at most {max_items} sequences")
     pad_windows = list(range(real + window, bucket, window)) + ([bucket] if real < bucket else [])
     cu_window = torch.cat([cu_window, torch.tensor(pad_windows, dtype=torch.int32)])
     if cu_window.shape[0] > window_capacity + 1:
