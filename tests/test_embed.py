@@ -618,3 +618,88 @@ def test_an_image_lost_between_windows_is_lost_even_when_another_request_encodes
     o = ItemOutcome(0, "h", "shared", 0, needed_before=True)
     assert o.lost and not ItemOutcome(0, "h", "hit", None, needed_before=True).lost
     assert not ItemOutcome(0, "h", "encoded", 0, needed_before=False).lost
+
+
+# ---------------------------------------------------------------- engines' calls: grouping, per-request modalities
+
+
+def _video(num_tokens, seed):
+    """A tiny video item (content fixed by ``seed``)."""
+    return MultimodalItem(torch.full((3,), float(seed)), num_tokens, modality="video",
+                          meta={"video_grid_thw": (1, 2, num_tokens * 2)})
+
+
+@pytest.mark.parametrize("grouping, expected", [
+    ("tower", [["image", "video", "image"]]),  # Qwen: images and videos share one tower, one call
+    ("modality", [["image", "image"], ["video"]]),  # SGLang: one call per modality, images first
+    ("consecutive", [["image"], ["video"], ["image"]]),  # vLLM: a call per run of one modality (#15605)
+])
+def test_plan_calls_groups_as_each_engine_does(grouping, expected):
+    items = [_item(2, 1), _video(3, 2), _item(2, 3)]
+    calls = plan_calls(items, None, grouping)
+    assert [[it.modality for it in call] for call in calls] == expected
+    assert sorted(it.hash for call in calls for it in call) == sorted(it.hash for it in items)
+
+
+def test_plan_calls_splits_each_group_by_the_budget_and_rejects_an_unknown_grouping():
+    items = [_item(3, 1), _video(3, 2), _item(3, 3), _video(3, 4)]
+    assert [[it.num_tokens for it in c] for c in plan_calls(items, 4, "modality")] == [[3], [3], [3], [3]]
+    assert [[it.modality for it in c] for c in plan_calls(items, 6, "modality")] == [["image"] * 2, ["video"] * 2]
+    with pytest.raises(ValueError, match="grouping must be one of"):
+        plan_calls(items, None, "by-size")
+
+
+@pytest.mark.parametrize("grouping, calls", [("tower", 1), ("modality", 2), ("consecutive", 3)])
+def test_result_says_which_call_encoded_each_item_and_what_each_call_held(grouping, calls):
+    one = Request.from_segments("one", [1, _item(2, 1), _video(3, 2)])
+    two = Request.from_segments("two", [_item(2, 3), 1])
+    cache = EmbeddingCache(100 * ROW_BYTES)
+    res = embed_chunks([(one, (0, 6)), (two, (0, 3))], SpyEncoder(), cache, grouping=grouping)
+    assert res.encoder_calls == calls == len(res.call_modalities)
+    for request, marks in zip((one, two), res.outcomes):
+        for o in marks:
+            assert request.items[o.index].modality in res.call_modalities[o.call]
+    assert torch.equal(res.embeddings[0], _full(one)) and torch.equal(res.embeddings[1], _full(two))
+
+
+def test_per_request_modalities_encode_videos_in_their_own_requests_calls():
+    # SGLang: images batched across the step's requests, a video (multi-span) in its request's own call
+    shared = _video(3, 9)
+    one = Request.from_segments("one", [_item(2, 1), _video(3, 2), 1])
+    two = Request.from_segments("two", [_item(2, 3), _video(4, 4), shared, 1])
+    three = Request.from_segments("three", [MultimodalItem(shared.feature.clone(), 3, modality="video",
+                                                           meta=shared.meta), 1])
+    cache = EmbeddingCache(100 * ROW_BYTES)
+    enc = SpyEncoder()
+    res = embed_chunks([(one, (0, 6)), (two, (0, 10)), (three, (0, 4))], enc, cache, grouping="modality",
+                       per_request_modalities=("video",))
+    assert res.call_modalities == (("image",), ("video",), ("video",))
+    assert [len(call) for call in enc.calls] == [2, 1, 2]  # both images; one's video; two's videos (and the shared one)
+    assert [o.fate for o in res.outcomes[2]] == ["shared"]  # a video two asked for first: encoded once, in two's call
+    for request, emb in zip((one, two, three), res.embeddings):
+        assert torch.equal(emb, _full(request))
+    with pytest.raises(ValueError, match="per_request_modalities must be a collection of"):
+        embed_chunks([(one, (0, 6))], enc, cache, per_request_modalities="video")
+
+
+def test_without_pin_recurring_an_image_shown_again_is_not_held():
+    # vLLM: a request's hold on an item ends once its tokens pass it; the repeat hits only if nothing evicted it
+    x = _item(4, 1)
+    req = Request.from_segments("rep", [x, 6, MultimodalItem(x.feature.clone(), 4), 1])  # [0,4) [10,14)
+    cache = EmbeddingCache(8 * ROW_BYTES)
+    enc = SpyEncoder(cache)
+    embed_chunks([(req, (0, 5))], enc, cache, pin_recurring=False)
+    assert cache.pinned_by("rep") == frozenset()
+    for k in range(2):  # other traffic fills the cache
+        embed_chunks([(Request.from_segments(f"o{k}", [_item(4, 10 + k)]), (0, 4))], enc, cache, pin_recurring=False)
+    res = embed_chunks([(req, (5, 15))], enc, cache, pin_recurring=False)
+    assert [o.fate for o in res.outcomes[0]] == ["re-encoded"] and enc.encoded.count(x.hash) == 2
+    assert torch.equal(res.embeddings[0], reference(x))
+
+
+def test_without_pin_recurring_a_straddling_item_is_still_held():
+    big = _item(6, 1)
+    req = Request.from_segments("s", [2, big, 2])
+    cache = EmbeddingCache(6 * ROW_BYTES)
+    embed_chunks([(req, (0, 4))], SpyEncoder(), cache, pin_recurring=False)
+    assert cache.pinned_by("s") == {big.hash}

@@ -1,11 +1,13 @@
 """Property tests: any prompt layout, chunk size, split into steps and cache size.
 
 A deterministic encoder (rows derived from the item's feature and row index) makes every
-re-encoding detectable and every result comparable with a reference embedding.
+re-encoding detectable and every result comparable with a reference embedding. Over whole streams of
+pictures and videos, cache-aware admission never forces a window nor refuses a put when every item
+fits the cache, and a video's frame groups are each encoded once.
 """
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -14,6 +16,11 @@ from hypothesis import strategies as st
 
 from conftest import cache_state, reference
 from vitkit import EmbeddingCache, MultimodalItem, Request, embed_chunks
+from vitkit.sim.engine import ReplayConfig
+from vitkit.sim.fake import FakeEncoder
+from vitkit.sim.replay import prepare, replay_stream
+from vitkit.sim.scheduler import SchedulerConfig
+from vitkit.sim.trace import ImageSpec, Trace, TraceRequest
 
 HIDDEN = 2
 ROW_BYTES = HIDDEN * 4  # float32
@@ -258,3 +265,96 @@ def test_no_re_encoding_when_cache_holds_the_pinned_set(mode, scenario, data):
     _, encodes, _, cache = _run(scenario, mode, data)
     assert cache.stats().rejected == 0
     assert all(n == 1 for n in encodes.values()), encodes
+
+
+# ---------------------------------------------------------------- admission over a stream: nothing forced or refused
+
+SIM_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def media_streams(draw, repeats_in_request=True):
+    """A trace of 1-5 requests over 1-6 pictures and short videos (a video: 2-40 frames)."""
+    media = {}
+    for k in range(draw(st.integers(1, 6))):
+        height, width = draw(st.sampled_from([224, 448, 672])), draw(st.sampled_from([224, 448, 896]))
+        media[f"m{k}"] = ImageSpec(height, width, draw(st.none() | st.integers(2, 40)))
+    ids = st.sampled_from(sorted(media))
+    requests = []
+    for r in range(draw(st.integers(1, 5))):
+        shown = draw(st.lists(ids, min_size=1, max_size=4, unique=not repeats_in_request))
+        segments = [part for m in shown for part in (draw(st.integers(0, 40)), m) if part != 0]
+        requests.append(TraceRequest(f"r{r}", 10.0 * draw(st.integers(0, 5)), (*segments, draw(st.integers(1, 40)))))
+    requests.sort(key=lambda req: req.arrival_ms)
+    return Trace("drawn", tuple(requests), media)
+
+
+class CountingFakeEncoder(FakeEncoder):
+    """A fake encoder that counts the encodes of each content hash."""
+
+    def __init__(self):
+        super().__init__(hidden=2)
+        self.encoded = Counter()
+
+    def __call__(self, items):
+        self.encoded.update(it.hash for it in items)
+        return super().__call__(items)
+
+
+def _replay_aware(trace, data, mode, video_items, *, pin_recurring=True):
+    """``trace`` replayed under cache-aware admission with a cache every item fits (drawn), both drawn step
+    sizes and per-request caps; returns the stream, the run and the counting encoder."""
+
+    stream = prepare(trace, video_items=video_items)
+    largest = max(it.num_tokens for r in stream.requests.values() for it in r.items)
+    cache_rows = data.draw(st.integers(largest, 3 * largest), label="cache rows")
+    step = data.draw(st.sampled_from([256, 1024, 4096]), label="step")
+    cap = data.draw(st.sampled_from([None, 64, 512]), label="per-request cap")
+    scheduler = SchedulerConfig(step, cap, policy="cache-aware", encoder_budget_tokens=max(step, cache_rows))
+    config = ReplayConfig(scheduler, mode=mode, cache_tokens=cache_rows, pin_recurring=pin_recurring)
+    encoder = CountingFakeEncoder()
+    return stream, replay_stream(stream, config, encoder=encoder), encoder
+
+
+@pytest.mark.parametrize("mode", ["batched", "per_request"])
+@SIM_SETTINGS
+@given(trace=media_streams(), data=st.data())
+def test_admission_never_forces_a_window_nor_refuses_a_put_when_every_item_fits(mode, trace, data):
+    video_items = data.draw(st.sampled_from(["whole", "frame-groups:1", "frame-groups:3"]), label="video items")
+    recurring = data.draw(st.booleans(), label="pin_recurring")
+    stream, run, _ = _replay_aware(trace, data, mode, video_items, pin_recurring=recurring)
+    s = run.summary
+    assert (s.forced_grants, s.refused_puts, s.preemptions, s.refused_requests) == (0, 0, 0, 0)
+    assert run.latency.finished == len(trace.requests)  # no request waits for ever
+    assert run.cache_stats.pinned_bytes == 0
+    if recurring:  # within a request only a hold let go for an image that could never fit beside it costs one
+        assert s.request_re_encodings <= s.released_holds
+
+
+@pytest.mark.parametrize("mode", ["batched", "per_request"])
+@SIM_SETTINGS
+@given(trace=media_streams(repeats_in_request=False), data=st.data())
+def test_no_re_encoding_within_a_request_without_preemption(mode, trace, data):
+    video_items = data.draw(st.sampled_from(["whole", "frame-groups:2"]), label="video items")
+    _, run, _ = _replay_aware(trace, data, mode, video_items)
+    s = run.summary
+    assert (s.refused_puts, s.preemptions, s.released_holds, s.request_re_encodings) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["batched", "per_request"])
+@SIM_SETTINGS
+@given(trace=media_streams(repeats_in_request=False), data=st.data())
+def test_frame_groups_of_distinct_videos_are_each_encoded_once(mode, trace, data):
+    # every request shows different content: any second encode would be a frame group lost between windows
+    shown: set[str] = set()
+    requests = []
+    for req in trace.requests:
+        fresh = tuple(s for s in req.segments if not isinstance(s, str) or s not in shown)
+        shown.update(s for s in req.segments if isinstance(s, str))
+        requests.append(replace(req, segments=fresh if any(isinstance(s, str) or s for s in fresh) else (1,)))
+    trace = replace(trace, requests=tuple(requests))
+    group = data.draw(st.integers(1, 4), label="temporal patches a group")
+    stream, run, encoder = _replay_aware(trace, data, mode, f"frame-groups:{group}")
+    items = {it.hash for r in stream.requests.values() for it in r.items}
+    assert set(encoder.encoded) == items and set(encoder.encoded.values()) <= {1}
+    assert run.summary.re_encodings == 0

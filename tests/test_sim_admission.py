@@ -1,15 +1,22 @@
 """Cache-aware admission: windows are cut before an image that cannot fit, oversized images are
-refused up front, and a granted step never has a put refused or a relied-on entry evicted."""
+refused up front, a granted step never has a put refused or a relied-on entry evicted, holds of
+repeated images yield instead of forcing a window, and the scheduler preempts (vLLM's victim) when
+an admission leaves nothing to run."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitkit.cache import EmbeddingCache
+from vitkit.costs.clock import StepClock
 from vitkit.embed import embed_chunks
 from vitkit.request import Request
 from vitkit.sim.admission import HOLD_OWNER, CacheAwareAdmission
+from vitkit.sim.engine import ReplayConfig
 from vitkit.sim.fake import FakeEncoder, fake_item
+from vitkit.sim.replay import prepare, replay, replay_stream
+from vitkit.sim.scheduler import Arrival, Scheduler, SchedulerConfig, Window
+from vitkit.sim.trace import ImageSpec, Trace, TraceRequest
 
 ENCODER = FakeEncoder(hidden=8)
 ROW = ENCODER.bytes_per_token  # 32 bytes per embedding row
@@ -107,39 +114,114 @@ def test_granted_step_never_refuses_a_put(layouts, capacity_images, cached, pinn
     assert not cache.pinned_by(HOLD_OWNER)  # holds last one step
 
 
-class _Refuser:
-    """An admission that grants nothing unless forced: every running request waits for ever."""
+def _trace(*requests, sizes=None):
+    """A trace of ``requests`` ((rid, segments)), all at t=0, images of 448x448 (256 rows) unless ``sizes``."""
+    ids = {seg for _, segments in requests for seg in segments if isinstance(seg, str)}
+    images = {i: ImageSpec(*(sizes or {}).get(i, (448, 448))) for i in sorted(ids)}
+    return Trace("t", tuple(TraceRequest(rid, 0.0, tuple(segments)) for rid, segments in requests), images)
+
+
+def _aware(trace, cache_rows, mode="batched", step=256, cap=None):
+    scheduler = SchedulerConfig(step, cap, policy="cache-aware", encoder_budget_tokens=4096)
+    return replay_stream(trace, ReplayConfig(scheduler, mode=mode, cache_tokens=cache_rows), encoder=ENCODER)
+
+
+@pytest.mark.parametrize("mode", ["batched", "per_request"])
+def test_a_request_lets_its_hold_go_only_when_its_next_image_could_never_fit_beside_it(mode):
+    # x (576 rows) is shown, then y (576), then x again: a cache of 900 rows never holds both
+    trace = _trace(("r", [8, "x", 8, "y", 8, "x", 8]), sizes={"x": (672, 672), "y": (672, 672)})
+    tight = _aware(trace, 900, mode).summary
+    assert (tight.refused_puts, tight.forced_grants, tight.preemptions) == (0, 0, 0)
+    assert tight.released_holds == 1 and tight.request_re_encodings == 1  # x is encoded again, once
+    roomy = _aware(trace, 2 * 576, mode).summary
+    assert (roomy.released_holds, roomy.request_re_encodings, roomy.refused_puts) == (0, 0, 0)
+
+
+def test_a_request_waits_rather_than_take_another_requests_hold():
+    # r holds a (it comes back) and runs into b; s holds c and runs into d. Each could go on beside its own
+    # hold, but not beside both: nothing runs until unblock lets the newest request's (s's) hold go.
+    trace = _trace(("r", [8, "a", 8, "b", 8, "a", 8]), ("s", [8, "c", 8, "d", 8, "c", 8]))
+    config = ReplayConfig(SchedulerConfig(2 * 264, 264, policy="cache-aware"), cache_tokens=640)
+    built = []
+
+    def make_policy(requests, cache, row_bytes):
+        built.append(config.scheduler.build(requests, cache, row_bytes))
+        return built[-1]
+
+    stream = prepare(trace)
+    run = replay(stream.requests, stream.arrivals, config, StepClock(step_ms=50.0), ENCODER, make_policy=make_policy)
+    s = run.summary
+    assert (s.refused_puts, s.preemptions, s.forced_grants) == (0, 0, 0) and run.latency.finished == 2
+    assert built[0].admission.released == s.released_holds == 1
+    assert s.request_re_encodings <= s.released_holds  # only a hold let go can cost an encode within a request
+    first_stuck = next(r for r in run.rows if [w[0] for w in r.windows] == ["r"])  # s waits, r goes on
+    assert first_stuck.step > 0
+
+
+class _OnlyAlone:
+    """An admission that grants a running request's window only while it runs alone, and a waiting one's
+    only when nothing runs: two running requests deadlock, so the scheduler must preempt."""
 
     def __init__(self):
-        self.forced = 0
+        self.running, self.preempted, self.unblocks = {}, [], 0
 
     def check(self, rid):
         pass
 
-    def begin_step(self, aborted=()):
-        pass
+    def begin_step(self, aborted=(), progress=None):
+        self.running = dict(progress or {})
 
-    def grant(self, rid, start, stop, *, force=False):
-        self.forced += force
-        return stop if force else start
+    def grant(self, rid, start, stop):
+        if rid in self.running:
+            return stop if len(self.running) == 1 else start
+        return start if self.running else stop
 
+    def unblock(self):
+        self.unblocks += 1
+        return False
 
-def test_scheduler_breaks_a_deadlock_with_one_forced_grant_a_step():
-    from vitkit.sim.scheduler import Arrival, Scheduler
-
-    scheduler = Scheduler(100, admission=_Refuser())
-    scheduler.add(Arrival("a", 150, 0.0))
-    steps = [scheduler.schedule(float(t)) for t in range(2)]
-    assert [(w.start, w.stop) for s in steps for w in s.windows] == [(0, 100), (100, 150)]
-    assert scheduler.admission.forced == 2 and scheduler.idle
+    def preempt(self, rid):
+        self.preempted.append(rid)
 
 
-def test_a_waiting_request_is_forced_in_when_nothing_runs():
-    from vitkit.sim.scheduler import Arrival, Scheduler
+def test_scheduler_preempts_the_newest_running_request_when_no_window_can_run():
+    scheduler = Scheduler(200, long_prefill_token_threshold=100, admission=_OnlyAlone())
+    for rid in ("a", "b", "c"):
+        scheduler.add(Arrival(rid, 150, 0.0))
+    steps = []
+    while not scheduler.idle:
+        steps.append(scheduler.schedule(float(len(steps))))
+    windows = [[(w.rid, w.start, w.stop) for w in s.windows] for s in steps]
+    assert windows[0] == [("a", 0, 100), ("b", 0, 100)]  # nothing ran: both let in
+    # both wait on each other: vLLM's victim, the newest running request, goes back to the queue's head
+    assert steps[1].preempted == (Window("b", 0, 100),) and windows[1] == [("a", 100, 150)]
+    assert steps[1].admitted == () and scheduler.admission.preempted[0] == "b"  # none let in while preempting
+    assert windows[2][0] == ("b", 0, 100)  # b redoes from 0, first in the queue
+    done = {rid: sum(stop - start for s in steps for r, start, stop in [(w.rid, w.start, w.stop) for w in s.windows]
+                     if r == rid) for rid in "abc"}
+    redone = {rid: sum(len(w) for s in steps for w in s.preempted if w.rid == rid) for rid in "abc"}
+    assert scheduler.idle and all(done[rid] - redone[rid] == 150 for rid in "abc")
 
-    scheduler = Scheduler(100, admission=_Refuser())
-    scheduler.add(Arrival("a", 150, 0.0))
-    scheduler.add(Arrival("b", 50, 0.0))
-    step = scheduler.schedule(0.0)
-    assert [(w.rid, w.start, w.stop) for w in step.windows] == [("a", 0, 100)] and step.admitted == ("a",)
-    assert [a.rid for a in scheduler.waiting] == ["b"]  # b is held back (it was not forced)
+
+def test_an_admission_that_lets_nothing_in_is_an_error_not_a_hang():
+    class Closed(_OnlyAlone):
+        def grant(self, rid, start, stop):
+            return start
+
+    scheduler = Scheduler(100, admission=Closed())
+    scheduler.add(Arrival("a", 50, 0.0))
+    with pytest.raises(RuntimeError, match="request 'a': nothing runs and admission grants its first window nothing"):
+        scheduler.schedule(0.0)
+
+
+def test_a_request_admission_could_never_grant_is_refused_with_its_reason_and_the_rest_runs():
+    big = _request("big", ["a"])
+    cache = EmbeddingCache((IMG - 1) * ROW)
+    adm = CacheAwareAdmission({"big": big, "small": Request.from_segments("small", [10])}, cache, ROW)
+    scheduler = Scheduler(1000, admission=adm, refuse_oversized=True)
+    scheduler.add(Arrival("big", big.prompt_len))
+    scheduler.add(Arrival("small", 10))
+    assert list(scheduler.refused) == ["big"] and "more than the whole cache" in scheduler.refused["big"]
+    assert [w.rid for w in scheduler.schedule(0.0).windows] == ["small"] and scheduler.idle
+    with pytest.raises(ValueError, match="was already added"):
+        scheduler.add(Arrival("big", big.prompt_len))

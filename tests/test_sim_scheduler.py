@@ -143,3 +143,63 @@ def test_nothing_to_run_is_no_step_unless_an_abort_is_recorded():
     step = scheduler.schedule(60.0)  # B's abort is due: recorded in a step without windows
     assert step.windows == () and step.aborted == ("B",) and step.index == 0
     assert scheduler.next_arrival_ms() == 100.0
+
+
+class _Coin:
+    """Admission double: a running request's window is refused whenever the next coin says so, so steps
+    deadlock at random; a waiting request is let in only while nothing runs."""
+
+    def __init__(self, coins):
+        self.coins, self.running = iter(coins), {}
+
+    def check(self, rid):
+        pass
+
+    def begin_step(self, aborted=(), progress=None):
+        self.running = dict(progress or {})
+
+    def grant(self, rid, start, stop):
+        if rid not in self.running:
+            return start if self.running else stop
+        return stop if next(self.coins, True) else start
+
+    def unblock(self):
+        return False
+
+    def preempt(self, rid):
+        pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams, st.integers(1, 32), st.one_of(st.none(), st.integers(1, 16)), st.lists(st.booleans(), max_size=60))
+def test_preemption_invariants(stream, budget, cap, coins):
+    arrivals = [Arrival(f"r{k}", n, 10.0 * t) for k, (n, t) in enumerate(stream)]
+    scheduler = Scheduler(budget, long_prefill_token_threshold=cap, admission=_Coin(coins))
+    for arrival in arrivals:
+        scheduler.add(arrival)
+    progress = {a.rid: 0 for a in arrivals}
+    prompt_len = {a.rid: a.prompt_len for a in arrivals}
+    now = 0.0
+    while not scheduler.idle:
+        running = {rid for rid, done in progress.items() if 0 < done < prompt_len[rid]}
+        step = scheduler.schedule(now)
+        now = now + 10.0 if step is None or step.windows else now
+        if step is None:
+            continue
+        assert step.windows or not step.preempted  # a step that preempts runs something: it never spins
+        assert 0 < step.tokens <= budget or not step.windows
+        for w in step.preempted:  # the newest first, back to the start, having done what it had done
+            assert w.start == 0 and w.stop == progress[w.rid] and w.rid in running
+            progress[w.rid] = 0
+        if step.preempted and step.admitted:  # nobody is let in while preempting, unless nothing is left running
+            assert running <= {w.rid for w in step.preempted} | set(step.admitted)
+        for w in step.windows:
+            assert w.start == progress[w.rid]  # contiguous, or from 0 after a preemption
+            progress[w.rid] = w.stop
+    assert progress == prompt_len  # every prompt runs to its end
+
+
+def test_without_admission_nothing_is_preempted():
+    arrivals = [Arrival(f"r{k}", 7 * k + 3, 5.0 * k) for k in range(6)]
+    steps = plan_steps(arrivals, SchedulerConfig(8, long_prefill_token_threshold=3))
+    assert all(s.preempted == () for s in steps)

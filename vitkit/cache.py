@@ -160,6 +160,16 @@ class EmbeddingCache:
     def pinned_by(self, owner: Hashable) -> frozenset[str]:
         return frozenset(self._owned.get(owner, ()))
 
+    def owners(self, key: str) -> frozenset[Hashable]:
+        """Who pins ``key`` (empty when unpinned or absent): an admission asks before it lets a pin go."""
+        entry = self._entries.get(key)
+        return frozenset(entry.pins) if entry is not None else frozenset()
+
+    def nbytes(self, key: str) -> int:
+        """Bytes the entry for ``key`` takes (0 when absent)."""
+        entry = self._entries.get(key)
+        return entry.nbytes if entry is not None else 0
+
     def keys(self) -> list[str]:
         """Keys from least to most recently used."""
         return list(self._entries)

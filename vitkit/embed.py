@@ -4,11 +4,25 @@
 requests handled one after another); ``mode="batched"`` is PR 25910's cross-request path (the
 misses of all requests in the step, de-duplicated by content hash, in one encoder call, or in a
 few when ``max_tokens_per_call`` caps a call like vLLM's encoder budget).
+
+How a step's misses become calls, per engine (``grouping``):
+
+- ``"tower"``: one call for everything one tower encodes (Qwen's images and videos share it);
+- ``"modality"``: one call per modality, images then videos: SGLang's ``embed_mm_inputs`` loops over
+  ``Modality.all()`` and calls each modality's ``get_*_feature`` once;
+- ``"consecutive"``: one call per run of consecutive same-modality items: vLLM's
+  ``group_mm_kwargs_by_modality`` (``vllm/multimodal/utils.py``, a ``groupby`` over the step's encoder
+  inputs in ``gpu_model_runner._execute_mm_encoder``), so an image, a video and an image make three calls
+  (vLLM #15605).
+
+``per_request_modalities`` (batched mode) takes the per-request path for those modalities only: SGLang
+batches across requests only items with a single placeholder span (PR 25910), and a video, whose tokens
+are several spans, is encoded whole in a call of its own request's items.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -16,12 +30,13 @@ import torch
 from vitkit.cache import EmbeddingCache
 from vitkit.checks import positive_int
 from vitkit.chunk import ChunkEntry, assemble_chunk, check_window, find_chunk_items, overlapping
-from vitkit.item import MultimodalItem
+from vitkit.item import MODALITIES, MultimodalItem
 from vitkit.request import Request
 from vitkit.span import Span
 
 Encoder = Callable[[list[MultimodalItem]], Sequence[torch.Tensor]]
 MODES = ("batched", "per_request")
+GROUPINGS = ("tower", "modality", "consecutive")  # how a step's misses are split into calls (module docstring)
 FATES = ("hit", "encoded", "shared", "re-encoded")
 ENCODING_FATES = ("encoded", "re-encoded")  # the lookups that made their item's encode happen
 
@@ -70,19 +85,38 @@ class EmbedResult:
     call_tokens: tuple[int, ...] = field(default=())  # embedding rows per encoder call
     encoded_hashes: tuple[str, ...] = field(default=())  # content hashes encoded, in call order
     outcomes: tuple[tuple[ItemOutcome, ...], ...] = field(default=())  # per batch entry, prompt order
+    call_modalities: tuple[tuple[str, ...], ...] = field(default=())  # per encoder call, first seen first
 
 
-def plan_calls(items: Sequence[MultimodalItem], max_tokens_per_call: int | None) -> list[list[MultimodalItem]]:
-    """Split ``items`` greedily, in order, into calls of at most ``max_tokens_per_call`` tokens (an
-    item over the budget goes alone); without a budget, one call."""
-    calls: list[list[MultimodalItem]] = []
-    used = 0
+def _group(items: Sequence[MultimodalItem], grouping: str) -> list[list[MultimodalItem]]:
+    """``items`` as the groups ``grouping`` calls together (module docstring), each in ``items``' order."""
+    if grouping == "tower":
+        return [list(items)] if items else []
+    if grouping == "modality":
+        return [[it for it in items if it.modality == m] for m in MODALITIES if any(it.modality == m for it in items)]
+    runs: list[list[MultimodalItem]] = []
     for item in items:
-        if not calls or (max_tokens_per_call is not None and used + item.num_tokens > max_tokens_per_call):
-            calls.append([])
-            used = 0
-        calls[-1].append(item)
-        used += item.num_tokens
+        if not runs or runs[-1][-1].modality != item.modality:
+            runs.append([])
+        runs[-1].append(item)
+    return runs
+
+
+def plan_calls(items: Sequence[MultimodalItem], max_tokens_per_call: int | None,
+               grouping: str = "tower") -> list[list[MultimodalItem]]:
+    """Split ``items`` into ``grouping``'s groups, then each greedily, in order, into calls of at most
+    ``max_tokens_per_call`` tokens (an item over the budget goes alone); without a budget, one call a group."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+    calls: list[list[MultimodalItem]] = []
+    for group in _group(items, grouping):
+        used = None  # tokens in the group's open call; None: none open
+        for item in group:
+            if used is None or (max_tokens_per_call is not None and used + item.num_tokens > max_tokens_per_call):
+                calls.append([])
+                used = 0
+            calls[-1].append(item)
+            used += item.num_tokens
     return calls
 
 
@@ -182,24 +216,49 @@ def _where(request: Request, span: Span) -> str:
 @dataclass
 class _Tally:
     calls: list[int] = field(default_factory=list)  # tokens per encoder call
+    modalities: list[tuple[str, ...]] = field(default_factory=list)  # per encoder call
     hashes: list[str] = field(default_factory=list)  # per encoded item
     outcomes: list[tuple[ItemOutcome, ...]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How a step encodes and keeps its misses (``embed_chunks``' keywords, checked there)."""
+
+    max_tokens_per_call: int | None
+    pin: bool
+    pin_recurring: bool
+    grouping: str
+    per_request_modalities: frozenset[str]
+
+
+def _plan_step(misses: list[MultimodalItem], wanted_by: Mapping[str, Sequence[Hashable]],
+               options: _Options) -> list[list[MultimodalItem]]:
+    """The step's encoder calls: the cross-request misses by ``options.grouping``, then, per request in step
+    order, the misses of ``per_request_modalities`` it asked for first (SGLang's per-request path)."""
+    own = options.per_request_modalities
+    calls = plan_calls([it for it in misses if it.modality not in own], options.max_tokens_per_call, options.grouping)
+    for rid in dict.fromkeys(wanted_by[it.hash][0] for it in misses if it.modality in own):
+        mine = [it for it in misses if it.modality in own and wanted_by[it.hash][0] == rid]
+        calls += plan_calls(mine, options.max_tokens_per_call, options.grouping)
+    return calls
+
+
 def _encode_and_store(
-    encoder: Encoder, cache: EmbeddingCache, misses: list[MultimodalItem], max_tokens_per_call: int | None,
+    encoder: Encoder, cache: EmbeddingCache, calls: list[list[MultimodalItem]],
     pin_owners: dict[str, list[Hashable]], tally: _Tally, wanted_by: Mapping[str, Sequence[Hashable]],
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Encode ``misses`` in planned calls, then put them (pinned for their later windows); returns
-    each hash's embedding and the index (within the step) of the call that encoded it."""
+    """Run the planned ``calls``, then put their outputs (pinned for their later windows); returns each
+    hash's embedding and the index (within the step) of the call that encoded it."""
     encoded: dict[str, torch.Tensor] = {}
     call_of: dict[str, int] = {}
-    for call in plan_calls(misses, max_tokens_per_call):
+    for call in calls:
         for item, emb in zip(call, run_encoder(encoder, call, wanted_by)):
             encoded[item.hash] = emb
             call_of[item.hash] = len(tally.calls)
             tally.hashes.append(item.hash)
         tally.calls.append(sum(item.num_tokens for item in call))
+        tally.modalities.append(tuple(dict.fromkeys(item.modality for item in call)))
     for key, emb in encoded.items():
         owners = pin_owners.get(key, [])
         if cache.put(key, emb, pin_owner=owners[0] if owners else None):
@@ -208,9 +267,13 @@ def _encode_and_store(
     return encoded, call_of
 
 
-def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry]) -> set[str]:
-    """Hashes of this window's entries that a later window of the request needs again: items
-    whose tokens run past the window, and images that recur later in the same prompt."""
+def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry], recurring: bool = True) -> set[str]:
+    """Hashes of this window's entries that a later window of the request needs again: items whose tokens
+    run past the window, and (``recurring``) images that recur later in the same prompt. Without
+    ``recurring``, as vLLM's encoder cache manager, a request's hold on an item ends once its tokens pass
+    it (``free_encoder_input``); a later repeat finds it only if nothing evicted it."""
+    if not recurring:
+        return {e.item.hash for e in entries if e.span.stop > window.stop}
     later = {item.hash for item, span in zip(request.items, request.spans) if span.stop > window.stop}
     return {e.item.hash for e in entries if e.item.hash in later}
 
@@ -269,10 +332,12 @@ def _pin_owners(batch: Sequence[tuple[Request, Span]], later: Sequence[set[str]]
     return owners
 
 
-def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
+def _step_batched(batch: Sequence[tuple[Request, Span]], encoder: Encoder, cache: EmbeddingCache, options: _Options,
+                  tally: _Tally) -> list[torch.Tensor | None]:
     found = [find_chunk_items(request, window, cache) for request, window in batch]
     # What each window's request needs again later, computed once per window for pins.
-    later = [_needed_later(request, window, entries) if pin and window.stop < request.items_stop else set()
+    later = [_needed_later(request, window, entries, options.pin_recurring)
+             if options.pin and window.stop < request.items_stop else set()
              for (request, window), entries in zip(batch, found)]
     owners = _pin_owners(batch, later)
     for key, rids in owners.items():  # pin hits first, so this step's puts cannot evict them
@@ -281,7 +346,8 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> lis
                 if not cache.is_pinned(key, rid):
                     cache.pin(key, rid)
     misses, wanted_by = _unique_misses(batch, found)  # wanted_by names requests in encoder errors
-    encoded, call_of = _encode_and_store(encoder, cache, misses, max_tokens_per_call, owners, tally, wanted_by)
+    calls = _plan_step(misses, wanted_by, options)
+    encoded, call_of = _encode_and_store(encoder, cache, calls, owners, tally, wanted_by)
     tally.outcomes += _outcomes(batch, found, call_of)
     out = []
     for (request, window), entries, keys in zip(batch, found, later):
@@ -289,15 +355,16 @@ def _step_batched(batch, encoder, cache, max_tokens_per_call, tally, pin) -> lis
             out.append(assemble_chunk(_fill(entries, encoded), window))
         except ValueError as err:  # e.g. a cached entry of another width: say whose chunk it was
             raise ValueError(f"request {request.rid!r} window {window}: {err}") from None
-        if pin:
+        if options.pin:
             _update_pins(cache, request, window, entries, keys)
     return out
 
 
-def _step_per_request(batch, encoder, cache, max_tokens_per_call, tally, pin) -> list[torch.Tensor | None]:
+def _step_per_request(batch: Sequence[tuple[Request, Span]], encoder: Encoder, cache: EmbeddingCache,
+                      options: _Options, tally: _Tally) -> list[torch.Tensor | None]:
     out = []
     for request, window in batch:  # a later request sees an earlier one's puts, as in SGLang
-        out.extend(_step_batched([(request, window)], encoder, cache, max_tokens_per_call, tally, pin))
+        out.extend(_step_batched([(request, window)], encoder, cache, options, tally))
     return out
 
 
@@ -314,6 +381,17 @@ def _check_batch(batch: Sequence[tuple[Request, Span | tuple[int, int]]]) -> lis
     return checked
 
 
+def _options(max_tokens_per_call: int | None, pin: bool, pin_recurring: bool, grouping: str,
+             per_request_modalities: Collection[str]) -> _Options:
+    if max_tokens_per_call is not None:
+        positive_int("max_tokens_per_call", max_tokens_per_call)
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+    if isinstance(per_request_modalities, str) or not set(per_request_modalities) <= set(MODALITIES):
+        raise ValueError(f"per_request_modalities must be a collection of {MODALITIES}, got {per_request_modalities!r}")
+    return _Options(max_tokens_per_call, pin, pin_recurring, grouping, frozenset(per_request_modalities))
+
+
 def embed_chunks(
     batch: Sequence[tuple[Request, Span | tuple[int, int]]],
     encoder: Encoder,
@@ -323,29 +401,33 @@ def embed_chunks(
     max_tokens_per_call: int | None = None,
     pin: bool = True,
     check_finite: bool = True,
+    grouping: str = "tower",
+    per_request_modalities: Collection[str] = (),
+    pin_recurring: bool = True,
 ) -> EmbedResult:
     """Embed each request's window for one scheduler step; ``batch`` holds one ``(request, window)`` per request.
 
     Items whose tokens run past their window stay pinned for the request until a later window has
     used them; a request's pins go once its window passes its last item (``pin=False`` turns pinning
-    off, to measure what it saves). If the encoder raises, returns bad shapes or (``check_finite``:
+    off, to measure what it saves; ``pin_recurring=False`` keeps no pin for an image that only recurs
+    later in the prompt, as vLLM). If the encoder raises, returns bad shapes or (``check_finite``:
     one fused check and one sync per step; benchmarks may turn it off) NaN or inf, the cache is left
     exactly as it was: a non-finite embedding would otherwise be served to every later request for
-    that image. The result's ``outcomes`` say what became of each item a window touched.
+    that image. The result's ``outcomes`` say what became of each item a window touched, and which
+    call encoded it; ``call_modalities`` what each call held. ``grouping`` and
+    ``per_request_modalities`` choose an engine's calls (module docstring).
     """
     if not isinstance(cache, EmbeddingCache):
         raise TypeError(f"cache must be an EmbeddingCache, got {type(cache).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if max_tokens_per_call is not None:
-        positive_int("max_tokens_per_call", max_tokens_per_call)
+    options = _options(max_tokens_per_call, pin, pin_recurring, grouping, per_request_modalities)
     checked = _check_batch(batch)
     step = _step_batched if mode == "batched" else _step_per_request
     tally = _Tally()
     calls: list[tuple[list[MultimodalItem], Sequence[torch.Tensor]]] = []
     with cache.transaction():
-        embeddings = step(checked, _recording(encoder, calls) if check_finite else encoder,
-                          cache, max_tokens_per_call, tally, pin)
+        embeddings = step(checked, _recording(encoder, calls) if check_finite else encoder, cache, options, tally)
         if check_finite:
             _check_finite(checked, calls)
     hits = sum(o.fate == "hit" for marks in tally.outcomes for o in marks)
@@ -353,4 +435,5 @@ def embed_chunks(
         embeddings=embeddings, encoder_calls=len(tally.calls), encoded_items=len(tally.hashes),
         encoded_tokens=sum(tally.calls), cache_hits=hits, cache_misses=sum(map(len, tally.outcomes)) - hits,
         call_tokens=tuple(tally.calls), encoded_hashes=tuple(tally.hashes), outcomes=tuple(tally.outcomes),
+        call_modalities=tuple(tally.modalities),
     )

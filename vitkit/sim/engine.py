@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from vitkit.cache import CacheStats, EmbeddingCache
 from vitkit.checks import non_negative_int, non_negative_number
 from vitkit.costs.clock import StepClock, StepTimes, TimedEncoderLike, as_timed
-from vitkit.embed import MODES, EmbedResult, Encoder, embed_chunks
+from vitkit.embed import GROUPINGS, MODES, EmbedResult, Encoder, embed_chunks
+from vitkit.item import MODALITIES
 from vitkit.request import Request
+from vitkit.sim.admission import HOLD_OWNER
+from vitkit.sim.fake import FakeEncoder
 from vitkit.sim.scheduler import Policy, SchedulerConfig, SchedulerView, Step
 
 DEFAULT_STEP_MS = 50.0
@@ -23,18 +26,27 @@ DEFAULT_STEP_MS = 50.0
 @dataclass(frozen=True)
 class ReplayConfig:
     """One replay's settings: the scheduler's (nested), the embedding path (mode, pinning, rows per encoder
-    call) and the cache's size in embedding rows (0: holds none)."""
+    call, how misses are grouped into calls, modalities taken per request: ``embed_chunks``' keywords) and
+    the cache's size in embedding rows (0: holds none)."""
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     mode: str = "batched"
     pin: bool = True
     cache_tokens: int = 16384
     max_tokens_per_call: int | None = None
+    pin_recurring: bool = True
+    grouping: str = "tower"
+    per_request_modalities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         non_negative_int("cache_tokens", self.cache_tokens)
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+        if isinstance(self.per_request_modalities, str) or not set(self.per_request_modalities) <= set(MODALITIES):
+            raise ValueError(f"per_request_modalities must be a tuple of {MODALITIES}, "
+                             f"got {self.per_request_modalities!r}")
 
     def flat(self) -> dict[str, object]:
         """The settings as one flat dict (a table row's columns)."""
@@ -42,7 +54,9 @@ class ReplayConfig:
         return {"mode": self.mode, "policy": s.policy, "chunked_prefill_size": s.chunked_prefill_size,
                 "long_prefill_token_threshold": s.long_prefill_token_threshold, "max_running": s.max_running,
                 "cache_tokens": self.cache_tokens, "pin": self.pin, "encoder_budget_tokens": s.encoder_budget_tokens,
-                "max_tokens_per_call": self.max_tokens_per_call}
+                "max_tokens_per_call": self.max_tokens_per_call, "pin_recurring": self.pin_recurring,
+                "grouping": self.grouping, "per_request_modalities": list(self.per_request_modalities),
+                "refuse_oversized": s.refuse_oversized}
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,7 @@ def run_steps(requests: Mapping[Hashable, Request], policy: Policy, encoder: Enc
               config: ReplayConfig, clock: StepClock) -> Iterator[StepRun]:
     """Drive ``policy`` over ``requests`` until it is idle, yielding each step as run. The clock starts at
     the first arrival, moves by what ``clock`` says, and jumps to the next arrival when nothing runs.
-    Aborted requests' pins are released before their step, finished ones' after it."""
+    Aborted and preempted requests' pins are released before their step, finished ones' after it."""
     timed = as_timed(encoder)
     view = SchedulerView(requests, cache)
     first = policy.next_arrival_ms()
@@ -88,15 +102,18 @@ def _wait(policy: Policy, now: float) -> float:
 
 def _execute(step: Step, requests: Mapping[Hashable, Request], encoder: TimedEncoderLike, cache: EmbeddingCache,
              config: ReplayConfig, clock: StepClock) -> StepRun:
-    for rid in step.aborted:  # an aborted request's next window will never come
+    for rid in (*step.aborted, *(w.rid for w in step.preempted)):  # their next windows will not come (soon)
         cache.release(rid)
     before = cache.stats()
     batch = [(requests[w.rid], w.span) for w in step.windows]
     start = time.perf_counter()
+    # a fake encoder's rows are finite by construction: its check would cost as much as encoding a long video
     result = embed_chunks(batch, encoder, cache, mode=config.mode, pin=config.pin,
-                          max_tokens_per_call=config.max_tokens_per_call)
+                          max_tokens_per_call=config.max_tokens_per_call, pin_recurring=config.pin_recurring,
+                          grouping=config.grouping, per_request_modalities=config.per_request_modalities,
+                          check_finite=not isinstance(getattr(encoder, "encoder", encoder), FakeEncoder))
     wall_ms = (time.perf_counter() - start) * 1e3
-    for rid in step.finished:
+    for rid in (*step.finished, HOLD_OWNER):  # the admission's holds were for this step only
         cache.release(rid)
     spent = encoder.take_time()
     times = clock(step, result, requests, spent, wall_ms) if step.windows else StepTimes(0.0, 0.0, 0.0, 0.0)

@@ -1,7 +1,9 @@
-"""Model-free stand-ins: items whose content is an image id, and an encoder that fakes embeddings.
+"""Model-free stand-ins: items whose content is an image or video id, and an encoder that fakes embeddings.
 
 The same image id gives the same content hash (the cache sees a repeated photo as a repeat), and the fake
-encoder's output depends only on that hash, so every path returns bit-identical embeddings.
+encoder's output depends only on that hash, so every path returns bit-identical embeddings. A fake video is
+one item (``"whole"``, as vLLM and SGLang take a video) or one item per group of temporal patches
+(``"frame-groups:g"``), each group with its own hash, as ``vitkit.item.frame_groups`` splits a real one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import xxhash
 
 from vitkit.cache import embedding_row_bytes
 from vitkit.checks import positive_int
-from vitkit.item import MultimodalItem
+from vitkit.item import MultimodalItem, parse_video_items
+from vitkit.processing import qwen_video_grid
 
 QWEN_MERGED_PATCH = 28  # Qwen2.5-VL: 14-pixel patches, 2x2 merged into one token
 
@@ -37,8 +40,31 @@ def fake_item(image_id: str, height: int, width: int) -> MultimodalItem:
     return MultimodalItem(feature, num_tokens)
 
 
+def fake_video_items(video_id: str, frames: int, height: int, width: int,
+                     video_items: str = "whole") -> list[MultimodalItem]:
+    """Video ``video_id`` of ``frames`` frames of ``height`` x ``width`` px as items with Qwen2.5-VL's grid
+    (``vitkit.processing.qwen_video_grid``: two frames a temporal patch, 128-768 tokens a frame), t*h*w/4
+    rows and ``meta["video_grid_thw"]``. ``video_items``: ``"whole"`` (one item) or ``"frame-groups:g"`` (g
+    temporal patches an item, the last one holding the rest); the groups' rows add up to the whole video's."""
+    group = parse_video_items(video_items)
+    patches, grid_h, grid_w = qwen_video_grid(frames, height, width)
+    group = patches if group is None else group
+    items = []
+    for start in range(0, patches, group):
+        stop = min(start + group, patches)
+        # the group's place in the video is content: two groups of one video never share a hash
+        feature = torch.tensor([image_seed(video_id), frames, height, width, start, stop], dtype=torch.int64)
+        items.append(MultimodalItem(feature, (stop - start) * grid_h * grid_w // 4, modality="video",
+                                    meta={"video_grid_thw": (stop - start, grid_h, grid_w)}))
+    return items
+
+
+FAKE_BLOCK_ROWS = 4096  # rows drawn at random; a longer item repeats them, shifted (a video's 100k rows stay cheap)
+
+
 class FakeEncoder:
-    """Deterministic encoder: item -> ``(num_tokens, hidden)`` rows drawn from its content hash."""
+    """Deterministic encoder: item -> ``(num_tokens, hidden)`` rows drawn from its content hash. Rows past the
+    first ``FAKE_BLOCK_ROWS`` repeat those, shifted by the block's number, so every row still differs."""
 
     def __init__(self, hidden: int = 32, dtype: torch.dtype = torch.float32) -> None:
         self.hidden_size = positive_int("FakeEncoder hidden", hidden)
@@ -53,7 +79,11 @@ class FakeEncoder:
     def embed(self, item: MultimodalItem) -> torch.Tensor:
         # any str hash (an explicit one need not be hex), hashed to a stable seed
         generator = torch.Generator().manual_seed(image_seed(item.hash))
-        return torch.randn(item.num_tokens, self.hidden_size, generator=generator).to(self.dtype)
+        block = torch.randn(min(item.num_tokens, FAKE_BLOCK_ROWS), self.hidden_size, generator=generator)
+        if item.num_tokens > FAKE_BLOCK_ROWS:
+            shift = torch.arange(item.num_tokens, dtype=block.dtype).div_(FAKE_BLOCK_ROWS).floor_().unsqueeze(1)
+            block = block.repeat(-(-item.num_tokens // FAKE_BLOCK_ROWS), 1)[: item.num_tokens] + shift
+        return block.to(self.dtype)
 
     def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
         return [self.embed(item) for item in items]

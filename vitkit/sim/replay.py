@@ -7,7 +7,7 @@ replays the same windows) or the cost models' (TTFT under load). Each step becom
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from vitkit.sim.arrivals import ArrivalProcess
 from vitkit.sim.engine import DEFAULT_STEP_MS, ReplayConfig, StepRun, run_steps
 from vitkit.sim.fake import FakeEncoder, bytes_per_token, fake_item
 from vitkit.sim.latency import LatencySummary, RequestLatency, request_latencies, summarize_latency
-from vitkit.sim.scheduler import Arrival
+from vitkit.sim.scheduler import Arrival, Policy
 from vitkit.sim.trace import Trace, load_trace
 from vitkit.sim.workload import ItemFactory, build_requests, generate_workload, max_sustainable_rate, workload_params
 
@@ -58,6 +58,8 @@ class StepRow:
     admitted: tuple[Hashable, ...]
     finished: tuple[Hashable, ...]
     aborted: tuple[Hashable, ...]
+    preempted: tuple[tuple[Hashable, int, int], ...] = ()  # (rid, 0, tokens it had done and redoes)
+    preemption_re_encodings: int = 0  # encodes of images a preempted request had had before it was preempted
 
     @property
     def end_ms(self) -> float:
@@ -97,15 +99,21 @@ class RunSummary:
     request_re_encodings: int
     evictions: int
     refused_puts: int
-    forced_grants: int  # cache-aware admission's deadlock-breaking grants (0 under legacy)
+    forced_grants: int  # windows granted past admission: none since the scheduler preempts instead (a column kept)
     peak_cache_bytes: int
     peak_pinned_bytes: int
     encoder_ms: float
     bookkeeping_ms: float
+    preemptions: int = 0  # requests preempted (one may be preempted twice)
+    redone_tokens: int = 0  # prompt tokens preempted requests had done and ran again
+    preemption_re_encodings: int = 0  # encodes that followed a preemption (apart from request_re_encodings)
+    refused_requests: int = 0  # requests admission could never grant, refused when added (``Run.refused``)
+    released_holds: int = 0  # images a request held for a repeat, let go so a running request's item fits
 
 
 _SUMMED = ("tokens", "items_touched", "hits", "misses", "encoder_calls", "encoded_items", "encoded_tokens",
-           "re_encodings", "request_re_encodings", "evictions", "refused_puts", "encoder_ms", "bookkeeping_ms")
+           "re_encodings", "request_re_encodings", "evictions", "refused_puts", "encoder_ms", "bookkeeping_ms",
+           "preemption_re_encodings")
 
 
 @dataclass(frozen=True)
@@ -127,19 +135,24 @@ class Run:
     embeddings: Mapping[tuple[int, Hashable], torch.Tensor | None] = field(default_factory=dict, repr=False,
                                                                            compare=False)
     cache: EmbeddingCache | None = field(default=None, repr=False, compare=False)  # as left at the end
+    refused: Mapping[Hashable, str] = field(default_factory=dict)  # requests refused when added -> why
 
     def record(self) -> dict[str, Any]:
         """Settings, latency summary and totals as one flat dict (a table row)."""
         return {**self.config.flat(), "arrivals": self.arrivals, **asdict(self.latency), **asdict(self.summary)}
 
 
-def summarize(rows: Sequence[StepRow], forced_grants: int = 0) -> RunSummary:
-    """Totals over ``rows`` (peaks for the byte columns)."""
+def summarize(rows: Sequence[StepRow], forced_grants: int = 0, refused_requests: int = 0,
+              released_holds: int = 0) -> RunSummary:
+    """Totals over ``rows`` (peaks for the byte columns); the admission's counts are given."""
     totals = {name: sum(getattr(r, name) for r in rows) for name in _SUMMED}
     return RunSummary(steps=len(rows), windows=sum(len(r.windows) for r in rows),
                       hit_rate=totals["hits"] / totals["items_touched"] if totals["items_touched"] else 0.0,
                       forced_grants=forced_grants, peak_cache_bytes=max((r.cache_bytes for r in rows), default=0),
-                      peak_pinned_bytes=max((r.pinned_bytes for r in rows), default=0), **totals)
+                      peak_pinned_bytes=max((r.pinned_bytes for r in rows), default=0),
+                      preemptions=sum(len(r.preempted) for r in rows),
+                      redone_tokens=sum(stop - start for r in rows for _, start, stop in r.preempted),
+                      refused_requests=refused_requests, released_holds=released_holds, **totals)
 
 
 def _window_rows(ran: StepRun, encoded_before: set[str]) -> list[WindowRow]:
@@ -162,7 +175,30 @@ def _window_rows(ran: StepRun, encoded_before: set[str]) -> list[WindowRow]:
     return rows
 
 
-def _step_row(ran: StepRun, windows: Sequence[WindowRow]) -> StepRow:
+@dataclass
+class _Preemptions:
+    """What each request's windows touched, and what a preempted one had touched before it was preempted:
+    encodes of that, after it resumes, are the re-encodings its preemption caused (vLLM frees a preempted
+    request's encoder cache references, ``encoder_cache_manager.free``, and recomputes)."""
+
+    touched: dict[Hashable, set[str]] = field(default_factory=dict)
+    before: dict[Hashable, set[str]] = field(default_factory=dict)
+
+    def re_encodings(self, ran: StepRun) -> int:
+        for w in ran.step.preempted:
+            self.before.setdefault(w.rid, set()).update(self.touched.pop(w.rid, set()))
+        count = 0
+        for w, outcomes in zip(ran.step.windows, ran.result.outcomes):
+            had = self.before.get(w.rid, set())
+            for o in outcomes:
+                if o.hash in had:  # the first touch since it resumed: encoded again, or found in the cache
+                    count += o.fate == "encoded"
+                    had.discard(o.hash)
+                self.touched.setdefault(w.rid, set()).add(o.hash)
+        return count
+
+
+def _step_row(ran: StepRun, windows: Sequence[WindowRow], preemption_re_encodings: int = 0) -> StepRow:
     step, r, t = ran.step, ran.result, ran.times
     return StepRow(
         step=step.index, time_ms=step.time_ms, duration_ms=t.duration_ms,
@@ -175,41 +211,55 @@ def _step_row(ran: StepRun, windows: Sequence[WindowRow]) -> StepRow:
         cache_bytes=ran.after.bytes, pinned_bytes=ran.after.pinned_bytes, encoder_ms=t.encoder_ms,
         prefill_ms=t.prefill_ms, bookkeeping_ms=t.bookkeeping_ms,
         admitted=step.admitted, finished=step.finished, aborted=step.aborted,
+        preempted=tuple((w.rid, w.start, w.stop) for w in step.preempted),
+        preemption_re_encodings=preemption_re_encodings,
     )
+
+
+PolicyFactory = Callable[[Mapping[Hashable, Request], EmbeddingCache, int], Policy]  # (requests, cache, row bytes)
 
 
 def replay(requests: Mapping[Hashable, Request], arrivals: Iterable[Arrival], config: ReplayConfig, clock: StepClock,
            encoder: Encoder | None = None, *, row_bytes: int | None = None, keep_embeddings: bool = False,
-           progress: bool = False, label: str = "") -> Run:
+           progress: bool = False, label: str = "", make_policy: PolicyFactory | None = None) -> Run:
     """Replay ``arrivals`` of ``requests`` under ``config``, timed by ``clock``, with a fresh cache of
-    ``config.cache_tokens`` rows of ``row_bytes`` (default: the encoder's; the encoder: a fake one)."""
+    ``config.cache_tokens`` rows of ``row_bytes`` (default: the encoder's; the encoder: a fake one).
+    ``make_policy`` builds the run's scheduler over that cache (default: ``config.scheduler.build``), e.g.
+    one with an admission of one's own."""
     encoder = FakeEncoder(FAKE_HIDDEN) if encoder is None else encoder
     row_bytes = bytes_per_token(encoder) if row_bytes is None else row_bytes
     if row_bytes is None:  # the cache is sized in embedding rows: their width must be known
         raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} has no hidden_size/dtype: give row_bytes")
     capacity = max(1, config.cache_tokens * row_bytes)  # 1 byte holds nothing
     cache = EmbeddingCache(capacity)
-    policy = config.scheduler.build(requests, cache, row_bytes, hold_hits=config.mode == "per_request")
+    if make_policy is None:
+        policy = config.scheduler.build(requests, cache, row_bytes, hold_hits=config.mode == "per_request",
+                                        hold_recurring=config.pin_recurring)
+    else:
+        policy = make_policy(requests, cache, row_bytes)
     arrival_ms = {}
     for arrival in arrivals:
         policy.add(arrival)
         arrival_ms[arrival.rid] = arrival.arrival_ms
     encoded_before: set[str] = set()
+    preemptions = _Preemptions()
     rows, window_rows, embeddings = [], [], {}
     loop = run_steps(requests, policy, encoder, cache, config, clock)
     desc = f"{label} {config.mode} {config.scheduler.policy}".strip()
     for ran in tqdm(loop, desc=desc, disable=not progress, leave=False, mininterval=0.5):
         windows = _window_rows(ran, encoded_before)
-        rows.append(_step_row(ran, windows))
+        rows.append(_step_row(ran, windows, preemptions.re_encodings(ran)))
         window_rows += windows
         if keep_embeddings:
             embeddings.update({(ran.step.index, w.rid): e for w, e in zip(ran.step.windows, ran.result.embeddings)})
-    forced = policy.admission.forced if policy.admission is not None else 0
+    refused = dict(getattr(policy, "refused", {}))
+    released = getattr(getattr(policy, "admission", None), "released", 0)
     latencies = request_latencies(rows, arrival_ms)
     costs = clock.costs.label() if clock.costs is not None else f"fixed {clock.step_ms} ms steps, measured encoder"
-    return Run(config, capacity, tuple(rows), tuple(window_rows), summarize(rows, forced), tuple(latencies),
+    summary = summarize(rows, 0, len(refused), released)  # no window is forced: the scheduler preempts
+    return Run(config, capacity, tuple(rows), tuple(window_rows), summary, tuple(latencies),
                summarize_latency(latencies, rows, arrival_ms), cache.stats(), costs,
-               shadow=tuple(clock.shadow_ms), embeddings=embeddings, cache=cache)
+               shadow=tuple(clock.shadow_ms), embeddings=embeddings, cache=cache, refused=refused)
 
 
 @dataclass(frozen=True)
@@ -221,11 +271,12 @@ class Stream:
     arrivals: tuple[Arrival, ...]
 
 
-def prepare(trace: Trace | str | Path, make_item: ItemFactory = fake_item) -> Stream:
-    """Load (a path or an example name) and build the requests, once."""
+def prepare(trace: Trace | str | Path, make_item: ItemFactory = fake_item, *, video_items: str = "whole") -> Stream:
+    """Load (a path or an example name) and build the requests, once; each video as ``video_items`` says
+    (``"whole"``, or ``"frame-groups:g"``)."""
     if not isinstance(trace, Trace):
         trace = load_trace(trace)
-    requests = build_requests(trace, make_item)
+    requests = build_requests(trace, make_item, video_items=video_items)
     return Stream(trace, requests, tuple(trace.arrivals({rid: r.prompt_len for rid, r in requests.items()})))
 
 
@@ -260,6 +311,13 @@ def workload_trace(workload: str | Trace, num_requests: int | None = None) -> Tr
     if isinstance(workload, Trace):
         return workload
     return generate_workload(workload_params(workload, num_requests), workload)
+
+
+def stream_at_rate(stream: Stream, rate_per_s: float, seed: int = 0) -> Stream:
+    """``stream``'s requests arriving Poisson at ``rate_per_s`` (seeded); its built requests are reused, so a
+    search over rates builds items and hashes once."""
+    trace = ArrivalProcess("poisson", rate_per_s, seed=seed).apply(stream.trace)
+    return Stream(trace, stream.requests, tuple(trace.arrivals({rid: r.prompt_len for rid, r in stream.requests.items()})))
 
 
 def replay_at_rate(trace: Trace, rate_per_s: float, costs: StepCosts, config: ReplayConfig, *, seed: int = 0,

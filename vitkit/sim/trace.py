@@ -10,13 +10,17 @@ Trace file format (``vitkit.sim.trace/1``), one JSON object::
 ``images`` names each distinct picture once with its pixel size: segments naming the same image are the
 same content, so they hash alike and can hit the embedding cache. ``segments`` lay out the prompt in
 order (``{"text": n}``: n text tokens; ``{"image": id}``: its placeholder tokens, as many as the item
-factory makes). ``abort_ms`` (optional) is when the client gives up; request ids are unique strings.
+factory makes). A video is an ``images`` entry with ``"frames"`` too (``{"height": 360, "width": 640,
+"frames": 64}``), named by ``{"video": id}`` segments (``{"image": id}`` reads the same); files without
+videos are unchanged. ``abort_ms`` (optional) is when the client gives up; request ids are unique strings, and
+requests come in arrival order (times in ms from any origin, never negative). A bad file is a ValueError
+that names the request and field (``load_trace``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +32,16 @@ from vitkit.sim.scheduler import Arrival
 SCHEMA = schema("trace")
 TRACES_DIR = Path(__file__).resolve().parents[2] / "data" / "traces"
 
-Segment = int | str  # text token count, or an image id
+Segment = int | str  # text token count, or an image (or video) id
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """A distinct picture's size in pixels."""
+    """A distinct picture's size in pixels; a video's also has its number of ``frames`` (None: an image)."""
 
     height: int
     width: int
+    frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,24 +67,29 @@ class Trace:
         object.__setattr__(self, "requests", tuple(self.requests))
         object.__setattr__(self, "images", dict(self.images))
         for image_id, spec in self.images.items():
-            for name in ("height", "width"):
+            for name in ("height", "width") if spec.frames is None else ("height", "width", "frames"):
                 positive_int(f"trace {self.name!r}: image {image_id!r} {name}", getattr(spec, name))
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for k, req in enumerate(self.requests):
             _check_request(self, k, req, seen)
+            if k and req.arrival_ms < self.requests[k - 1].arrival_ms:
+                before = self.requests[k - 1]
+                raise ValueError(f"trace {self.name!r} request {k} ({req.rid!r}): arrival_ms {req.arrival_ms} is before "
+                                 f"request {k - 1} ({before.rid!r}) at {before.arrival_ms}; requests must be in "
+                                 "arrival order")
 
     def arrivals(self, prompt_lens: Mapping[str, int]) -> list[Arrival]:
         """Scheduler arrivals, with prompt lengths (tokens) from the built requests."""
         return [Arrival(r.rid, prompt_lens[r.rid], r.arrival_ms, r.abort_ms) for r in self.requests]
 
 
-def _check_request(trace: Trace, k: int, req: TraceRequest, seen: set[str]) -> None:
+def _check_request(trace: Trace, k: int, req: TraceRequest, seen: dict[str, int]) -> None:
     where = f"trace {trace.name!r} request {k} ({req.rid!r})"
     if not isinstance(req.rid, str) or not req.rid:
         raise ValueError(f"trace {trace.name!r} request {k}: rid must be a non-empty string, got {req.rid!r}")
     if req.rid in seen:
-        raise ValueError(f"{where}: rid is used twice")
-    seen.add(req.rid)
+        raise ValueError(f"{where}: rid is used twice (request {seen[req.rid]} has it too)")
+    seen[req.rid] = k
     non_negative_number(f"{where}: arrival_ms", req.arrival_ms)
     if req.abort_ms is not None and non_negative_number(f"{where}: abort_ms", req.abort_ms) < req.arrival_ms:
         raise ValueError(f"{where}: abort_ms must be a number >= arrival_ms ({req.arrival_ms}), got {req.abort_ms!r}")
@@ -94,14 +104,16 @@ def _check_request(trace: Trace, k: int, req: TraceRequest, seen: set[str]) -> N
 
 def trace_to_json(trace: Trace) -> dict[str, Any]:
     def request(r: TraceRequest) -> dict[str, Any]:
-        segments = [{"image": s} if isinstance(s, str) else {"text": s} for s in r.segments]
+        segments = [{"text": s} if not isinstance(s, str) else
+                    {"image": s} if trace.images[s].frames is None else {"video": s} for s in r.segments]
         out = {"rid": r.rid, "arrival_ms": r.arrival_ms, "segments": segments}
         if r.abort_ms is not None:
             out["abort_ms"] = r.abort_ms
         return out
 
     return {"schema": SCHEMA, "name": trace.name, "description": trace.description,
-            "images": {k: {"height": v.height, "width": v.width} for k, v in trace.images.items()},
+            "images": {k: {"height": v.height, "width": v.width, **({} if v.frames is None else {"frames": v.frames})}
+                       for k, v in trace.images.items()},
             "requests": [request(r) for r in trace.requests]}
 
 
@@ -109,6 +121,10 @@ def trace_from_json(data: Mapping[str, Any]) -> Trace:
     """Parse a trace object; a ValueError names the field (and request) that is wrong."""
     if not isinstance(data, Mapping):
         raise ValueError(f"trace must be a JSON object, got {type(data).__name__}")
+    unknown = set(data) - {"schema", "name", "description", "images", "requests"}
+    if unknown:
+        raise ValueError(f"trace: unknown fields {sorted(unknown)} (a trace has schema, name, description, images, "
+                         "requests)")
     if data.get("schema") != SCHEMA:
         raise ValueError(f"trace field 'schema' must be {SCHEMA!r}, got {data.get('schema')!r}")
     name = data.get("name")
@@ -118,14 +134,17 @@ def trace_from_json(data: Mapping[str, Any]) -> Trace:
     if not isinstance(images, Mapping):
         raise ValueError(f"trace {name!r}: field 'images' must be an object of id -> size")
     for image_id, size in images.items():
-        if not isinstance(size, Mapping) or set(size) != {"height", "width"}:
-            raise ValueError(f"trace {name!r}: images[{image_id!r}] must be {{'height': int, 'width': int}}, "
-                             f"got {size!r}")
+        if not isinstance(size, Mapping) or set(size) - {"frames"} != {"height", "width"}:
+            raise ValueError(f"trace {name!r}: images[{image_id!r}] must be {{'height': int, 'width': int}} "
+                             f"(a video: and 'frames': int), got {size!r}")
     raw = data.get("requests")
     if not isinstance(raw, list):
         raise ValueError(f"trace {name!r}: field 'requests' must be a list, got {type(raw).__name__}")
+    if not raw:
+        raise ValueError(f"trace {name!r}: field 'requests' is empty; a trace needs at least one request")
     requests = [_parse_request(name, k, r) for k, r in enumerate(raw)]
-    specs = {image_id: ImageSpec(size["height"], size["width"]) for image_id, size in images.items()}
+    specs = {image_id: ImageSpec(size["height"], size["width"], size.get("frames"))
+             for image_id, size in images.items()}
     return Trace(name, tuple(requests), specs, str(data.get("description", "")))
 
 
@@ -150,9 +169,10 @@ def _parse_segment(where: str, j: int, raw: object) -> Segment:
     if isinstance(raw, Mapping) and len(raw) == 1:
         if "text" in raw:
             return raw["text"]  # type checked by Trace
-        if "image" in raw and isinstance(raw["image"], str):
-            return raw["image"]
-    raise ValueError(f"{where}: segments[{j}] must be {{'text': n}} or {{'image': id}}, got {raw!r}")
+        for kind in ("image", "video"):  # the images table says which an id is
+            if kind in raw and isinstance(raw[kind], str):
+                return raw[kind]
+    raise ValueError(f"{where}: segments[{j}] must be {{'text': n}}, {{'image': id}} or {{'video': id}}, got {raw!r}")
 
 
 def format_trace(trace: Trace) -> str:
@@ -174,14 +194,41 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
 
 def load_trace(path: str | Path) -> Trace:
     """Read a trace file; a bare name (e.g. ``"chat-multiturn"``) is looked up in ``data/traces``."""
-    path = Path(path)
+    given = Path(path)
+    path = given
     if not path.suffix and not path.exists():
         path = TRACES_DIR / f"{path}.json"
+    if not path.is_file():
+        raise ValueError(f"trace file {given} does not exist (give a path, or an example: {example_traces()})")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"trace file {path} is not valid JSON: {err}") from None
     return trace_from_json(data)
+
+
+def mean_rate_per_s(trace: Trace) -> float | None:
+    """The trace's own arrival rate (requests/s) over its arrival span; None when all arrive at once."""
+    span_ms = trace.requests[-1].arrival_ms - trace.requests[0].arrival_ms if trace.requests else 0.0
+    return (len(trace.requests) - 1) / (span_ms / 1e3) if span_ms > 0 else None
+
+
+def check_cache_sizes(trace: Trace, rows_of: Callable[[ImageSpec], int], cache_tokens: Sequence[int]) -> list[int]:
+    """The cache sizes (embedding rows) of ``cache_tokens`` that hold the trace's largest image (``rows_of``: an
+    image's rows); ValueError naming that image, its rows and the largest size asked for when none does."""
+    used = {seg: req for req in reversed(trace.requests) for seg in req.segments if isinstance(seg, str)}
+    if not used or not cache_tokens:
+        return list(cache_tokens)
+    image_id = max(used, key=lambda i: rows_of(trace.images[i]))
+    rows = rows_of(trace.images[image_id])
+    fits = [t for t in cache_tokens if t >= rows]
+    if not fits:
+        spec, req = trace.images[image_id], used[image_id]
+        size = f"{spec.height}x{spec.width} px" + ("" if spec.frames is None else f", {spec.frames} frames")
+        raise ValueError(f"trace {trace.name!r} request {trace.requests.index(req)} ({req.rid!r}): image {image_id!r} "
+                         f"({size}) has {rows} embedding rows, more than the largest cache asked for "
+                         f"({max(cache_tokens)} rows); ask for a cache of at least {rows} rows")
+    return fits
 
 
 def example_traces() -> list[str]:

@@ -1,7 +1,9 @@
 """Generated request streams (seeded), and turning any trace into vitkit ``Request`` objects.
 
 The two stock TTFT workloads bracket the latency-versus-load question: many small images (many misses a
-step for batching to merge) and large ones (one or two requests a step, little to merge).
+step for batching to merge) and large ones (one or two requests a step, little to merge). The stored
+examples add long items: document pages that straddle every window, videos larger than a cache, and chats
+mixing photos and short clips (``EXAMPLES``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from vitkit.checks import positive_int, positive_number
 from vitkit.item import MultimodalItem
 from vitkit.processing import synthetic_items
 from vitkit.request import Request
-from vitkit.sim.fake import fake_item, image_seed
+from vitkit.sim.fake import fake_item, fake_video_items, image_seed
 from vitkit.sim.trace import ImageSpec, Segment, Trace, TraceRequest
 
 ItemFactory = Callable[[str, int, int], MultimodalItem]  # (image_id, height, width) -> item
+# (video_id, frames, height, width, video_items) -> the video's items: one ("whole") or its frame groups
+VideoFactory = Callable[[str, int, int, int, str], list[MultimodalItem]]
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,13 @@ class WorkloadParams:
     num_requests: int = 16
     arrival_rate_per_s: float | None = None  # Poisson rate of conversations; None: all at t=0
     text_tokens: tuple[int, int] = (16, 128)  # per text segment
-    images_per_request: tuple[int, int] = (1, 3)  # new images per turn
+    images_per_request: tuple[int, int] = (1, 3)  # new images (or videos) per turn
     image_sizes: tuple[tuple[int, int], ...] = ((448, 448), (672, 448), (896, 672))  # (height, width) px
     repeat_share: float = 0.0  # chance an image slot shows an image used earlier in the stream
+    distinct_in_request: bool = False  # a repeat never shows what its request shows already (a document's pages)
+    video_share: float = 0.0  # chance a new image slot holds a video instead
+    video_frames: tuple[int, int] = (16, 64)  # frames per video
+    video_sizes: tuple[tuple[int, int], ...] = ((360, 640),)  # (height, width) px of a video's frames
     turns: int = 1  # requests per conversation; turn t resends turns < t
     turn_gap_ms: float = 2000.0  # between turns of a conversation
     abort_share: float = 0.0  # chance a request is aborted ...
@@ -40,15 +48,16 @@ class WorkloadParams:
     def __post_init__(self) -> None:
         positive_int("WorkloadParams.num_requests", self.num_requests)
         positive_int("WorkloadParams.turns", self.turns)
-        for name in ("text_tokens", "images_per_request"):
+        for name in ("text_tokens", "images_per_request", "video_frames"):
             low, high = getattr(self, name)
-            if not 0 <= low <= high:
+            if not 0 <= low <= high or (name == "video_frames" and low == 0):
                 raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {(low, high)}")
         if self.text_tokens[0] == 0 and self.images_per_request[0] == 0:
             raise ValueError("text_tokens and images_per_request both allow 0: a prompt could be empty")
-        if not self.image_sizes:
-            raise ValueError("image_sizes must name at least one (height, width)")
-        for name in ("repeat_share", "abort_share"):
+        for name in ("image_sizes", "video_sizes"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must name at least one (height, width)")
+        for name in ("repeat_share", "abort_share", "video_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.arrival_rate_per_s is not None and not self.arrival_rate_per_s > 0:
@@ -63,22 +72,32 @@ class _ImagePool:
         self.images: dict[str, ImageSpec] = {}
         self.uses: list[str] = []
 
-    def draw(self) -> str:
-        if self.uses and self.rng.random() < self.params.repeat_share:
-            image_id = self.rng.choice(self.uses)
+    def draw(self, shown: Sequence[Segment] = ()) -> str:
+        """An image id; with ``distinct_in_request`` a repeat skips what ``shown`` (its request) holds."""
+        uses = [u for u in self.uses if u not in shown] if self.params.distinct_in_request else self.uses
+        if uses and self.rng.random() < self.params.repeat_share:
+            image_id = self.rng.choice(uses)
         else:
             image_id = f"{self.params.image_prefix}-{len(self.images)}"
-            height, width = self.rng.choice(self.params.image_sizes)
-            self.images[image_id] = ImageSpec(height, width)
+            self.images[image_id] = self._new_spec()
         self.uses.append(image_id)
         return image_id
 
+    def _new_spec(self) -> ImageSpec:
+        # no draw for the video share unless it is set: streams of images stay what their seed made them
+        if self.params.video_share and self.rng.random() < self.params.video_share:
+            height, width = self.rng.choice(self.params.video_sizes)
+            return ImageSpec(height, width, self.rng.randint(*self.params.video_frames))
+        height, width = self.rng.choice(self.params.image_sizes)
+        return ImageSpec(height, width)
 
-def _turn_segments(params: WorkloadParams, rng: random.Random, pool: _ImagePool) -> list[Segment]:
-    """One turn: a text segment before each new image, and one after the last."""
+
+def _turn_segments(params: WorkloadParams, rng: random.Random, pool: _ImagePool,
+                   history: Sequence[Segment] = ()) -> list[Segment]:
+    """One turn (after ``history``, the turns before): a text segment before each new image, and one after the last."""
     segments: list[Segment] = []
     for _ in range(rng.randint(*params.images_per_request)):
-        segments += [rng.randint(*params.text_tokens), pool.draw()]
+        segments += [rng.randint(*params.text_tokens), pool.draw([*history, *segments])]
     segments.append(rng.randint(*params.text_tokens))
     return [s for s in segments if s != 0]
 
@@ -95,7 +114,7 @@ def generate_workload(params: WorkloadParams = WorkloadParams(), name: str = "ge
             start += rng.expovariate(params.arrival_rate_per_s) * 1000.0
         history: list[Segment] = []
         for turn in range(min(params.turns, params.num_requests - len(requests))):
-            history = history + _turn_segments(params, rng, pool)
+            history = history + _turn_segments(params, rng, pool, history)
             arrival = round(start + turn * params.turn_gap_ms, 3)
             abort = round(arrival + params.abort_after_ms, 3) if rng.random() < params.abort_share else None
             requests.append(TraceRequest(f"c{conversation}t{turn}", arrival, tuple(history), abort))
@@ -104,15 +123,20 @@ def generate_workload(params: WorkloadParams = WorkloadParams(), name: str = "ge
     return Trace(name, tuple(requests), pool.images, description=repr(params))
 
 
-def build_requests(trace: Trace, make_item: ItemFactory = fake_item) -> dict[str, Request]:
-    """One ``Request`` per trace request (by rid, in trace order), one item per image id (a repeat: same hash)."""
-    items: dict[str, MultimodalItem] = {}
+def build_requests(trace: Trace, make_item: ItemFactory = fake_item, *, video_items: str = "whole",
+                   make_video: VideoFactory = fake_video_items) -> dict[str, Request]:
+    """One ``Request`` per trace request (by rid, in trace order), one item per image id (a repeat: same hash)
+    and, per video id, the items ``video_items`` makes of it (``"whole"``: one; ``"frame-groups:g"``: one a
+    group of g temporal patches, laid out back to back)."""
+    items: dict[str, list[MultimodalItem]] = {}
     requests = {}
     for req in trace.requests:
         for seg in req.segments:
             if isinstance(seg, str) and seg not in items:
-                items[seg] = make_item(seg, trace.images[seg].height, trace.images[seg].width)
-        segments = [items[s] if isinstance(s, str) else s for s in req.segments]
+                spec = trace.images[seg]
+                items[seg] = ([make_item(seg, spec.height, spec.width)] if spec.frames is None else
+                              make_video(seg, spec.frames, spec.height, spec.width, video_items))
+        segments = [part for s in req.segments for part in (items[s] if isinstance(s, str) else [s])]
         requests[req.rid] = Request.from_segments(req.rid, segments)
     return requests
 
@@ -142,6 +166,28 @@ EXAMPLES: dict[str, tuple[WorkloadParams, str]] = {
         "Six chat conversations of four turns, one new photo per turn; each turn resends the "
         "whole conversation so far, earlier photos included; about one request in ten is "
         "aborted 100 ms after it arrives.",
+    ),
+    "doc-qa": (
+        WorkloadParams(num_requests=40, text_tokens=(16, 64), images_per_request=(3, 8), image_sizes=((1176, 896),),
+                       repeat_share=0.5, distinct_in_request=True, image_prefix="page", seed=19),
+        "Questions over scanned documents, a burst of 40 requests at once: 3-8 pages of 1176x896 px "
+        "(1,344 rows each) per request, never one page twice in a request; half the page slots show a "
+        "page another request shows too. Every page straddles a 1,024-token window.",
+    ),
+    "video-qa": (
+        WorkloadParams(num_requests=16, arrival_rate_per_s=1.0, text_tokens=(8, 48), images_per_request=(1, 1),
+                       video_share=1.0, video_frames=(16, 512), video_sizes=((360, 640), (480, 854), (720, 1280)),
+                       repeat_share=0.25, image_prefix="clip", seed=23),
+        "Questions about one video each: 16 requests, Poisson at 1/s, a video of 16-512 frames at 360p, "
+        "480p or 720p between a short prompt and a question; a video slot shows a video asked about "
+        "before with chance 1/4 (here 16 requests over 9 videos).",
+    ),
+    "mixed-chat": (
+        WorkloadParams(num_requests=24, arrival_rate_per_s=8.0, turns=4, turn_gap_ms=400.0, text_tokens=(16, 96),
+                       images_per_request=(1, 2), image_sizes=((448, 448), (672, 672), (896, 672)), video_share=0.3,
+                       video_frames=(16, 48), video_sizes=((360, 640), (480, 854)), image_prefix="media", seed=29),
+        "Six chat conversations of four turns, 1-2 new photos or short clips (16-48 frames at 360p or "
+        "480p; about a third are clips) per turn; each turn resends the whole conversation so far.",
     ),
 }
 
