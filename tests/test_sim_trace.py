@@ -1,18 +1,23 @@
 """Trace files and generated workloads: round trips, shipped examples, clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vitkit.sim.fake import fake_item, qwen_like_tokens
 from vitkit.sim.trace import (
     ImageSpec,
     Trace,
     TraceRequest,
+    check_cache_sizes,
     example_traces,
     format_trace,
     load_trace,
+    mean_rate_per_s,
     save_trace,
     trace_from_json,
     trace_to_json,
@@ -91,10 +96,18 @@ def test_repeated_image_is_identical_content():
         (lambda d: d["requests"][1].pop("arrival_ms"), r"request 1 \('q1'\): missing field 'arrival_ms'"),
         (lambda d: d["requests"][1].update(arrival_ms=-3), r"request 1 \('q1'\): arrival_ms must be a finite number >= 0"),
         (lambda d: d["requests"][1].update(abort_ms=10.0), r"request 1 \('q1'\): abort_ms must be a number >= arrival_ms"),
-        (lambda d: d["requests"][1].update(rid="q0"), r"request 1 \('q0'\): rid is used twice"),
+        (lambda d: d["requests"][1].update(rid="q0"), r"request 1 \('q0'\): rid is used twice \(request 0 has it too\)"),
+        (lambda d: d["requests"][1].update(arrival_ms=-0.5), r"request 1 \('q1'\): arrival_ms must be a finite number >= 0, got -0.5"),
+        (lambda d: d["requests"][1].update(arrival_ms=float("nan")), r"request 1 \('q1'\): arrival_ms must be a finite number"),
+        (lambda d: d["requests"][0].update(arrival_ms=30.0), r"request 1 \('q1'\): arrival_ms 25.5 is before request 0 \('q0'\) at 30.0; requests must be in arrival order"),
+        (lambda d: d["requests"][1].update(arrival_ms="25"), r"request 1 \('q1'\): arrival_ms must be a finite number >= 0, got '25'"),
+        (lambda d: d["requests"][1].update(rid=7), r"request 1: rid must be a non-empty string, got 7"),
+        (lambda d: d.update(requests=[]), r"trace 'tiny': field 'requests' is empty"),
+        (lambda d: d.update(request=[]), r"trace: unknown fields \['request'\]"),
+        (lambda d: d.update(name=3), r"trace field 'name' must be a string, got 3"),
         (lambda d: d["requests"][0]["segments"].append({"image": "hat"}), r"request 0 \('q0'\): segments\[3\] names unknown image 'hat'"),
         (lambda d: d["requests"][0]["segments"].append({"text": -1}), r"request 0 \('q0'\): segments\[3\] \(a text token count, or an image id\) must be a non-negative int, got -1"),
-        (lambda d: d["requests"][0]["segments"].append({"video": "x"}), r"request 0 \('q0'\): segments\[3\] must be"),
+        (lambda d: d["requests"][0]["segments"].append({"audio": "x"}), r"request 0 \('q0'\): segments\[3\] must be"),
         (lambda d: d["requests"][0].update(segments=[{"text": 0}]), r"request 0 \('q0'\): the prompt is empty"),
         (lambda d: d["requests"][0].update(priority=1), r"request 0 \('q0'\): unknown fields \['priority'\]"),
         (lambda d: d["images"].update(hat={"height": 0, "width": 4}), "image 'hat' height must be a positive int"),
@@ -115,6 +128,85 @@ def test_invalid_json_is_a_value_error(tmp_path):
     path.write_text("{ not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_trace(path)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_trace(tmp_path / "binary.json")
+    with pytest.raises(ValueError, match="must be a JSON object, got list"):
+        trace_from_json([])
+
+
+def test_a_missing_file_is_a_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"trace file .*nowhere.json does not exist \(give a path, or an example"):
+        load_trace(tmp_path / "nowhere.json")
+
+
+def test_the_trace_value_checks_order_as_the_file_does():
+    with pytest.raises(ValueError, match=r"request 1 \('b'\): arrival_ms 1.0 is before request 0 \('a'\) at 2.0"):
+        Trace("t", (TraceRequest("a", 2.0, (5,)), TraceRequest("b", 1.0, (5,))))
+    Trace("t", (TraceRequest("a", 2.0, (5,)), TraceRequest("b", 2.0, (5,))))  # ties arrive in file order
+
+
+def test_mean_rate_of_a_trace():
+    assert mean_rate_per_s(small_trace()) == pytest.approx(1 / 0.0255)  # two requests 25.5 ms apart
+    at_once = Trace("t", (TraceRequest("a", 5.0, (5,)), TraceRequest("b", 5.0, (5,))))
+    assert mean_rate_per_s(at_once) is None
+
+
+def test_cache_sizes_that_hold_the_largest_image_and_the_message_when_none_does():
+    def rows(spec):
+        return qwen_like_tokens(spec.height, spec.width)
+
+    trace = small_trace()  # shoe 256 rows, bag 24 x 16 = 384 rows
+    assert check_cache_sizes(trace, rows, [128, 384, 1024]) == [384, 1024]
+    with pytest.raises(ValueError, match=r"trace 'tiny' request 1 \('q1'\): image 'bag' \(672x448 px\) has 384 "
+                                         r"embedding rows, more than the largest cache asked for \(383 rows\)"):
+        check_cache_sizes(trace, rows, [128, 383])
+    unused = Trace("t", trace.requests, {**trace.images, "poster": ImageSpec(4000, 4000)})
+    assert check_cache_sizes(unused, rows, [384]) == [384]  # an image no request shows takes no space
+
+
+# Valid traces drawn at random: the file format round-trips them, and the checks refuse their broken copies.
+_ids = st.text(alphabet="abcdefgh0123456789-", min_size=1, max_size=8)
+
+
+@st.composite
+def traces(draw):
+    images = draw(st.dictionaries(_ids, st.builds(ImageSpec, st.integers(28, 2000), st.integers(28, 2000)),
+                                  max_size=4))
+    rids = draw(st.lists(_ids, min_size=1, max_size=8, unique=True))
+    gaps = draw(st.lists(st.floats(0, 1e4, allow_nan=False), min_size=len(rids), max_size=len(rids)))
+    segment = st.one_of(st.integers(1, 500), st.sampled_from(sorted(images))) if images else st.integers(1, 500)
+    requests, now = [], 0.0
+    for rid, gap in zip(rids, gaps):
+        now += gap
+        requests.append(TraceRequest(rid, now, tuple(draw(st.lists(segment, min_size=1, max_size=5)))))
+    return Trace("drawn", tuple(requests), images)
+
+
+@settings(max_examples=40, deadline=None)
+@given(traces())
+def test_any_valid_trace_round_trips_through_its_file(tmp_path_factory, trace):
+    path = tmp_path_factory.mktemp("t") / "t.json"
+    assert load_trace(save_trace(trace, path)) == trace
+
+
+@settings(max_examples=40, deadline=None)
+@given(traces().filter(lambda t: len(t.requests) > 1), st.data())
+def test_a_trace_broken_anywhere_names_the_request(trace, data):
+    k = data.draw(st.integers(1, len(trace.requests) - 1))
+    raw = trace_to_json(trace)
+    broken = data.draw(st.sampled_from(["earlier", "duplicate", "unknown image"]))
+    if broken == "earlier":
+        raw["requests"][k]["arrival_ms"] = raw["requests"][k - 1]["arrival_ms"] - 1.0
+        message = rf"request {k} .*: arrival_ms .* is before request {k - 1}|request {k} .*: arrival_ms must be"
+    elif broken == "duplicate":
+        raw["requests"][k]["rid"] = raw["requests"][0]["rid"]
+        message = rf"request {k} .*: rid is used twice \(request 0 has it too\)"
+    else:
+        raw["requests"][k]["segments"].append({"image": "not-an-image-id"})
+        message = rf"request {k} .*: segments\[\d+\] names unknown image 'not-an-image-id'"
+    with pytest.raises(ValueError, match=message):
+        trace_from_json(raw)
 
 
 def test_format_is_one_line_per_request():
@@ -161,3 +253,13 @@ def test_fake_encoder_takes_any_str_hash():
     out = encoder([sku, again, other])
     assert [tuple(t.shape) for t in out] == [(3, 4)] * 3
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
+
+
+def test_the_readme_example_is_a_valid_trace(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Your own trace"):]
+    example = section[section.index("```json") + len("```json"):section.index("```", section.index("```json") + 7)]
+    assert len(example.strip().splitlines()) == 5
+    (tmp_path / "my-app.json").write_text(example)
+    trace = load_trace(tmp_path / "my-app.json")
+    assert [r.rid for r in trace.requests] == ["q0", "q1"] and trace.requests[1].segments[-1] == "shoe"

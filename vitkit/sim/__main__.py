@@ -1,15 +1,20 @@
 """``python -m vitkit.sim [TRACE]``: replay a trace for both modes, pinning on/off, a few cache
 sizes, and print the summary table. ``--write-examples`` regenerates data/traces.
 
-``python -m vitkit.sim ttft ...``: time to first token against load (``vitkit.sim.report``). The
-same replay on a GPU, real encoder and prefill against the cost models, is a benchmark:
-``python -m vitkit.bench validate ...``."""
+``python -m vitkit.sim ttft ...``: time to first token against load (``vitkit.sim.report``; ``--trace FILE``
+for a user's own trace). ``python -m vitkit.sim advise --trace FILE --p99-ms B``: the engine settings that
+serve it best under the bound (``vitkit.sim.advise``). The same replay on a GPU, real encoder and prefill
+against the cost models, is a benchmark: ``python -m vitkit.bench validate ...``.
+
+Bad input (a malformed trace, a bound no setting meets, a results folder from another card) ends with one
+line naming what was wrong, and exit status 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from vitkit.sim.advise import main as advise_main
 from vitkit.sim.engine import ReplayConfig
 from vitkit.sim.replay import compare, prepare
 from vitkit.sim.report import main as ttft_main
@@ -24,9 +29,19 @@ COLUMNS = ("mode", "pin", "cache_tokens", "hit_rate", "encoder_calls", "encoded_
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except ValueError as err:  # bad input names itself in one line (the library's ValueErrors do): no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] == "ttft":
         ttft_main(argv[1:])
         return 0
+    if argv and argv[0] == "advise":
+        return advise_main(argv[1:])
     if argv and argv[0] == "validate":
         print("validate runs on a GPU: python -m vitkit.bench validate " + " ".join(argv[1:]), file=sys.stderr)
         return 2
