@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: lab test bench env clean
+.PHONY: lab test bench calibrate env clean
 
 env: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m vitkit.bench $(BENCH_ARGS)
+
+# the attached GPU's cost models, their TTFT validation and a summary, into results/<card>/
+calibrate: $(STAMP)
+	$(PY) -m vitkit.bench calibrate $(CALIBRATE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts

@@ -183,3 +183,11 @@ def test_every_job_is_reachable_from_the_one_entry(capsys):
         with pytest.raises(SystemExit) as exit_info:
             bench_main([job, "-h"])
         assert exit_info.value.code == 0 and f"python -m vitkit.bench {job}" in capsys.readouterr().out
+
+
+def test_calibrate_and_errors_are_jobs_of_their_own():
+    from vitkit.bench.__main__ import JOBS
+
+    assert JOBS["calibrate"][:2] == ("vitkit.bench.calibrate", "main")
+    assert JOBS["errors"][:2] == ("vitkit.bench.errors", "main")
+    assert not hasattr(__import__("vitkit.bench.encoder_costs", fromlist=["x"]), "calibrate_main")

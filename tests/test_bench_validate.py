@@ -158,3 +158,70 @@ def test_validate_on_the_gpu_runs_the_real_encoder_and_prefill(tmp_path):
     (path,) = tmp_path.glob("ttft-validate-*.json")
     row = json.loads(path.read_text())["rows"][0]
     assert row["measured_p99_ms"] > 0 and row["measured_encoder_ms"] > 0 and row["measured_prefill_ms"] > 0
+
+
+# ------------------------------------------------------------------ a user's trace (``--trace``), on CPU
+
+
+def _user_trace_file(tmp_path, n=16):
+    from vitkit.sim.trace import save_trace
+    from vitkit.sim.workload import WorkloadParams, generate_workload
+
+    params = WorkloadParams(num_requests=n, arrival_rate_per_s=8.0, text_tokens=(16, 128), images_per_request=(1, 2),
+                            image_sizes=((448, 448), (672, 672)), repeat_share=0.3, seed=21)
+    return save_trace(generate_workload(params, "my-app"), tmp_path / "my-app.json")
+
+
+def test_validate_replays_a_users_trace_with_the_advised_settings(costs, prefill, tmp_path):
+    from vitkit.bench.validate import parse_args, replay_config, user_replayed, user_traces
+
+    path = _user_trace_file(tmp_path)
+    _, args = parse_args(["--trace", str(path), "--policy", "cache-aware", "--encoder-budget-tokens", "2048",
+                          "--chunked-prefill-size", "4096", "--cache-tokens", "8192", "--modes", "batched",
+                          "--out", str(tmp_path)])
+    config = replay_config(args)
+    assert (config.scheduler.chunked_prefill_size, config.scheduler.policy, config.scheduler.encoder_budget_tokens,
+            config.cache_tokens) == (4096, "cache-aware", 2048, 8192)
+    (job,) = user_traces(args)
+    assert (job.name, job.arrivals, job.origin) == ("my-app", "trace times", {"trace_file": str(path), "trace_rate": None})
+    (row,) = validate(FakeEncoder(8), prefill, costs, modes=args.modes, config=config, traces=[job], warm_passes=0)
+    assert (row["workload"], row["arrivals"], row["trace_file"]) == ("my-app", "trace times", str(path))
+    assert row["measured"]["requests"] == 16 and row["modelled"]["finished"] == 16
+    # the stored row names its trace file: --modelled-only rebuilds it, with the same digest and settings
+    settings = {"chunked_prefill_size": 4096, "cache_tokens": 8192, "policy": "cache-aware", "encoder_budget_tokens": 2048}
+    (again,) = remodel({"rows": [row], "settings": settings}, costs)
+    assert again["trace_digest"] == row["trace_digest"] and again["trace_file"] == str(path)
+    assert again["modelled_p99_ms"] == pytest.approx(row["modelled_p99_ms"])
+    # at a Poisson rate instead of its own times
+    poisson = user_replayed(path, 4.0)
+    assert poisson.arrivals == "poisson 4/s" and poisson.trace.requests[-1].arrival_ms != job.trace.requests[-1].arrival_ms
+
+
+@pytest.mark.parametrize("case, message", [
+    ("malformed", "request 1 ('c1t0'): arrival_ms"),
+    ("small cache", "more than the largest cache asked for (256 rows)"),
+    ("another card", "is named for card h200, but encoder-costs-20261127T061643Z.json was measured on h100"),
+])
+def test_bad_input_to_validate_ends_in_one_line_before_any_gpu_work(tmp_path, capsys, monkeypatch, case, message):
+    import shutil
+
+    monkeypatch.setattr(validate_module, "_gpu_encoder", lambda *a, **k: pytest.fail("the GPU was reached"))
+    monkeypatch.setattr(validate_module, "gpu_prefill_runner", lambda *a, **k: pytest.fail("the GPU was reached"))
+    path = _user_trace_file(tmp_path)
+    argv = ["--trace", str(path), "--out", str(tmp_path / "out")]
+    if case == "malformed":
+        data = json.loads(path.read_text())
+        data["requests"][0]["arrival_ms"] = 1e9  # after the second request
+        path.write_text(json.dumps(data))
+    elif case == "small cache":
+        argv += ["--cache-tokens", "256"]
+    else:
+        h200 = tmp_path / "h200"
+        h200.mkdir()
+        for name in ("encoder-costs-20261127T061643Z.json", "prefill-20261127T061302Z.json"):
+            shutil.copy(STORED / name, h200 / name)
+        argv += ["--results", str(h200)]
+    assert validate_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

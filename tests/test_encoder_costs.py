@@ -10,7 +10,7 @@ import pytest
 from vitkit.bench.encoder_costs import main as encoder_costs_main
 from vitkit.encoders import pack
 from vitkit.costs import results
-from vitkit.costs.encoder import load_encoder_cost, measured_bucket_cost, stream_bookkeeping_ms
+from vitkit.costs.encoder import load_encoder_cost, measured_bucket_cost, serving_bookkeeping_ms, stream_bookkeeping_ms
 
 STORED = results.results_folder()
 
@@ -35,6 +35,9 @@ def test_smoke_file_times_every_bucket_and_every_call(smoke_file):
     assert data["settings"]["serving"]["seed"] == 1 and data["settings"]["serving"]["prefill"] == "tiny-decoder"
     steps = data["serving_prefill_steps"]  # the calibration replay's prefill steps, for the prefill model's calibration
     assert steps and all(s["ms"] > 0 and s["windows"] and all(new > 0 for _, new in s["windows"]) for s in steps)
+    # and the host's bookkeeping of each of those steps, measured in the same replay (no stream file needed)
+    book = data["serving_bookkeeping_ms"]
+    assert len(book) == len(steps) and all(ms >= 0 for ms in book) and serving_bookkeeping_ms(smoke_file) > 0
 
 
 def test_measured_model_is_scaled_graph_replays_plus_a_host_share_fitted_to_serving_calls(smoke_file):
@@ -81,10 +84,13 @@ def test_measured_model_refuses_a_file_that_is_not_one(tmp_path, smoke_file):
         measured_bucket_cost(bad)
 
 
-def _gpu_copy(smoke_file):
-    """The smoke file as if measured on a GPU for the stored Qwen2.5-VL encoder."""
+def _gpu_copy(smoke_file, bookkeeping=False):
+    """The smoke file as if measured on a GPU for the stored Qwen2.5-VL encoder (without its calibration
+    replay's bookkeeping, as files from before it was kept, unless ``bookkeeping``)."""
     data = json.loads(smoke_file.read_text())
     gpu = data | {"kind": "gpu", "settings": data["settings"] | {"encoder": "qwen2.5-vl-7b"}}
+    if not bookkeeping:
+        gpu.pop("serving_bookkeeping_ms")
     gpu["settings"]["buckets"] = [r["bucket"] for r in gpu["buckets"]]
     return data, gpu
 
@@ -126,11 +132,28 @@ def test_bookkeeping_falls_back_to_the_stored_stream_and_never_to_a_cpu_one(tmp_
     assert stream_bookkeeping_ms(tmp_path, "qwen2.5-vl-7b") is None
     cost = load_encoder_cost(tmp_path)
     assert cost.bookkeeping_ms == stored_book and stored_stream in cost.source
+    assert f"{stored_stream} borrowed from h100/" in cost.source  # the borrowing is said, not hidden
     # nowhere a GPU stream file: the loader says what to run
     monkeypatch.setattr(results, "results_folder", lambda *args, **kwargs: tmp_path / "no-card")
-    message = "no GPU stream file of encoder 'qwen2.5-vl-7b' .*python -m vitkit.bench stream"
+    message = "no GPU stream file of encoder 'qwen2.5-vl-7b' .*python -m vitkit.bench stream.*make calibrate"
     with pytest.raises(ValueError, match=message):
         load_encoder_cost(tmp_path)
+
+
+def test_bookkeeping_measured_in_the_calibration_replay_comes_first(tmp_path, smoke_file, monkeypatch):
+    """A card calibrated by ``calibrate`` has no stream file: its encoder-costs file's own replay gives the
+    bookkeeping, before any stream file, and nothing is borrowed from another card."""
+    _, gpu = _gpu_copy(smoke_file, bookkeeping=True)
+    gpu["machine"] = gpu["machine"] | {"device_name": "NVIDIA H200", "slug": "h200"}
+    path = tmp_path / "encoder-costs-20990101T000000Z.json"
+    path.write_text(json.dumps(gpu))
+    for stream in STORED.glob("stream-*.json"):
+        shutil.copy(stream, tmp_path)  # present, and still not used
+    monkeypatch.setattr(results, "results_folder", lambda *args, **kwargs: tmp_path / "no-card")  # no stored card
+    cost = load_encoder_cost(tmp_path)
+    assert cost.bookkeeping_ms == pytest.approx(serving_bookkeeping_ms(path))
+    assert "bookkeeping encoder-costs-20990101T000000Z.json's calibration replay" in cost.source
+    assert "stream" not in cost.source and cost.source.endswith("on NVIDIA H200")
 
 
 def test_buckets_with_enough_serving_packs_get_their_own_scale(tmp_path, smoke_file):

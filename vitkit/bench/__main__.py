@@ -17,9 +17,11 @@ JOBS = {  # job -> (module, its entry function, what it measures)
     "dp": ("vitkit.bench.dp", "main", "the encoder across N GPUs, under torchrun (--merge DIR re-merges)"),
     "prefill": ("vitkit.bench.prefill", "main", "the language model's chunked prefill over a grid of steps"),
     "encoder-costs": ("vitkit.bench.encoder_costs", "main", "the bucketed encoder's graph replays and serving calls"),
-    "calibrate": ("vitkit.bench.encoder_costs", "calibrate_main", "encoder-costs, then validate against them"),
+    "calibrate": ("vitkit.bench.calibrate", "main", "the attached card's cost models measured, validated, summarised"),
     "validate": ("vitkit.bench.validate", "main", "the simulator's modelled TTFT against a measured replay"),
+    "errors": ("vitkit.bench.errors", "main", "per-call model errors of stored validations and their p99 bands (CPU)"),
     "bookkeeping": ("vitkit.bench.bookkeeping", "main", "content hashing and embed_chunks' bookkeeping, on CPU"),
+    "crossover": ("vitkit.bench.crossover", "main", "CUDA graphs against cross-request batching, by resolution"),
 }
 
 

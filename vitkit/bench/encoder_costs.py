@@ -12,7 +12,6 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 
 from vitkit.bench.machine import parser, provenance, resolve_device, synchronize, table
 from vitkit.bench.prefill import PrefillRunner
-from vitkit.bench.validate import _gpu_encoder, gpu_prefill_runner, parse_args, run_on_gpu, validate
+from vitkit.bench.validate import validate
 from vitkit.costs import results
 from vitkit.costs.clock import StepCosts
 from vitkit.costs.encoder import load_encoder_cost
@@ -120,8 +119,9 @@ def call_rows(encoder: Any, device: torch.device, calls: Sequence, progress: boo
 
 
 def serving_rows(encoder: Any, runner: Any, sizes: dict[str, tuple[float, int]],
-                 preset: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(encoder calls: items' rows and ms; prefill steps: windows and ms) of the calibration replay."""
+                 preset: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]:
+    """(encoder calls: items' rows and ms; prefill steps: windows and ms; host ms around the encoder per
+    step) of the calibration replay: the cost models' bookkeeping term is measured here, on this card."""
     shadow = StepCosts(load_encoder_cost(), load_prefill_cost())  # the stored card's: only its calls' items are used
     rows = validate(encoder, runner, shadow, workloads=list(sizes), sizes=sizes, make_item=processing_items(preset),
                     seed=CALIBRATION_SEED)
@@ -130,7 +130,7 @@ def serving_rows(encoder: Any, runner: Any, sizes: dict[str, tuple[float, int]],
              for r, step in steps for items, ms in zip(step["call_item_rows"], step["call_ms"])]
     prefill = [{"workload": r["workload"], "mode": r["mode"], "windows": step["windows"], "ms": step["prefill_ms"]}
                for r, step in steps if step["windows"]]
-    return calls, prefill
+    return calls, prefill, [ms for r in rows for ms in r["measured_bookkeeping_ms"]]
 
 
 def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, runner: Any = None,
@@ -143,7 +143,8 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
     buckets = bucket_rows(encoder, device, progress, sustain_s)
     calls_measured = call_rows(encoder, device, calls, progress, sustain_s)
     after = encoder.stats - stats
-    served, prefill_steps = serving_rows(encoder, runner, serving, preset) if runner and serving else ([], [])
+    served, prefill_steps, bookkeeping = serving_rows(encoder, runner, serving, preset) if runner and serving else (
+        [], [], [])
     timing = (f"wall clock, synchronised before and after, median of {REPEATS} after {sustain_s} s of untimed "
               f"calls; each timed call on images of its own")
     return {
@@ -155,6 +156,7 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
                                                    "prefill": getattr(getattr(runner, "config", None), "name", None)},
                      "warmup_s": warm.seconds},
         "buckets": buckets, "calls": calls_measured, "serving_calls": served, "serving_prefill_steps": prefill_steps,
+        "serving_bookkeeping_ms": bookkeeping,
         "compiles_after_warmup": after.compiles, "captures_after_warmup": after.captures,
     }
 
@@ -188,30 +190,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}")
     return 0
 
-
-def calibrate_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vitkit.bench calibrate --out DIR``: encoder costs, then the validation against them.
-
-    A validation is meaningful only against costs measured on the card and in the process that runs
-    it, so this warms up once, writes ``encoder-costs-<stamp>.json`` into ``--out``, then
-    ``ttft-validate-<stamp>.json`` modelled with it and the prefill grid of ``--prefill-results``
-    (default: ``--out`` when it holds one, else the stored card's)."""
-    p = parser("calibrate", calibrate_main.__doc__, "out", out=dict(required=True, help="the card's results folder"))
-    p.add_argument("--prefill-results", type=Path, help="folder of the prefill grid to model with")
-    p.add_argument("--timed-passes", type=int, default=1, help="the validation's timed passes per workload and mode")
-    p.add_argument("--workloads", nargs="+", help="the validation's workloads (default: all)")
-    args = p.parse_args(argv)
-    has_grid = bool(results.newest_first("prefill", args.out))
-    prefill = args.prefill_results or (args.out if has_grid else results.results_folder())
-    encoder, runner = _gpu_encoder(), gpu_prefill_runner()
-    print(f"warm-up: encoder {encoder.warmup_report.seconds:.1f} s, prefill {runner.warmup_s:.1f} s", flush=True)
-    costs = measure(PRESET, encoder.device, torch.bfloat16, CALLS, runner, SERVING, encoder=encoder)
-    print(format_table(costs))
-    print(results.write("encoder-costs", costs, args.out / f"encoder-costs-{costs['created']}.json"), flush=True)
-    workloads = ["--workloads", *args.workloads] if args.workloads else []
-    _, validate_args = parse_args(["--out", str(args.out), "--results", str(args.out), "--timed-passes",
-                                   str(args.timed_passes), *workloads])
-    validate_args.prefill_results = prefill
-    data, _, _ = run_on_gpu(validate_args, encoder, runner)
-    print(results.write("ttft-validate", data, args.out / f"ttft-validate-{data['created']}.json"))
-    return 0

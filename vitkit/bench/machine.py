@@ -60,11 +60,9 @@ def check_dtype(dtype: str, where: str = "dtype") -> None:
 
 
 def device_slug(name: str) -> str:
-    """Folder-safe short name of a device: "NVIDIA A100-SXM4-40GB" -> "a100", "cpu" -> "cpu"."""
-    match = re.search(r"\b([AHBL]\d{2,3}|GH\d{3}|GB\d{3}|RTX\s?\d{4})\b", name, re.IGNORECASE)
-    if match:
-        return match.group(1).replace(" ", "").lower()
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+    """Folder-safe short name of a device: "NVIDIA A100-SXM4-40GB" -> "a100", "cpu" -> "cpu" (decided in
+    ``vitkit.costs.results.card_slug``, where the models' folder is chosen by the same name)."""
+    return results.card_slug(name)
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess | None:
@@ -314,7 +312,7 @@ def roomy_cache(items: Iterable[MultimodalItem], encoder: Any, copies: int = 1) 
 def table(columns: Sequence[tuple[str, str, Any]], rows: Iterable[Any], *, rule: bool = False) -> list[str]:
     """Fixed-width lines: header (and rule), a line per row. ``columns``: (title, format spec, the row's key,
     attribute or a function of it); None prints "-"."""
-    widths = [int(re.match(r"[<>^]?(\d*)", spec).group(1) or 0) for _, spec, _ in columns]
+    widths = [int(re.match(r"[<>^]?[+\- ]?(\d*)", spec).group(1) or 0) for _, spec, _ in columns]
     head = " ".join(f"{title:{'<' if spec[:1] == '<' else '>'}{w}}" for (title, spec, _), w in zip(columns, widths))
     lines = [head, "-" * len(head)] if rule else [head]
     for row in rows:

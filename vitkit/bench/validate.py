@@ -6,6 +6,11 @@ modelled (the cost models); target: TTFT p50 and p99 within 10%, decode in neith
 measured step and the trace's digest, so ``--modelled-only`` recomputes the modelled side on a CPU
 and proves it is the same trace; use the models of the card and process that ran it (graph times
 differ between them, and a queue near saturation amplifies the difference).
+
+``--trace FILE`` replays a user's own trace (``vitkit.sim.trace/1``) instead of the built-in workloads, at
+its own arrival times or Poisson at ``--rate``, with the settings ``python -m vitkit.sim advise`` printed
+(``--policy``, ``--encoder-budget-tokens``, ...). Bad input (a malformed trace, a cache too small for its
+largest image, a results folder from another card) ends with one line and exit status 2, before any GPU work.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import argparse
 import gc
 import hashlib
 import json
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +42,9 @@ from vitkit.sim.engine import ReplayConfig
 from vitkit.sim.fake import bytes_per_token
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.replay import Run, replay, replay_stream
-from vitkit.sim.report import encoder_fit_record
+from vitkit.sim.report import check_results_card, encoder_fit_record, rows_of_image
 from vitkit.sim.scheduler import SchedulerConfig
+from vitkit.sim.trace import Trace, check_cache_sizes, load_trace
 from vitkit.sim.workload import VALIDATION_SIZES, build_requests, generate_workload, processing_items, workload_params
 
 COUNTS = ("encoded_items", "re_encodings", "request_re_encodings", "refused_puts", "evictions", "forced_grants")
@@ -57,6 +64,20 @@ def _gpu_encoder(device: str = "cuda") -> Any:
     encoder = build_encoder(PRESET, device=device, dtype=torch.bfloat16)
     encoder.warmup_report = encoder.warmup()
     return encoder
+
+
+class HostTimedClock(StepClock):
+    """A ``StepClock`` that also keeps each step's host ms around the encoder (``embed_chunks``' wall time
+    less its encoder calls: lookups, puts, assembly), one per step with windows, in ``bookkeeping_ms``: the
+    cost models' bookkeeping term, measured in the replay itself rather than borrowed from a stream file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bookkeeping_ms: list[float] = []
+
+    def __call__(self, step: Any, result: Any, requests: Any, spent: Any, wall_ms: float) -> Any:
+        self.bookkeeping_ms.append(max(0.0, wall_ms - spent.measured_ms))
+        return super().__call__(step, result, requests, spent, wall_ms)
 
 
 def trace_digest(trace: Any) -> str:
@@ -138,19 +159,46 @@ def _print_row(r: Mapping[str, Any]) -> None:
     print(line)
 
 
+@dataclass(frozen=True)
+class Replayed:
+    """One trace the validation replays: ``name`` (its rows' workload), the trace at its arrival times, how
+    they arrived (``arrivals``, e.g. "poisson 40/s"), and the fields that rebuild it (``origin``)."""
+
+    name: str
+    trace: Trace
+    arrivals: str
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+def stock_replayed(workload: str, requests: int, rate_per_s: float, seed: int = 0) -> Replayed:
+    """A built-in workload as the validation replays it (``validation_trace``)."""
+    trace, process = validation_trace(workload, requests, rate_per_s, seed)
+    return Replayed(workload, trace, process.label(), {"trace_seed": seed})
+
+
+def user_replayed(path: str | Path, rate_per_s: float | None = None) -> Replayed:
+    """A user's trace file at its own arrival times, or its requests Poisson at ``rate_per_s``."""
+    trace = load_trace(path)
+    process = ArrivalProcess("trace") if rate_per_s is None else ArrivalProcess("poisson", rate_per_s)
+    return Replayed(trace.name, process.apply(trace), process.label(),
+                    {"trace_file": str(path), "trace_rate": rate_per_s})
+
+
 def validate(encoder: Any, prefill_runner: Any, modelled_costs: StepCosts, *,
              workloads: Sequence[str] = tuple(DEFAULTS), modes: Sequence[str] = MODES,
              config: ReplayConfig = ReplayConfig(), make_item: Any = None,
              sizes: dict[str, tuple[float, int]] | None = None, warm_passes: int = 1, seed: int = 0,
-             timed_passes: int = 1) -> list[dict[str, Any]]:
-    """A row per workload x mode: the real ``encoder`` and ``prefill_runner`` against ``modelled_costs``
-    on the same arrivals. One pass's p99 is one sample: the row shows the timed pass with the median."""
+             timed_passes: int = 1, traces: Sequence[Replayed] | None = None) -> list[dict[str, Any]]:
+    """A row per workload (or given trace) x mode: the real ``encoder`` and ``prefill_runner`` against
+    ``modelled_costs`` on the same arrivals. One pass's p99 is one sample: the row shows the timed pass with
+    the median. ``traces`` (e.g. ``user_replayed``) replace the built-in ``workloads``."""
     measured_costs = replace(modelled_costs, prefill=prefill_runner)
     positive_int("timed_passes", timed_passes)
+    if traces is None:
+        traces = [stock_replayed(w, (sizes or DEFAULTS)[w][1], (sizes or DEFAULTS)[w][0], seed) for w in workloads]
     rows = []
-    for workload in workloads:
-        rate, n = (sizes or DEFAULTS)[workload]
-        trace, process = validation_trace(workload, n, rate, seed)
+    for job in traces:
+        workload, trace = job.name, job.trace
         # built once: real pixels are heavy
         requests = build_requests(trace) if make_item is None else build_requests(trace, make_item)
         arrivals = trace.arrivals({rid: r.prompt_len for rid, r in requests.items()})
@@ -158,6 +206,7 @@ def validate(encoder: Any, prefill_runner: Any, modelled_costs: StepCosts, *,
             run_config = replace(config, mode=mode)
             # warm passes meet every shape the replay meets (compiled buckets, graphs); then the timed ones
             passes = []
+            books = []  # per timed pass, each step's measured host ms (HostTimedClock)
             for k in range(warm_passes + timed_passes):
                 compiles = dynamo_compiles()  # a compile inside the timed pass would stall its steps
                 stats = getattr(encoder, "stats", None)
@@ -169,7 +218,7 @@ def validate(encoder: Any, prefill_runner: Any, modelled_costs: StepCosts, *,
                     gc.collect()
                     gc.freeze()
                 try:
-                    clock = StepClock(measured_costs, encoder_measured=True, shadow=modelled_costs)
+                    clock = HostTimedClock(measured_costs, encoder_measured=True, shadow=modelled_costs)
                     measured = replay(requests, arrivals, run_config, clock, timed, row_bytes=bytes_per_token(encoder),
                                       progress=True, label=workload)
                 finally:
@@ -177,18 +226,20 @@ def validate(encoder: Any, prefill_runner: Any, modelled_costs: StepCosts, *,
                 if k >= warm_passes:
                     delta = None if before is None else asdict(encoder.stats - before)
                     passes.append((measured, timed.calls_ms, dynamo_compiles() - compiles, delta))
+                    books.append(clock.bookkeeping_ms)
             # the pass whose p99 is the median of the timed passes is the row's measured side; all are kept
             order = sorted(range(len(passes)), key=lambda i: passes[i][0].latency.ttft_p99_ms)
             shown = order[(len(order) - 1) // 2]
             measured, calls_ms, _, stats_delta = passes[shown]
             modelled = replay_stream(trace, run_config, modelled_costs)
-            label = process.label()
+            label = job.arrivals
             rows.append(_compare(workload, mode, replace(measured, arrivals=label), replace(modelled, arrivals=label),
                                  calls_ms)
-                        | {"trace_digest": trace_digest(trace), "trace_seed": seed,
+                        | {"trace_digest": trace_digest(trace), **job.origin,
                            "measured_pass_compiles": sum(p[2] for p in passes),  # any compile in any timed pass
                            "measured_pass_encoder_stats": stats_delta, "measured_pass": shown,
-                           "measured_passes": [pass_record(*p) for p in passes]})
+                           "measured_passes": [pass_record(*p) for p in passes],
+                           "measured_bookkeeping_ms": books[shown]})
             _print_row(rows[-1])
     return rows
 
@@ -202,15 +253,22 @@ def validation_trace(workload: str, requests: int, rate_per_s: float, seed: int 
 
 
 def stored_replay(row: dict[str, Any], settings: dict[str, Any]) -> tuple[Any, ReplayConfig, ArrivalProcess]:
-    """The trace, config and arrivals a stored validation row was replayed with, rebuilt."""
+    """The trace, config and arrivals a stored validation row was replayed with, rebuilt (a user's trace from
+    its ``trace_file``)."""
+    scheduler = SchedulerConfig(settings["chunked_prefill_size"], policy=settings.get("policy") or "legacy",
+                                encoder_budget_tokens=settings.get("encoder_budget_tokens"))
+    config = ReplayConfig(scheduler, mode=row["mode"], cache_tokens=settings["cache_tokens"])
+    if row.get("trace_file"):
+        job = user_replayed(row["trace_file"], row.get("trace_rate"))
+        process = ArrivalProcess("trace") if row.get("trace_rate") is None else \
+            ArrivalProcess("poisson", row["trace_rate"])
+        return job.trace, config, process
     kind, _, rate = row["arrivals"].partition(" ")
     where = f"{row['workload']}/{row['mode']}"
     if kind != "poisson" or not rate.endswith("/s"):
         raise ValueError(f"stored row {where}: arrivals {row['arrivals']!r} is not 'poisson <rate>/s'")
     trace, process = validation_trace(row["workload"], row["measured"]["requests"], float(rate[:-2]),
                                       row.get("trace_seed", 0))
-    config = ReplayConfig(SchedulerConfig(settings["chunked_prefill_size"]), mode=row["mode"],
-                          cache_tokens=settings["cache_tokens"])
     return trace, config, process
 
 
@@ -228,7 +286,7 @@ def remodel(stored: dict[str, Any], costs: StepCosts) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: the rebuilt trace's digest {trace_digest(trace)} "
                              f"is not the stored {row['trace_digest']}")
         modelled = replace(replay_stream(trace, config, costs), arrivals=process.label())
-        keep = ("workload", "mode", "arrivals", "trace_digest")
+        keep = ("workload", "mode", "arrivals", "trace_digest", "trace_file", "trace_rate", "trace_seed")
         new = {k: v for k, v in row.items() if k.startswith("measured") or k in keep}
         new |= _modelled_side(row["measured"], modelled) | {
             "previous_modelled_p50_ms": row["modelled_p50_ms"], "previous_modelled_p99_ms": row["modelled_p99_ms"]}
@@ -290,8 +348,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--prefill-calibration", help="an encoder-costs-*.json whose serving prefill steps calibrate the "
                                                  "prefill grid (--modelled-only; default: --encoder-costs's)")
     p.add_argument("--workloads", nargs="+", default=list(DEFAULTS), choices=sorted(DEFAULTS))
+    p.add_argument("--trace", help="a vitkit.sim.trace/1 file to replay instead of the built-in workloads")
+    p.add_argument("--rate", type=float, help="--trace's requests Poisson at this rate (requests/s) instead of its "
+                                              "own arrival times")
     # checked here, before minutes of GPU warm-up, not by the first replay's ReplayConfig
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--policy", default="legacy", choices=["legacy", "cache-aware"], help="admission policy")
+    p.add_argument("--encoder-budget-tokens", type=int, help="embedding rows a step may encode (cache-aware)")
     p.add_argument("--timed-passes", type=int, default=1,
                    help="timed replays per workload and mode; the row shows the one with the median p99")
     p.add_argument("--chunked-prefill-size", type=int, default=2048)
@@ -301,7 +364,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     return p, p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
     p, args = parse_args(argv)
     if args.modelled_only:
         if not args.measured:
@@ -315,25 +378,53 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.out:
         p.error("--out is required (unless --modelled-only)")
+    try:
+        replay_config(args), modelled_costs(args), user_traces(args)  # bad input stops here, before the GPU
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     data, _, _ = run_on_gpu(args)
     print(results.write("ttft-validate", data, Path(args.out) / f"ttft-validate-{data['created']}.json"))
 
 
-def run_on_gpu(args: argparse.Namespace, encoder: Any = None, runner: Any = None) -> tuple[dict[str, Any], Any, Any]:
-    """The GPU validation for parsed ``args``: (data, warm encoder, warm runner); reuses warm ones given."""
+def replay_config(args: argparse.Namespace) -> ReplayConfig:
+    """The replay settings in parsed ``args`` (those ``advise`` prints: policy and encoder budget too)."""
+    scheduler = SchedulerConfig(args.chunked_prefill_size, policy=getattr(args, "policy", None) or "legacy",
+                                encoder_budget_tokens=getattr(args, "encoder_budget_tokens", None))
+    return ReplayConfig(scheduler, cache_tokens=args.cache_tokens)
+
+
+def modelled_costs(args: argparse.Namespace) -> StepCosts:
+    """The cost models the validation compares against, from ``--results`` (a folder of one card's files)."""
+    check_results_card(args.results)
     prefill_folder = getattr(args, "prefill_results", None) or args.results
-    modelled_costs = StepCosts(load_encoder_cost(args.results, PRESET), load_prefill_cost(folder=prefill_folder))
+    return StepCosts(load_encoder_cost(args.results, PRESET), load_prefill_cost(folder=prefill_folder))
+
+
+def user_traces(args: argparse.Namespace) -> list[Replayed] | None:
+    """``--trace`` as the validation replays it (None without one), its largest image checked against the
+    cache; ValueError naming what is wrong."""
+    if getattr(args, "trace", None) is None:
+        return None
+    job = user_replayed(args.trace, getattr(args, "rate", None))
+    check_cache_sizes(job.trace, rows_of_image, [args.cache_tokens])
+    return [job]
+
+
+def run_on_gpu(args: argparse.Namespace, encoder: Any = None, runner: Any = None) -> tuple[dict[str, Any], Any, Any]:
+    """The GPU validation for parsed ``args``: (data, warm encoder, warm runner); reuses warm ones given. A
+    ``--trace`` is replayed instead of the workloads, with the same models and measurement."""
+    costs, config, traces = modelled_costs(args), replay_config(args), user_traces(args)
     encoder = encoder or _gpu_encoder()
     runner = runner or gpu_prefill_runner()
-    config = ReplayConfig(SchedulerConfig(args.chunked_prefill_size), cache_tokens=args.cache_tokens)
-    rows = validate(encoder, runner, modelled_costs, workloads=args.workloads, modes=args.modes, config=config,
-                    make_item=processing_items(PRESET), timed_passes=args.timed_passes)
+    rows = validate(encoder, runner, costs, workloads=args.workloads, modes=args.modes, config=config,
+                    make_item=processing_items(PRESET), timed_passes=args.timed_passes, traces=traces)
     report = getattr(encoder, "warmup_report", None)  # the cold start both paid before the first timed step
     warmup = {"encoder_s": getattr(report, "seconds", None), "encoder_captures": getattr(report, "captures", None),
               "encoder_pool_bytes": getattr(report, "pool_bytes", None), "prefill_s": getattr(runner, "warmup_s", None),
               "prefill_graph_buckets": list(getattr(runner, "graph_buckets", ()))}
     data = {"created": results.stamp(), "note": DECODE_NOTE, "machine": machine_info(), "versions": versions(),
-            "sources": {"modelled": modelled_costs.label(), "measured_prefill": prefill_source(runner),
+            "sources": {"modelled": costs.label(), "measured_prefill": prefill_source(runner),
                         "measured_encoder": f"{PRESET} bf16 {getattr(encoder, 'impl', '?')}"},
             "settings": {k: v for k, v in vars(args).items() if k != "func"}, "rows": rows, "warmup": warmup}
     return data, encoder, runner

@@ -248,11 +248,36 @@ def stream_bookkeeping_ms(folder: str | Path, encoder: str, impl: str = DEFAULT_
     return None
 
 
+def serving_bookkeeping_ms(path: str | Path) -> float | None:
+    """Median host ms a step around the encoder in an encoder-costs file's calibration replay (its
+    ``serving_bookkeeping_ms``, one per step with windows), or None for a file from before it kept them."""
+    steps = results.read("encoder-costs", path).get("serving_bookkeeping_ms") or []
+    return float(np.median(steps)) if steps else None
+
+
+def bookkeeping_for(path: Path, folder: Path, encoder: str, impl: str) -> tuple[float, str]:
+    """(ms, where from) of the host's bookkeeping per step, first found of: the encoder-costs file's own
+    calibration replay (the card and process it models), ``folder``'s newest GPU stream file, the stored
+    card's (borrowed, and said so: host time, so another card's is a stand-in, not a measurement)."""
+    own = serving_bookkeeping_ms(path)
+    if own is not None:
+        return own, f"{path.name}'s calibration replay"
+    stream = stream_bookkeeping_ms(folder, encoder, impl)
+    if stream is not None:
+        return stream
+    stored = results.results_folder()
+    borrowed = stream_bookkeeping_ms(stored, encoder, impl)
+    if borrowed is None:
+        raise ValueError(f"no GPU stream file of encoder {encoder!r} impl {impl!r} in {folder} or the stored results "
+                         f"gives the bookkeeping ms, nor does {path.name}: run `python -m vitkit.bench stream`, or "
+                         f"{results.CALIBRATE_COMMAND} which measures it in its calibration replay")
+    return borrowed[0], f"{borrowed[1]} borrowed from {stored.name}/"
+
+
 def load_encoder_cost(folder: str | Path | None = None, encoder: str = DEFAULT_ENCODER, impl: str = DEFAULT_IMPL,
                       costs_file: str | Path | None = None) -> EncoderCost:
     """``measured_bucket_cost`` of ``costs_file`` or of the newest GPU encoder-costs file of ``encoder``/
-    ``impl`` in ``folder`` (default: the stored card's), with the bookkeeping ms of the folder's newest GPU
-    stream file, else the stored card's (host time: a card calibrated without a stream benchmark has none)."""
+    ``impl`` in ``folder`` (default: the stored card's), with the bookkeeping ms ``bookkeeping_for`` finds."""
     folder = results.results_folder() if folder is None else Path(folder)
     if costs_file is not None:
         path = Path(costs_file)
@@ -263,11 +288,10 @@ def load_encoder_cost(folder: str | Path | None = None, encoder: str = DEFAULT_E
         path = next((p for p in candidates if _is_costs_file(p, encoder, impl)), None)
         if path is None:
             raise ValueError(f"no GPU encoder-costs file of encoder {encoder!r} impl {impl!r} in {folder}: "
-                             "measure one with `python -m vitkit.bench encoder-costs`")
-    book = stream_bookkeeping_ms(folder, encoder, impl)
-    book = book or stream_bookkeeping_ms(results.results_folder(), encoder, impl)
-    if book is None:
-        raise ValueError(f"no GPU stream file of encoder {encoder!r} impl {impl!r} in {folder} or the stored results "
-                         "gives the bookkeeping ms: run `python -m vitkit.bench stream`")
+                             f"measure one with `python -m vitkit.bench encoder-costs`, or every model of the card "
+                             f"with {results.CALIBRATE_COMMAND}")
+    book_ms, book_source = bookkeeping_for(path, folder, encoder, impl)
     cost = measured_bucket_cost(path)[0]
-    return EncoderCost(cost, book[0], f"measured buckets {path.name}, bookkeeping {book[1]} ({encoder}/{impl})")
+    device = results.read("encoder-costs", path).get("machine", {}).get("device_name", "?")
+    return EncoderCost(cost, book_ms, f"measured buckets {path.name}, bookkeeping {book_source} ({encoder}/{impl}), "
+                                      f"on {device}")

@@ -1,16 +1,22 @@
 """Where measured files live, each format's schema string and file name, and which file is the newest.
 
 Every measurement is one JSON file ``results/<card>/<kind>[-<what>]-<stamp>.json`` (UTC stamp) with a
-``schema`` field; writers and readers alike go through this module, so each is decided once.
+``schema`` field; writers and readers alike go through this module, so each is decided once. So is which
+card's folder the cost models come from (``models_folder``: the attached card's when it has been
+calibrated, else the stored one's) and a card's name (``card_slug``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 STORED_CARD = "h100"  # the card whose measurements ship with vitkit
@@ -26,7 +32,10 @@ FORMATS: dict[str, tuple[str, str]] = {
     "ttft-validate": ("vitkit.ttft-validate/1", "ttft-validate-[0-9]*.json"),
     "bookkeeping": ("vitkit.bookkeeping/1", "bookkeeping*.json"),
     "trace": ("vitkit.sim.trace/1", "*.json"),
+    "calibration": ("vitkit.calibration/1", "calibration-[0-9]*.json"),
+    "crossover": ("vitkit.bench.crossover/1", "crossover-[0-9]*.json"),
 }
+CALIBRATE_COMMAND = "make calibrate (python -m vitkit.bench calibrate)"
 
 
 def schema(kind: str) -> str:
@@ -93,3 +102,91 @@ def write(kind: str, data: Mapping[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"schema": schema(kind), **data}, indent=1, default=str) + "\n")
     return path
+
+
+# A card's short name in a device name: "NVIDIA A100-SXM4-40GB" -> "a100" (data-centre letters, GH/GB, RTX).
+_CARD = re.compile(r"\b([AHBL]\d{2,3}|GH\d{3}|GB\d{3}|RTX\s?\d{4})\b", re.IGNORECASE)
+
+
+def card_slug(device_name: str) -> str:
+    """Folder-safe short name of a device, as ``results/<card>/`` names it: "NVIDIA H100 80GB HBM3" -> "h100",
+    "NVIDIA GeForce RTX 4090" -> "rtx4090", "cpu" -> "cpu", anything else slugified."""
+    match = _CARD.search(device_name)
+    if match:
+        return match.group(1).replace(" ", "").lower()
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "unknown"
+
+
+def cards_named(text: str) -> list[str]:
+    """The cards (slugs) a sources text names, in order of first mention: "... (NVIDIA H100 80GB HBM3)" -> ["h100"]."""
+    return list(dict.fromkeys(m.group(1).replace(" ", "").lower() for m in _CARD.finditer(text)))
+
+
+def attached_card() -> str | None:
+    """The slug of the GPU torch sees (device 0), or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    return card_slug(torch.cuda.get_device_name(0))
+
+
+def has_models(folder: str | Path) -> bool:
+    """Whether ``folder`` holds what the cost models are made from: encoder costs and a prefill grid."""
+    return bool(newest_first("encoder-costs", folder)) and bool(newest_first("prefill", folder))
+
+
+def file_card(path: str | Path) -> str | None:
+    """The card a results file was measured on (its ``machine``), or None for a file that names none."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    machine = data.get("machine") if isinstance(data, Mapping) else None
+    if not isinstance(machine, Mapping) or data.get("kind") == "cpu-smoke":
+        return None
+    name = machine.get("slug") or machine.get("device_name")
+    return card_slug(str(name)) if name else None
+
+
+def cards_in(folder: str | Path) -> dict[str, str]:
+    """File name -> card of every JSON file directly in ``folder`` that names the card it was measured on."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    found = {path.name: file_card(path) for path in sorted(folder.glob("*.json"))}
+    return {name: card for name, card in found.items() if card is not None}
+
+
+@dataclass(frozen=True)
+class ModelsFolder:
+    """Where the cost models come from: ``folder`` (``results/<card>``), its ``card``, the ``attached`` card
+    (None without a GPU) and, when the attached card has no results of its own, a one-line ``hint``."""
+
+    folder: Path
+    card: str
+    attached: str | None
+    hint: str | None = None
+
+    def label(self) -> str:
+        """One line for a figure or a table: which card's models these are."""
+        own = " (the attached card's)" if self.attached == self.card else ""
+        return f"models measured on {self.card}{own}, from {self.folder.name}/"
+
+
+def models_folder(results: str | Path | None = None, *, attached: str | None = None,
+                  root: str | Path = RESULTS) -> ModelsFolder:
+    """The one decision of which results folder the cost models come from: ``results`` when given; else the
+    attached card's folder when it has models (``has_models``), else the stored card's, with a hint to run
+    calibrate when a GPU without results is attached. ``attached``: the card's slug (default: asked of torch)."""
+    card = attached or attached_card()
+    if results is not None:
+        folder = Path(results)
+        named = set(cards_in(folder).values())
+        return ModelsFolder(folder, named.pop() if len(named) == 1 else folder.name, card)
+    own = results_folder(card, root) if card else None
+    if own is not None and has_models(own):
+        return ModelsFolder(own, card, card)
+    hint = None
+    if card is not None and card != STORED_CARD:
+        hint = (f"no cost models measured on this {card} yet (results/{card}/ has none): using the stored "
+                f"{STORED_CARD} ones; measure yours with {CALIBRATE_COMMAND}")
+    return ModelsFolder(results_folder(STORED_CARD, root), STORED_CARD, card, hint)

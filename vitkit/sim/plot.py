@@ -14,6 +14,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from vitkit.costs.results import cards_named
 from vitkit.sim.replay import LoadPoint, Run
 
 MODE_COLORS = {"batched": "tab:blue", "per_request": "tab:orange"}
@@ -26,6 +27,13 @@ METRICS = {
     "request_re_encodings": "re-encodings within a request (cumulative)",
     "bookkeeping_ms": "bookkeeping time, ms (cumulative)",
 }
+
+
+def models_card(sources: str | None) -> str | None:
+    """"models measured on H100" for a run's ``sources`` naming the card(s) its cost models came from; None
+    for sources naming no card (a fixed step time, a test double)."""
+    cards = cards_named(sources or "")
+    return f"models measured on {' and '.join(c.upper() for c in cards)}" if cards else None
 
 
 def _style(run: Run, capacities: list[int]) -> dict:
@@ -74,6 +82,9 @@ def _over_steps(runs: Sequence[Run], panels: Sequence[tuple[str, Callable[[Run],
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+    cards = list(dict.fromkeys(c for c in (models_card(run.sources) for run in runs) if c))
+    if cards:  # modelled times: say whose
+        fig.suptitle("; ".join(cards), fontsize="small")
     return fig
 
 
@@ -148,13 +159,16 @@ def plot_ttft_vs_load(points: Sequence[LoadPoint], bound_ms: float | None = None
     sources = "\n".join(textwrap.wrap(f"models: {points[0].run.sources}", 110))  # a footnote: the legend's title
     fig.legend(unique.values(), unique.keys(), loc="outside lower center", title=sources, title_fontsize="x-small",
                ncols=min(2 + 2 * (len(workloads) > 1), len(unique)), fontsize="small")
-    fig.suptitle(title or "TTFT vs load (prefill only; decode not modelled)")
+    card = models_card(points[0].run.sources)
+    fig.suptitle(title or f"TTFT vs load{', ' + card if card else ''} (prefill only; decode not modelled)")
     return fig
 
 
 def plot_admission(rows: Sequence[dict],
-                   metrics: Sequence[str] = ("request_re_encodings", "refused_puts", "ttft_p99_ms")) -> Figure:
-    """Bars per metric of ``Run.record()`` rows with "trace": a group a (trace, cache size), a bar a mode x policy."""
+                   metrics: Sequence[str] = ("request_re_encodings", "refused_puts", "ttft_p99_ms"),
+                   sources: str | None = None) -> Figure:
+    """Bars per metric of ``Run.record()`` rows with "trace": a group a (trace, cache size), a bar a mode x policy;
+    ``sources`` (``Run.sources``) names the card the TTFT's models came from."""
     if not rows:
         raise ValueError("plot_admission needs at least one row")
     groups = list(dict.fromkeys((r["trace"], r["cache_tokens"]) for r in rows))
@@ -174,5 +188,7 @@ def plot_admission(rows: Sequence[dict],
         ax.set_title(metric.replace("_", " "))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(configs), fontsize="small")
-    fig.suptitle("admission policies (hatched: cache-aware); prefill only, decode not modelled", fontsize="small")
+    card = models_card(sources)
+    fig.suptitle(f"admission policies (hatched: cache-aware); prefill only, decode not modelled"
+                 f"{'; TTFT ' + card if card else ''}", fontsize="small")
     return fig
