@@ -188,5 +188,8 @@ def test_dp_panel_shows_the_stored_scaling_or_says_none_is_stored(tmp_path):
     assert "No stored data-parallel results" in missing.value
     if STORED_DP.is_file():
         panel = dp_panel()
-        image, table = panel.children
+        tower, image, table = panel.children
         assert image.value[:4] == b"\x89PNG" and "token-balanced" in table.value and "<td" in table.value
+        first = image.value
+        tower.value = tower.options[-1]  # another tower: its own figure and rows
+        assert image.value != first and tower.value in table.value and tower.options[0] not in table.value
