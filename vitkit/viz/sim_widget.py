@@ -45,6 +45,7 @@ PANELS = {  # figure name -> per-step metrics it plots (two a figure keeps each 
     "hits and calls": ("hit_rate", "encoder_calls"),
     "re-encodings and time": ("re_encodings", "encoder_ms"),
 }
+MEMORY = "cache memory"
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,22 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
     } for r in runs]
 
 
-def sim_figures(runs: Sequence[Run], label: str = "") -> dict[str, Figure]:
-    """Per-step curves and cache memory, each titled ``label`` (where the encoder time comes from)."""
-    figs = {**{name: plot_over_steps(runs, metrics) for name, metrics in PANELS.items()},
-            "memory": plot_cache_memory(runs, FAKE_BYTES_PER_TOKEN)}  # in tokens: the fake rows' MiB are no model's
+def sim_figure(runs: Sequence[Run], panel: str, label: str = "") -> Figure:
+    """One of ``PANELS`` or ``MEMORY`` over the steps, a column per cache size, titled ``label``."""
+    if panel == MEMORY:
+        fig = plot_cache_memory(runs, FAKE_BYTES_PER_TOKEN)  # in tokens: the fake rows' MiB are no model's
+    elif panel in PANELS:
+        fig = plot_over_steps(runs, PANELS[panel])
+    else:
+        raise ValueError(f"unknown panel {panel!r}; choose from {[*PANELS, MEMORY]}")
     if label:
-        for fig in figs.values():
-            fig.suptitle(label, fontsize="small")
-    return figs
+        fig.suptitle(label, fontsize="small")
+    return fig
+
+
+def short_encoder_label(encoder: str) -> str:
+    """The figure title's few words on the encoder time (the status line above names its files)."""
+    return "fake encoder time (CPU)" if encoder == "fake" else f"encoder time modelled: {encoder}, stored results"
 
 
 class SimExplorer(widgets.VBox):
@@ -153,11 +162,12 @@ class SimExplorer(widgets.VBox):
         self.settings = replace(self.settings, encoder=self.settings.encoder or default_encoder(self.models))
         self.notes = list(notes)  # e.g. results files no cost model could be fitted to
         self.controls = _controls(self.settings, self.models)
-        self.figures = {name: png_widget() for name in (*PANELS, "memory")}
-        self.table, self.status = scroll_html("20em"), widgets.HTML()
+        self.panel = control(widgets.ToggleButtons, "show", next(iter(PANELS)), "11em", options=[*PANELS, MEMORY])
+        self.panel.observe(lambda _: self.draw_figure(), names="value")  # the same runs, another figure
+        self.figure, self.table, self.status = png_widget(), widgets.HTML(), widgets.HTML()
         self.runs, self.rows, self.redraw_ms = [], [], 0.0  # the last run's, set by redraw
         grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
-        super().__init__([grid, self.status, *self.figures.values(), self.table])
+        super().__init__([grid, self.status, self.panel, self.figure, self.table])
         self.add_class("vitkit-sim-explorer")
         self.redraw()
 
@@ -181,8 +191,7 @@ class SimExplorer(widgets.VBox):
         for name in ("requests", "arrival_rate", "images_per_request", "image_sizes", "repeat_share", "turns"):
             self.controls[name].disabled = settings.trace != GENERATED  # an example trace fixes the workload
         self.runs = run_sim(settings, self.models)
-        for name, fig in sim_figures(self.runs, encoder_label(settings.encoder, self.models)).items():
-            self.figures[name].value = figure_png(fig)
+        self.draw_figure()
         self.rows = summary_rows(self.runs)
         self.table.value = html_table(self.rows)
         self.redraw_ms = (time.perf_counter() - start) * 1e3
@@ -193,6 +202,13 @@ class SimExplorer(widgets.VBox):
             f" <span style='color:#888'>(updated in {self.redraw_ms:.0f} ms)</span>"
             + "".join(f"<br><i>{html.escape(note)}</i>" for note in self.notes)
         )
+
+
+    def draw_figure(self) -> None:
+        """The chosen panel of the last runs (no new simulation)."""
+        if self.runs:
+            label = short_encoder_label(self.current_settings().encoder)
+            self.figure.value = figure_png(sim_figure(self.runs, self.panel.value, label))
 
 
 def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.ValueWidget]:
