@@ -167,6 +167,7 @@ class BenchView(widgets.VBox):
     def __init__(self, sources: Mapping[str, Mapping[str, Any]] | None = None, *, note: str = "") -> None:
         self.sources: dict[str, Mapping[str, Any]] = {}
         self._switching = False
+        self.shown: str | None = None  # the source on screen
         self.source = widgets.Dropdown(description="results", layout=widgets.Layout(width="60em"))
         self.sweep = widgets.Dropdown(description="sweep", layout=widgets.Layout(width="30em"))
         self.impl = widgets.Dropdown(description="impl", layout=widgets.Layout(width="20em"))
@@ -190,10 +191,17 @@ class BenchView(widgets.VBox):
     def add_results(self, label: str, results: Mapping[str, Any], *, select: bool = True) -> None:
         self.sources[label] = results
         self.note.value = ""  # "nothing to show yet" no longer holds
-        self.source.options = list(self.sources)
-        if select or self.source.value is None:
-            self.source.value = label
-            self._on_source({"new": label})  # Dropdown does not fire when the value is unchanged
+        keep = self.source.value
+        self._switching = True  # new options move the value to the first: draw once, the source asked for
+        try:
+            self.source.options = list(self.sources)
+        finally:
+            self._switching = False
+        target = label if select or keep is None else keep
+        if self.source.value != target:
+            self.source.value = target
+        elif self.shown != target:
+            self._on_source({"new": target})  # Dropdown does not fire when the value is unchanged
 
     def run_cpu_smoke(self, sweeps: Sequence[str] = SMOKE_SWEEPS) -> dict[str, Any]:
         """Run the CPU smoke sweeps (progress in the widget); add and show the result."""
@@ -213,8 +221,9 @@ class BenchView(widgets.VBox):
 
     def _on_source(self, change: dict) -> None:
         results = self.sources.get(change["new"])
-        if results is None:
+        if results is None or self._switching:
             return
+        self.shown = change["new"]
         self.header.value = describe(results, change["new"])
         stream = results.get("schema") == STREAM_SCHEMA
         self.picks.layout.display = "none" if stream else None

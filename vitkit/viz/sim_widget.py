@@ -318,6 +318,7 @@ class TTFTExplorer(widgets.VBox):
         self.controls["workload"].observe(self._workload_rates, names="value")  # before the redraw's observer
         grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
         super().__init__([grid, self.status, self.figure, self.table])
+        self.add_class("vitkit-ttft-explorer")
         self.redraw()
 
     def current_settings(self) -> TTFTSettings:
