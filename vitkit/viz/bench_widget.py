@@ -192,16 +192,15 @@ class BenchView(widgets.VBox):
         self.sources[label] = results
         self.note.value = ""  # "nothing to show yet" no longer holds
         keep = self.source.value
-        self._switching = True  # new options move the value to the first: draw once, the source asked for
+        target = label if select or keep is None else keep
+        self._switching = True  # new options move the value to the first: draw once, what was asked for
         try:
             self.source.options = list(self.sources)
+            self.source.value = target
         finally:
             self._switching = False
-        target = label if select or keep is None else keep
-        if self.source.value != target:
-            self.source.value = target
-        elif self.shown != target:
-            self._on_source({"new": target})  # Dropdown does not fire when the value is unchanged
+        if self.shown != target:
+            self._on_source({"new": target})
 
     def run_cpu_smoke(self, sweeps: Sequence[str] = SMOKE_SWEEPS) -> dict[str, Any]:
         """Run the CPU smoke sweeps (progress in the widget); add and show the result."""
