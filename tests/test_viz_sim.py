@@ -240,3 +240,24 @@ def test_ttft_explorer_keeps_curves_brings_workload_rates_and_names_settings_it_
     view.controls["policy"].value = "cache-aware"
     view.controls["chunked_prefill_size"].value = 1024  # a 1728-row image never fits a 1024-token encoder budget
     assert "cannot replay these settings" in view.status.value and "1728 embedding rows" in view.status.value
+
+
+def test_model_errors_compare_the_curve_with_the_measured_points_at_their_rate():
+    from vitkit.viz.sim_widget import model_error_line, model_errors
+
+    class Latency:
+        ttft_p50_ms, ttft_p99_ms = 110.0, 90.0
+
+    class Point:
+        workload, rate_per_s, latency = "small-images", 40.0, Latency()
+        run = type("R", (), {"config": type("C", (), {"mode": "batched"})(), "latency": Latency()})()
+
+    measured = [{"workload": "small-images", "mode": "batched", "rate_per_s": 40.0, "card": "H100",
+                 "ttft_p50_ms": 100.0, "ttft_p99_ms": 100.0},
+                {"workload": "small-images", "mode": "batched", "rate_per_s": 50.0, "card": "H100",
+                 "ttft_p50_ms": 1.0, "ttft_p99_ms": 1.0}]  # no modelled point at 50/s: not compared
+    (error,) = model_errors([Point()], measured)
+    assert error["p50 %"] == pytest.approx(10.0) and error["p99 %"] == pytest.approx(-10.0)
+    assert model_error_line([error]) == ("Model against the GPU replay (hollow markers, measured on H100): "
+                                         "batched at 40/s: p50 +10.0%, p99 -10.0%.")
+    assert "No GPU replay" in model_error_line([])

@@ -271,6 +271,29 @@ def measured_at(measured: Sequence[Mapping[str, object]], settings: TTFTSettings
             and m.get("requests") == ttft_requests(settings)]
 
 
+def model_errors(points: Sequence[LoadPoint], measured: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Per measured point with a modelled one at the same workload, mode and rate: the model's TTFT p50 and p99
+    error against the GPU replay, in percent of the measurement."""
+    modelled = {(p.workload, p.run.config.mode, p.rate_per_s): p.run.latency for p in points}
+    rows = []
+    for m in measured:
+        latency = modelled.get((m["workload"], m["mode"], m["rate_per_s"]))
+        if latency is not None:
+            rows.append({"mode": m["mode"], "rate": m["rate_per_s"], "card": m["card"],
+                         "p50 %": 100 * (latency.ttft_p50_ms / m["ttft_p50_ms"] - 1),
+                         "p99 %": 100 * (latency.ttft_p99_ms / m["ttft_p99_ms"] - 1)})
+    return rows
+
+
+def model_error_line(errors: Sequence[Mapping[str, object]]) -> str:
+    """One sentence: how far the curves are from the GPU replay's points on screen (or that none is shown)."""
+    if not errors:
+        return "No GPU replay was stored for these settings: the curves are the models' alone."
+    parts = [f"{e['mode'].replace('_', '-')} at {e['rate']:g}/s: p50 {e['p50 %']:+.1f}%, p99 {e['p99 %']:+.1f}%"
+             for e in errors]
+    return f"Model against the GPU replay (hollow markers, measured on {errors[0]['card']}): {'; '.join(parts)}."
+
+
 def ttft_requests(settings: TTFTSettings) -> int:
     """The requests each point of the curve replays (see ``TTFTSettings.num_requests``)."""
     return settings.num_requests or VALIDATION_SIZES[settings.workload][1]
@@ -313,7 +336,7 @@ class TTFTExplorer(widgets.VBox):
             "policy": control(widgets.ToggleButtons, "admission", s.policy, box[0], options=["legacy", "cache-aware"]),
         }
         self.figure, self.table, self.status = png_widget(), widgets.HTML(), widgets.HTML()
-        self.points, self.rows = [], []  # the last redraw's
+        self.points, self.rows, self.errors = [], [], []  # the last redraw's
         self._curves: dict[tuple, list[LoadPoint]] = {}  # per curve setting: a rate change replays only its rate
         self.controls["workload"].observe(self._workload_rates, names="value")  # before the redraw's observer
         grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
@@ -352,10 +375,12 @@ class TTFTExplorer(widgets.VBox):
             ax.axvline(settings.rate_per_s, color="0.5", linewidth=0.8)
         self.figure.value = figure_png(fig)
         self.rows = ttft_rows(self.points, settings.rate_per_s)
+        self.errors = model_errors(self.points, measured_at(self.measured, settings))
         self.table.value = html_table(self.rows)
         self.status.value = (
             f"{ttft_requests(settings)} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
-            f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())} "
+            f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())}"
+            f"<br>{html.escape(model_error_line(self.errors))} "
             f"<span style='color:#888'>(updated in {(time.perf_counter() - start) * 1e3:.0f} ms)</span>")
 
 
