@@ -188,6 +188,8 @@ class SimExplorer(widgets.VBox):
 
     def redraw(self) -> None:
         start, settings = time.perf_counter(), self.current_settings()
+        # the message reaches the browser before the replays finish: the figure below is the previous one till then
+        self.status.value = f"<b>busy:</b> replaying {len(settings.cache_tokens) * len(settings.pins) * 2} runs ..."
         for name in ("requests", "arrival_rate", "images_per_request", "image_sizes", "repeat_share", "turns"):
             self.controls[name].disabled = settings.trace != GENERATED  # an example trace fixes the workload
         self.runs = run_sim(settings, self.models)
