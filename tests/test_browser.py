@@ -1,9 +1,10 @@
-"""Notebook 01 as a user meets it: JupyterLab in headless Chromium, run all, move a slider.
+"""The notebooks as a user meets them: JupyterLab in headless Chromium, run all, move one widget per view.
 
-Starts JupyterLab on a free loopback port with a known token, opens a scratch copy of notebook
-01 (so no run can write outputs into the committed file), runs all cells, waits for the
-widgets, screenshots the explorer, moves the chunk-size slider with the keyboard and checks that
-the figure changed. Screenshots go to ``test-artifacts/``. Skips without ``/usr/bin/chromium``
+Starts JupyterLab on a free loopback port with a known token, serving scratch copies of the notebooks (so no
+run can write outputs into the committed files). For each notebook it runs all cells, waits for every view's
+figure, screenshots it, moves one of its controls as a user would (keyboard on a slider, a drop-down choice,
+a button) and checks that the view redrew; the time from the move to the new figure, as the browser sees it,
+goes to ``test-artifacts/widget-timing.json`` next to the screenshots. Skips without ``/usr/bin/chromium``
 unless ``VITKIT_REQUIRE_BROWSER=1`` (CI), which makes that a failure.
 """
 
@@ -24,12 +25,11 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_chunk_windows.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-EXPLORER = ".vitkit-chunk-explorer"
 # JupyterLab settings for the scratch lab: never autosave, no news or update checks.
 LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
@@ -94,11 +94,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server on a free loopback port, serving a scratch copy of notebook 01."""
+    """A JupyterLab server on a free loopback port, serving scratch copies of the notebooks."""
     _require_chromium()
     root, settings = tmp_path / "root", tmp_path / "settings"
     root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
+        shutil.copy(notebook, root / notebook.name)
     for name, values in LAB_SETTINGS.items():
         path = settings / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,17 +126,71 @@ def lab(tmp_path):
     finally:
         _stop(proc)
         log.close()
-        (root / NOTEBOOK.name).unlink(missing_ok=True)
 
 
-def _figure_src(page) -> str:
-    return page.eval_on_selector(f"{EXPLORER} img", "img => img.src")
+def _figure_src(page, view: str) -> str:
+    return page.eval_on_selector(f"{view} img", "img => img.src")
 
 
-def test_notebook01_widgets_render_and_slider_redraws(lab, tmp_path, artifacts):
+def _wait_for_figure(page, view: str, timeout_ms: int = 240_000) -> None:
+    page.wait_for_function(
+        f"() => {{ const i = document.querySelector('{view} img');"
+        " return i && (i.src.startsWith('blob:') || i.src.length > 100); }",
+        timeout=timeout_ms)
+
+
+def _moved(page, view: str, name: str, move, artifacts: Path, timings: dict, timeout_ms: int = 60_000) -> None:
+    """Screenshot ``view``, do ``move`` (a user's action on one of its controls), wait for a new figure, screenshot
+    again; record the move-to-figure time in ``timings[name]``."""
+    locator = page.locator(view).first
+    locator.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    before_src = _figure_src(page, view)
+    before = locator.screenshot(path=str(artifacts / f"{name}-before.png"))
+    start = time.perf_counter()
+    move(locator)
+    page.wait_for_function(
+        f"(old) => {{ const i = document.querySelector('{view} img'); return i && i.src !== old; }}",
+        arg=before_src, timeout=timeout_ms)
+    timings[name] = round((time.perf_counter() - start) * 1e3)
+    page.wait_for_timeout(500)  # let the new image paint before the screenshot
+    after = locator.screenshot(path=str(artifacts / f"{name}-after.png"))
+    assert after != before, f"{name}: the view did not change on screen"
+
+
+def _press(page, slider, key: str, times: int) -> None:
+    slider.locator(".noUi-handle").first.focus()
+    for _ in range(times):
+        page.keyboard.press(key)
+
+
+def _choose(dropdown, label: str) -> None:
+    dropdown.locator("select").select_option(label=label)
+
+
+def _open_and_run_all(page, base: str, token: str, notebook: str) -> None:
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}", wait_until="domcontentloaded", timeout=90_000)
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                           " && window.jupyterapp.shell.currentWidget.context"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def _finished(page, notebook: str, artifacts: Path) -> None:
+    """Every cell ran (no "[*]" prompt left), no widget failed to render; a screenshot of the whole page."""
+    page.wait_for_function(
+        "() => { const p = [...document.querySelectorAll('.jp-InputArea-prompt')].map(e => e.textContent);"
+        " return p.length > 0 && p.every(t => !t.includes('*')); }", timeout=240_000)
+    body = page.locator(".jp-Notebook").inner_text()
+    assert "Error displaying widget" not in body and "Loading widget" not in body, notebook
+    assert "Traceback" not in body, f"{notebook}: a cell raised"
+
+
+@pytest.fixture
+def browser_page(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    base, token = lab
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
@@ -143,47 +198,84 @@ def test_notebook01_widgets_render_and_slider_redraws(lab, tmp_path, artifacts):
         )
         context.set_default_timeout(60_000)
         try:
-            page = context.new_page()
-            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded", timeout=90_000)
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.context"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            page.wait_for_function(
-                f"() => {{ const i = document.querySelector('{EXPLORER} img'); return i && i.src.startsWith('blob:') || (i && i.src.length > 100); }}",
-                timeout=180_000,
-            )
-            explorer = page.locator(EXPLORER)
-            assert explorer.locator(".widget-slider").count() == 6
-            body = page.locator(".jp-Notebook").inner_text()
-            assert "Error displaying widget" not in body and "Loading widget" not in body
-            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
-            explorer.evaluate("e => e.scrollIntoView({block: 'start'})")  # sliders at the top
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(artifacts / "notebook01-lab.png"))  # the README's picture
-            before_src = _figure_src(page)
-            before = explorer.screenshot(path=str(artifacts / "notebook01-before.png"))
-
-            chunk = explorer.locator(".widget-slider", has_text="chunk size").first
-            readout = chunk.locator(".widget-readout")
-            start_value = int(readout.inner_text())
-            chunk.locator(".noUi-handle").first.focus()
-            for _ in range(4):  # 4 steps of 64 tokens: fewer images straddle, fewer windows
-                page.keyboard.press("ArrowRight")
-            page.wait_for_function(
-                f"(old) => {{ const i = document.querySelector('{EXPLORER} img'); return i && i.src !== old; }}",
-                arg=before_src, timeout=60_000,
-            )
-            page.wait_for_timeout(500)  # let the new image paint before the screenshot
-            after = explorer.screenshot(path=str(artifacts / "notebook01-after.png"))
-            page.screenshot(path=str(artifacts / "notebook01-page-after.png"))
-            assert int(readout.inner_text()) == start_value + 4 * 64
-            assert after != before
-            summary = explorer.locator(".widget-html").first.inner_text()
-            assert "windows over" in summary
+            yield context.new_page()
         finally:
             context.close()
+
+
+def _save_timings(artifacts: Path, timings: dict) -> None:
+    path = artifacts / "widget-timing.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(stored | timings, indent=1) + "\n")
+
+
+def test_notebook01_widgets_render_and_slider_redraws(lab, browser_page, artifacts):
+    base, token = lab
+    page, timings, view = browser_page, {}, ".vitkit-chunk-explorer"
+    _open_and_run_all(page, base, token, "01_chunk_windows.ipynb")
+    _wait_for_figure(page, view)
+    _finished(page, "01", artifacts)
+    explorer = page.locator(view)
+    assert explorer.locator(".widget-slider").count() == 6
+    page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+    explorer.evaluate("e => e.scrollIntoView({block: 'start'})")  # sliders at the top
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(artifacts / "notebook01-lab.png"))  # the README's picture
+    chunk = explorer.locator(".widget-slider", has_text="chunk size").first
+    readout = chunk.locator(".widget-readout")
+    start_value = int(readout.inner_text())
+    # 4 steps of 64 tokens: fewer images straddle, fewer windows
+    _moved(page, view, "notebook01-chunk-size", lambda _: _press(page, chunk, "ArrowRight", 4), artifacts, timings)
+    page.screenshot(path=str(artifacts / "notebook01-page-after.png"))
+    assert int(readout.inner_text()) == start_value + 4 * 64
+    assert "windows over" in explorer.locator(".widget-html").first.inner_text()
+    _save_timings(artifacts, timings)
+
+
+def test_notebook02_views_switch_results_tower_and_run_the_smoke_benchmark(lab, browser_page, artifacts):
+    base, token = lab
+    page, timings = browser_page, {}
+    bench, dp = ".vitkit-bench-view", ".vitkit-dp-panel"
+    _open_and_run_all(page, base, token, "02_batched_vs_per_request.ipynb")
+    _wait_for_figure(page, bench)
+    _wait_for_figure(page, dp)
+    _finished(page, "02", artifacts)
+    page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+    view = page.locator(bench)
+    assert "GPU measurement" in view.inner_text() and not view.locator(".widget-dropdown", has_text="sweep").is_visible()
+    results = view.locator(".widget-dropdown", has_text="results").first
+    sweep_file = next(o for o in results.locator("option").all_inner_texts() if "full-" in o)
+    _moved(page, bench, "notebook02-sweep-file", lambda _: _choose(results, sweep_file), artifacts, timings)
+    assert view.locator(".widget-dropdown", has_text="sweep").first.is_visible()  # a sweep file has sweeps
+    sweep = view.locator(".widget-dropdown", has_text="sweep").first
+    _moved(page, bench, "notebook02-sweep", lambda _: _choose(sweep, "qwen-resolution"), artifacts, timings)
+    tower = page.locator(dp).locator(".widget-dropdown").first
+    other = tower.locator("option").all_inner_texts()[-1]
+    _moved(page, dp, "notebook02-dp-tower", lambda _: _choose(tower, other), artifacts, timings)
+    button = view.locator("button", has_text="Run CPU smoke benchmark")
+    _moved(page, bench, "notebook02-cpu-smoke", lambda _: button.click(), artifacts, timings, timeout_ms=300_000)
+    assert "CPU SMOKE" in view.inner_text()
+    assert view.locator(".jp-OutputArea-output").count() == 0 or "it/s" not in view.inner_text()  # bars cleared
+    _save_timings(artifacts, timings)
+
+
+def test_notebook03_views_redraw_on_a_rate_and_a_panel_change(lab, browser_page, artifacts):
+    base, token = lab
+    page, timings = browser_page, {}
+    ttft, sim = ".vitkit-ttft-explorer", ".vitkit-sim-explorer"
+    _open_and_run_all(page, base, token, "03_cache_and_scheduler.ipynb")
+    _wait_for_figure(page, ttft)
+    _wait_for_figure(page, sim)
+    _finished(page, "03", artifacts)
+    page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+    rate = page.locator(ttft).locator(".widget-slider", has_text="request rate").first
+    _moved(page, ttft, "notebook03-ttft-rate", lambda _: _press(page, rate, "ArrowLeft", 5), artifacts, timings)
+    memory = page.locator(sim).locator("button", has_text="cache memory").first
+    _moved(page, sim, "notebook03-cache-panel", lambda _: memory.click(), artifacts, timings)
+    chunk = page.locator(sim).locator(".widget-slider", has_text="tokens / step").first
+    _moved(page, sim, "notebook03-cache-tokens-per-step", lambda _: _press(page, chunk, "ArrowLeft", 2), artifacts,
+           timings)
+    _save_timings(artifacts, timings)
 
 
 def test_missing_chromium_skips_unless_ci_requires_it(monkeypatch):

@@ -41,6 +41,10 @@ def test_figure_has_a_row_of_panels_per_tower_with_a_line_per_policy_and_mode():
     fig = dp_scaling_figure(fake_results())
     axes = fig.get_axes()
     assert len(axes) == 2 * len(PANELS)
+    one = dp_scaling_figure(fake_results(), "clip-l-336")  # one tower: a 2x2 grid, named in the title
+    assert len(one.get_axes()) == len(PANELS) == 4 and "clip-l-336" in one._suptitle.get_text()
+    with pytest.raises(ValueError, match="no rows for encoder 'nope'"):
+        dp_scaling_figure(fake_results(), "nope")
     speedup_axis = axes[0]
     assert len(speedup_axis.get_lines()) == 4 + 1  # 2 policies x 2 modes + the ideal line
     assert list(speedup_axis.get_lines()[0].get_xdata()) == [1, 2, 4]
@@ -62,7 +66,8 @@ def test_load_and_table_rows(tmp_path):
     path = tmp_path / "dp.json"
     path.write_text(json.dumps(fake_results()))
     rows = dp_table_rows(load_dp_results(path))
-    assert len(rows) == len(fake_results()["rows"]) and rows[0]["world_size"] == 1
+    assert len(rows) == len(fake_results()["rows"]) and rows[0]["N"] == 1
+    assert all(r["tower"] == "clip-l-336" for r in dp_table_rows(load_dp_results(path), "clip-l-336"))
     path.write_text("{}")
     with pytest.raises(ValueError, match="schema"):
         load_dp_results(path)

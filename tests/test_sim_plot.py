@@ -19,24 +19,28 @@ def runs():
     return compare(prepare("chat-multiturn"), configs, encoder=FakeEncoder(hidden=8), progress=False)
 
 
-def test_over_steps_has_one_line_per_run(runs):
+def test_over_steps_is_a_panel_per_metric_and_cache_with_a_line_per_mode_and_pinning(runs):
     fig = plot_over_steps(runs)
     assert isinstance(fig, Figure)
     axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == ["cache hit rate (cumulative)", "encoder calls (cumulative)", "encoder time, ms (cumulative)"]
-    assert all(len(ax.get_lines()) == len(runs) == 8 for ax in axes)
-    calls = axes[1].get_lines()[0].get_ydata()
-    assert calls[-1] == runs[0].summary.encoder_calls  # the cumulative line ends at the run total
+    assert len(axes) == 3 * 2  # three metrics (rows) x two cache sizes (columns)
+    assert [ax.get_ylabel() for ax in axes[::2]] == ["cache hit rate (cumulative)", "encoder calls (cumulative)",
+                                                   "encoder time, ms (cumulative)"]
+    assert [ax.get_title() for ax in axes[:2]] == ["cache 4096 tokens", "cache 8192 tokens"]
+    assert all(len(ax.get_lines()) == 4 for ax in axes)  # 2 modes x pin on/off: each panel stays readable
+    first = [r for r in runs if r.config.cache_tokens == 4096][0]
+    calls = axes[2].get_lines()[0].get_ydata()
+    assert calls[-1] == first.summary.encoder_calls  # the cumulative line ends at the run total
     assert series(runs[0], "hit_rate")[-1] == pytest.approx(runs[0].summary.hit_rate)
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 4
     with pytest.raises(ValueError, match="unknown metric"):
         plot_over_steps(runs, metrics=["nope"])
 
 
 def test_other_figures(runs):
     memory = plot_cache_memory(runs)
-    assert len(memory.get_axes()) == 2 and len(memory.get_axes()[1].get_lines()) == len(runs)
+    assert len(memory.get_axes()) == 2 * 2 and len(memory.get_axes()[3].get_lines()) == 4
     assert len(memory.legends) == 1 and not [ax for ax in memory.axes if ax.get_legend()]  # the legend below the panels
-
 
 def test_ttft_against_load_names_its_sources_and_draws_measured_points():
     costs = line_costs()

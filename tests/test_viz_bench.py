@@ -188,5 +188,22 @@ def test_dp_panel_shows_the_stored_scaling_or_says_none_is_stored(tmp_path):
     assert "No stored data-parallel results" in missing.value
     if STORED_DP.is_file():
         panel = dp_panel()
-        image, table = panel.children
+        tower, image, table = panel.children
         assert image.value[:4] == b"\x89PNG" and "token-balanced" in table.value and "<td" in table.value
+        first = image.value
+        tower.value = tower.options[-1]  # another tower: its own figure and rows
+        assert image.value != first and tower.value in table.value and tower.options[0] not in table.value
+
+
+def test_new_results_draw_once_and_a_stream_hides_the_sweep_pickers(monkeypatch):
+    view = BenchView({"stream": _stream("2026-02-01"), "sweeps": fake_bench_results()})
+    assert view.shown == "stream" and view.picks.layout.display == "none"  # a stream has no sweeps to pick
+    view.source.value = "sweeps"
+    assert view.picks.layout.display is None and view.sweep.options
+    drawn = []
+    monkeypatch.setattr(view, "_show_stream", lambda: drawn.append("stream"))
+    monkeypatch.setattr(view, "draw", lambda: drawn.append("sweep"))
+    view.add_results("smoke", fake_bench_results(kind="cpu-smoke"))
+    assert view.shown == "smoke" and drawn == ["sweep"]  # not the first source's figure on the way
+    view.add_results("later", fake_bench_results(), select=False)
+    assert view.shown == "smoke" and drawn == ["sweep"]  # nothing redrawn, the choice kept

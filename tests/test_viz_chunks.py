@@ -156,8 +156,8 @@ def test_mode_toggle_switches_marks_and_table(explorer):
     explorer.controls["distinct_images"].value = 1  # every request shows the same photo
     plan, png = explorer.plan, explorer.figure.value
     # batched: the first request encodes it and the others share that call; per-request: they hit
-    assert sum(row["shared"] for row in plan.table("batched")) > 0
-    assert sum(row["shared"] for row in plan.table("per_request")) == 0
+    assert sum(row["shared (S)"] for row in plan.table("batched")) > 0
+    assert sum(row["shared (S)"] for row in plan.table("per_request")) == 0
     assert explorer.table.value == html_table(plan.table("batched"), max_rows=60)
     explorer.controls["mode"].value = "per_request"
     assert explorer.table.value == html_table(explorer.plan.table("per_request"), max_rows=60)
@@ -197,3 +197,21 @@ def test_per_request_steps_match_one_per_request_embed_chunks_call_per_step():
         )
         assert cache.bytes == step.cache_bytes
     assert plan.total("per_request", "reencoded_items") > 0  # the small cache does lose items here
+
+
+def test_table_lists_first_encodes_and_re_encodes_in_their_own_columns():
+    plan = chunk_plan(**SMALL, cache_tokens=0)  # nothing is kept: every later window's miss is a re-encode
+    rows = plan.table("batched")
+    again = [(w, i.item) for w in plan.windows_of("batched") for i in w.items if i.status == "encoded" and i.again]
+    assert again, "a cache of 0 tokens must re-encode something here"
+    listed = {(r["step"], r["request"]): r["encoded again (R)"] for r in rows}
+    for window, item in again:
+        assert str(item) in listed[(window.step, window.request)].split(", ")
+    assert all("*" not in str(r["encoded here (E)"]) for r in rows)
+
+
+def test_photo_names_are_white_on_dark_colours_and_black_on_light_ones():
+    from vitkit.viz.chunk_widget import label_color
+
+    assert label_color((0.12, 0.47, 0.71, 1.0)) == "white"  # tab:blue
+    assert label_color((0.68, 0.78, 0.91, 1.0)) == "black"  # tab20's light blue

@@ -14,7 +14,7 @@ import shutil
 from vitkit.costs import results
 from vitkit.sim import WorkloadParams
 from vitkit.viz import SimSettings, admission_rows, run_sim, sim_explorer, summary_rows
-from vitkit.viz.sim_widget import cost_models, sim_figures
+from vitkit.viz.sim_widget import MEMORY, PANELS, cost_models, sim_figure
 
 STORED = results.results_folder()
 
@@ -48,28 +48,33 @@ def test_summary_rows_say_cache_in_tokens(runs):
     assert batched[16384]["encoder calls"] < per_request[16384]["encoder calls"]
 
 
-def test_figures_are_labelled_in_tokens(runs):
-    figs = sim_figures(runs)
-    assert list(figs) == ["hits and calls", "re-encodings and time", "memory"]
+def test_figures_are_small_multiples_in_tokens(runs):
+    figs = {panel: sim_figure(runs, panel) for panel in (*PANELS, MEMORY)}
     for fig in figs.values():
         assert not [ax for ax in fig.axes if ax.get_legend()]  # no legend over a panel's curves
         labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-        assert labels and all("tok" in label and "MiB" not in label for label in labels)
-    cache_ax = figs["memory"].axes[0]
-    assert cache_ax.get_title() == "cache (embedding tokens)"
-    assert max(max(line.get_ydata()) for line in cache_ax.get_lines()) <= 16384
+        assert sorted(labels) == ["batched, pin off", "batched, pin on", "per-request, pin off", "per-request, pin on"]
+        assert [ax.get_title() for ax in fig.axes[:2]] == ["cache 512 tokens", "cache 16384 tokens"]
+    cache_ax = figs[MEMORY].axes[0]
+    assert cache_ax.get_ylabel() == "cache (embedding tokens)"
+    assert max(max(line.get_ydata()) for line in figs[MEMORY].axes[1].get_lines()) <= 16384
+    with pytest.raises(ValueError, match="unknown panel"):
+        sim_figure(runs, "nope")
 
 
 def test_sliders_rerun_the_simulation():
     explorer = sim_explorer(SMALL)
     assert len(explorer.rows) == 8 and "8 runs" in explorer.status.value
-    png, table = bytes(explorer.figures["hits and calls"].value), explorer.table.value
+    png, table = bytes(explorer.figure.value), explorer.table.value
     explorer.controls["pins"].value = "on"
     assert len(explorer.rows) == 4 and all(r["pin"] == "on" for r in explorer.rows)
     low = max(r["hit rate"] for r in explorer.rows)
     explorer.controls["repeat_share"].value = 0.95  # almost every image is a repeat
     assert max(r["hit rate"] for r in explorer.rows) > low
-    assert bytes(explorer.figures["hits and calls"].value) != png and explorer.table.value != table
+    assert bytes(explorer.figure.value) != png and explorer.table.value != table
+    rows = explorer.rows
+    explorer.panel.value = MEMORY  # another figure of the same runs: no new simulation
+    assert explorer.rows is rows and bytes(explorer.figure.value) != png
 
 
 def test_example_trace_fixes_the_workload():
@@ -123,8 +128,7 @@ def test_default_encoder_time_is_the_stored_cost_model_named_in_the_figures(runs
     assert "measured buckets encoder-costs-" in explorer.status.value
     assert "bookkeeping stream-qwen2.5-vl-7b-" in explorer.status.value
     assert "fake" not in explorer.status.value
-    figs = sim_figures(explorer.runs, "encoder time: modelled from stored results, x")
-    assert all(fig._suptitle.get_text().startswith("encoder time: modelled") for fig in figs.values())
+    assert sim_figure(explorer.runs, MEMORY, "encoder time modelled: x")._suptitle.get_text() == "encoder time modelled: x"
     assert explorer.runs[0].summary.encoder_ms > 0
 
 
@@ -236,3 +240,24 @@ def test_ttft_explorer_keeps_curves_brings_workload_rates_and_names_settings_it_
     view.controls["policy"].value = "cache-aware"
     view.controls["chunked_prefill_size"].value = 1024  # a 1728-row image never fits a 1024-token encoder budget
     assert "cannot replay these settings" in view.status.value and "1728 embedding rows" in view.status.value
+
+
+def test_model_errors_compare_the_curve_with_the_measured_points_at_their_rate():
+    from vitkit.viz.sim_widget import model_error_line, model_errors
+
+    class Latency:
+        ttft_p50_ms, ttft_p99_ms = 110.0, 90.0
+
+    class Point:
+        workload, rate_per_s, latency = "small-images", 40.0, Latency()
+        run = type("R", (), {"config": type("C", (), {"mode": "batched"})(), "latency": Latency()})()
+
+    measured = [{"workload": "small-images", "mode": "batched", "rate_per_s": 40.0, "card": "H100",
+                 "ttft_p50_ms": 100.0, "ttft_p99_ms": 100.0},
+                {"workload": "small-images", "mode": "batched", "rate_per_s": 50.0, "card": "H100",
+                 "ttft_p50_ms": 1.0, "ttft_p99_ms": 1.0}]  # no modelled point at 50/s: not compared
+    (error,) = model_errors([Point()], measured)
+    assert error["p50 %"] == pytest.approx(10.0) and error["p99 %"] == pytest.approx(-10.0)
+    assert model_error_line([error]) == ("Model against the GPU replay (hollow markers, measured on H100): "
+                                         "batched at 40/s: p50 +10.0%, p99 -10.0%.")
+    assert "No GPU replay" in model_error_line([])

@@ -362,9 +362,9 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 # Notebook 02's scaling panel (``vitkit.viz``).
 POLICY_COLORS = {"token-balanced": "tab:blue", "round-robin": "tab:orange", "contiguous": "tab:green"}
-PANELS = (("speedup", "speedup vs 1 GPU (x)"), ("efficiency", "scaling efficiency (speedup / N)"),
-          ("images_per_s", "images/s"), ("batched_over_per_request", "batched / per-request (x)"),
-          ("load_balance", "load balance (max rank rows / mean)"))
+# Efficiency (speedup / N) is the distance of the speedup from the ideal line, drawn in the first panel.
+PANELS = (("speedup", "speedup vs 1 GPU (x)"), ("images_per_s", "images/s"),
+          ("batched_over_per_request", "batched / per-request (x)"), ("load_balance", "load balance (max rank rows / mean)"))
 
 
 def load_dp_results(path: str | Path) -> dict[str, Any]:
@@ -394,42 +394,61 @@ def scaling_series(rows: Sequence[Mapping[str, Any]], encoder: str,
     return series
 
 
-def dp_scaling_figure(results: Mapping[str, Any], gather: str = DEFAULT_GATHER) -> Figure:
-    """A row of ``PANELS`` against N per tower, a line per policy (colour) and mode (style)."""
+def dp_scaling_figure(results: Mapping[str, Any], encoder: str | None = None,
+                      gather: str = DEFAULT_GATHER) -> Figure:
+    """``PANELS`` against N: a 2x2 grid for one ``encoder``, else a row per tower; a line per policy (colour) and
+    mode (style), one legend under the panels."""
     rows = results["rows"]
     if not rows:
         raise ValueError("dp_scaling_figure: the results have no rows")
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
-    fig = Figure(figsize=(4.2 * len(PANELS), 3.4 * len(encoders)), layout="constrained")
-    axes = fig.subplots(len(encoders), len(PANELS), squeeze=False)
+    if encoder is not None and encoder not in encoders:
+        raise ValueError(f"dp_scaling_figure: no rows for encoder {encoder!r}; the results have {encoders}")
+    shown = [encoder] if encoder else encoders
+    shape = (2, 2) if encoder else (len(shown), len(PANELS))
+    fig = Figure(figsize=(10, 6.5) if encoder else (4.0 * len(PANELS), 3.4 * len(shown)), layout="constrained")
+    grids = fig.subplots(*shape, squeeze=False).reshape(len(shown), len(PANELS))
     ns = sorted({r["world_size"] for r in rows})
-    for ax_row, encoder in zip(axes, encoders):
-        for (policy, mode), group in scaling_series(rows, encoder, gather).items():
-            xs = [r["world_size"] for r in group]
-            for ax, (key, _) in zip(ax_row, PANELS):
-                ys = [r.get(key) for r in group]
-                if any(y is None for y in ys):
-                    continue  # no N=1 run: no speedup to draw
-                ax.plot(xs, ys, color=POLICY_COLORS.get(policy, "gray"), label=f"{policy}, {mode}",
-                        **MODE_STYLE.get(mode, {}))
-        ax_row[0].plot(ns, ns, color="black", linewidth=0.8, linestyle=":", label="ideal")
-        for ax, (key, label) in zip(ax_row, PANELS):
-            ax.set_title(f"{encoder}", fontsize=9)
-            ax.set(xlabel="GPUs (N)", ylabel=label, xticks=ns)
-            ax.grid(True, alpha=0.3)
-        ax_row[0].legend(fontsize=7)
+    for ax_row, name in zip(grids, shown):
+        _scaling_panels(ax_row, scaling_series(rows, name, gather), ns, name)
+    handles, labels = grids[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=9, frameon=False)
     cards = sorted({r["device_name"] for r in rows})
     smoke = " [CPU SMOKE: not a GPU measurement]" if "cpu" in cards else ""
-    fig.suptitle(f"data-parallel encoder, {rows[0]['images']} images a step, gather {gather}: "
-                 f"{', '.join(cards)}{smoke}")
+    fig.suptitle(f"data-parallel encoder{': ' + encoder if encoder else ''}, {rows[0]['images']} images a step, "
+                 f"gather {gather}: {', '.join(cards)}{smoke}")
     return fig
 
 
-def dp_table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows for ``vitkit.viz.show_table``: N, card, tower, mode, policy, gather and the figures."""
-    keys = ("world_size", "device_name", "encoder", "mode", "policy", "gather", "step_ms_median", "images_per_s",
-            "speedup", "efficiency", "load_balance", "gather_share", "batched_over_per_request")
-    return [{k: r.get(k) for k in keys} for r in results["rows"]]
+def _scaling_panels(axes, series: Mapping[tuple[str, str], list[Mapping[str, Any]]], ns: list[int], name: str) -> None:
+    for (policy, mode), group in series.items():
+        xs = [r["world_size"] for r in group]
+        for ax, (key, _) in zip(axes, PANELS):
+            ys = [r.get(key) for r in group]
+            if any(y is None for y in ys):
+                continue  # no N=1 run: no speedup to draw
+            ax.plot(xs, ys, color=POLICY_COLORS.get(policy, "gray"), label=f"{policy}, {mode.replace('_', '-')}",
+                    **MODE_STYLE.get(mode, {}))
+    axes[0].plot(ns, ns, color="black", linewidth=0.8, linestyle=":", label="ideal (N x)")
+    for ax, (_, label) in zip(axes, PANELS):
+        ax.set_title(name, fontsize=9)
+        ax.set(xlabel="GPUs (N)", ylabel=label, xticks=ns)
+        ax.grid(True, alpha=0.3)
+
+
+def dp_table_rows(results: Mapping[str, Any], encoder: str | None = None) -> list[dict[str, Any]]:
+    """Rows for ``vitkit.viz.show_table`` (of one ``encoder``, or all): N, tower, mode, policy, gather and the
+    figures, rounded to what a reader compares."""
+    keys = {"world_size": "N", "encoder": "tower", "mode": "mode", "policy": "policy", "gather": "gather",
+            "step_ms_median": "step ms", "images_per_s": "images/s", "speedup": "speedup", "efficiency": "efficiency",
+            "load_balance": "load balance", "gather_share": "gather share",
+            "batched_over_per_request": "batched / per-request"}
+    return [{label: _rounded(r.get(key)) for key, label in keys.items()}
+            for r in results["rows"] if encoder is None or r["encoder"] == encoder]
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 3 if abs(value) < 10 else 1) if isinstance(value, float) else value
 
 
 def build_parser() -> argparse.ArgumentParser:

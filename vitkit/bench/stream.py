@@ -350,36 +350,50 @@ def format_stream_table(results: Mapping[str, Any]) -> str:
 
 
 MODE_COLOR = {"batched": "tab:blue", "per_request": "tab:orange"}
+IMPL_MARKERS = (("o", "black"), ("s", "tab:purple"), ("^", "tab:olive"), ("D", "tab:cyan"))  # not the modes' colours
 
 
 def stream_figure(results: Mapping[str, Any]) -> Figure:
-    """Rows encoded per second per impl and mode, steady state marked; batched step latency along the stream."""
-    fig = Figure(figsize=(12, 4.2), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=(1, 1.6))
+    """Rows encoded per second per impl and mode, steady state marked; each batched step's latency against the
+    rows it encoded (a step whose images were all cache hits makes no encoder call: its latency is bookkeeping)."""
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
+    impls = _throughput_bars(left, results)
+    for k, impl in enumerate(impls):
+        rows = [r for r in results["steps"] if r["impl"] == impl and r["mode"] == "batched"]
+        marker, color = IMPL_MARKERS[k % len(IMPL_MARKERS)]
+        right.scatter([r["encoded_rows"] for r in rows], [r["step_ms"] for r in rows], s=12, alpha=0.55,
+                      marker=marker, color=color, label=impl)
+    hits_only = sum(r["encoded_rows"] == 0 for r in results["steps"] if r["mode"] == "batched" and r["impl"] == impls[0])
+    right.set(yscale="log", xlabel="embedding rows encoded in the step", ylabel="step latency (ms, log)",
+              title=f"batched steps; at 0 rows: {hits_only} steps with only cache hits (no encoder call)")
+    right.title.set_fontsize(9)
+    right.legend(fontsize=8, loc="lower right")
+    spec = results["settings"]["stream"]
+    fig.suptitle(f"{spec['encoder']} stream: {spec['steps']} steps of {spec['images_per_step'][0]}-"
+                 f"{spec['images_per_step'][1]} images — {results['machine']['device_name']} ({results['kind']})")
+    return fig
+
+
+def _throughput_bars(ax, results: Mapping[str, Any]) -> list[str]:
+    """Rows per second on the stream per impl (groups) and mode (bars), the steady state dotted; the impls."""
     summaries = results["summaries"]
     impls = list(dict.fromkeys(s["impl"] for s in summaries))
     width = 0.38
     for m, mode in enumerate(("batched", "per_request")):
         values = [next((s["rows_per_s"] for s in summaries if s["impl"] == i and s["mode"] == mode), 0) for i in impls]
-        bars = left.bar([k + (m - 0.5) * width for k in range(len(impls))], values, width, label=mode,
-                        color=MODE_COLOR[mode])
-        left.bar_label(bars, fmt="%.0f", fontsize=7)
+        bars = ax.bar([k + (m - 0.5) * width for k in range(len(impls))], values, width, label=mode.replace("_", "-"),
+                      color=MODE_COLOR[mode])
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
     for k, impl in enumerate(impls):
         steady = next((s for s in results["steady"] if s["impl"] == impl), None)
         if steady:
-            left.hlines(steady["rows_per_s"], k - width, k, colors="black", linestyles=":",
-                        label="steady state (one shape repeated)" if k == 0 else None)
-    left.set(xticks=range(len(impls)), xticklabels=impls, ylabel="embedding rows encoded / s on the stream")
-    left.legend(fontsize=8, loc="upper right")
-    for impl in impls:
-        rows = [r for r in results["steps"] if r["impl"] == impl and r["mode"] == "batched"]
-        right.plot([r["step"] for r in rows], [r["step_ms"] for r in rows], lw=0.9, label=impl)
-    right.set(yscale="log", xlabel="step of the stream (batched mode)", ylabel="step latency (ms, log)")
-    right.legend(fontsize=8, loc="upper right")
-    spec = results["settings"]["stream"]
-    fig.suptitle(f"{spec['encoder']} stream: {spec['steps']} steps of {spec['images_per_step'][0]}-"
-                 f"{spec['images_per_step'][1]} images — {results['machine']['device_name']} ({results['kind']})")
-    return fig
+            ax.hlines(steady["rows_per_s"], k - width, k, colors="black", linestyles=":",
+                      label="batched, one shape repeated" if k == 0 else None)
+    ax.set(xticks=range(len(impls)), xticklabels=impls, ylabel="embedding rows encoded / s on the stream")
+    ax.margins(y=0.15)
+    ax.legend(fontsize=8, loc="upper right")
+    return impls
 
 
 def fit_stream_bucket_cost(path: str | Path, encoder: str,

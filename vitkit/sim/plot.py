@@ -1,6 +1,6 @@
 """Figures of replays (matplotlib ``Figure`` objects, no pyplot state).
 
-Colour tells the mode; over steps line style tells the cache size and width the pinning, against load the
+Colour tells the mode; over steps a column per cache size and line style the pinning, against load the
 percentile (marker: admission policy). One legend below the panels, so no legend covers a curve.
 """
 
@@ -18,7 +18,6 @@ from vitkit.costs.results import cards_named
 from vitkit.sim.replay import LoadPoint, Run
 
 MODE_COLORS = {"batched": "tab:blue", "per_request": "tab:orange"}
-STYLES = ("-", "--", ":", "-.")
 METRICS = {
     "hit_rate": "cache hit rate (cumulative)",
     "encoder_calls": "encoder calls (cumulative)",
@@ -36,11 +35,13 @@ def models_card(sources: str | None) -> str | None:
     return f"models measured on {' and '.join(c.upper() for c in cards)}" if cards else None
 
 
-def _style(run: Run, capacities: list[int]) -> dict:
+PIN_STYLES = {True: "-", False: "--"}
+
+
+def _style(run: Run) -> dict:
     c = run.config
-    return {"color": MODE_COLORS.get(c.mode, "tab:gray"),
-            "linestyle": STYLES[capacities.index(c.cache_tokens) % len(STYLES)], "linewidth": 2.0 if c.pin else 1.0,
-            "label": f"{c.mode}, cache {c.cache_tokens} tokens, pin {'on' if c.pin else 'off'}"}
+    return {"color": MODE_COLORS.get(c.mode, "tab:gray"), "linestyle": PIN_STYLES[c.pin],
+            "label": f"{c.mode.replace('_', '-')}, pin {'on' if c.pin else 'off'}"}
 
 
 def series(run: Run, metric: str) -> list[float]:
@@ -69,19 +70,23 @@ def plot_cache_memory(runs: Sequence[Run], row_bytes: int | None = None) -> Figu
 
 
 def _over_steps(runs: Sequence[Run], panels: Sequence[tuple[str, Callable[[Run], list[float]]]]) -> Figure:
-    """A panel per ``(title, a run's per-step values)``, a line per run; one legend below the panels (with a
-    dozen runs, one inside a panel covers the curves)."""
+    """Small multiples: a row per ``(title, a run's per-step values)``, a column per cache size, in each panel a
+    line per mode (colour) and pinning (style); one legend below (a dozen runs in one panel hide each other)."""
     capacities = sorted({run.config.cache_tokens for run in runs})
-    fig = Figure(figsize=(5.0 * len(panels), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, values) in zip(axes, panels):
-        for run in runs:
-            ax.plot([r.step for r in run.rows], values(run), **_style(run, capacities))
+    fig = Figure(figsize=(max(7.0, 3.6 * len(capacities)), 0.6 + 2.6 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), len(capacities), squeeze=False, sharex=True, sharey="row")
+    for row, (title, values) in zip(axes, panels):
+        for ax, capacity in zip(row, capacities):
+            for run in (r for r in runs if r.config.cache_tokens == capacity):
+                ax.plot([r.step for r in run.rows], values(run), **_style(run))
+            ax.set_title(f"cache {capacity} tokens", fontsize=9)
+            ax.grid(True, alpha=0.3)
+        row[0].set_ylabel(title, fontsize=9)
+    for ax in axes[-1]:
         ax.set_xlabel("scheduler step")
-        ax.set_title(title)
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small", frameon=False)
     cards = list(dict.fromkeys(c for c in (models_card(run.sources) for run in runs) if c))
     if cards:  # modelled times: say whose
         fig.suptitle("; ".join(cards), fontsize="small")

@@ -13,12 +13,13 @@ import ipywidgets as widgets
 import torch
 
 from vitkit.bench.dp import DEFAULT_GATHER, STORED_DP, dp_scaling_figure, dp_table_rows, stored_dp_results
-from vitkit.bench.plot import plot_memory_model, plot_sweep, sweep_names, sweep_rows, x_axis
+from vitkit.bench.plot import (plot_memory_model, plot_sweep, readable_speedup, speedup_spread, sweep_names,
+                               sweep_rows, x_axis)
 from vitkit.bench.rows import BenchRow, find_results, load_results, load_stream_results, write_results
 from vitkit.bench.stream import stream_figure
 from vitkit.bench.sweep import RunSettings, get_sweeps, run_sweeps
 from vitkit.costs import results as files
-from vitkit.viz.render import figure_png, html_table, png_widget, scroll_html
+from vitkit.viz.render import control, figure_png, html_table, png_widget, scroll_html
 
 REPO = files.RESULTS.parent
 STORED = files.results_folder()
@@ -27,18 +28,27 @@ SMOKE_SWEEPS = ("cpu-clip", "cpu-qwen")  # a fixed- and a variable-resolution ti
 MEMORY_MODEL = "memory-model"  # the extra figure a run with token budgets has
 SMOKE_LABEL = "CPU SMOKE RUN: tiny random-weight towers on this CPU; these numbers say nothing about a GPU"
 ALL_IMPLS = "all"
-EAGER = "its per-request calls are launch-bound, so its speedups overstate what batching buys"
 IMPL_NOTES = {
     "vitkit": "vitkit: the compiled, CUDA-graphed encoder on both paths (the headline A/B)",
-    "vitkit-eager": f"vitkit-eager: the fused layers without compile or CUDA graphs; {EAGER}",
-    "stock": f"stock: transformers' eager forward on both paths; {EAGER}",
+    "vitkit-eager": "vitkit-eager: the fused layers without compile or CUDA graphs",
+    "stock": "stock: transformers' eager forward on both paths",
 }
+CPU_IMPL_NOTES = {"vitkit": "vitkit: the fused layers, eager (no compile or CUDA graphs on a CPU)"}
+EAGER_IMPLS = ("vitkit-eager", "stock")
+EAGER = "Eager per-request calls are launch-bound, so their speedups overstate what batching buys."
 
 
-def impl_notes(impls: Sequence[str]) -> str:
+STREAM_NOTE = ("A stream replays seeded steps whose batch changes every step (requests, images and cache hits "
+               "drawn anew); speedup: per-request over batched total time on the stream.")
+
+
+def impl_notes(impls: Sequence[str], kind: str = "gpu") -> str:
     """One grey HTML line saying what each implementation shown is ("" when none is known)."""
-    notes = [IMPL_NOTES[i] for i in impls if i in IMPL_NOTES]
-    return f"<p style='color:#666'>{html.escape('; '.join(notes))}</p>" if notes else ""
+    cpu = kind == "cpu-smoke"
+    notes = "; ".join((CPU_IMPL_NOTES if cpu else {}).get(i) or IMPL_NOTES[i] for i in impls if i in IMPL_NOTES)
+    if notes and not cpu and any(i in EAGER_IMPLS for i in impls):
+        notes += f". {EAGER}"
+    return f"<p style='color:#666'>{html.escape(notes)}</p>" if notes else ""
 
 
 def gpu_available() -> bool:
@@ -102,11 +112,18 @@ def speedup_rows(results: Mapping[str, Any], sweep: str) -> list[dict[str, objec
         out.append({
             "encoder": encoder, "impl": impl, axis: getattr(b, axis), "images": b.images,
             "batched ms": round(b.step_ms_median, 3), "per-request ms": round(p.step_ms_median, 3),
-            "speedup": round(p.step_ms_median / b.step_ms_median, 2),
+            "speedup": speedup_text(*speedup_spread(b, p)),
             "batched img/s": round(b.images_per_s, 1), "batched MFU %": round(100 * b.mfu, 1),
             "peak MiB": "-" if b.peak_mem_bytes is None else round(b.peak_mem_bytes / 2**20),
         })
     return out
+
+
+def speedup_text(low: float, median: float, high: float) -> float | str:
+    """The median speedup, or, when its p10-p90 spread is wider than its distance from 1, that spread instead."""
+    if readable_speedup(low, median, high):
+        return round(median, 2)
+    return f"unclear: {low:.2f} to {high:.2f}"
 
 
 def describe(results: Mapping[str, Any], label: str) -> str:
@@ -150,6 +167,7 @@ class BenchView(widgets.VBox):
     def __init__(self, sources: Mapping[str, Mapping[str, Any]] | None = None, *, note: str = "") -> None:
         self.sources: dict[str, Mapping[str, Any]] = {}
         self._switching = False
+        self.shown: str | None = None  # the source on screen
         self.source = widgets.Dropdown(description="results", layout=widgets.Layout(width="60em"))
         self.sweep = widgets.Dropdown(description="sweep", layout=widgets.Layout(width="30em"))
         self.impl = widgets.Dropdown(description="impl", layout=widgets.Layout(width="20em"))
@@ -159,8 +177,9 @@ class BenchView(widgets.VBox):
         self.smoke_button = widgets.Button(description="Run CPU smoke benchmark", icon="play",
                                            layout=widgets.Layout(width="20em"), tooltip=SMOKE_LABEL)
         self.progress = widgets.Output()
+        self.picks = widgets.HBox([self.sweep, self.impl])  # hidden for a stream file: it has no sweeps
         super().__init__([self.note, widgets.HBox([self.source, self.smoke_button]),
-                          widgets.HBox([self.sweep, self.impl]), self.header, self.progress, self.figure, self.table])
+                          self.picks, self.header, self.progress, self.figure, self.table])
         self.add_class("vitkit-bench-view")
         self.source.observe(self._on_source, names="value")
         self.sweep.observe(self._on_pick, names="value")
@@ -172,10 +191,16 @@ class BenchView(widgets.VBox):
     def add_results(self, label: str, results: Mapping[str, Any], *, select: bool = True) -> None:
         self.sources[label] = results
         self.note.value = ""  # "nothing to show yet" no longer holds
-        self.source.options = list(self.sources)
-        if select or self.source.value is None:
-            self.source.value = label
-            self._on_source({"new": label})  # Dropdown does not fire when the value is unchanged
+        keep = self.source.value
+        target = label if select or keep is None else keep
+        self._switching = True  # new options move the value to the first: draw once, what was asked for
+        try:
+            self.source.options = list(self.sources)
+            self.source.value = target
+        finally:
+            self._switching = False
+        if self.shown != target:
+            self._on_source({"new": target})
 
     def run_cpu_smoke(self, sweeps: Sequence[str] = SMOKE_SWEEPS) -> dict[str, Any]:
         """Run the CPU smoke sweeps (progress in the widget); add and show the result."""
@@ -183,6 +208,7 @@ class BenchView(widgets.VBox):
         try:
             with self.progress:
                 results = run_benchmark("cpu-smoke", sweeps=sweeps, device="cpu", save=False)
+            self.progress.clear_output()  # finished bars would stay on screen, one more set each run
             self.add_results(f"CPU smoke run at {dt.datetime.now():%H:%M:%S} (not a GPU measurement)", results)
         finally:
             self.smoke_button.disabled = False
@@ -194,10 +220,13 @@ class BenchView(widgets.VBox):
 
     def _on_source(self, change: dict) -> None:
         results = self.sources.get(change["new"])
-        if results is None:
+        if results is None or self._switching:
             return
+        self.shown = change["new"]
         self.header.value = describe(results, change["new"])
-        if results.get("schema") == STREAM_SCHEMA:
+        stream = results.get("schema") == STREAM_SCHEMA
+        self.picks.layout.display = "none" if stream else None
+        if stream:
             self._show_stream()
             return
         impls = impls_of(results)
@@ -226,7 +255,8 @@ class BenchView(widgets.VBox):
             self._switching = False
         self.figure.value = figure_png(stream_figure(self.results))
         rows = stream_rows(self.results)
-        self.table.value = impl_notes(list(dict.fromkeys(r["impl"] for r in rows))) + html_table(rows)
+        self.table.value = (impl_notes(list(dict.fromkeys(r["impl"] for r in rows))) + html_table(rows)
+                            + f"<p style='color:#666'>{html.escape(STREAM_NOTE)}</p>")
 
     def _on_pick(self, change: dict) -> None:
         """Another sweep or impl: redraw (another impl first offers its own sweeps)."""
@@ -250,7 +280,8 @@ class BenchView(widgets.VBox):
             return
         shown = rows_of_impl(self.results, self.impl.value)
         self.figure.value = figure_png(plot_sweep(shown, self.sweep.value))
-        self.table.value = impl_notes(impls_of(shown)) + html_table(speedup_rows(shown, self.sweep.value))
+        self.table.value = (impl_notes(impls_of(shown), self.results.get("kind", "gpu"))
+                            + html_table(speedup_rows(shown, self.sweep.value)))
 
 
 def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str | Path = STORED) -> BenchView:
@@ -268,12 +299,23 @@ def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str
 
 
 def dp_panel(path: str | Path = STORED_DP) -> widgets.Widget:
-    """The stored data-parallel scaling figure and a table of every N (token-balanced, default gather)."""
+    """The stored data-parallel scaling of one tower (a drop-down picks it) and a table of every N (token-balanced,
+    default gather)."""
     results = stored_dp_results(path)
     if results is None:
         return widgets.HTML(f"<p><i>No stored data-parallel results at {path}: run <code>torchrun --nproc-per-node N "
-                            "-m vitkit.bench --sweep dp</code> on a GPU host.</i></p>")
-    rows = [r for r in dp_table_rows(results)
-            if r["policy"] == "token-balanced" and (r["world_size"] == 1 or r["gather"] == DEFAULT_GATHER)]
-    return widgets.VBox([widgets.Image(value=figure_png(dp_scaling_figure(results)), format="png"),
-                         widgets.HTML(html_table(rows))])
+                            "-m vitkit.bench dp</code> on a GPU host.</i></p>")
+    towers = list(dict.fromkeys(r["encoder"] for r in results["rows"]))
+    tower = control(widgets.Dropdown, "tower", towers[0], "5em", "22em", options=towers)
+    figure, table = png_widget(), widgets.HTML()
+
+    def draw(_: object = None) -> None:
+        figure.value = figure_png(dp_scaling_figure(results, tower.value))
+        table.value = html_table([r for r in dp_table_rows(results, tower.value) if r["policy"] == "token-balanced"
+                                  and (r["N"] == 1 or r["gather"] == DEFAULT_GATHER)])
+
+    tower.observe(draw, names="value")
+    draw()
+    panel = widgets.VBox([tower, figure, table])
+    panel.add_class("vitkit-dp-panel")
+    return panel

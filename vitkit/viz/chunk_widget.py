@@ -42,6 +42,12 @@ def photo_color(plan: ChunkPlan, photo: str) -> tuple[float, float, float, float
     return colormaps["tab20"](plan.photo_names.index(photo) % 20)
 
 
+def label_color(background: tuple[float, float, float, float]) -> str:
+    """Black on a light colour, white on a dark one (relative luminance, sRGB weights)."""
+    red, green, blue = background[:3]
+    return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5 else "white"
+
+
 def draw_token_lines(plan: ChunkPlan, mode: str = "batched", *, dpi: int = 100) -> Figure:
     """``plan``'s token lines, one per request (images coloured by photo, windows boxed and labelled with their
     step, letters under them per item: H hit, E encoded, S shared, R encoded again), over both modes' calls a step."""
@@ -51,7 +57,8 @@ def draw_token_lines(plan: ChunkPlan, mode: str = "batched", *, dpi: int = 100) 
     handles = _draw_lines(top, plan, mode)
     _draw_calls(bottom, plan)
     fig.legend(handles=handles, loc="outside upper left", ncol=6, fontsize=8, frameon=False)
-    bottom.legend(fontsize=8, frameon=False, loc="upper right")
+    # above the bars, not over them: with many requests a step's bars reach the top of the axes
+    bottom.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0, 1), ncols=2, borderaxespad=0.2)
     return fig
 
 
@@ -67,9 +74,10 @@ def _draw_lines(ax, plan: ChunkPlan, mode: str) -> list:
         bars = [(s.start, len(s)) for s in request.spans]
         colors = [photo_color(plan, p) for p in plan.photos[r]]
         ax.broken_barh(bars, (y - 0.2, 0.4), facecolors=colors, edgecolors="white", linewidth=0.5)
-        for span, photo in zip(request.spans, plan.photos[r]):
+        for span, photo, color in zip(request.spans, plan.photos[r], colors):
             if len(span) > 0.07 * longest:
-                ax.text((span.start + span.stop) / 2, y, photo, ha="center", va="center", fontsize=7)
+                ax.text((span.start + span.stop) / 2, y, photo, ha="center", va="center", fontsize=8,
+                        color=label_color(color))
     _draw_windows(ax, plan, plan.windows_of(mode), longest)
     ax.set_xlim(-0.01 * longest, 1.01 * longest)
     ax.set_ylim(-0.75, len(plan.requests) - 0.35)

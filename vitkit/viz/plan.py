@@ -116,16 +116,20 @@ class ChunkPlan:
         return sum(getattr(s, what) for s in self.steps_of(mode))
 
     def table(self, mode: str) -> list[dict[str, object]]:
-        """One row per window of ``mode``: its items (``index:photo``), hits, misses, the items it encoded (``*``:
-        again after an earlier step had), misses shared with another window, and its step's encoder calls."""
+        """One row per window of ``mode``: its items (``index:photo``), hits, misses, the items it encoded for the
+        first time and those it encoded again (an earlier call had, the cache no longer held them), misses shared
+        with another window, and its step's encoder calls."""
         calls = {s.step: s.encoder_calls for s in self.steps_of(mode)}
+
+        def encoded(w: WindowResult, again: bool) -> str:
+            return ", ".join(str(i.item) for i in w.items if i.status == "encoded" and i.again == again) or "-"
+
         return [{
             "step": w.step, "request": w.request, "window": f"[{w.window.start}, {w.window.stop})",
             "items": ", ".join(f"{i.item}:{i.photo}" for i in w.items) or "-",
             "hits": w.count("hit"), "misses": w.count("encoded") + w.count("shared"),
-            "encoded here": ", ".join(f"{i.item}{'*' if i.again else ''}" for i in w.items if i.status == "encoded")
-            or "-",
-            "shared": w.count("shared"), "step encoder calls": calls[w.step],
+            "encoded here (E)": encoded(w, False), "encoded again (R)": encoded(w, True),
+            "shared (S)": w.count("shared"), "step encoder calls": calls[w.step],
         } for w in self.windows_of(mode)]
 
 

@@ -31,11 +31,26 @@ def html_table(rows: Sequence[Mapping[str, object]], *, max_rows: int | None = N
     shown = rows if max_rows is None else rows[:max_rows]
     head = "".join(f"<th {CELL}>{html.escape(str(c))}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td {CELL}>{html.escape(str(row[c]))}</td>" for c in columns) + "</tr>" for row in shown
+        "<tr>" + "".join(f"<td {CELL}>{html.escape(cell_text(row[c]))}</td>" for c in columns) + "</tr>" for row in shown
     )
     note = f"<p><i>{len(rows) - len(shown)} more rows not shown</i></p>" if len(shown) < len(rows) else ""
-    table = '<table class="vitkit-table" style="border-collapse:collapse;font-size:12px">'
-    return f"{table}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+    # A wide table scrolls sideways in its own box instead of being cut at the notebook's edge.
+    table = '<table class="vitkit-table" style="border-collapse:collapse;font-size:12px;white-space:nowrap">'
+    return f"<div style='overflow-x:auto'>{table}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{note}"
+
+
+def cell_text(value: object) -> str:
+    """A table cell: floats to the digits a reader compares (three significant, thousands grouped), else ``str``."""
+    if not isinstance(value, float):
+        return str(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.1f}".removesuffix(".0")
+    return f"{value:.3g}"
 
 
 def show(fig: Figure) -> Image:

@@ -45,6 +45,7 @@ PANELS = {  # figure name -> per-step metrics it plots (two a figure keeps each 
     "hits and calls": ("hit_rate", "encoder_calls"),
     "re-encodings and time": ("re_encodings", "encoder_ms"),
 }
+MEMORY = "cache memory"
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,22 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
     } for r in runs]
 
 
-def sim_figures(runs: Sequence[Run], label: str = "") -> dict[str, Figure]:
-    """Per-step curves and cache memory, each titled ``label`` (where the encoder time comes from)."""
-    figs = {**{name: plot_over_steps(runs, metrics) for name, metrics in PANELS.items()},
-            "memory": plot_cache_memory(runs, FAKE_BYTES_PER_TOKEN)}  # in tokens: the fake rows' MiB are no model's
+def sim_figure(runs: Sequence[Run], panel: str, label: str = "") -> Figure:
+    """One of ``PANELS`` or ``MEMORY`` over the steps, a column per cache size, titled ``label``."""
+    if panel == MEMORY:
+        fig = plot_cache_memory(runs, FAKE_BYTES_PER_TOKEN)  # in tokens: the fake rows' MiB are no model's
+    elif panel in PANELS:
+        fig = plot_over_steps(runs, PANELS[panel])
+    else:
+        raise ValueError(f"unknown panel {panel!r}; choose from {[*PANELS, MEMORY]}")
     if label:
-        for fig in figs.values():
-            fig.suptitle(label, fontsize="small")
-    return figs
+        fig.suptitle(label, fontsize="small")
+    return fig
+
+
+def short_encoder_label(encoder: str) -> str:
+    """The figure title's few words on the encoder time (the status line above names its files)."""
+    return "fake encoder time (CPU)" if encoder == "fake" else f"encoder time modelled: {encoder}, stored results"
 
 
 class SimExplorer(widgets.VBox):
@@ -153,11 +162,12 @@ class SimExplorer(widgets.VBox):
         self.settings = replace(self.settings, encoder=self.settings.encoder or default_encoder(self.models))
         self.notes = list(notes)  # e.g. results files no cost model could be fitted to
         self.controls = _controls(self.settings, self.models)
-        self.figures = {name: png_widget() for name in (*PANELS, "memory")}
-        self.table, self.status = scroll_html("20em"), widgets.HTML()
+        self.panel = control(widgets.ToggleButtons, "show", next(iter(PANELS)), "11em", options=[*PANELS, MEMORY])
+        self.panel.observe(lambda _: self.draw_figure(), names="value")  # the same runs, another figure
+        self.figure, self.table, self.status = png_widget(), widgets.HTML(), widgets.HTML()
         self.runs, self.rows, self.redraw_ms = [], [], 0.0  # the last run's, set by redraw
         grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
-        super().__init__([grid, self.status, *self.figures.values(), self.table])
+        super().__init__([grid, self.status, self.panel, self.figure, self.table])
         self.add_class("vitkit-sim-explorer")
         self.redraw()
 
@@ -178,11 +188,12 @@ class SimExplorer(widgets.VBox):
 
     def redraw(self) -> None:
         start, settings = time.perf_counter(), self.current_settings()
+        # the message reaches the browser before the replays finish: the figure below is the previous one till then
+        self.status.value = f"<b>busy:</b> replaying {len(settings.cache_tokens) * len(settings.pins) * 2} runs ..."
         for name in ("requests", "arrival_rate", "images_per_request", "image_sizes", "repeat_share", "turns"):
             self.controls[name].disabled = settings.trace != GENERATED  # an example trace fixes the workload
         self.runs = run_sim(settings, self.models)
-        for name, fig in sim_figures(self.runs, encoder_label(settings.encoder, self.models)).items():
-            self.figures[name].value = figure_png(fig)
+        self.draw_figure()
         self.rows = summary_rows(self.runs)
         self.table.value = html_table(self.rows)
         self.redraw_ms = (time.perf_counter() - start) * 1e3
@@ -193,6 +204,13 @@ class SimExplorer(widgets.VBox):
             f" <span style='color:#888'>(updated in {self.redraw_ms:.0f} ms)</span>"
             + "".join(f"<br><i>{html.escape(note)}</i>" for note in self.notes)
         )
+
+
+    def draw_figure(self) -> None:
+        """The chosen panel of the last runs (no new simulation)."""
+        if self.runs:
+            label = short_encoder_label(self.current_settings().encoder)
+            self.figure.value = figure_png(sim_figure(self.runs, self.panel.value, label))
 
 
 def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.ValueWidget]:
@@ -255,6 +273,29 @@ def measured_at(measured: Sequence[Mapping[str, object]], settings: TTFTSettings
             and m.get("requests") == ttft_requests(settings)]
 
 
+def model_errors(points: Sequence[LoadPoint], measured: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Per measured point with a modelled one at the same workload, mode and rate: the model's TTFT p50 and p99
+    error against the GPU replay, in percent of the measurement."""
+    modelled = {(p.workload, p.run.config.mode, p.rate_per_s): p.run.latency for p in points}
+    rows = []
+    for m in measured:
+        latency = modelled.get((m["workload"], m["mode"], m["rate_per_s"]))
+        if latency is not None:
+            rows.append({"mode": m["mode"], "rate": m["rate_per_s"], "card": m["card"],
+                         "p50 %": 100 * (latency.ttft_p50_ms / m["ttft_p50_ms"] - 1),
+                         "p99 %": 100 * (latency.ttft_p99_ms / m["ttft_p99_ms"] - 1)})
+    return rows
+
+
+def model_error_line(errors: Sequence[Mapping[str, object]]) -> str:
+    """One sentence: how far the curves are from the GPU replay's points on screen (or that none is shown)."""
+    if not errors:
+        return "No GPU replay was stored for these settings: the curves are the models' alone."
+    parts = [f"{e['mode'].replace('_', '-')} at {e['rate']:g}/s: p50 {e['p50 %']:+.1f}%, p99 {e['p99 %']:+.1f}%"
+             for e in errors]
+    return f"Model against the GPU replay (hollow markers, measured on {errors[0]['card']}): {'; '.join(parts)}."
+
+
 def ttft_requests(settings: TTFTSettings) -> int:
     """The requests each point of the curve replays (see ``TTFTSettings.num_requests``)."""
     return settings.num_requests or VALIDATION_SIZES[settings.workload][1]
@@ -297,11 +338,12 @@ class TTFTExplorer(widgets.VBox):
             "policy": control(widgets.ToggleButtons, "admission", s.policy, box[0], options=["legacy", "cache-aware"]),
         }
         self.figure, self.table, self.status = png_widget(), widgets.HTML(), widgets.HTML()
-        self.points, self.rows = [], []  # the last redraw's
+        self.points, self.rows, self.errors = [], [], []  # the last redraw's
         self._curves: dict[tuple, list[LoadPoint]] = {}  # per curve setting: a rate change replays only its rate
         self.controls["workload"].observe(self._workload_rates, names="value")  # before the redraw's observer
         grid = control_grid(self.controls.values(), "repeat(3, 27em)", self.redraw)
         super().__init__([grid, self.status, self.figure, self.table])
+        self.add_class("vitkit-ttft-explorer")
         self.redraw()
 
     def current_settings(self) -> TTFTSettings:
@@ -335,10 +377,12 @@ class TTFTExplorer(widgets.VBox):
             ax.axvline(settings.rate_per_s, color="0.5", linewidth=0.8)
         self.figure.value = figure_png(fig)
         self.rows = ttft_rows(self.points, settings.rate_per_s)
+        self.errors = model_errors(self.points, measured_at(self.measured, settings))
         self.table.value = html_table(self.rows)
         self.status.value = (
             f"{ttft_requests(settings)} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
-            f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())} "
+            f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())}"
+            f"<br>{html.escape(model_error_line(self.errors))} "
             f"<span style='color:#888'>(updated in {(time.perf_counter() - start) * 1e3:.0f} ms)</span>")
 
 
