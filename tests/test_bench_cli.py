@@ -19,7 +19,7 @@ def parse(*argv):
 def test_cpu_defaults_to_the_labelled_smoke_sweep():
     sweep, overrides, settings = parse("--device", "cpu")
     assert sweep == "cpu-smoke" and settings.kind == "cpu-smoke"
-    assert settings.dtype == "fp32" and settings.repeats == 2 and settings.impls == ("vitkit",)
+    assert settings.dtype == "fp32" and (settings.warmup, settings.min_repeats, settings.repeats) == (5, 11, 21) and settings.impls == ("vitkit",)
     assert all(v is None for v in overrides.values())
 
 

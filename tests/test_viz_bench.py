@@ -207,3 +207,23 @@ def test_new_results_draw_once_and_a_stream_hides_the_sweep_pickers(monkeypatch)
     assert view.shown == "smoke" and drawn == ["sweep"]  # not the first source's figure on the way
     view.add_results("later", fake_bench_results(), select=False)
     assert view.shown == "smoke" and drawn == ["sweep"]  # nothing redrawn, the choice kept
+
+
+def test_a_gpu_without_results_of_its_own_gets_the_stored_ones_and_a_calibrate_hint(monkeypatch):
+    from vitkit.costs import results as files
+
+    monkeypatch.setattr(files, "attached_card", lambda: "h200")
+    view = bench_view(run=False)
+    assert view.sources and "make calibrate" in view.hint.value
+    assert all(label.startswith("results/h100/") for label in view.sources)
+
+
+def test_notebook_02_quotes_the_smoke_runs_own_settings():
+    import nbformat
+
+    from vitkit.bench.sweep import RunSettings
+
+    cpu = RunSettings.for_device("cpu")
+    text = " ".join(c.source for c in nbformat.read(bv.REPO / "notebooks" / "02_batched_vs_per_request.ipynb", 4).cells
+                    if c.cell_type == "markdown").replace("\n", " ")
+    assert f"warms up {cpu.warmup} steps and repeats {cpu.min_repeats} to {cpu.repeats}" in text

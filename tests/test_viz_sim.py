@@ -190,7 +190,7 @@ def test_admission_rows_compare_both_policies():
 
 def test_ttft_figure_shows_the_stored_gpu_replay_next_to_the_model():
     from vitkit.sim.plot import measured_points
-    from vitkit.viz.sim_widget import STORED, TTFTSettings, measured_at, stored_measured_points, ttft_requests
+    from vitkit.viz.sim_widget import TTFTSettings, measured_at, stored_measured_points, ttft_requests
 
     validation = {"settings": {"chunked_prefill_size": 2048, "cache_tokens": 16384},
                   "rows": [{"workload": "small-images", "mode": "batched", "arrivals": "poisson 40/s",
@@ -261,3 +261,14 @@ def test_model_errors_compare_the_curve_with_the_measured_points_at_their_rate()
     assert model_error_line([error]) == ("Model against the GPU replay (hollow markers, measured on H100): "
                                          "batched at 40/s: p50 +10.0%, p99 -10.0%.")
     assert "No GPU replay" in model_error_line([])
+
+
+def test_views_name_the_card_their_models_come_from_and_hint_at_calibrate(monkeypatch):
+    from vitkit.costs import results as files
+    from vitkit.viz.sim_widget import TTFTSettings, ttft_explorer
+
+    monkeypatch.setattr(files, "attached_card", lambda: "h200")  # a GPU the kit has no results for
+    view = ttft_explorer(TTFTSettings(num_requests=30))
+    assert "models measured on h100" in view.status.value and "make calibrate" in view.status.value
+    explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)))
+    assert "make calibrate" in explorer.status.value

@@ -55,13 +55,17 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def stored_results(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
-    """The valid GPU results files in ``folder``, oldest first, loaded and keyed by path."""
+def stored_results(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The valid GPU results files in ``folder`` (default: the attached card's results, else the stored card's),
+    oldest first, loaded and keyed by path."""
+    folder = files.models_folder(folder).folder
     return {_relative(path): load_results(path) for path in find_results(folder, kind="gpu")}
 
 
-def stored_sources(folder: str | Path = STORED) -> dict[str, dict[str, Any]]:
-    """What notebook 02 offers from ``folder``, keyed by path: GPU stream files, then GPU sweep files, newest first."""
+def stored_sources(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """What notebook 02 offers from ``folder`` (default as ``stored_results``), keyed by path: GPU stream files,
+    then GPU sweep files, newest first."""
+    folder = files.models_folder(folder).folder
     streams = {}
     for path in files.newest_first("stream", folder):
         try:
@@ -164,7 +168,8 @@ def stream_rows(results: Mapping[str, Any]) -> list[dict[str, object]]:
 class BenchView(widgets.VBox):
     """Pick one of ``sources`` (label -> results; the first is shown), an impl and a sweep; see its figure and table."""
 
-    def __init__(self, sources: Mapping[str, Mapping[str, Any]] | None = None, *, note: str = "") -> None:
+    def __init__(self, sources: Mapping[str, Mapping[str, Any]] | None = None, *, note: str = "",
+                 hint: str = "") -> None:
         self.sources: dict[str, Mapping[str, Any]] = {}
         self._switching = False
         self.shown: str | None = None  # the source on screen
@@ -178,7 +183,8 @@ class BenchView(widgets.VBox):
                                            layout=widgets.Layout(width="20em"), tooltip=SMOKE_LABEL)
         self.progress = widgets.Output()
         self.picks = widgets.HBox([self.sweep, self.impl])  # hidden for a stream file: it has no sweeps
-        super().__init__([self.note, widgets.HBox([self.source, self.smoke_button]),
+        self.hint = widgets.HTML(hint)  # e.g. the attached card has no results of its own yet
+        super().__init__([self.hint, self.note, widgets.HBox([self.source, self.smoke_button]),
                           self.picks, self.header, self.progress, self.figure, self.table])
         self.add_class("vitkit-bench-view")
         self.source.observe(self._on_source, names="value")
@@ -284,7 +290,7 @@ class BenchView(widgets.VBox):
                             + html_table(speedup_rows(shown, self.sweep.value)))
 
 
-def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str | Path = STORED) -> BenchView:
+def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str | Path | None = None) -> BenchView:
     """Notebook 02's view: ``sweep`` measured here first when ``run`` (default: with a GPU), then ``folder``'s."""
     sources: dict[str, Mapping[str, Any]] = {}
     run = gpu_available() if run is None else run
@@ -292,10 +298,12 @@ def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str
         results = run_benchmark(sweep)
         label = f"measured here: {results['machine']['device_name']} ({results.get('saved_to', 'not saved')})"
         sources[label] = results
-    sources.update(stored_sources(folder))
-    note = "" if sources else (f"<i>No stored results in {html.escape(_relative(Path(folder)))} and no GPU run: "
+    models = files.models_folder(folder)
+    sources.update(stored_sources(models.folder))
+    note = "" if sources else (f"<i>No stored results in {html.escape(_relative(models.folder))} and no GPU run: "
                                "press the button for a CPU smoke run.</i>")
-    return BenchView(sources, note=note)
+    hint = f"<p><i>{html.escape(models.hint)}</i></p>" if models.hint else ""
+    return BenchView(sources, note=note, hint=hint)
 
 
 def dp_panel(path: str | Path = STORED_DP) -> widgets.Widget:

@@ -28,7 +28,6 @@ from vitkit.sim.trace import example_traces, load_trace
 from vitkit.sim.workload import DEFAULT_RATES, TTFT_WORKLOADS, VALIDATION_SIZES, WorkloadParams, generate_workload
 from vitkit.viz.render import control, control_grid, figure_png, html_table, png_widget, scroll_html, slider
 
-STORED = results.results_folder()
 FAKE_HIDDEN = 32
 FAKE_BYTES_PER_TOKEN = 4 * FAKE_HIDDEN  # float32 rows
 GENERATED = "generated (sliders)"
@@ -65,9 +64,10 @@ class SimSettings:
     encoder: str | None = None
 
 
-def cost_models(folder: str | Path = STORED, problems: list[str] | None = None) -> dict[str, EncoderCost]:
+def cost_models(folder: str | Path | None = None, problems: list[str] | None = None) -> dict[str, EncoderCost]:
     """``"<encoder>/<impl>" -> EncoderCost`` from ``folder``: the measured encoder-costs model, else a fit to the
     encoder's newest GPU stream file. A file that cannot be fitted raises ValueError, or is noted in ``problems``."""
+    folder = results.models_folder(folder).folder
     models: dict[str, EncoderCost] = {}
     for path in results.newest_first("stream", folder):
         data = results.read("stream", path)
@@ -106,13 +106,14 @@ def encoder_label(encoder: str, models: Mapping[str, Any]) -> str:
 
 def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, progress: bool = False) -> list[Run]:
     """Every mode x cache size x pin setting of ``settings`` on one schedule; ``models`` default: the stored ones."""
-    models = cost_models(STORED, []) if models is None else models
+    folder = results.models_folder().folder
+    models = cost_models(folder, []) if models is None else models
     trace = generate_workload(settings.workload) if settings.trace == GENERATED else load_trace(settings.trace)
     settings = replace(settings, encoder=settings.encoder or default_encoder(models))
     if settings.encoder == "fake":
         costs = None
     elif models and settings.encoder in models:
-        costs = StepCosts(models[settings.encoder], load_prefill_cost())
+        costs = StepCosts(models[settings.encoder], load_prefill_cost(folder=folder))
     else:
         raise ValueError(f"encoder {settings.encoder!r} has no cost model; known: {['fake', *sorted(models or {})]}")
     scheduler = SchedulerConfig(settings.chunked_prefill_size, settings.long_prefill_token_threshold)
@@ -213,13 +214,20 @@ class SimExplorer(widgets.VBox):
             self.figure.value = figure_png(sim_figure(self.runs, self.panel.value, label))
 
 
+def image_traces() -> list[str]:
+    """The stored traces without videos: a video trace's dozen replays take minutes, not a widget's second
+    (``python -m vitkit.sim.policies TRACE`` compares the engines' policies on those)."""
+    return [name for name in example_traces()
+            if all(spec.frames is None for spec in load_trace(name).images.values())]
+
+
 def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.ValueWidget]:
     w, box = s.workload, ("11em", "26em")  # label width, control width
     sizes = next((k for k, v in IMAGE_MIXES.items() if v == tuple(w.image_sizes)), next(iter(IMAGE_MIXES)))
     pins, caches = next(k for k, v in PINS.items() if v == s.pins), sorted({*CACHE_CHOICES, *s.cache_tokens})
     rate, cap, chunk = int(w.arrival_rate_per_s or 0), s.long_prefill_token_threshold or 0, s.chunked_prefill_size
     return {
-        "trace": control(widgets.Dropdown, "workload", s.trace, *box, options=[GENERATED, *example_traces()]),
+        "trace": control(widgets.Dropdown, "workload", s.trace, *box, options=[GENERATED, *image_traces()]),
         "requests": slider(widgets.IntSlider, "requests", w.num_requests, 2, 64, 1, *box),
         "arrival_rate": slider(widgets.IntSlider, "arrivals / s (0: batch)", rate, 0, 200, 5, *box),
         "images_per_request": slider(widgets.IntRangeSlider, "images / request", w.images_per_request, 0, 6, 1, *box),
@@ -235,10 +243,12 @@ def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.Va
     }
 
 
-def sim_explorer(settings: SimSettings | None = None, *, results_folder: str | Path = STORED) -> SimExplorer:
-    """Notebook 03's explorer; offers modelled encoder time when ``results_folder`` has results."""
-    problems: list[str] = []  # filled by cost_models before SimExplorer shows them
-    return SimExplorer(settings, cost_models(results_folder, problems), problems)
+def sim_explorer(settings: SimSettings | None = None, *, results_folder: str | Path | None = None) -> SimExplorer:
+    """Notebook 03's explorer; offers modelled encoder time when the models' folder (``results_folder``, default:
+    the attached card's when it has results, else the stored card's) has results."""
+    models = results.models_folder(results_folder)
+    problems = [models.hint] if models.hint else []  # cost_models adds what it cannot fit
+    return SimExplorer(settings, cost_models(models.folder, problems), problems)
 
 
 # ---------------------------------------------------------------- time to first token
@@ -323,9 +333,10 @@ class TTFTExplorer(widgets.VBox):
     """Time to first token against load, both modes, from the stored cost models; ``controls`` set ``TTFTSettings``."""
 
     def __init__(self, settings: TTFTSettings | None = None, costs: StepCosts | None = None,
-                 measured: Sequence[Mapping[str, object]] = ()) -> None:
+                 measured: Sequence[Mapping[str, object]] = (), note: str = "") -> None:
         self.settings = settings or TTFTSettings()
-        self.costs = costs or StepCosts(load_encoder_cost(), load_prefill_cost())
+        self.note = note  # which card's models, and a hint to calibrate when the attached card has none
+        self.costs = costs or StepCosts(load_encoder_cost(), load_prefill_cost())  # the stored card's: a test default
         self.measured = list(measured)
         s, box = self.settings, ("9em", "26em")  # label width, control width
         self.controls = {
@@ -381,20 +392,24 @@ class TTFTExplorer(widgets.VBox):
         self.table.value = html_table(self.rows)
         self.status.value = (
             f"{ttft_requests(settings)} requests of <b>{html.escape(settings.workload)}</b>, Poisson arrivals; "
-            f"{html.escape(DECODE_NOTE)}.<br>Step costs: {html.escape(self.costs.label())}"
+            f"{html.escape(DECODE_NOTE)}.<br>Step costs ({html.escape(self.note or 'models given')}): "
+            f"{html.escape(self.costs.label())}"
             f"<br>{html.escape(model_error_line(self.errors))} "
             f"<span style='color:#888'>(updated in {(time.perf_counter() - start) * 1e3:.0f} ms)</span>")
 
 
-def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path = STORED) -> TTFTExplorer:
-    """Notebook 03's lead view: TTFT against load from the cost models stored in ``results_folder``."""
-    costs = StepCosts(load_encoder_cost(results_folder), load_prefill_cost(folder=results_folder))
-    return TTFTExplorer(settings, costs, measured=stored_measured_points(results_folder))
+def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path | None = None) -> TTFTExplorer:
+    """Notebook 03's lead view: TTFT against load from the cost models in ``results_folder`` (default: the attached
+    card's when it has results, else the stored card's), named with any hint to calibrate."""
+    models = results.models_folder(results_folder)
+    costs = StepCosts(load_encoder_cost(models.folder), load_prefill_cost(folder=models.folder))
+    note = models.label() + (f". {models.hint}" if models.hint else "")
+    return TTFTExplorer(settings, costs, measured=stored_measured_points(models.folder), note=note)
 
 
-def stored_measured_points(results_folder: str | Path = STORED) -> list[dict[str, object]]:
+def stored_measured_points(results_folder: str | Path | None = None) -> list[dict[str, object]]:
     """The newest stored GPU validation's measured TTFT points (none when none is stored)."""
-    files = results.newest_first("ttft-validate", results_folder)
+    files = results.newest_first("ttft-validate", results.models_folder(results_folder).folder)
     return measured_points(results.read("ttft-validate", files[0])) if files else []
 
 
@@ -402,7 +417,8 @@ def admission_rows(trace: str = "product-catalog", cache_tokens: int = 4096, *, 
                    long_prefill_token_threshold: int | None = 1024, costs: StepCosts | None = None,
                    ) -> list[dict[str, object]]:
     """Both admission policies x both modes on a stored trace: re-encodings, refused puts and TTFT."""
-    costs = costs or StepCosts(load_encoder_cost(), load_prefill_cost())
+    folder = results.models_folder().folder
+    costs = costs or StepCosts(load_encoder_cost(folder), load_prefill_cost(folder=folder))
     rows = []
     for mode in ("batched", "per_request"):
         for policy in ("legacy", "cache-aware"):
@@ -412,6 +428,6 @@ def admission_rows(trace: str = "product-catalog", cache_tokens: int = 4096, *, 
             s, c = run.latency, run.summary
             rows.append({"mode": mode, "admission": policy, "cache (tokens)": cache_tokens,
                          "re-encodings in a request": c.request_re_encodings, "re-encodings": c.re_encodings,
-                         "refused puts": c.refused_puts, "forced grants": c.forced_grants,
+                         "refused puts": c.refused_puts, "preemptions": c.preemptions,
                          "TTFT p50 ms": round(s.ttft_p50_ms, 1), "TTFT p99 ms": round(s.ttft_p99_ms, 1)})
     return rows
