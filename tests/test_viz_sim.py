@@ -272,3 +272,19 @@ def test_views_name_the_card_their_models_come_from_and_hint_at_calibrate(monkey
     assert "models measured on h100" in view.status.value and "make calibrate" in view.status.value
     explorer = sim_explorer(replace(SMALL, pins=(True,), cache_tokens=(4096,)))
     assert "make calibrate" in explorer.status.value
+
+
+def test_ttft_explorer_takes_a_trace_and_replays_it_around_its_own_rate():
+    from vitkit.sim.trace import load_trace, mean_rate_per_s
+    from vitkit.viz.sim_widget import TTFTSettings, curve_rates, ttft_explorer
+
+    trace = load_trace("chat-multiturn")
+    own = round(mean_rate_per_s(trace), 2)
+    view = ttft_explorer(trace="chat-multiturn")
+    assert view.controls["workload"].value == "chat-multiturn" and "small-images" in view.controls["workload"].options
+    assert view.controls["rate"].value == own and {p.workload for p in view.points} == {"chat-multiturn"}
+    assert sorted({p.rate_per_s for p in view.points}) == sorted({*curve_rates(view.current_settings()), own})
+    assert all(r["rate (req/s)"] == own for r in view.rows) and f"{len(trace.requests)} requests" in view.status.value
+    view.controls["workload"].value = "large-images"  # the stock workloads stay on offer, with their own rates
+    assert view.controls["rate"].value == 4.0 and {p.workload for p in view.points} == {"large-images"}
+    assert curve_rates(TTFTSettings()) == curve_rates(TTFTSettings(trace=trace))  # a trace not chosen changes nothing

@@ -24,7 +24,7 @@ from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.plot import measured_points, plot_cache_memory, plot_over_steps, plot_ttft_vs_load
 from vitkit.sim.replay import LoadPoint, Run, compare, load_sweep, prepare, replay_stream
 from vitkit.sim.scheduler import SchedulerConfig
-from vitkit.sim.trace import example_traces, load_trace
+from vitkit.sim.trace import Trace, example_traces, load_trace, mean_rate_per_s
 from vitkit.sim.workload import DEFAULT_RATES, TTFT_WORKLOADS, VALIDATION_SIZES, WorkloadParams, generate_workload
 from vitkit.viz.render import control, control_grid, figure_png, html_table, png_widget, scroll_html, slider
 
@@ -258,7 +258,7 @@ def sim_explorer(settings: SimSettings | None = None, *, results_folder: str | P
 class TTFTSettings:
     """One workload at several Poisson rates, both modes, one scheduler / cache / policy."""
 
-    workload: str = "small-images"  # a stock TTFT workload (vitkit.sim.workload.TTFT_WORKLOADS)
+    workload: str = "small-images"  # a stock TTFT workload (vitkit.sim.workload.TTFT_WORKLOADS) or ``trace``'s name
     rate_per_s: float = 40.0  # the rate the table reports (marked on the curves)
     rates: tuple[float, ...] | None = None  # the curve's rates (None: the workload's defaults)
     # None: the GPU validation's count for the workload, so that its measured points compare like with like
@@ -266,14 +266,38 @@ class TTFTSettings:
     chunked_prefill_size: int = 2048
     cache_tokens: int = 16384
     policy: str = "legacy"
+    trace: Trace | None = None  # a user's trace, replayed (Poisson) around its own rate when ``workload`` names it
+
+
+TRACE_RATE_FACTORS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # a trace's curve: rates around its own
+
+
+def _chosen_trace(settings: TTFTSettings) -> Trace | None:
+    return settings.trace if settings.trace is not None and settings.workload == settings.trace.name else None
+
+
+def curve_rates(settings: TTFTSettings) -> tuple[float, ...]:
+    """The curve's rates: as given, a stock workload's defaults, or a trace's own rate times ``TRACE_RATE_FACTORS``."""
+    if settings.rates:
+        return tuple(settings.rates)
+    trace = _chosen_trace(settings)
+    if trace is None:
+        return tuple(DEFAULT_RATES[settings.workload])
+    return tuple(round(trace_rate(trace) * f, 2) for f in TRACE_RATE_FACTORS)
+
+
+def trace_rate(trace: Trace) -> float:
+    """A trace's own mean arrival rate (requests/s); 10/s for one whose requests all arrive at once."""
+    return round(mean_rate_per_s(trace) or 10.0, 2)
 
 
 def ttft_points(settings: TTFTSettings, costs: StepCosts) -> list[LoadPoint]:
     """Both modes of ``settings`` at every rate of its curve and at ``rate_per_s``."""
-    rates = sorted({*(settings.rates or DEFAULT_RATES[settings.workload]), settings.rate_per_s})
+    rates = sorted({*curve_rates(settings), settings.rate_per_s})
     scheduler = SchedulerConfig(settings.chunked_prefill_size, policy=settings.policy)
     configs = [ReplayConfig(scheduler, mode=m, cache_tokens=settings.cache_tokens) for m in ("batched", "per_request")]
-    return load_sweep(settings.workload, rates, costs, configs, num_requests=ttft_requests(settings), progress=False)
+    workload = _chosen_trace(settings) or settings.workload
+    return load_sweep(workload, rates, costs, configs, num_requests=ttft_requests(settings), progress=False)
 
 
 def measured_at(measured: Sequence[Mapping[str, object]], settings: TTFTSettings) -> list[Mapping[str, object]]:
@@ -308,6 +332,9 @@ def model_error_line(errors: Sequence[Mapping[str, object]]) -> str:
 
 def ttft_requests(settings: TTFTSettings) -> int:
     """The requests each point of the curve replays (see ``TTFTSettings.num_requests``)."""
+    trace = _chosen_trace(settings)
+    if trace is not None:
+        return len(trace.requests)  # a trace is replayed whole
     return settings.num_requests or VALIDATION_SIZES[settings.workload][1]
 
 
@@ -340,8 +367,10 @@ class TTFTExplorer(widgets.VBox):
         self.measured = list(measured)
         s, box = self.settings, ("9em", "26em")  # label width, control width
         self.controls = {
-            "workload": control(widgets.Dropdown, "workload", s.workload, *box, options=list(TTFT_WORKLOADS)),
-            "rate": slider(widgets.FloatSlider, "request rate /s", s.rate_per_s, 1, 100, 1, *box),
+            "workload": control(widgets.Dropdown, "workload", s.workload, *box,
+                                options=[*TTFT_WORKLOADS, *([s.trace.name] if s.trace else [])]),
+            "rate": slider(widgets.FloatSlider, "request rate /s", s.rate_per_s, 0.5, max(100.0, *curve_rates(s)), 0.5,
+                           *box),
             "chunked_prefill_size": slider(widgets.IntSlider, "tokens / step", s.chunked_prefill_size, 512, 8192, 512,
                                            *box),
             "cache_tokens": control(widgets.Dropdown, "cache (tokens)", s.cache_tokens, *box,
@@ -364,14 +393,16 @@ class TTFTExplorer(widgets.VBox):
                        policy=c["policy"].value)
 
     def _workload_rates(self, change: dict) -> None:  # each workload brings its rates: its curve's, its validation's
-        rate = self.controls["rate"]
-        rate.max, rate.value = max(DEFAULT_RATES[change["new"]]), VALIDATION_SIZES[change["new"]][0]
+        rate, chosen = self.controls["rate"], replace(self.settings, workload=change["new"], rates=None)
+        trace = _chosen_trace(chosen)
+        rate.max = max(max(curve_rates(chosen)), rate.min + rate.step)
+        rate.value = trace_rate(trace) if trace else VALIDATION_SIZES[change["new"]][0]
 
     def _points(self, s: TTFTSettings) -> list[LoadPoint]:
         key = (s.workload, s.chunked_prefill_size, s.cache_tokens, s.policy)
         if key not in self._curves:
             self.status.value = f"<b>busy:</b> replaying {ttft_requests(s)} requests at each rate of the curve"
-            self._curves[key] = ttft_points(replace(s, rate_per_s=DEFAULT_RATES[s.workload][0]), self.costs)
+            self._curves[key] = ttft_points(replace(s, rate_per_s=curve_rates(s)[0]), self.costs)
         curve = self._curves[key]  # plus the table's rate, when the curve has not got it
         return curve + ([] if any(p.rate_per_s == s.rate_per_s for p in curve) else ttft_points(
             replace(s, rates=(s.rate_per_s,)), self.costs))
@@ -398,9 +429,14 @@ class TTFTExplorer(widgets.VBox):
             f"<span style='color:#888'>(updated in {(time.perf_counter() - start) * 1e3:.0f} ms)</span>")
 
 
-def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path | None = None) -> TTFTExplorer:
+def ttft_explorer(settings: TTFTSettings | None = None, *, results_folder: str | Path | None = None,
+                  trace: str | Path | None = None) -> TTFTExplorer:
     """Notebook 03's lead view: TTFT against load from the cost models in ``results_folder`` (default: the attached
-    card's when it has results, else the stored card's), named with any hint to calibrate."""
+    card's when it has results, else the stored card's), named with any hint to calibrate. ``trace`` (a
+    ``vitkit.sim.trace/1`` file or a stored trace's name) is offered as a workload and shown first, at its own rate."""
+    if trace is not None:
+        loaded = load_trace(trace)
+        settings = replace(settings or TTFTSettings(), trace=loaded, workload=loaded.name, rate_per_s=trace_rate(loaded))
     models = results.models_folder(results_folder)
     costs = StepCosts(load_encoder_cost(models.folder), load_prefill_cost(folder=models.folder))
     note = models.label() + (f". {models.hint}" if models.hint else "")
