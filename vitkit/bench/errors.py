@@ -43,8 +43,23 @@ MIN_CLASS = 20  # ratios of one class (bucket, row bucket) needed to draw from i
 CLOCK_EPS_MS = 1e-6  # float rounding of the replay clock: a larger gap is a jump to the next arrival
 
 
+class Timed:
+    """A measured time against its model's (``measured_ms``, ``modelled_ms``, set by the dataclasses below)."""
+
+    measured_ms: float
+    modelled_ms: float
+
+    @property
+    def rel_err(self) -> float:
+        return (self.modelled_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def ratio(self) -> float:
+        return self.measured_ms / self.modelled_ms
+
+
 @dataclass(frozen=True)
-class CallError:
+class CallError(Timed):
     """One encoder call of a replay: what it encoded, what ran before it, its measured and modelled ms.
     ``step`` is -1 for a calibration replay's calls (stored without their steps)."""
 
@@ -62,17 +77,9 @@ class CallError:
     idle_ms: float = 0.0  # how far the replay clock jumped before the step (the GPU itself did not idle)
     half: str = "first"  # which half of the replay's steps
 
-    @property
-    def rel_err(self) -> float:
-        return (self.modelled_ms - self.measured_ms) / self.measured_ms
-
-    @property
-    def ratio(self) -> float:
-        return self.measured_ms / self.modelled_ms
-
 
 @dataclass(frozen=True)
-class StepError:
+class StepError(Timed):
     """One prefill step of a replay, measured and modelled (ms); ``label``: its class (``prefill_label``)."""
 
     workload: str
@@ -81,14 +88,6 @@ class StepError:
     label: str
     measured_ms: float
     modelled_ms: float
-
-    @property
-    def rel_err(self) -> float:
-        return (self.modelled_ms - self.measured_ms) / self.measured_ms
-
-    @property
-    def ratio(self) -> float:
-        return self.measured_ms / self.modelled_ms
 
 
 def bucket_label(rows: Sequence[int], cost: BucketCost) -> str:
