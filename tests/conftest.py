@@ -113,3 +113,29 @@ def fake_bench_results(kind: str = "gpu", device: str = "NVIDIA H100 80GB HBM3")
 def fake_bench_results_factory():
     """``fake_bench_results`` as a fixture, for tests that take it as an argument."""
     return fake_bench_results
+
+
+class OnlyAlone:
+    """An admission that grants a running request's window only while it runs alone, and a waiting one's
+    only when nothing runs: two running requests deadlock, so the scheduler must preempt."""
+
+    def __init__(self):
+        self.running, self.preempted, self.unblocks = {}, [], 0
+
+    def check(self, rid):
+        pass
+
+    def begin_step(self, aborted=(), progress=None):
+        self.running = dict(progress or {})
+
+    def grant(self, rid, start, stop):
+        if rid in self.running:
+            return stop if len(self.running) == 1 else start
+        return start if self.running else stop
+
+    def unblock(self):
+        self.unblocks += 1
+        return False
+
+    def preempt(self, rid):
+        self.preempted.append(rid)

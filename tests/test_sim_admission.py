@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import OnlyAlone
 from vitkit.cache import EmbeddingCache
 from vitkit.costs.clock import StepClock
 from vitkit.embed import embed_chunks
@@ -158,34 +159,8 @@ def test_a_request_waits_rather_than_take_another_requests_hold():
     assert first_stuck.step > 0
 
 
-class _OnlyAlone:
-    """An admission that grants a running request's window only while it runs alone, and a waiting one's
-    only when nothing runs: two running requests deadlock, so the scheduler must preempt."""
-
-    def __init__(self):
-        self.running, self.preempted, self.unblocks = {}, [], 0
-
-    def check(self, rid):
-        pass
-
-    def begin_step(self, aborted=(), progress=None):
-        self.running = dict(progress or {})
-
-    def grant(self, rid, start, stop):
-        if rid in self.running:
-            return stop if len(self.running) == 1 else start
-        return start if self.running else stop
-
-    def unblock(self):
-        self.unblocks += 1
-        return False
-
-    def preempt(self, rid):
-        self.preempted.append(rid)
-
-
 def test_scheduler_preempts_the_newest_running_request_when_no_window_can_run():
-    scheduler = Scheduler(200, long_prefill_token_threshold=100, admission=_OnlyAlone())
+    scheduler = Scheduler(200, long_prefill_token_threshold=100, admission=OnlyAlone())
     for rid in ("a", "b", "c"):
         scheduler.add(Arrival(rid, 150, 0.0))
     steps = []
@@ -204,7 +179,7 @@ def test_scheduler_preempts_the_newest_running_request_when_no_window_can_run():
 
 
 def test_an_admission_that_lets_nothing_in_is_an_error_not_a_hang():
-    class Closed(_OnlyAlone):
+    class Closed(OnlyAlone):
         def grant(self, rid, start, stop):
             return start
 

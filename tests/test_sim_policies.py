@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import OnlyAlone
 from vitkit.costs.clock import StepClock
 from vitkit.embed import MODES
 from vitkit.processing import qwen_video_grid
@@ -162,31 +163,6 @@ def test_product_catalog_at_a_tight_cache(mode):
 # ---------------------------------------------------------------- preemption, accounted apart
 
 
-class _OnlyAlone:
-    """An admission double: a running request's window only while it runs alone, a waiting one's only
-    while nothing runs; two running requests deadlock, and the scheduler preempts the newer one."""
-
-    def __init__(self):
-        self.running = {}
-
-    def check(self, rid):
-        pass
-
-    def begin_step(self, aborted=(), progress=None):
-        self.running = dict(progress or {})
-
-    def grant(self, rid, start, stop):
-        if rid in self.running:
-            return stop if len(self.running) == 1 else start
-        return start if self.running else stop
-
-    def unblock(self):
-        return False
-
-    def preempt(self, rid):
-        pass
-
-
 def test_preemption_redoes_the_prompt_and_its_re_encodings_are_counted_apart():
     images = {k: ImageSpec(448, 448) for k in "xyz"}  # 256 rows each
     trace = Trace("p", (TraceRequest("a", 0.0, (8, "x", 8, "y", 8)), TraceRequest("b", 0.0, (8, "z", 8))), images)
@@ -194,7 +170,7 @@ def test_preemption_redoes_the_prompt_and_its_re_encodings_are_counted_apart():
     config = ReplayConfig(SchedulerConfig(512, 100), cache_tokens=600)  # two images: y's put evicts z, unpinned
 
     def make_policy(requests, cache, row_bytes):
-        return Scheduler(512, long_prefill_token_threshold=100, admission=_OnlyAlone())
+        return Scheduler(512, long_prefill_token_threshold=100, admission=OnlyAlone())
 
     run = replay(stream.requests, stream.arrivals, config, StepClock(step_ms=50.0), ENCODER, make_policy=make_policy)
     s = run.summary
