@@ -42,7 +42,7 @@ from vitkit.sim.engine import ReplayConfig
 from vitkit.sim.fake import bytes_per_token
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.replay import Run, replay, replay_stream
-from vitkit.sim.report import check_results_card, encoder_fit_record, rows_of_image
+from vitkit.sim.report import encoder_fit_record, rows_of_image
 from vitkit.sim.scheduler import SchedulerConfig
 from vitkit.sim.trace import Trace, check_cache_sizes, load_trace
 from vitkit.sim.workload import VALIDATION_SIZES, build_requests, generate_workload, processing_items, workload_params
@@ -396,7 +396,7 @@ def replay_config(args: argparse.Namespace) -> ReplayConfig:
 
 def modelled_costs(args: argparse.Namespace) -> StepCosts:
     """The cost models the validation compares against, from ``--results`` (a folder of one card's files)."""
-    check_results_card(args.results)
+    results.check_results_card(args.results)
     prefill_folder = getattr(args, "prefill_results", None) or args.results
     return StepCosts(load_encoder_cost(args.results, PRESET), load_prefill_cost(folder=prefill_folder))
 

@@ -190,3 +190,20 @@ def models_folder(results: str | Path | None = None, *, attached: str | None = N
         hint = (f"no cost models measured on this {card} yet (results/{card}/ has none): using the stored "
                 f"{STORED_CARD} ones; measure yours with {CALIBRATE_COMMAND}")
     return ModelsFolder(results_folder(STORED_CARD, root), STORED_CARD, card, hint)
+
+
+def check_results_card(folder: str | Path) -> None:
+    """ValueError when ``folder`` mixes cards' result files, or is named for a card (``results/<card>``) and
+    holds a file measured on another: cost models come from the card they were measured on."""
+    folder = Path(folder)
+    cards = cards_in(folder)
+    named = cards_named(folder.name)
+    for name, card in cards.items():
+        other = next((n for n, c in cards.items() if c != card), None)
+        if other is not None:
+            raise ValueError(f"results folder {folder} mixes cards: {name} was measured on {card}, {other} on "
+                             f"{cards[other]}; keep each card's files in results/<card>/")
+        if named and card not in named:
+            raise ValueError(f"results folder {folder} is named for card {named[0]}, but {name} was measured on "
+                             f"{card}: use results/{card}/ for its models, or measure this card's with "
+                             f"{CALIBRATE_COMMAND}")

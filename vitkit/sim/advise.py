@@ -46,7 +46,7 @@ from vitkit.sim.engines import (DEFAULT_STEP_TOKENS, ENCODER_IMPLS, EngineDefaul
                                 sglang_flags, vllm_flags)
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.replay import prepare, stream_at_rate
-from vitkit.sim.report import check_results_card, rows_of_image
+from vitkit.sim.report import rows_of_image
 from vitkit.sim.search import (BENCHES, CACHE_TOKENS, COARSE, ENCODER_BUDGETS, FINE, STEP_TOKENS, Bench, Descent,
                                RateSearch, Space, capacity_bound, replay_latency, run_jobs, sustainable_rate,
                                worker_pool)
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if min(getattr(args, name)) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive token counts, got {getattr(args, name)}")
     folder = results.models_folder(args.results)
-    check_results_card(folder.folder)
+    results.check_results_card(folder.folder)
     trace = load_trace(args.trace)
     models = load_models(folder.folder, args.encoder)
     advice = advise(trace, args.p99_ms, models, rate_per_s=args.rate, top=args.top, workers=args.workers,

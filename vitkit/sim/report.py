@@ -45,23 +45,6 @@ from vitkit.sim.workload import ADMISSION_RATES, DEFAULT_RATES, TTFT_WORKLOADS
 ROW_COLUMNS = ("workload", "mode", "policy", "rate", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "encoder_share")
 
 
-def check_results_card(folder: str | Path) -> None:
-    """ValueError when ``folder`` mixes cards' result files, or is named for a card (``results/<card>``) and
-    holds a file measured on another: cost models come from the card they were measured on."""
-    folder = Path(folder)
-    cards = results.cards_in(folder)
-    named = results.cards_named(folder.name)
-    for name, card in cards.items():
-        other = next((n for n, c in cards.items() if c != card), None)
-        if other is not None:
-            raise ValueError(f"results folder {folder} mixes cards: {name} was measured on {card}, {other} on "
-                             f"{cards[other]}; keep each card's files in results/<card>/")
-        if named and card not in named:
-            raise ValueError(f"results folder {folder} is named for card {named[0]}, but {name} was measured on "
-                             f"{card}: use results/{card}/ for its models, or measure this card's with "
-                             f"{results.CALIBRATE_COMMAND}")
-
-
 def rows_of_image(spec: Any) -> int:
     """Embedding rows of a trace image (or whole video) in the replays: ``vitkit.sim.fake``'s count."""
     if getattr(spec, "frames", None) is None:
@@ -191,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     models = results.models_folder(args.results)  # the one decision of whose models (vitkit.costs.results)
-    check_results_card(models.folder)
+    results.check_results_card(models.folder)
     args.results, args.out = str(models.folder), args.out or str(models.folder)
     user = _user_trace(args)
     args.workloads = args.workloads if args.workloads is not None else [] if user else list(TTFT_WORKLOADS)
