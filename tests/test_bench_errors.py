@@ -11,7 +11,7 @@ from vitkit.bench.errors import (CallError, ErrorModel, Pools, StepError, analys
                                  context_groups, error_model, group_errors, named_files, p99_band, prefill_errors,
                                  prefill_label)
 from vitkit.costs import results
-from vitkit.costs.encoder import BucketCost
+from vitkit.costs.encoder import BucketCost, VideoSize
 from vitkit.encoders.buckets import Buckets
 
 STORED = results.results_folder()
@@ -52,6 +52,24 @@ def test_each_call_against_the_model_with_what_ran_before_it():
     assert [c.half for c in calls] == ["first", "first", "first", "second"]  # by step: steps 0-1 of 3
     with pytest.raises(ValueError, match="no per-call ms"):
         call_errors({"workload": "w", "mode": "m", "measured_steps": [{"step": 0}]}, toy_cost())
+
+
+def test_a_videos_call_is_labelled_and_modelled_by_the_pieces_the_encoder_runs():
+    cost = toy_cost()
+    video = VideoSize(3 * 6, 3)  # 3 temporal patches of 6 units: two would overflow bucket 8, so one a piece
+    assert bucket_label([video, 2], cost) == "8+8+8" and bucket_label([18, 2], cost) == "oversize+4"
+    # as stored: the rows, and the temporal patches beside them (JSON keeps a VideoSize as its rows)
+    stored = step(0, 0.0, [[18, 2]], [6.0], [[0, 10]]) | {"call_item_temporal": [[3, 0]]}
+    (call,) = call_errors({"workload": "w", "mode": "batched", "measured_steps": [stored]}, cost)
+    assert call.buckets == "8+8+8" and call.modelled_ms == pytest.approx(0.5 + 3 * 2.0) and call.rows[0].temporal == 3
+    (image,) = call_errors({"workload": "w", "mode": "batched", "measured_steps": [step(0, 0.0, [[18, 2]], [6.0],
+                                                                                        [[0, 10]])]}, cost)
+    assert image.buckets == "oversize+4" and image.modelled_ms == pytest.approx(0.5 + 2.0 * 18 / 8 + 1.0)
+
+
+def test_an_image_over_the_largest_bucket_is_labelled_by_its_large_bucket():
+    large = BucketCost("toy", "vitkit", Buckets((4, 8), max_items=4, large=(12, 16)), (1.0, 2.0), 0.5, 1, (4, 8), 0)
+    assert bucket_label([10, 3], large) == "12 large+4" and bucket_label([17], large) == "oversize"
 
 
 def test_groups_sum_what_the_replay_clock_adds():

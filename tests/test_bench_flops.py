@@ -21,10 +21,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 from transformers.vision_utils import get_vision_window_index
 
-from vitkit.encoders.flops import item_flops, items_flops, qwen_vision_flops, qwen_window_lengths, vit_flops
+from vitkit.encoders.flops import (item_flops, items_flops, qwen3_vision_flops, qwen_vision_flops, qwen_window_lengths,
+                                   vit_flops)
 from vitkit.encoders import PRESETS
+from vitkit.item import MultimodalItem, frame_groups
 
 
 def counted(model, *args, **kwargs) -> int:
@@ -95,6 +99,72 @@ def test_qwen_matches_flop_counter(impl):
     assert all(c.merger > 0 for c in ours)
 
 
+VIDEO_GRIDS = [(3, 16, 20), (2, 10, 8), (1, 6, 30), (4, 2, 2)]  # videos of 1-4 temporal patches
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_qwen_videos_match_flop_counter(impl):
+    # a video's full attention is one sequence per temporal patch, its windows tile each temporal patch
+    config = tiny_config(Qwen2_5_VLVisionConfig, "qwen2.5-vl-tiny", impl, **QWEN_GEOMETRY)
+    model = Qwen2_5_VisionTransformerPretrainedModel(config).eval()
+    pixels = torch.randn(sum(t * h * w for t, h, w in VIDEO_GRIDS), 3 * 2 * 14 * 14)
+    ours = [qwen_vision_flops(config, g) for g in VIDEO_GRIDS]
+    seen = counted(model, pixels, grid_thw=torch.tensor(VIDEO_GRIDS))
+    assert seen == sum(c.total - (0 if impl == "eager" else c.attn_scores) for c in ours)
+
+
+QWEN3_GRIDS = [(1, 8, 6), (3, 4, 10), (2, 2, 2), (1, 16, 16)]  # images and videos; grids above and below the table's
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_qwen3_matches_flop_counter(impl):
+    # every block attends per temporal patch; the resampled position table is a gather FlopCounterMode sees none of
+    config = tiny_config(Qwen3VLVisionConfig, "qwen3-vl-tiny", impl)
+    assert config.model_type == "qwen3_vl_vision"
+    model = Qwen3VLVisionModel(config).eval()
+    pixels = torch.randn(sum(t * h * w for t, h, w in QWEN3_GRIDS), 3 * 2 * 16 * 16)
+    ours = [qwen3_vision_flops(config, g) for g in QWEN3_GRIDS]
+    seen = counted(model, pixels, grid_thw=torch.tensor(QWEN3_GRIDS))
+    assert seen == sum(c.total - (0 if impl == "eager" else c.attn_scores) for c in ours)
+    one, plain = ours[0], qwen3_vision_flops(tiny_config(Qwen3VLVisionConfig, "qwen3-vl-tiny", impl,
+                                                         deepstack_visual_indexes=[]), QWEN3_GRIDS[0])
+    assert one.merger == 4 * plain.merger  # the patch merger and three deepstack mergers of its shape
+    assert one.total - one.merger == plain.total - plain.merger
+
+
+def test_qwen3_first_layers_count_only_their_deepstack_mergers():
+    # a tower cut to 2 blocks runs the deepstack mergers after blocks 0 and 1, not the one after block 2
+    full = tiny_config(Qwen3VLVisionConfig, "qwen3-vl-tiny", "eager")
+    assert list(full.deepstack_visual_indexes) == [0, 1, 2] and full.depth == 4
+    cut = tiny_config(Qwen3VLVisionConfig, "qwen3-vl-tiny", "eager", depth=2)
+    pixels = torch.randn(2 * 32, 3 * 2 * 16 * 16)
+    seen = counted(Qwen3VLVisionModel(cut).eval(), pixels, grid_thw=torch.tensor([[2, 4, 8]]))
+    first_two = qwen3_vision_flops(full, (2, 4, 8), num_layers=2)
+    assert seen == first_two.total
+    assert first_two.merger == 3 * qwen3_vision_flops(full, (2, 4, 8)).merger // 4
+
+
+def _video(grid, width=8):
+    t, h, w = grid
+    meta = {"video_grid_thw": grid}
+    return MultimodalItem(torch.randn(t * h * w, width), t * h * w // 4, modality="video", meta=meta)
+
+
+@pytest.mark.parametrize("tower", ["qwen2.5-vl-tiny", "qwen3-vl-tiny", "qwen2.5-vl-7b", "qwen3-vl-8b"])
+@pytest.mark.parametrize("grid, group", [((5, 6, 10), 2), ((7, 16, 20), 3), ((4, 2, 2), 1), ((3, 12, 8), 4)])
+def test_a_split_videos_flops_add_up_to_the_whole_videos(tower, grid, group):
+    config_class = Qwen3VLVisionConfig if tower.startswith("qwen3") else Qwen2_5_VLVisionConfig
+    config = tiny_config(config_class, tower, "sdpa")
+    video = _video(grid)
+    groups = frame_groups(video, group)
+    whole = item_flops(config, video)
+    tower_flops = qwen3_vision_flops if tower.startswith("qwen3") else qwen_vision_flops
+    assert whole == tower_flops(config, grid) and whole.attn_scores > 0
+    assert items_flops(config, groups) == whole.total
+    for term in ("qkv", "attn_scores", "mlp", "merger"):  # term by term, not only in total
+        assert sum(getattr(item_flops(config, g), term) for g in groups) == getattr(whole, term)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 2), st.integers(1, 30), st.integers(1, 30), st.sampled_from([56, 112, 224]))
 def test_qwen_windows_match_transformers(t, half_h, half_w, window_size):
@@ -125,6 +195,12 @@ def test_item_flops_reads_qwen_grid_from_meta():
     bare = type(items[0])(items[0].feature, items[0].num_tokens)
     with pytest.raises(ValueError, match="image_grid_thw"):
         item_flops(config, bare)
+    video = _video((3, 4, 6))
+    assert item_flops(config, video) == qwen_vision_flops(config, (3, 4, 6))  # a video's grid, by its own key
+    mislabelled = MultimodalItem(video.feature, video.num_tokens, modality="video", meta={"image_grid_thw": (3, 4, 6)})
+    with pytest.raises(ValueError, match=rf"item {mislabelled.hash[:12]} \(video\): Qwen FLOPs need "
+                                         r"meta\['video_grid_thw'\], meta has \['image_grid_thw'\]"):
+        item_flops(config, mislabelled)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -134,6 +210,10 @@ def test_item_flops_reads_qwen_grid_from_meta():
     pytest.param(lambda clip, qwen: qwen_window_lengths(qwen, (1, 0, 4)),
                  r"grid_thw\[1\] must be a positive int, got 0",
                  id="empty grid"),
+    pytest.param(lambda clip, qwen: qwen3_vision_flops(qwen, (1, 4, 4)), "qwen3_vl_vision", id="not Qwen3-VL"),
+    pytest.param(lambda clip, qwen: qwen_vision_flops(qwen, (4, 4)),
+                 r"grid_thw must be \(t, h, w\) patches, got \(4, 4\)", id="two numbers"),
+    pytest.param(lambda clip, qwen: qwen_vision_flops(qwen, (1, 4, 6, 2)), r"\(t, h, w\)", id="four numbers"),
     pytest.param(lambda clip, qwen: vit_flops(clip, include_head=True), "SigLIP only", id="head on CLIP"),
     pytest.param(lambda clip, qwen: vit_flops(clip, num_layers=0), "num_layers must be a positive int, got 0",
                  id="no layers"),
@@ -145,8 +225,9 @@ def test_bad_inputs_raise(call, message):
         call(clip, qwen)
 
 
+# Qwen: 16 + 48 + 192 patches, exactly a bucket (256): padding rows would be work no item's count has
 TINY_SIZES = {"clip-tiny": [(56, 56)] * 3, "siglip-tiny": [(70, 70)] * 2,
-              "qwen2.5-vl-tiny": [(56, 56), (112, 84), (224, 168)]}
+              "qwen2.5-vl-tiny": [(56, 56), (112, 84), (224, 168)], "qwen3-vl-tiny": [(64, 64), (128, 96), (256, 192)]}
 
 
 @pytest.mark.parametrize("impl", ["vitkit", "stock"])

@@ -3,16 +3,18 @@ prefill as the "measured" runner), and the CPU re-run of a stored validation's m
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from cost_doubles import LinearPrefill
 from vitkit.bench import validate as validate_module
 from vitkit.bench.validate import main as validate_main
-from vitkit.bench.validate import modelled_only, remodel, stored_replay, validate
+from vitkit.bench.validate import (measured_steps, modelled_only, open_loop, remodel, step_calls, stored_replay,
+                                   validate)
 from vitkit.costs import results
 from vitkit.costs.clock import StepCosts, TimedEncoder
-from vitkit.costs.encoder import load_encoder_cost
+from vitkit.costs.encoder import VideoSize, load_encoder_cost
 from vitkit.costs.prefill import default_prefill_calibration, load_prefill_cost
 from vitkit.sim.fake import FakeEncoder
 
@@ -225,3 +227,36 @@ def test_bad_input_to_validate_ends_in_one_line_before_any_gpu_work(tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stored_step_keeps_its_videos_temporal_patches(costs):
+    """JSON writes a VideoSize as its rows: the step keeps the temporal patches beside them, and reads back
+    the packs the encoder ran (a video over the largest bucket in frame groups), not one oversize image."""
+    video = VideoSize(5 * 1200, 5)  # 5 temporal patches of 4800 units: over the largest bucket, split
+    times = [SimpleNamespace(step=k, time_ms=10.0 * k, encoder_ms=5.0, prefill_ms=1.0, windows=[("r", 0, 8)])
+             for k in range(2)]
+    calls = [[[256, video], [64]], [[64, 32]]]
+    run = SimpleNamespace(rows=times, shadow=[(4.0, 1.0, c) for c in calls])
+    steps = json.loads(json.dumps(measured_steps(run, [3.0, 2.0, 5.0])))
+    assert steps[0]["call_item_rows"] == [[256, 6000], [64]] and steps[0]["call_item_temporal"] == [[0, 5], [0]]
+    assert "call_item_temporal" not in steps[1]  # a step of images only is stored as before
+    back = step_calls(steps[0])
+    assert back == [[256, 6000], [64]] and back[0][1].temporal == 5 and type(back[0][0]) is int
+    cost = costs.encoder.call
+    assert cost.packs(back[0]) == cost.packs([256, video]) != cost.packs([256, 6000])
+    assert step_calls(steps[1]) == [[64, 32]]
+    assert open_loop(steps, costs)["open_loop_encoder_ms"] == pytest.approx(
+        sum(costs.encoder.step_ms(c) for c in calls))
+    with pytest.raises(ValueError, match="step 0: 2 calls but 1 lists of temporal patches"):
+        step_calls(steps[0] | {"call_item_temporal": [[0, 5]]}, "step 0")
+
+
+def test_every_stored_step_reads_back_as_the_images_it_stored():
+    """Files from before videos keep no temporal patches: their calls read as the plain rows they hold."""
+    for path in [VALIDATION, *results.newest_first("ttft-validate", STORED)]:
+        for row in results.read("ttft-validate", path)["rows"]:
+            for step in row.get("measured_steps") or []:
+                if "call_item_rows" in step:
+                    calls = step_calls(step)
+                    assert calls == step["call_item_rows"]
+                    assert not any(isinstance(r, VideoSize) for c in calls for r in c)

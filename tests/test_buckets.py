@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitkit.encoders import FIXED_BUCKETS, QWEN_BUCKETS, Buckets, build_encoder, default_buckets, pack
-from vitkit.encoders.buckets import geometric_sizes, padding_waste
+from vitkit.encoders.buckets import geometric_sizes, padding_waste, video_pieces
 from vitkit.encoders.qwen import QWEN_LARGE_BUCKETS, padded_layout
 from vitkit.processing import qwen_grid, synthetic_items, synthetic_video_items
 
@@ -68,6 +68,39 @@ def test_pack_counts_sequences_against_max_items():
     # three videos of 2, 3 and 2 temporal patches: at most 4 sequences a pack
     packs = pack([8, 12, 8], Buckets((16, 64), max_items=4), [2, 3, 2])
     assert sorted(p.indices for p in packs) == [(0, 2), (1,)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(buckets=bucket_sets, temporal=st.integers(1, 80), frame_units=st.integers(1, 90))
+def test_video_pieces_cover_the_video_within_the_buckets(buckets, temporal, frame_units):
+    pieces = video_pieces(temporal, frame_units, buckets)
+    assert sum(n for _, n in pieces) == temporal  # every temporal patch once, in order
+    assert all(units == n * frame_units for units, n in pieces)
+    assert all(n <= buckets.max_items for _, n in pieces)
+    for units, n in pieces:  # each fits the largest bucket, unless one temporal patch alone is larger
+        assert units <= buckets.largest or (n == 1 and frame_units > buckets.largest)
+    fits = temporal * frame_units <= buckets.largest and temporal <= buckets.max_items
+    assert (len(pieces) == 1) == (fits or temporal == 1)
+    assert len({n for _, n in pieces[:-1]}) <= 1 and pieces[-1][1] <= pieces[0][1]  # equal groups, the rest last
+    group = pieces[0][1]  # as large as both bounds allow: one more temporal patch would break one
+    assert len(pieces) == 1 or (group + 1) * frame_units > buckets.largest or group == buckets.max_items
+
+
+def test_video_pieces_reject_empty_videos():
+    with pytest.raises(ValueError, match="video pieces: temporal patches must be a positive int, got 0"):
+        video_pieces(0, 16, QWEN_BUCKETS)
+    with pytest.raises(ValueError, match="units per temporal patch must be a positive int, got -4"):
+        video_pieces(2, -4, QWEN_BUCKETS)
+
+
+def test_the_encoder_splits_videos_by_video_pieces():
+    buckets = Buckets((16, 32, 64), max_items=3, multiple=4)
+    enc = build_encoder("qwen2.5-vl-tiny", buckets=buckets)
+    for shape in [(4, 56, 56), (12, 56, 56), (4, 112, 112), (6, 112, 224), (2, 28 * 2, 28 * 3)]:
+        video = synthetic_video_items("qwen2.5-vl-tiny", [shape], seed=3)[0]
+        t, h, w = video.meta["video_grid_thw"]
+        groups = enc.split_for_buckets(0, video, t * h * w)
+        assert [(g.feature.shape[0], g.meta["video_grid_thw"][0]) for g in groups] == video_pieces(t, h * w, buckets)
 
 
 def test_geometric_sizes_step_by_at_most_the_ratio():

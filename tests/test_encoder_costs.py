@@ -8,9 +8,12 @@ import shutil
 import pytest
 
 from vitkit.bench.encoder_costs import main as encoder_costs_main
+from vitkit.bench.encoder_costs import serving_call
+from vitkit.bench.errors import serving_errors
 from vitkit.encoders import pack
 from vitkit.costs import results
-from vitkit.costs.encoder import load_encoder_cost, measured_bucket_cost, serving_bookkeeping_ms, stream_bookkeeping_ms
+from vitkit.costs.encoder import (VideoSize, load_encoder_cost, measured_bucket_cost, serving_bookkeeping_ms,
+                                  stream_bookkeeping_ms)
 
 STORED = results.results_folder()
 
@@ -180,3 +183,24 @@ def test_buckets_with_enough_serving_packs_get_their_own_scale(tmp_path, smoke_f
     assert fitted.per_pack_ms == pytest.approx(0.0, abs=1e-9)
     others = [k for b, k in scales.items() if b not in (small["bucket"], large["bucket"])]
     assert others and all(k == fitted.graph_scale == pytest.approx(1.2) for k in others)  # median of the own scales
+
+
+def test_a_serving_call_with_a_video_round_trips_with_its_pieces(tmp_path, smoke_file):
+    """The file keeps a video's temporal patches beside its rows; the model and the error tables read it back
+    as the video the encoder split over the buckets, not as one image over the largest."""
+    data = json.loads(smoke_file.read_text())
+    assert data["settings"]["large_buckets"] == []  # the tiny tower has none; the file says so
+    assert all("item_temporal" not in c for c in data["serving_calls"])  # images only: stored as before
+    video = VideoSize(4 * 100, 4)  # 4 temporal patches of 400 units (100 rows): over the largest bucket (1024), in pairs
+    calls = [serving_call("w", "batched", [64, video], 9.0), serving_call("w", "batched", [64, 400], 9.0)]
+    assert calls[0]["item_temporal"] == [0, 4] and "item_temporal" not in calls[1]
+    path = tmp_path / "encoder-costs-v.json"
+    path.write_text(json.dumps(data | {"serving_calls": data["serving_calls"] + calls}))
+    cost, rows = measured_bucket_cost(path)
+    as_video, as_image = [r for r in rows if r["kind"] == "serving"][-2:]
+    assert as_video["modelled_ms"] == pytest.approx(cost.call_ms([64, video]))
+    # (the two may cost the same: a smoke fit on a loaded CPU can zero the graph scales; the packs differ below)
+    assert as_image["modelled_ms"] == pytest.approx(cost.call_ms([64, 400]))
+    errors, _ = serving_errors(json.loads(path.read_text()), cost)
+    assert [p.size for p in cost.packs([64, video])] == [800, 800, 256]
+    assert errors[-2].buckets == "1024+1024+256" and errors[-1].buckets == "oversize+256"

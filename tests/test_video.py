@@ -423,6 +423,53 @@ def test_a_video_of_more_temporal_patches_than_max_items_is_split(tiny):
     assert rel(out, eager([long])[0]) <= 1e-5
 
 
+SPLIT_BUCKETS = Buckets((16, 32, 64, 128), max_items=4, multiple=4, large=(192, 256))
+VIDEO_CALLS = {  # (frames, height, width) of videos, (height, width) of images beside them, videos split
+    "below the largest bucket": ([(4, 56, 56), (2, 56, 112)], [(56, 56)], 0),
+    "above it": ([(9, 84, 140)], [(56, 56), (112, 84)], 1),  # 5 x 60 patches: groups of 2
+    "more temporal patches than max_items": ([(12, 56, 56), (20, 56, 56)], [(56, 56)], 2),  # 96 and 160 patches
+    "a temporal patch over it": ([(4, 224, 168), (4, 112, 224)], [(224, 224)], 2),  # 192 and 128 a temporal patch
+}
+
+
+@pytest.mark.parametrize("videos, images, splits", list(VIDEO_CALLS.values()), ids=list(VIDEO_CALLS))
+def test_the_cost_model_packs_a_call_as_the_encoder_runs_it(videos, images, splits):
+    from vitkit.costs.clock import item_cost_rows
+    from vitkit.costs.encoder import BucketCost
+
+    enc = build_encoder(TINY, seed=0, buckets=SPLIT_BUCKETS)
+    items = [*synthetic_video_items(TINY, videos, seed=6), *synthetic_items(TINY, images, seed=7)]
+    cost = BucketCost(TINY, "vitkit", SPLIT_BUCKETS, (1.0, 1.0, 1.0, 1.0), 0.0, 4, SPLIT_BUCKETS.sizes, 0)
+    for order in (items, items[::-1]):
+        before = enc.stats.copy()
+        enc(order)
+        assert (enc.stats - before).split_items == splits
+        ran = [(r.items, r.real_rows, r.bucket) for r in enc.last_call]
+        # an unbucketed pack of the model is one piece over the largest bucket: the encoder takes a large one
+        packs = cost.packs([item_cost_rows(item) for item in order])
+        assert [(len(p.indices), p.size // 4, p.bucket or SPLIT_BUCKETS.pick_large(p.size)) for p in packs] == ran
+
+
+def test_the_cost_model_packs_a_random_stream_as_the_encoder_runs_it():
+    import random
+
+    from vitkit.costs.clock import item_cost_rows
+    from vitkit.costs.encoder import BucketCost
+
+    enc = build_encoder(TINY, seed=0, buckets=SPLIT_BUCKETS)
+    cost = BucketCost(TINY, "vitkit", SPLIT_BUCKETS, (1.0, 1.0, 1.0, 1.0), 0.0, 4, SPLIT_BUCKETS.sizes, 0)
+    rng = random.Random(1)
+    for step in range(6):
+        images = [(rng.randint(56, 224), rng.randint(56, 224)) for _ in range(rng.randint(0, 3))]
+        videos = [(rng.randint(1, 24), rng.randint(56, 224), rng.randint(56, 224)) for _ in range(rng.randint(1, 3))]
+        items = synthetic_items(TINY, images, seed=step) + synthetic_video_items(TINY, videos, seed=step)
+        rng.shuffle(items)
+        enc(items)
+        packs = cost.packs([item_cost_rows(item) for item in items])
+        assert ([(len(p.indices), p.size // 4, p.bucket or SPLIT_BUCKETS.pick_large(p.size)) for p in packs]
+                == [(r.items, r.real_rows, r.bucket) for r in enc.last_call])
+
+
 def test_bad_video_items_raise_in_the_encoder(tiny, video):
     enc = tiny[0]
     with pytest.raises(ValueError, match=r"item 0 .*\(video\) has no meta\['video_grid_thw'\]"):

@@ -32,6 +32,7 @@ from vitkit.bench import encoder_costs
 from vitkit.bench.errors import Analysis, analyse, bucket_images, gpu_validations, measured_runs
 from vitkit.bench.machine import free_memory, parser, versions
 from vitkit.costs import results
+from vitkit.costs.results import Refused, check_out
 from vitkit.costs.encoder import bookkeeping_for, load_encoder_cost, measured_bucket_cost
 from vitkit.costs.prefill import load_prefill_cost
 
@@ -46,10 +47,6 @@ PHASES = {  # name -> what it measures (in run order)
 }
 
 
-class Refused(Exception):
-    """Calibrate will not run: the message says why (exit status 2)."""
-
-
 def attached_card() -> str:
     """The attached GPU's card name; ``Refused`` without one."""
     card = results.attached_card()
@@ -58,18 +55,6 @@ def attached_card() -> str:
                       "calibrate measures the attached card's own costs, and a CPU has none to measure; until a GPU "
                       f"is attached the models come from results/{results.STORED_CARD}/.")
     return card
-
-
-def check_out(out: Path, card: str) -> None:
-    """``Refused`` when ``out`` holds files measured on a card other than ``card``, or is another card's
-    folder under ``results/``: a calibration never mixes into (or overwrites) another card's results."""
-    foreign = {name: other for name, other in results.cards_in(out).items() if other != card}
-    if foreign:
-        named = ", ".join(f"{name} ({other})" for name, other in list(foreign.items())[:3])
-        raise Refused(f"{out} holds results of another card: {named}{' ...' if len(foreign) > 3 else ''}; this is "
-                      f"a {card}. Leave --out out (results/{card}/) or name an empty folder.")
-    if out.resolve().parent == results.RESULTS.resolve() and out.name != card:
-        raise Refused(f"{out} is the results folder of card {out.name!r}; this is a {card}: use results/{card}/")
 
 
 @dataclass(frozen=True)

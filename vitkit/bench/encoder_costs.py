@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from vitkit.bench.machine import parser, provenance, resolve_device, synchronize, table
 from vitkit.bench.prefill import PrefillRunner
-from vitkit.bench.validate import validate
+from vitkit.bench.validate import step_calls, validate
 from vitkit.costs import results
 from vitkit.costs.clock import StepCosts
-from vitkit.costs.encoder import load_encoder_cost
+from vitkit.costs.encoder import item_temporal, load_encoder_cost
 from vitkit.costs.prefill import load_prefill_cost
 from vitkit.encoders import build_encoder
 from vitkit.encoders.buckets import pack
@@ -120,17 +120,26 @@ def call_rows(encoder: Any, device: torch.device, calls: Sequence, progress: boo
 
 def serving_rows(encoder: Any, runner: Any, sizes: dict[str, tuple[float, int]],
                  preset: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]:
-    """(encoder calls: items' rows and ms; prefill steps: windows and ms; host ms around the encoder per
-    step) of the calibration replay: the cost models' bookkeeping term is measured here, on this card."""
+    """(encoder calls: items' rows, a video's temporal patches beside them (``serving_call``), and ms; prefill
+    steps: windows and ms; host ms around the encoder per step) of the calibration replay: the cost models'
+    bookkeeping term is measured here, on this card."""
     shadow = StepCosts(load_encoder_cost(), load_prefill_cost())  # the stored card's: only its calls' items are used
     rows = validate(encoder, runner, shadow, workloads=list(sizes), sizes=sizes, make_item=processing_items(preset),
                     seed=CALIBRATION_SEED)
     steps = [(r, step) for r in rows for step in r["measured_steps"]]
-    calls = [{"workload": r["workload"], "mode": r["mode"], "item_rows": items, "ms": ms}
-             for r, step in steps for items, ms in zip(step["call_item_rows"], step["call_ms"])]
+    calls = [serving_call(r["workload"], r["mode"], items, ms)
+             for r, step in steps for items, ms in zip(step_calls(step), step["call_ms"])]
     prefill = [{"workload": r["workload"], "mode": r["mode"], "windows": step["windows"], "ms": step["prefill_ms"]}
                for r, step in steps if step["windows"]]
     return calls, prefill, [ms for r in rows for ms in r["measured_bookkeeping_ms"]]
+
+
+def serving_call(workload: str, mode: str, item_rows: Sequence[int], ms: float) -> dict[str, Any]:
+    """One calibration call as the file keeps it: its items' rows, and for a call with a video each item's
+    temporal patches (``item_temporal``: 0 an image) that ``measured_bucket_cost`` rebuilds its videos by."""
+    call = {"workload": workload, "mode": mode, "item_rows": [int(r) for r in item_rows], "ms": ms}
+    temporal = item_temporal(item_rows)
+    return call if temporal is None else call | {"item_temporal": temporal}
 
 
 def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequence, runner: Any = None,
@@ -151,6 +160,7 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, calls: Sequen
         "schema": results.schema("encoder-costs"), **provenance(device), "created": results.stamp(),
         "settings": {"encoder": preset, "impl": encoder.impl, "dtype": str(dtype).removeprefix("torch."),
                      "buckets": list(encoder.buckets.sizes), "max_items": encoder.buckets.max_items,
+                     "large_buckets": list(encoder.buckets.large),  # none replayed: priced by FLOPs
                      "unit": encoder.unit, "fill_size": list(FILL_SIZE), "graphs": encoder.graphs is not None,
                      "timing": timing, "serving": {"sizes": serving or {}, "seed": CALIBRATION_SEED,
                                                    "prefill": getattr(getattr(runner, "config", None), "name", None)},

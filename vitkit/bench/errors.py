@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from vitkit.bench.machine import parser, table
-from vitkit.bench.validate import stored_replay
+from vitkit.bench.validate import step_calls, stored_replay
 from vitkit.costs import results
 from vitkit.costs.clock import StepCosts
-from vitkit.costs.encoder import BucketCost, EncoderCost, load_encoder_cost
+from vitkit.costs.encoder import BucketCost, EncoderCost, load_encoder_cost, stored_item_rows
 from vitkit.costs.prefill import load_prefill_cost
-from vitkit.encoders.buckets import pack
+from vitkit.encoders.buckets import Pack
 from vitkit.sim.replay import prepare, replay_stream
 
 DRAWS = 100  # bootstrap replays per band (each a CPU replay of the validation's trace)
@@ -67,7 +67,7 @@ class CallError(Timed):
     mode: str
     step: int
     index: int  # the call's place in its step
-    rows: tuple[int, ...]  # embedding rows per item
+    rows: tuple[int, ...]  # embedding rows per item (a video's a VideoSize)
     buckets: str  # its packs' buckets, e.g. "1024" or "2048+1024"
     measured_ms: float
     modelled_ms: float
@@ -91,9 +91,17 @@ class StepError(Timed):
 
 
 def bucket_label(rows: Sequence[int], cost: BucketCost) -> str:
-    """The buckets a call of items of ``rows`` runs in, largest pack first ("oversize" past the largest)."""
-    units = [r * cost.unit // cost.rows_per_unit for r in rows]
-    return "+".join(str(p.bucket) if p.bucket else "oversize" for p in pack(units, cost.buckets))
+    """The buckets a call of items of ``rows`` (a video's a ``VideoSize``) runs in, as the cost model packs it
+    (a video over the largest bucket in its pieces), largest pack first: "18432 large" for a large bucket,
+    "oversize" past every bucket (eager)."""
+    return "+".join(_pack_label(p, cost) for p in cost.packs(list(rows)))
+
+
+def _pack_label(p: Pack, cost: BucketCost) -> str:
+    if p.bucket is not None:
+        return str(p.bucket)
+    large = cost.buckets.pick_large(p.size)
+    return "oversize" if large is None else f"{large} large"
 
 
 def prefill_label(rows: int, prefill: Any) -> str:
@@ -117,7 +125,8 @@ def call_errors(row: Mapping[str, Any], cost: BucketCost) -> list[CallError]:
     for k, step in enumerate(steps):
         prior = steps[k - 1] if k else None
         idle = gaps[k - 1] - busy if k and gaps[k - 1] - busy > CLOCK_EPS_MS else 0.0
-        for j, (rows, ms) in enumerate(zip(step["call_item_rows"], step["call_ms"])):
+        calls = step_calls(step, f"{row['workload']}/{row['mode']} step {step['step']}")
+        for j, (rows, ms) in enumerate(zip(calls, step["call_ms"])):
             label = bucket_label(rows, cost)
             if j:
                 before, prefill_rows = "encoder call", 0
@@ -147,8 +156,11 @@ def _step_error(workload: str, mode: str, windows: Sequence[Sequence[int]], ms: 
 def serving_errors(data: Mapping[str, Any], cost: BucketCost,
                    prefill: Any = None) -> tuple[list[CallError], list[StepError]]:
     """The calibration replay's calls (and, with ``prefill``, its prefill steps) of an encoder-costs file."""
-    calls = [CallError(c["workload"], c["mode"], -1, 0, tuple(c["item_rows"]), bucket_label(c["item_rows"], cost),
-                       float(c["ms"]), cost.call_ms(list(c["item_rows"]))) for c in data.get("serving_calls", [])]
+    calls = []
+    for k, c in enumerate(data.get("serving_calls", [])):
+        rows = stored_item_rows(c["item_rows"], c.get("item_temporal"), f"serving call {k}")
+        calls.append(CallError(c["workload"], c["mode"], -1, 0, tuple(rows), bucket_label(rows, cost), float(c["ms"]),
+                               cost.call_ms(rows)))
     steps = [] if prefill is None else [_step_error(s["workload"], s["mode"], s["windows"], s["ms"], prefill)
                                         for s in data.get("serving_prefill_steps", [])]
     return calls, steps

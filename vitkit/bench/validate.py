@@ -32,7 +32,7 @@ from vitkit.bench.prefill import PrefillRunner
 from vitkit.checks import positive_int
 from vitkit.costs import results
 from vitkit.costs.clock import StepClock, StepCosts, TimedEncoder, prefill_source, prefill_windows
-from vitkit.costs.encoder import load_encoder_cost
+from vitkit.costs.encoder import item_temporal, load_encoder_cost, stored_item_rows
 from vitkit.costs.prefill import default_prefill_calibration, has_prefill_steps, load_prefill_cost
 from vitkit.embed import MODES
 from vitkit.encoders import build_encoder
@@ -127,14 +127,19 @@ def pass_record(run: Run, calls_ms: Sequence[float], compiles: int, stats: dict[
 
 def measured_steps(run: Run, calls_ms: Sequence[float] = ()) -> list[dict[str, Any]]:
     """Per step of a measured run: its clock, ms and windows; with a shadow the models' ms, its calls'
-    items and (from ``calls_ms``) each call's ms."""
+    items (``call_item_rows``, and where a call holds a video ``call_item_temporal``: see ``step_calls``) and
+    (from ``calls_ms``) each call's ms."""
     rows, next_call = [], 0
     for k, t in enumerate(run.rows):
         row = {"step": t.step, "start_ms": t.time_ms, "encoder_ms": t.encoder_ms, "prefill_ms": t.prefill_ms,
                "windows": [list(w) for w in prefill_windows(t.windows)]}
         if k < len(run.shadow):
             enc, pre, calls = run.shadow[k]
-            row |= {"modelled_encoder_ms": enc, "modelled_prefill_ms": pre, "call_item_rows": calls}
+            row |= {"modelled_encoder_ms": enc, "modelled_prefill_ms": pre,
+                    "call_item_rows": [[int(r) for r in c] for c in calls]}
+            temporal = [item_temporal(c) for c in calls]
+            if any(temporal):  # JSON writes a VideoSize as its rows: its temporal patches go beside them
+                row["call_item_temporal"] = [t or [0] * len(c) for t, c in zip(temporal, calls)]
             if calls_ms:
                 row["call_ms"] = list(calls_ms[next_call: next_call + len(calls)])
                 next_call += len(calls)
@@ -142,6 +147,17 @@ def measured_steps(run: Run, calls_ms: Sequence[float] = ()) -> list[dict[str, A
     if calls_ms and next_call != len(calls_ms):
         raise ValueError(f"{len(calls_ms)} timed encoder calls for {next_call} calls in the steps' records")
     return rows
+
+
+def step_calls(step: Mapping[str, Any], where: str = "step") -> list[list[int]]:
+    """A stored measured step's calls as the cost model reads them (``call_item_rows``): each video a
+    ``VideoSize`` again from ``call_item_temporal`` (absent from steps of images only, and from every file
+    from before videos)."""
+    calls = step["call_item_rows"]
+    temporal = step.get("call_item_temporal") or [None] * len(calls)
+    if len(temporal) != len(calls):
+        raise ValueError(f"{where}: {len(calls)} calls but {len(temporal)} lists of temporal patches")
+    return [stored_item_rows(c, t, f"{where} call {j}") for j, (c, t) in enumerate(zip(calls, temporal))]
 
 
 def _print_row(r: Mapping[str, Any]) -> None:
@@ -302,7 +318,8 @@ def open_loop(steps: Sequence[dict[str, Any]], costs: StepCosts) -> dict[str, fl
         return costs.prefill.step_ms([tuple(w) for w in step["windows"]]) if step["windows"] else 0.0
 
     out = {}
-    for part, model in (("encoder", lambda s: costs.encoder.step_ms(s["call_item_rows"])), ("prefill", prefill)):
+    for part, model in (("encoder", lambda s: costs.encoder.step_ms(step_calls(s, f"step {s['step']}"))),
+                        ("prefill", prefill)):
         ms = [(model(s), s[f"{part}_ms"]) for s in steps]
         errs = sorted(abs(m - y) / y for m, y in ms if y > 0)
         out[f"open_loop_{part}_ms"] = sum(m for m, _ in ms)

@@ -16,9 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from vitkit.checks import positive_number
-from vitkit.costs.encoder import EncoderCost
+from vitkit.costs.encoder import EncoderCost, VideoSize
 from vitkit.embed import ENCODING_FATES, EmbedResult, Encoder
-from vitkit.item import MultimodalItem
+from vitkit.item import GRID_KEYS, MultimodalItem
 
 
 class PrefillModel(Protocol):
@@ -106,14 +106,36 @@ def prefill_windows(windows: Sequence[tuple[Any, int, int]]) -> list[tuple[int, 
     return [(start, stop - start) for _, start, stop in windows if stop > start]
 
 
+def item_cost_rows(item: MultimodalItem, where: str = "item") -> int:
+    """An item's embedding rows as the encoder's cost model reads them: an image's ``num_tokens``, a video's
+    a ``VideoSize`` of them with its temporal patches (``meta["video_grid_thw"]``'s t), which the bucketed
+    encoder splits it by. ``where`` names the item in errors."""
+    if item.modality != "video":
+        return item.num_tokens
+    who = f"{where} (video, hash {item.hash[:12]})"
+    grid = (item.meta or {}).get(GRID_KEYS["video"])
+    if grid is None:
+        raise ValueError(f"{who} has no meta['video_grid_thw'] for the cost model to split it by "
+                         f"(meta keys: {sorted(item.meta or {})})")
+    values = grid.reshape(-1).tolist() if hasattr(grid, "reshape") else list(grid)
+    if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"{who}: video_grid_thw must be three positive ints (t, h, w), got {grid!r}")
+    if item.num_tokens % values[0]:
+        raise ValueError(f"{who}: num_tokens={item.num_tokens} is not a whole number per temporal patch "
+                         f"(grid {tuple(values)})")
+    return VideoSize(item.num_tokens, values[0])
+
+
 def call_item_rows(step: Any, result: EmbedResult, requests: Mapping[Hashable, Any]) -> list[list[int]]:
-    """Per encoder call of the step, the embedding rows of each item it encoded (from ``result.outcomes``)."""
+    """Per encoder call of the step, the embedding rows of each item it encoded (from ``result.outcomes``);
+    a video's a ``VideoSize`` (``item_cost_rows``), an image's a plain int."""
     calls: list[list[int]] = [[] for _ in result.call_tokens]
     for window, outcomes in zip(step.windows, result.outcomes):
         items = requests[window.rid].items
         for o in outcomes:
             if o.fate in ENCODING_FATES:
-                calls[o.call].append(items[o.index].num_tokens)
+                where = f"step {step.index}: request {window.rid!r} item {o.index}"
+                calls[o.call].append(item_cost_rows(items[o.index], where))
     if [sum(c) for c in calls] != list(result.call_tokens):
         raise ValueError(f"step {step.index}: items per call {calls} do not add up to the calls' rows "
                          f"{result.call_tokens}")

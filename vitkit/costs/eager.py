@@ -59,9 +59,10 @@ def fit_line_cost(steps: Sequence[Mapping[str, Any]], *, encoder: str, impl: str
 
 
 def load_eager_cost(folder: str | Path, encoder: str, impl: str = EAGER_IMPL) -> EncoderCost | None:
-    """The eager ``encoder``'s cost from the newest GPU stream file in ``folder`` that ran ``impl``, with the
-    bookkeeping ms of that impl's steps; None when no stream file measured it (nothing is made up)."""
-    for path in results.newest_first("stream", folder):
+    """The eager ``encoder``'s cost from the newest plain GPU stream file (``results.plain_streams``) in ``folder``
+    that ran ``impl``, with the bookkeeping ms of that impl's steps; None when no stream file measured it (nothing
+    is made up)."""
+    for path in results.plain_streams(folder):
         data = results.read("stream", path)
         steps = [s for s in data["steps"] if (s["encoder"], s["impl"]) == (encoder, impl)]
         if data.get("kind", "gpu") != "gpu" or not steps:

@@ -2,28 +2,109 @@
 
 A call runs as packs (``vitkit.encoders.buckets.pack``), each replaying its bucket's CUDA graph, so its
 cost is a step function of the buckets, which one line over rows cannot follow: hence ``BucketCost``.
+A call's items are given as their sizes (embedding rows, or bucket units): an image's a plain int, a
+video's a ``VideoSize``, which also says its temporal patches, so that the model splits it over the
+buckets and counts its sequences as the encoder does (``call_packs``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from vitkit.checks import positive_int
 from vitkit.costs import results
-from vitkit.encoders.buckets import Buckets, Pack, pack
-from vitkit.encoders.build import default_buckets
+from vitkit.encoders.buckets import Buckets, Pack, pack, video_pieces
+from vitkit.encoders.build import MODEL_CLASSES, default_buckets
+from vitkit.encoders.flops import QWEN_FLOPS
+from vitkit.encoders.presets import get_preset
+
+
+class VideoSize(int):
+    """A video item's size in a call (embedding rows; bucket units in a list of units) that also carries its
+    ``temporal`` patches: the bucketed encoder splits a video by them (``video_pieces``) and counts one
+    full-attention sequence each against ``max_items``. An int, and equal to its size, so that sums, JSON
+    and every consumer of plain sizes (the line and data-parallel models, stored steps) read it as one."""
+
+    def __new__(cls, size: int, temporal: int) -> Self:
+        positive_int("VideoSize: size", size)
+        positive_int("VideoSize: temporal patches", temporal)
+        if size % temporal:
+            raise ValueError(f"VideoSize: size {size} is not a whole number per temporal patch ({temporal} of them)")
+        video = super().__new__(cls, size)
+        video.temporal = temporal
+        return video
+
+    def __getnewargs__(self) -> tuple[int, int]:  # pickle and copy rebuild it through __new__
+        return int(self), self.temporal
+
+    def __repr__(self) -> str:
+        return f"VideoSize({int(self)}, temporal={self.temporal})"
+
+    def resized(self, size: int) -> VideoSize:
+        """The same video counted in other units (``size`` of them)."""
+        return VideoSize(size, self.temporal)
+
+
+def item_temporal(rows: Sequence[int]) -> list[int] | None:
+    """What a results file keeps beside a call's item rows so that its videos read back as videos: per item,
+    its temporal patches (0: an image); None for a call of images only, which keeps nothing (as every file
+    from before videos)."""
+    temporal = [r.temporal if isinstance(r, VideoSize) else 0 for r in rows]
+    return temporal if any(temporal) else None
+
+
+def stored_item_rows(rows: Sequence[int], temporal: Sequence[int] | None = None, where: str = "call") -> list[int]:
+    """A stored call's item rows as the cost model reads them: each video (``temporal`` > 0, as
+    ``item_temporal`` wrote it) a ``VideoSize`` again, images plain ints. ``where`` names the call in errors."""
+    rows = [int(r) for r in rows]
+    if temporal is None:
+        return rows
+    if len(temporal) != len(rows):
+        raise ValueError(f"{where}: {len(rows)} item rows {rows} but {len(temporal)} temporal patch counts "
+                         f"{list(temporal)}")
+    return [VideoSize(r, int(t)) if t else r for r, t in zip(rows, temporal)]
+
+
+def over_largest(p: Pack, buckets: Buckets, large_scale: Sequence[tuple[int, float]] = ()) -> float:
+    """The graph time of a pack no regular bucket holds (one image over the largest), as a multiple of the
+    largest regular graph's. In a large bucket (``Buckets.pick_large``) it runs padded to that bucket, whose
+    full attention over one long sequence costs more a row than the largest graph's many short ones: the
+    bucket's scale in ``large_scale`` ((bucket, scale) pairs: FLOPs, ``large_flop_scale``), else its size over
+    the largest's (units, padding included, so attention's growth left out). Over the large buckets' cap it
+    runs eager, unpadded: its own units over the largest's, as before large buckets. Neither is a measured
+    large-graph replay."""
+    large = buckets.pick_large(p.size) if p.bucket is None else None
+    if large is None:
+        return p.size / buckets.largest
+    return dict(large_scale).get(large, large / buckets.largest)
+
+
+def call_packs(units: Sequence[int], buckets: Buckets) -> list[Pack]:
+    """The packs the bucketed encoder runs one call of items of ``units`` bucket units as: each video
+    (``VideoSize``) split into ``video_pieces``, then every piece ``pack``ed with its sequences (a video's
+    temporal patches, an image's one). Pack indices point into the pieces: items in order, each video's
+    pieces in order."""
+    pieces: list[tuple[int, int]] = []
+    for size in units:
+        if isinstance(size, VideoSize):
+            pieces += video_pieces(size.temporal, size // size.temporal, buckets)
+        else:
+            pieces.append((size, 1))
+    return pack([u for u, _ in pieces], buckets, [n for _, n in pieces])
 
 
 @dataclass(frozen=True)
 class BucketCost:
     """Modelled ms of one call: ``per_call_ms`` plus, per pack, its bucket's ``bucket_ms`` (a pack over every
-    bucket: the largest's, scaled by size) and the host's share. ``unit``: bucket units per embedding row;
-    ``observed``: the buckets a fit saw. A fit of one-pack calls cannot split per-call from bucket ms."""
+    regular bucket: the largest's, scaled by ``over_largest``) and the host's share. ``unit``: bucket units per
+    embedding row; ``observed``: the buckets a fit saw. A fit of one-pack calls cannot split per-call from
+    bucket ms."""
 
     encoder: str
     impl: str
@@ -42,6 +123,9 @@ class BucketCost:
     graph_scale: float = 1.0  # measured models: the replays' factor where no bucket has its own
     bucket_scales: tuple[float, ...] = ()  # measured models: each bucket's factor (aligned with sizes)
     rows_per_unit: int = 1  # fixed-resolution towers: embedding rows of one bucket unit (one image)
+    # (large bucket, its graph's ms over the largest regular graph's) pairs: FLOPs (``large_flop_scale``);
+    # a large bucket without one (no tower config at hand) scales by units, its size over the largest
+    large_scale: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.bucket_ms) != len(self.buckets.sizes):
@@ -50,22 +134,47 @@ class BucketCost:
         positive_int("BucketCost: unit", self.unit)
 
     def pack_ms(self, p: Pack) -> float:
-        """Modelled ms of one pack: its bucket's graph replay plus the host's share."""
+        """Modelled ms of one pack: its bucket's graph replay plus the host's share; a pack no regular bucket
+        holds, the largest regular graph's ms times ``over_largest``."""
         host = self.per_pack_ms + self.per_unit_ms * p.size
         if p.bucket is None:
-            return self.bucket_ms[-1] * p.size / self.buckets.largest + host
+            return self.bucket_ms[-1] * self.over_largest(p) + host
         return self.bucket_ms[self.buckets.sizes.index(p.bucket)] + host
 
+    def over_largest(self, p: Pack) -> float:
+        """A pack no regular bucket holds, as a multiple of the largest regular graph's ms (``over_largest``)."""
+        return over_largest(p, self.buckets, self.large_scale)
+
     def call_units_ms(self, units: Sequence[int]) -> float:
-        """Modelled ms of one call of items of ``units`` bucket units each (0 for no items)."""
+        """Modelled ms of one call of items of ``units`` bucket units each, a video's a ``VideoSize`` (0 for
+        no items)."""
         if not units:
             return 0.0
-        return self.per_call_ms + sum(self.pack_ms(p) for p in pack(list(units), self.buckets))
+        return self.per_call_ms + sum(self.pack_ms(p) for p in call_packs(units, self.buckets))
 
     def call_ms(self, item_rows: int | Sequence[int]) -> float:
-        """Modelled ms of one call of items of ``item_rows`` embedding rows each (an int: one item)."""
+        """Modelled ms of one call of items of ``item_rows`` embedding rows each, a video's a ``VideoSize``
+        (an int: one item)."""
+        return self.call_units_ms(self.item_units(item_rows))
+
+    def packs(self, item_rows: int | Sequence[int]) -> list[Pack]:
+        """The packs of one call of items of ``item_rows`` embedding rows each, as the encoder runs them."""
+        return call_packs(self.item_units(item_rows), self.buckets)
+
+    def item_units(self, item_rows: int | Sequence[int]) -> list[int]:
+        """Bucket units of items of ``item_rows`` embedding rows each (an int: one item), videos still
+        ``VideoSize``s. Fixed-resolution towers (``rows_per_unit`` > 1) take no videos."""
         rows = [item_rows] if isinstance(item_rows, int) else list(item_rows)
-        return self.call_units_ms([r * self.unit // self.rows_per_unit for r in rows])
+        units = []
+        for k, r in enumerate(rows):
+            size = r * self.unit // self.rows_per_unit
+            if isinstance(r, VideoSize):
+                if self.rows_per_unit != 1:
+                    raise ValueError(f"{self.encoder}: item {k} is a video ({r!r}), but this cost is of a "
+                                     f"fixed-resolution tower ({self.rows_per_unit} rows a unit), which takes no video")
+                size = r.resized(size)
+            units.append(size)
+        return units
 
 
 def nnls(a: np.ndarray, b: np.ndarray, *, max_iter: int | None = None) -> np.ndarray:
@@ -107,7 +216,8 @@ def _fill_unobserved(sizes: Sequence[int], ms: np.ndarray, observed: Sequence[in
 
 def fit_bucket_cost(calls: Sequence[Sequence[Sequence[int]]], targets_ms: Sequence[float], buckets: Buckets, *,
                     unit: int, encoder: str, impl: str, source: str) -> BucketCost:
-    """A ``BucketCost`` fitted to steps: ``calls[k]``, step k's calls as their items' bucket units;
+    """A ``BucketCost`` fitted to steps: ``calls[k]``, step k's calls as their items' bucket units (a video's a
+    ``VideoSize``, packed as ``call_packs`` does);
     ``targets_ms[k]``, its measured encoder ms. Non-negative least squares on relative error (a small
     step counts as much as a large one) over packs per bucket and calls; steps without calls skipped."""
     if len(calls) != len(targets_ms):
@@ -122,10 +232,10 @@ def fit_bucket_cost(calls: Sequence[Sequence[Sequence[int]]], targets_ms: Sequen
             raise ValueError(f"fit_bucket_cost: a step with calls has target {y!r} ms; must be > 0")
         row = np.zeros(len(sizes) + 1)  # packs per bucket, then calls
         for c in step_calls:
-            for p in pack(list(c), buckets):
+            for p in call_packs(c, buckets):
                 # an unbucketed pack counts as its share of the largest graph (see BucketCost.pack_ms)
                 column = len(sizes) - 1 if p.bucket is None else sizes.index(p.bucket)
-                row[column] += 1.0 if p.bucket else p.size / buckets.largest
+                row[column] += 1.0 if p.bucket else over_largest(p, buckets)
             row[-1] += 1.0
         counts.append(row)
         ys.append(float(y))
@@ -143,27 +253,65 @@ def fit_bucket_cost(calls: Sequence[Sequence[Sequence[int]]], targets_ms: Sequen
     return replace(cost, median_rel_err=float(np.median(errs)), max_rel_err=float(errs.max()))
 
 
+def _square_grid(patches: int, merge: int) -> tuple[int, int, int]:
+    """(1, h, w): an image of ``patches`` patches as near square as whole ``merge`` blocks a side allow."""
+    side = math.isqrt(patches) // merge * merge
+    h = next((d for d in range(side, 0, -merge) if patches % d == 0 and patches // d % merge == 0), None)
+    if h is None:
+        raise ValueError(f"{patches} patches make no image of whole {merge}x{merge} merge blocks")
+    return 1, h, patches // h
+
+
+def large_flop_scale(encoder: str, buckets: Buckets, fill: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
+    """(large bucket, the FLOPs of its graph over the largest regular graph's as its replay was filled) pairs
+    (``fill``: the replay's row, ``images`` images of ``real_units`` patches in all, the rest padding). A
+    large graph runs one image: counted as a near-square image of the whole bucket, its padding (a
+    full-attention sequence of its own) taken as part of it, an upper bound. () for no large buckets or a
+    tower without a FLOP model (``vitkit.encoders.flops``)."""
+    if not buckets.large:
+        return ()
+    preset = get_preset(encoder)
+    config = MODEL_CLASSES[preset.family][0](**preset.config)
+    flops = QWEN_FLOPS.get(config.model_type)
+    if flops is None:
+        return ()
+    merge = config.spatial_merge_size
+
+    def image(patches: int) -> int:
+        return flops(config, _square_grid(patches, merge)).total if patches else 0
+
+    images, real = int(fill["images"]), int(fill["real_units"])
+    largest = images * image(real // images) + image(buckets.largest - real)
+    return tuple((size, image(size) / largest) for size in buckets.large)
+
+
 def measured_bucket_cost(path: str | Path) -> tuple[BucketCost, list[dict[str, Any]]]:
     """The ``BucketCost`` of an encoder-costs file, and per call ``{kind ("probe" or "serving"), what, images,
     measured_ms, modelled_ms, rel_err}``. A pack costs its bucket's scale times the graph's measured replay
     plus ``per_pack_ms + per_unit_ms * units`` (staging host pixels, from the probes). The scales and
     ``per_pack_ms`` are fitted to the serving calls of a calibration replay if the file has them, else
-    ``per_pack_ms`` alone to the probes; a scale per bucket, as small and large graphs slow down apart."""
+    ``per_pack_ms`` alone to the probes; a scale per bucket, as small and large graphs slow down apart.
+    Large buckets (no replay of theirs is measured) cost the largest graph's ms times their ``large_flop_scale``;
+    a file from before it kept ``large_buckets`` gets the encoder's default ones above its largest bucket."""
     data = results.read("encoder-costs", path)
     settings = data["settings"]
     default = default_buckets(settings["encoder"])
-    buckets = Buckets(tuple(settings["buckets"]), settings["max_items"], default.multiple)
+    large = settings.get("large_buckets", [s for s in default.large if s > max(settings["buckets"])])
+    buckets = Buckets(tuple(settings["buckets"]), settings["max_items"], default.multiple, tuple(large))
     replay = {r["bucket"]: float(r["ms"]) for r in data["buckets"]}
     if sorted(replay) != sorted(buckets.sizes):
         raise ValueError(f"{path}: replay times for buckets {sorted(replay)}, the settings list "
                          f"{list(buckets.sizes)}")
     unit = int(settings["unit"])
+    fill = next(r for r in data["buckets"] if r["bucket"] == buckets.largest)
     graphs = BucketCost(settings["encoder"], settings["impl"], buckets, tuple(replay[b] for b in buckets.sizes), 0.0,
-                        unit, tuple(buckets.sizes), 0)
+                        unit, tuple(buckets.sizes), 0, large_scale=large_flop_scale(settings["encoder"], buckets, fill))
     probes = [("probe", f"{c['size'][0]}x{c['size'][1]}", list(c["item_units"]), float(c["host_pixels_ms"]))
               for c in data["calls"]]
-    serving = [("serving", f"{c['workload']} {c['mode']}", [r * unit for r in c["item_rows"]], float(c["ms"]))
-               for c in data.get("serving_calls", [])]
+    serving = []
+    for k, c in enumerate(data.get("serving_calls", [])):  # a video's temporal patches kept beside its rows
+        rows = stored_item_rows(c["item_rows"], c.get("item_temporal"), f"{path} serving call {k}")
+        serving.append(("serving", f"{c['workload']} {c['mode']}", graphs.item_units(rows), float(c["ms"])))
     if not data["calls"]:
         raise ValueError(f"{path}: no probe calls to measure the host's staging cost with")
     # staging host pixels, per patch: what a call with host pixels costs over the same call with device pixels
@@ -194,7 +342,7 @@ def _fit_call_parts(graphs: BucketCost, calls: Sequence[tuple[str, str, list[int
     as measured (graph ms and units grow together: fitting both is ill-conditioned). ``free_scale``:
     buckets with ``OWN_SCALE_PACKS`` packs get their own scale, the rest share one; else every scale is 1."""
     sizes = list(graphs.buckets.sizes)
-    packs = [pack(units, graphs.buckets) for _, _, units, _ in calls]
+    packs = [call_packs(units, graphs.buckets) for _, _, units, _ in calls]
     ms = np.array([m for *_, m in calls])
     y = ms - per_unit * np.array([sum(p.size for p in ps) for ps in packs])
     count = np.array([len(ps) for ps in packs], float)
@@ -229,7 +377,8 @@ class EncoderCost:
     source: str  # which files it was measured in
 
     def step_ms(self, calls: Sequence[Sequence[int]]) -> float:
-        """Encoder ms of a step's calls, each given as its items' embedding rows."""
+        """Encoder ms of a step's calls, each given as its items' embedding rows (a video's a ``VideoSize``,
+        as ``vitkit.costs.clock.call_item_rows`` gives them)."""
         return sum(self.call.call_ms(c) for c in calls)
 
 
@@ -239,8 +388,9 @@ def _is_costs_file(path: Path, encoder: str, impl: str) -> bool:
 
 
 def stream_bookkeeping_ms(folder: str | Path, encoder: str, impl: str = DEFAULT_IMPL) -> tuple[float, str] | None:
-    """Median host ms a step around the encoder, and the name of the newest GPU stream file giving it."""
-    for path in results.newest_first("stream", folder):
+    """Median host ms a step around the encoder, and the name of the newest plain GPU stream file giving it
+    (``results.plain_streams``)."""
+    for path in results.plain_streams(folder):
         data = results.read("stream", path)
         rows = [r for r in data["steps"] if (r["encoder"], r["impl"]) == (encoder, impl)]
         if data.get("kind", "gpu") == "gpu" and rows:

@@ -34,6 +34,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "trace": ("vitkit.sim.trace/1", "*.json"),
     "calibration": ("vitkit.calibration/1", "calibration-[0-9]*.json"),
     "crossover": ("vitkit.bench.crossover/1", "crossover-[0-9]*.json"),
+    "video": ("vitkit.bench.video/1", "video-[0-9]*.json"),
 }
 CALIBRATE_COMMAND = "make calibrate (python -m vitkit.bench calibrate)"
 
@@ -75,6 +76,24 @@ def newest(kind: str, folder: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no {kind} results ({FORMATS[kind][1]}) in {folder}")
     return found[0]
+
+
+def stream_name(path: str | Path) -> str:
+    """The named stream a stream file ran (its spec's ``name``: "mixed", "scans", ...); "" for a plain stream,
+    and for a file that does not read (its reader says why)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    settings = data.get("settings") if isinstance(data, Mapping) else None
+    spec = settings.get("stream") if isinstance(settings, Mapping) else None
+    return str(spec.get("name") or "") if isinstance(spec, Mapping) else ""
+
+
+def plain_streams(folder: str | Path) -> list[Path]:
+    """The plain stream files in ``folder``, newest first: the only ones cost models are fitted to (a named
+    stream, ``stream-<name>-*``, holds other items on purpose: scans, videos)."""
+    return [path for path in newest_first("stream", folder) if not stream_name(path)]
 
 
 def check_schema(kind: str, data: Any, where: str | Path) -> Mapping[str, Any]:
@@ -207,3 +226,20 @@ def check_results_card(folder: str | Path) -> None:
             raise ValueError(f"results folder {folder} is named for card {named[0]}, but {name} was measured on "
                              f"{card}: use results/{card}/ for its models, or measure this card's with "
                              f"{CALIBRATE_COMMAND}")
+
+
+class Refused(Exception):
+    """A benchmark that must not run here, with the reason: no GPU, or a folder of another card's results."""
+
+
+def check_out(out: str | Path, card: str) -> None:
+    """``Refused`` when ``out`` holds files measured on a card other than ``card``, or is another card's
+    folder under ``results/``: a run never mixes into (or overwrites) another card's results."""
+    out = Path(out)
+    foreign = {name: other for name, other in cards_in(out).items() if other != card}
+    if foreign:
+        named = ", ".join(f"{name} ({other})" for name, other in list(foreign.items())[:3])
+        raise Refused(f"{out} holds results of another card: {named}{' ...' if len(foreign) > 3 else ''}; this is "
+                      f"a {card}. Leave --out out (results/{card}/) or name an empty folder.")
+    if out.resolve().parent == RESULTS.resolve() and out.name != card:
+        raise Refused(f"{out} is the results folder of card {out.name!r}; this is a {card}: use results/{card}/")

@@ -130,6 +130,21 @@ def pack(sizes: Sequence[int], buckets: Buckets, sequences: Sequence[int] | None
     return alone + packed
 
 
+def video_pieces(temporal: int, frame_units: int, buckets: Buckets) -> list[tuple[int, int]]:
+    """How the bucketed encoder runs a video of ``temporal`` temporal patches of ``frame_units`` units each
+    (Qwen: h*w patches): its pieces in order, each as (units, sequences). Whole when it fits the largest
+    bucket within ``max_items`` sequences; else frame groups (``vitkit.item.frame_groups``) of as many temporal
+    patches as both allow, the last holding the rest. A temporal patch over the largest bucket goes alone (a
+    large bucket takes it, or it runs eager), as an image over it does. Images are one temporal patch."""
+    positive_int("video pieces: temporal patches", temporal)
+    positive_int("video pieces: units per temporal patch", frame_units)
+    if temporal * frame_units <= buckets.largest and temporal <= buckets.max_items:
+        return [(temporal * frame_units, temporal)]
+    group = max(1, min(buckets.max_items, buckets.largest // frame_units))
+    sizes = [min(group, temporal - start) for start in range(0, temporal, group)]
+    return [(n * frame_units, n) for n in sizes]
+
+
 def padding_waste(calls: Sequence[Sequence[int]], buckets: Buckets) -> tuple[int, int]:
     """(real, padding) summed over ``calls`` (each a list of item sizes) packed into ``buckets``."""
     real = pad = 0

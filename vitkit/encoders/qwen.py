@@ -24,7 +24,7 @@ from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position
 
 from vitkit.encoders.attention import VARLEN_DTYPES
 from vitkit.encoders.base import VisionEncoder
-from vitkit.encoders.buckets import Buckets, geometric_sizes
+from vitkit.encoders.buckets import Buckets, geometric_sizes, video_pieces
 from vitkit.encoders.fused import compile_layer, fused_qwen_block
 from vitkit.item import GRID_KEYS, MultimodalItem, frame_groups
 
@@ -125,12 +125,14 @@ class QwenVisionEncoder(VisionEncoder):
 
     def split_for_buckets(self, k: int, item: MultimodalItem, units: int) -> list[MultimodalItem]:
         """A video over the largest bucket (or over ``max_items`` temporal patches) as frame groups that each
-        fit it; other items whole. A temporal patch larger than the largest bucket goes alone (a large one)."""
+        fit it, by ``video_pieces`` (the cost model splits by it too); other items whole."""
         t, h, w = self._item_grid(k, item)
-        if item.modality != "video" or (units <= self.buckets.largest and t <= self.buckets.max_items):
+        if item.modality != "video":
             return [item]
-        group = max(1, min(self.buckets.max_items, self.buckets.largest // (h * w)))
-        return frame_groups(item, group, hash_content=False)  # pieces never reach a cache: no hashing
+        pieces = video_pieces(t, h * w, self.buckets)
+        if len(pieces) == 1:
+            return [item]
+        return frame_groups(item, pieces[0][1], hash_content=False)  # pieces never reach a cache: no hashing
 
     def _batch_input(self, items: list[MultimodalItem]) -> tuple[torch.Tensor, torch.Tensor]:
         grids = [self._item_grid(k, item) for k, item in enumerate(items)]
