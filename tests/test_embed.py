@@ -682,6 +682,31 @@ def test_per_request_modalities_encode_videos_in_their_own_requests_calls():
         embed_chunks([(one, (0, 6))], enc, cache, per_request_modalities="video")
 
 
+def test_per_request_modalities_encode_again_what_an_earlier_request_could_not_store():
+    # SGLang's per-request path runs one request after another (get, encode, set): a video the cache refuses
+    # (larger than it) is encoded again by each request of the step that asks for it, in its own call
+    video = _video(6, 7)
+    one = Request.from_segments("one", [video, 1])
+    two = Request.from_segments("two", [MultimodalItem(video.feature.clone(), 6, modality="video", meta=video.meta), 1])
+    small = EmbeddingCache(4 * ROW_BYTES)
+    enc = SpyEncoder()
+    res = embed_chunks([(one, (0, 7)), (two, (0, 7))], enc, small, grouping="modality",
+                       per_request_modalities=("video",))
+    assert enc.calls == [[video.hash], [video.hash]] and res.encoded_items == 2 and small.stats().rejected == 2
+    assert [(o.fate, o.call) for marks in res.outcomes for o in marks] == [("encoded", 0), ("encoded", 1)]
+    assert torch.equal(res.embeddings[0], _full(one)) and torch.equal(res.embeddings[1], _full(two))
+    # a cache that takes it: the second request finds the first one's put, no second encode
+    enc = SpyEncoder()
+    res = embed_chunks([(one, (0, 7)), (two, (0, 7))], enc, EmbeddingCache(100 * ROW_BYTES), grouping="modality",
+                       per_request_modalities=("video",))
+    assert enc.calls == [[video.hash]]
+    assert [(o.fate, o.call) for marks in res.outcomes for o in marks] == [("encoded", 0), ("shared", 0)]
+    # the cross-request path encodes it once however small the cache: de-duplicated by hash
+    enc = SpyEncoder()
+    embed_chunks([(one, (0, 7)), (two, (0, 7))], enc, EmbeddingCache(4 * ROW_BYTES), grouping="modality")
+    assert enc.calls == [[video.hash]]
+
+
 def test_without_pin_recurring_an_image_shown_again_is_not_held():
     # vLLM: a request's hold on an item ends once its tokens pass it; the repeat hits only if nothing evicted it
     x = _item(4, 1)

@@ -18,6 +18,7 @@ from conftest import cache_state, reference
 from vitkit import EmbeddingCache, MultimodalItem, Request, embed_chunks
 from vitkit.sim.engine import ReplayConfig
 from vitkit.sim.fake import FakeEncoder
+from vitkit.sim.policies import ENGINE_POLICIES
 from vitkit.sim.replay import prepare, replay_stream
 from vitkit.sim.scheduler import SchedulerConfig
 from vitkit.sim.trace import ImageSpec, Trace, TraceRequest
@@ -358,3 +359,23 @@ def test_frame_groups_of_distinct_videos_are_each_encoded_once(mode, trace, data
     items = {it.hash for r in stream.requests.values() for it in r.items}
     assert set(encoder.encoded) == items and set(encoder.encoded.values()) <= {1}
     assert run.summary.re_encodings == 0
+
+
+@pytest.mark.parametrize("policy", sorted(ENGINE_POLICIES))
+@SIM_SETTINGS
+@given(trace=media_streams(), data=st.data())
+def test_request_re_encodings_are_a_part_of_re_encodings_which_are_a_part_of_encodes(policy, trace, data):
+    # PolicyRow: re-encodings are encodes of content the run had encoded before, request re-encodings "of
+    # those" the ones a request had lost between its windows; any cache size, some smaller than an item
+    engine = ENGINE_POLICIES[policy]
+    stream = prepare(trace, video_items=engine.video_items)
+    largest = max(it.num_tokens for r in stream.requests.values() for it in r.items)
+    cache_rows = data.draw(st.integers(1, 2 * largest), label="cache rows")
+    scheduler = SchedulerConfig(data.draw(st.sampled_from([256, 1024])), data.draw(st.sampled_from([None, 64, 512])))
+    encoder = CountingFakeEncoder()
+    run = replay_stream(stream, engine.replay_config(scheduler, cache_rows), encoder=encoder)
+    s = run.summary
+    assert s.request_re_encodings <= s.re_encodings <= s.encoded_items == sum(encoder.encoded.values())
+    assert s.encoded_items - s.re_encodings == len(encoder.encoded)  # every other encode is a first one
+    for row in run.rows:
+        assert row.request_re_encodings <= row.re_encodings <= row.encoded_items

@@ -189,6 +189,22 @@ def test_an_admission_that_lets_nothing_in_is_an_error_not_a_hang():
         scheduler.schedule(0.0)
 
 
+def test_by_default_a_request_admission_could_never_grant_raises_naming_it_its_rows_and_the_cache():
+    # a clear error when the request is added, before any step: never a replay that spins or hangs
+    trace = Trace("t", (TraceRequest("small", 0.0, (10,)), TraceRequest("big", 5.0, (4, "p", 2))),
+                  {"p": ImageSpec(448, 448)})
+    config = ReplayConfig(SchedulerConfig(1000, policy="cache-aware"), cache_tokens=IMG - 1)
+    with pytest.raises(ValueError) as err:
+        replay_stream(trace, config, encoder=ENCODER)
+    assert str(err.value) == (
+        f"request 'big' item 0: its {IMG} embedding rows (image) need {IMG * ROW} bytes, more than the whole "
+        f"cache ({(IMG - 1) * ROW} bytes, {IMG - 1} rows); cache-aware admission could never grant it; "
+        "SchedulerConfig(refuse_oversized=True) refuses such a request and runs the rest")
+    refused = replay_stream(trace, ReplayConfig(SchedulerConfig(1000, policy="cache-aware", refuse_oversized=True),
+                                                cache_tokens=IMG - 1), encoder=ENCODER)
+    assert list(refused.refused) == ["big"] and refused.latency.finished == 1
+
+
 def test_a_request_admission_could_never_grant_is_refused_with_its_reason_and_the_rest_runs():
     big = _request("big", ["a"])
     cache = EmbeddingCache((IMG - 1) * ROW)

@@ -111,6 +111,21 @@ def test_a_fixed_step_moves_the_clock_and_the_shares_stay_of_the_parts():
     assert s.span_ms == 20.0 and s.step_ms_mean == 20.0 and s.encoder_share == pytest.approx(0.25)
 
 
+def test_a_preempted_requests_prompt_is_its_prompt_and_its_redone_tokens_are_apart():
+    # a runs [0,4), is preempted in step 1 (it had done 4 tokens) while b runs, then redoes [0,6) in step 2
+    steps = [
+        _row(0, 0.0, 0.0, 10.0, 0.0, (("a", 0, 4),), ()),
+        replace(_row(1, 10.0, 0.0, 10.0, 0.0, (("b", 0, 5),), ("b",)), preempted=(("a", 0, 4),)),
+        _row(2, 20.0, 0.0, 10.0, 0.0, (("a", 0, 6),), ("a",)),
+    ]
+    a, b = sorted(request_latencies(steps, {"a": 0.0, "b": 0.0}), key=lambda r: r.rid)
+    assert (a.prompt_tokens, a.redone_tokens, a.steps, a.ttft_ms, a.queue_ms) == (6, 4, 2, 30.0, 0.0)
+    assert (b.prompt_tokens, b.redone_tokens) == (5, 0)
+    assert a.prompt_tokens_per_s == pytest.approx(6 / 0.030)  # the prompt over its whole prefill, redone time in
+    s = summarize_latency([a, b], steps, {"a": 0.0, "b": 0.0})
+    assert s.prompt_tokens_per_s == pytest.approx(11 / 0.030)
+
+
 def test_finished_without_arrival_raises():
     with pytest.raises(ValueError, match="'a' finished but has no arrival"):
         request_latencies(_steps(), {"b": 0.0})

@@ -296,9 +296,10 @@ def test_window_rows_are_the_outcomes_and_add_up_to_the_step_rows(catalog):
             assert [(w.rid, w.start, w.stop) for w in windows] == list(row.windows)
             assert fates.count("hit") == row.hits and len(fates) - row.hits == row.misses
             assert fates.count("encoded") + fates.count("re-encoded") == row.encoded_items
-            assert sum(w.lost for w in windows) == row.request_re_encodings  # distinct lost images per window
-            assert fates.count("re-encoded") <= row.request_re_encodings  # a "shared" can be lost too
+            # lost lookups per window; one encode can serve several windows that lost it, and counts once
+            assert sum(w.lost for w in windows) >= row.request_re_encodings >= fates.count("re-encoded")
             assert sum(sum(w.again) for w in windows) == row.re_encodings
+            assert row.request_re_encodings <= row.re_encodings <= row.encoded_items  # "of those" re-encodings
         assert run.summary.request_re_encodings > 0
 
 

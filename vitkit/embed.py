@@ -17,7 +17,9 @@ How a step's misses become calls, per engine (``grouping``):
 
 ``per_request_modalities`` (batched mode) takes the per-request path for those modalities only: SGLang
 batches across requests only items with a single placeholder span (PR 25910), and a video, whose tokens
-are several spans, is encoded whole in a call of its own request's items.
+are several spans, is encoded whole in a call of its own request's items. Those requests run one after
+another (``get_chunked_prefill_embedding_legacy``): a later one finds an earlier one's video only if its put
+stayed in the cache, else encodes it again; nothing is de-duplicated across them.
 """
 
 from __future__ import annotations
@@ -232,39 +234,76 @@ class _Options:
     per_request_modalities: frozenset[str]
 
 
-def _plan_step(misses: list[MultimodalItem], wanted_by: Mapping[str, Sequence[Hashable]],
-               options: _Options) -> list[list[MultimodalItem]]:
-    """The step's encoder calls: the cross-request misses by ``options.grouping``, then, per request in step
-    order, the misses of ``per_request_modalities`` it asked for first (SGLang's per-request path)."""
+@dataclass
+class _Calls:
+    """A step's encoder calls as they run: each call's outputs are put at once (pinned for their later
+    windows), kept by ``(call, hash)``, and ``served`` says which call served each ``(rid, hash)`` miss."""
+
+    encoder: Encoder
+    cache: EmbeddingCache
+    pin_owners: Mapping[str, Sequence[Hashable]]
+    wanted_by: Mapping[str, Sequence[Hashable]]  # hash -> rids that missed it: names requests in errors
+    tally: _Tally
+    encoded: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    served: dict[tuple[Hashable, str], int] = field(default_factory=dict)
+
+    def run(self, call: list[MultimodalItem], rid: Hashable | None = None) -> int:
+        """Encode ``call``, put its outputs and mark it as serving request ``rid`` (None: every request that
+        missed the item); returns the call's index within the step."""
+        index = len(self.tally.calls)
+        outputs = run_encoder(self.encoder, call, self.wanted_by)
+        self.tally.calls.append(sum(item.num_tokens for item in call))
+        self.tally.modalities.append(tuple(dict.fromkeys(item.modality for item in call)))
+        for item, emb in zip(call, outputs):
+            self.encoded[(index, item.hash)] = emb
+            self.tally.hashes.append(item.hash)
+            for asker in self.wanted_by[item.hash] if rid is None else (rid,):
+                self.served[(asker, item.hash)] = index
+            owners = self.pin_owners.get(item.hash, [])
+            if self.cache.put(item.hash, emb, pin_owner=owners[0] if owners else None):
+                for owner in owners[1:]:
+                    self.cache.pin(item.hash, owner)
+        return index
+
+    def output(self, rid: Hashable, key: str) -> torch.Tensor:
+        """The embedding of ``key`` from the call that served request ``rid``'s miss of it."""
+        return self.encoded[(self.served[(rid, key)], key)]
+
+
+def _encode_and_store(calls: _Calls, batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]],
+                      misses: Sequence[MultimodalItem], options: _Options) -> None:
+    """Run the step's calls: the cross-request misses (de-duplicated by hash) by ``options.grouping``, then
+    the ``per_request_modalities`` misses request by request (``_encode_per_request``)."""
     own = options.per_request_modalities
-    calls = plan_calls([it for it in misses if it.modality not in own], options.max_tokens_per_call, options.grouping)
-    for rid in dict.fromkeys(wanted_by[it.hash][0] for it in misses if it.modality in own):
-        mine = [it for it in misses if it.modality in own and wanted_by[it.hash][0] == rid]
-        calls += plan_calls(mine, options.max_tokens_per_call, options.grouping)
-    return calls
+    for call in plan_calls([it for it in misses if it.modality not in own], options.max_tokens_per_call,
+                           options.grouping):
+        calls.run(call)
+    if own:
+        _encode_per_request(calls, batch, found, options)
 
 
-def _encode_and_store(
-    encoder: Encoder, cache: EmbeddingCache, calls: list[list[MultimodalItem]],
-    pin_owners: dict[str, list[Hashable]], tally: _Tally, wanted_by: Mapping[str, Sequence[Hashable]],
-) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Run the planned ``calls``, then put their outputs (pinned for their later windows); returns each
-    hash's embedding and the index (within the step) of the call that encoded it."""
-    encoded: dict[str, torch.Tensor] = {}
-    call_of: dict[str, int] = {}
-    for call in calls:
-        for item, emb in zip(call, run_encoder(encoder, call, wanted_by)):
-            encoded[item.hash] = emb
-            call_of[item.hash] = len(tally.calls)
-            tally.hashes.append(item.hash)
-        tally.calls.append(sum(item.num_tokens for item in call))
-        tally.modalities.append(tuple(dict.fromkeys(item.modality for item in call)))
-    for key, emb in encoded.items():
-        owners = pin_owners.get(key, [])
-        if cache.put(key, emb, pin_owner=owners[0] if owners else None):
-            for owner in owners[1:]:
-                cache.pin(key, owner)
-    return encoded, call_of
+def _encode_per_request(calls: _Calls, batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]],
+                        options: _Options) -> None:
+    """SGLang's per-request path for ``per_request_modalities`` (``get_chunked_prefill_embedding_legacy``):
+    request after request, in step order, each looks its items up, encodes its misses in calls of its own
+    and puts them. A later request finds an earlier one's encode only if that put is still in the cache;
+    content the cache refused (a video larger than it) is encoded again by every request of the step that
+    asks for it, as in SGLang. Unlike the cross-request path, nothing is de-duplicated across requests."""
+    own = options.per_request_modalities
+    last_call: dict[str, int] = {}  # hash -> the step's latest call that encoded it
+    for (request, _), entries in zip(batch, found):
+        mine: dict[str, MultimodalItem] = {}
+        for e in entries:
+            key = e.item.hash
+            if e.embedding is not None or e.item.modality not in own:
+                continue
+            if key in last_call and key in calls.cache:  # an earlier request of the step stored it: found now
+                calls.served[(request.rid, key)] = last_call[key]
+            else:
+                mine.setdefault(key, e.item)
+        for call in plan_calls(list(mine.values()), options.max_tokens_per_call, options.grouping):
+            index = calls.run(call, request.rid)
+            last_call.update({item.hash: index for item in call})
 
 
 def _needed_later(request: Request, window: Span, entries: Sequence[ChunkEntry], recurring: bool = True) -> set[str]:
@@ -296,32 +335,36 @@ def _update_pins(cache: EmbeddingCache, request: Request, window: Span, entries:
 
 
 def _outcomes(
-    batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]], call_of: Mapping[str, int]
+    batch: Sequence[tuple[Request, Span]], found: Sequence[Sequence[ChunkEntry]],
+    served: Mapping[tuple[Hashable, str], int],
 ) -> list[tuple[ItemOutcome, ...]]:
-    """Each window's touched items and their fates; the first miss of a hash in the step is the
-    one that encoded it (``_unique_misses`` keeps first occurrences), later misses shared it."""
-    claimed: set[str] = set()
+    """Each window's touched items and their fates; the first miss an encode served (in step order) is
+    the one that encoded it, later misses it served shared it."""
+    claimed: set[tuple[int, str]] = set()  # (call, hash): encodes already credited to a lookup
     out = []
     for (request, window), entries in zip(batch, found):
         earlier = {item.hash for item, span in zip(request.items, request.spans) if span.start < window.start}
         marks = []
         for e in entries:
             key = e.item.hash
-            if e.embedding is not None:
+            call = None if e.embedding is not None else served[(request.rid, key)]
+            if call is None:
                 fate = "hit"
-            elif key in claimed:
+            elif (call, key) in claimed:
                 fate = "shared"
             else:
                 fate = "re-encoded" if key in earlier else "encoded"
-                claimed.add(key)
+                claimed.add((call, key))
             index = request.spans.index(e.span)  # spans are unique; items may repeat
-            marks.append(ItemOutcome(index, key, fate, None if fate == "hit" else call_of[key], key in earlier))
+            marks.append(ItemOutcome(index, key, fate, call, key in earlier))
         out.append(tuple(marks))
     return out
 
 
-def _fill(entries: Sequence[ChunkEntry], encoded: dict[str, torch.Tensor]) -> list[ChunkEntry]:
-    return [e if e.embedding is not None else replace(e, embedding=encoded[e.item.hash]) for e in entries]
+def _fill(request: Request, entries: Sequence[ChunkEntry], calls: _Calls) -> list[ChunkEntry]:
+    """``entries`` with each miss's embedding: the output of the call that served this request."""
+    return [e if e.embedding is not None else replace(e, embedding=calls.output(request.rid, e.item.hash))
+            for e in entries]
 
 
 def _pin_owners(batch: Sequence[tuple[Request, Span]], later: Sequence[set[str]]) -> dict[str, list[Hashable]]:
@@ -345,14 +388,14 @@ def _step_batched(batch: Sequence[tuple[Request, Span]], encoder: Encoder, cache
             for rid in rids:
                 if not cache.is_pinned(key, rid):
                     cache.pin(key, rid)
-    misses, wanted_by = _unique_misses(batch, found)  # wanted_by names requests in encoder errors
-    calls = _plan_step(misses, wanted_by, options)
-    encoded, call_of = _encode_and_store(encoder, cache, calls, owners, tally, wanted_by)
-    tally.outcomes += _outcomes(batch, found, call_of)
+    misses, wanted_by = _unique_misses(batch, found)
+    calls = _Calls(encoder, cache, owners, wanted_by, tally)
+    _encode_and_store(calls, batch, found, misses, options)
+    tally.outcomes += _outcomes(batch, found, calls.served)
     out = []
     for (request, window), entries, keys in zip(batch, found, later):
         try:
-            out.append(assemble_chunk(_fill(entries, encoded), window))
+            out.append(assemble_chunk(_fill(request, entries, calls), window))
         except ValueError as err:  # e.g. a cached entry of another width: say whose chunk it was
             raise ValueError(f"request {request.rid!r} window {window}: {err}") from None
         if options.pin:

@@ -64,12 +64,19 @@ FAKE_BLOCK_ROWS = 4096  # rows drawn at random; a longer item repeats them, shif
 
 class FakeEncoder:
     """Deterministic encoder: item -> ``(num_tokens, hidden)`` rows drawn from its content hash. Rows past the
-    first ``FAKE_BLOCK_ROWS`` repeat those, shifted by the block's number, so every row still differs."""
+    first ``FAKE_BLOCK_ROWS`` repeat those, shifted by the block's number, so every row still differs.
 
-    def __init__(self, hidden: int = 32, dtype: torch.dtype = torch.float32) -> None:
+    ``counts_only``: for replays that keep counts and times but no embedding content. Each item's rows are
+    then one zero row expanded (a stride-0 view: no memory, no work), of the same shape, dtype and counted
+    bytes, so every cache decision, count and time is the same as with real rows; the content is not (making
+    a video's 100k random rows, again at each re-encode, was most of a video replay's time)."""
+
+    def __init__(self, hidden: int = 32, dtype: torch.dtype = torch.float32, *, counts_only: bool = False) -> None:
         self.hidden_size = positive_int("FakeEncoder hidden", hidden)
         self.dtype = dtype
-        self.name = "fake"
+        self.counts_only = counts_only
+        self.name = "fake (counts only)" if counts_only else "fake"
+        self._zero_row = torch.zeros(1, self.hidden_size, dtype=dtype)
 
     @property
     def bytes_per_token(self) -> int:
@@ -77,13 +84,18 @@ class FakeEncoder:
         return embedding_row_bytes(self.hidden_size, self.dtype)
 
     def embed(self, item: MultimodalItem) -> torch.Tensor:
+        if self.counts_only:
+            return self._zero_row.expand(item.num_tokens, self.hidden_size)
         # any str hash (an explicit one need not be hex), hashed to a stable seed
         generator = torch.Generator().manual_seed(image_seed(item.hash))
         block = torch.randn(min(item.num_tokens, FAKE_BLOCK_ROWS), self.hidden_size, generator=generator)
-        if item.num_tokens > FAKE_BLOCK_ROWS:
-            shift = torch.arange(item.num_tokens, dtype=block.dtype).div_(FAKE_BLOCK_ROWS).floor_().unsqueeze(1)
-            block = block.repeat(-(-item.num_tokens // FAKE_BLOCK_ROWS), 1)[: item.num_tokens] + shift
-        return block.to(self.dtype)
+        if item.num_tokens <= FAKE_BLOCK_ROWS:
+            return block.to(self.dtype)
+        out = torch.empty(item.num_tokens, self.hidden_size, dtype=block.dtype)
+        for start in range(0, item.num_tokens, FAKE_BLOCK_ROWS):  # block k: the first block's rows + k
+            rows = min(FAKE_BLOCK_ROWS, item.num_tokens - start)
+            torch.add(block[:rows], float(start // FAKE_BLOCK_ROWS), out=out[start : start + rows])
+        return out.to(self.dtype)
 
     def __call__(self, items: Sequence[MultimodalItem]) -> list[torch.Tensor]:
         return [self.embed(item) for item in items]

@@ -16,7 +16,8 @@ DECODE_NOTE = "prefill only: decode is not modelled (TTFT = arrival to the end o
 
 @dataclass(frozen=True)
 class RequestLatency:
-    """One finished request: when it arrived, waited, started and got its first token (ms)."""
+    """One finished request: when it arrived, waited, started and got its first token (ms). ``prompt_tokens``
+    is its prompt; ``redone_tokens`` what it ran again after preemptions (its steps and TTFT include them)."""
 
     rid: Hashable
     prompt_tokens: int
@@ -25,7 +26,8 @@ class RequestLatency:
     last_step: int  # the step that finished its prompt
     queue_ms: float  # arrival -> start of first_step
     ttft_ms: float  # arrival -> end of last_step
-    steps: int  # steps that ran a window of it
+    steps: int  # steps that ran a window of it (before a preemption too)
+    redone_tokens: int = 0  # prompt tokens done before a preemption and run again
 
     @property
     def prefill_ms(self) -> float:
@@ -34,6 +36,7 @@ class RequestLatency:
 
     @property
     def prompt_tokens_per_s(self) -> float:
+        """Its prompt's tokens per second of its prefill (redone tokens are time, not progress)."""
         return self.prompt_tokens / (self.prefill_ms / 1e3) if self.prefill_ms > 0 else math.inf
 
 
@@ -53,10 +56,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 def request_latencies(steps: Sequence[Any], arrival_ms: Mapping[Hashable, float]) -> list[RequestLatency]:
     """One ``RequestLatency`` per request that finished in ``steps`` (``StepRow``s), in finishing order."""
     first: dict[Hashable, Any] = {}
-    done: dict[Hashable, int] = {}
+    done: dict[Hashable, int] = {}  # tokens its windows ran, redone ones too
+    redone: dict[Hashable, int] = {}
     count: dict[Hashable, int] = {}
     out = []
     for st in steps:
+        for rid, start, stop in st.preempted:  # (rid, 0, tokens it had done): it runs them again
+            redone[rid] = redone.get(rid, 0) + (stop - start)
         for rid, start, stop in st.windows:
             first.setdefault(rid, st)
             done[rid] = done.get(rid, 0) + (stop - start)
@@ -65,9 +71,10 @@ def request_latencies(steps: Sequence[Any], arrival_ms: Mapping[Hashable, float]
             if rid not in arrival_ms:
                 raise ValueError(f"step {st.step}: request {rid!r} finished but has no arrival time")
             at = arrival_ms[rid]
-            out.append(RequestLatency(rid=rid, prompt_tokens=done[rid], arrival_ms=at, first_step=first[rid].step,
-                                      last_step=st.step, queue_ms=first[rid].time_ms - at, ttft_ms=st.end_ms - at,
-                                      steps=count[rid]))
+            again = redone.get(rid, 0)
+            out.append(RequestLatency(rid=rid, prompt_tokens=done[rid] - again, arrival_ms=at,
+                                      first_step=first[rid].step, last_step=st.step, queue_ms=first[rid].time_ms - at,
+                                      ttft_ms=st.end_ms - at, steps=count[rid], redone_tokens=again))
     return out
 
 
@@ -85,7 +92,7 @@ class LatencySummary:
     queue_p99_ms: float
     span_ms: float  # first arrival to the end of the last step
     requests_per_s: float  # finished requests / span
-    prompt_tokens_per_s: float  # prompt tokens of finished requests / span
+    prompt_tokens_per_s: float  # prompt tokens of finished requests / span (redone tokens not counted)
     steps: int
     step_ms_mean: float
     encoder_share: float  # encoder ms / step ms, over all steps

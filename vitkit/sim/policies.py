@@ -6,7 +6,8 @@ that compares them per cache size.
   multi-span item (a video) takes the per-request path and is encoded whole in its request's own call;
   one call per modality (``embed_mm_inputs`` loops over ``Modality.all()``); admission by the token
   budget alone; the ``MultiModalStaticCache`` pins nothing, and an embedding larger than it is not stored
-  ("Multimodal embedding cache is full"), so such a video is encoded again in every window it spans.
+  ("Multimodal embedding cache is full"), so such a video is encoded again in every window it spans, and by
+  every request of a step that shows it (the per-request path runs one request after another).
 - ``"vllm"`` (``vllm/v1/core/sched/scheduler.py`` ``_try_schedule_encoder_inputs``,
   ``vllm/v1/core/encoder_cache_manager.py``, ``gpu_model_runner._execute_mm_encoder``): a video is one
   item, encoded whole at the first window that overlaps it; the window is cut before an item that does not
@@ -18,7 +19,11 @@ that compares them per cache size.
 - ``"vitkit"``: a video as frame-group items (``"frame-groups:g"``: g temporal patches an item, each its own
   span, hash and cache entry; for the Qwen2-VL towers the rows equal the whole video's), batched across
   requests in one call per tower, under cache-aware admission that also holds a request's repeated images
-  (``vitkit.sim.admission``).
+  (``vitkit.sim.admission``). A group is held only while a window is inside it (vLLM's rule, per item), not
+  the groups ahead of a request: when a second request reads a video the cache has partly kept, the LRU
+  evicts the groups just ahead of it first (they are the least recently used) and it encodes them again,
+  where vLLM, holding a whole video from a viewer's first window, does not (the counts on video-qa:
+  ``results/README.md``, and a test pins them).
 
 ``compare_policies`` replays a trace under each policy and cache size; ``smallest_cache_without_re_encodes``
 reads the answer off its rows. ``python -m vitkit.sim.policies TRACE`` prints the table.

@@ -47,7 +47,7 @@ class StepRow:
     encoded_tokens: int
     call_tokens: tuple[int, ...]  # embedding rows per encoder call
     re_encodings: int  # encodes of a hash an earlier encoder call of the run had encoded
-    request_re_encodings: int  # images a request had needed before and lost in between (pinning makes this 0)
+    request_re_encodings: int  # of those encodes, the ones a request had lost between its windows (pinning: 0)
     evictions: int
     refused_puts: int  # cache puts that did not fit
     cache_bytes: int  # after the step
@@ -78,7 +78,8 @@ class WindowRow:
     hit: tuple[bool, ...]
     fates: tuple[str, ...]  # "hit" | "encoded" | "shared" | "re-encoded"
     again: tuple[bool, ...]  # encoded by this window although an earlier encoder call of the run had encoded it
-    lost: int = 0  # distinct images missed although the request had needed them in an earlier window
+    lost: int = 0  # distinct images missed although the request had needed them in an earlier window (lookups:
+    # several windows of a step may have lost what one encode serves; StepRow counts encodes)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,13 @@ class _Preemptions:
         return count
 
 
+def _lost_encodes(ran: StepRun) -> int:
+    """The step's encodes that some window had lost: distinct ``(call, hash)`` among lost lookups. One encode
+    can serve several requests that each lost the content (batched de-duplication, ``"shared"``), and is
+    one re-encoding however many lost it; so these are a part of ``re_encodings``, never more."""
+    return len({(o.call, o.hash) for outcomes in ran.result.outcomes for o in outcomes if o.lost})
+
+
 def _step_row(ran: StepRun, windows: Sequence[WindowRow], preemption_re_encodings: int = 0) -> StepRow:
     step, r, t = ran.step, ran.result, ran.times
     return StepRow(
@@ -206,7 +214,7 @@ def _step_row(ran: StepRun, windows: Sequence[WindowRow], preemption_re_encoding
         items_touched=r.cache_hits + r.cache_misses, hits=r.cache_hits, misses=r.cache_misses,
         encoder_calls=r.encoder_calls, encoded_items=r.encoded_items, encoded_tokens=r.encoded_tokens,
         call_tokens=r.call_tokens, re_encodings=sum(sum(w.again) for w in windows),
-        request_re_encodings=sum(w.lost for w in windows),
+        request_re_encodings=_lost_encodes(ran),
         evictions=ran.after.evictions - ran.before.evictions, refused_puts=ran.after.rejected - ran.before.rejected,
         cache_bytes=ran.after.bytes, pinned_bytes=ran.after.pinned_bytes, encoder_ms=t.encoder_ms,
         prefill_ms=t.prefill_ms, bookkeeping_ms=t.bookkeeping_ms,
@@ -223,10 +231,11 @@ def replay(requests: Mapping[Hashable, Request], arrivals: Iterable[Arrival], co
            encoder: Encoder | None = None, *, row_bytes: int | None = None, keep_embeddings: bool = False,
            progress: bool = False, label: str = "", make_policy: PolicyFactory | None = None) -> Run:
     """Replay ``arrivals`` of ``requests`` under ``config``, timed by ``clock``, with a fresh cache of
-    ``config.cache_tokens`` rows of ``row_bytes`` (default: the encoder's; the encoder: a fake one).
+    ``config.cache_tokens`` rows of ``row_bytes`` (default: the encoder's; the encoder: a fake one, counts
+    only unless ``keep_embeddings``: the same counts and times without making rows nobody reads).
     ``make_policy`` builds the run's scheduler over that cache (default: ``config.scheduler.build``), e.g.
     one with an admission of one's own."""
-    encoder = FakeEncoder(FAKE_HIDDEN) if encoder is None else encoder
+    encoder = FakeEncoder(FAKE_HIDDEN, counts_only=not keep_embeddings) if encoder is None else encoder
     row_bytes = bytes_per_token(encoder) if row_bytes is None else row_bytes
     if row_bytes is None:  # the cache is sized in embedding rows: their width must be known
         raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} has no hidden_size/dtype: give row_bytes")

@@ -160,8 +160,11 @@ class Scheduler:
             try:
                 self.admission.check(arrival.rid)  # an image that can never fit is refused now, not spun on
             except ValueError as err:
+                # raising is the default: a replay whose requests cannot all run is a setting to fix (a larger
+                # cache, frame groups), said at once; an engine's policy (vLLM) refuses such a request instead
                 if not self.refuse_oversized:
-                    raise
+                    raise ValueError(f"{err}; SchedulerConfig(refuse_oversized=True) refuses such a request "
+                                     "and runs the rest") from None
                 self._seen.add(arrival.rid)
                 self.refused[arrival.rid] = str(err)
                 return

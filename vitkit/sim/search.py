@@ -69,7 +69,7 @@ def replay_latency(bench: Bench, s: Setting, rate_per_s: float | None) -> Latenc
     """``s``'s TTFT with the bench's requests Poisson at ``rate_per_s`` (None: at the bench's load)."""
     stream = bench.load if rate_per_s is None else stream_at_rate(bench.stream, rate_per_s)
     # the embeddings' values are never read here, only their rows counted: the narrowest fake encoder
-    summary = replay_stream(stream, s.replay_config(), bench.costs(s), encoder=FakeEncoder(1)).latency
+    summary = replay_stream(stream, s.replay_config(), bench.costs(s), encoder=FakeEncoder(1, counts_only=True)).latency
     return Latency(summary.ttft_p50_ms, summary.ttft_p99_ms)
 
 
