@@ -22,6 +22,7 @@ JOBS = {  # job -> (module, its entry function, what it measures)
     "errors": ("vitkit.bench.errors", "main", "per-call model errors of stored validations and their p99 bands (CPU)"),
     "bookkeeping": ("vitkit.bench.bookkeeping", "main", "content hashing and embed_chunks' bookkeeping, on CPU"),
     "crossover": ("vitkit.bench.crossover", "main", "CUDA graphs against cross-request batching, by resolution"),
+    "video": ("vitkit.bench.video", "main", "video encoding: throughput and peak memory by frames, whole or frame groups"),
 }
 
 
