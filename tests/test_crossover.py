@@ -2,6 +2,7 @@
 table), its refusal without a GPU, and the throughput and gain arithmetic."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -15,6 +16,7 @@ from vitkit.costs import results as files
 from vitkit.embed import MODES
 
 TOWERS = ("qwen3-vl-tiny", "qwen2.5-vl-tiny")
+FIXTURE = Path(__file__).parent / "fixtures" / "crossover-20261205T084120Z.json"  # notebook 02's view tests read it
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,21 @@ def test_figure_has_a_panel_per_resolution_with_four_lines(run):
         assert "CPU SMOKE" in fig.get_suptitle()
     with pytest.raises(ValueError, match="no tower"):
         crossover_figure(data, "qwen3-vl-8b")
+
+
+def test_the_stored_fixture_has_the_format_a_run_writes_today(run):
+    data, fixture = run[2], files.read("crossover", FIXTURE)
+    assert set(fixture) == set(data) and fixture["schema"] == data["schema"]
+    for section in ("machine", "settings", "versions"):
+        assert set(fixture[section]) == set(data[section]), section
+    for section in ("towers", "steps", "summary", "gains"):
+        assert {tuple(sorted(row)) for row in fixture[section]} == {tuple(sorted(row)) for row in data[section]}
+    tower, run_tower = fixture["towers"][0], data["towers"][0]
+    for key in ("resolutions", "cold"):
+        assert set(tower[key][0]) == set(run_tower[key][0]), key
+    assert set(tower["warmup"]) == set(run_tower["warmup"])
+    # its summary and gains are what this module computes from its steps
+    assert fixture["summary"] == summarize(fixture["steps"]) and fixture["gains"] == gains(fixture["summary"])
 
 
 def test_gains_are_ratios_of_throughput():

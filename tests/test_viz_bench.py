@@ -1,17 +1,23 @@
-"""Notebook 02's view: stored results, sweep and source pickers, speedup table, labelled smoke run."""
+"""Notebook 02's views: stored results, sweep and source pickers, speedup table, labelled smoke run; the
+crossover of CUDA graphs against batching (figure per tower, gains table beside SGLang's reference)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ipywidgets", reason="widget tests need the notebooks extra: pip install -e '.[notebooks]'")
 
 from conftest import fake_bench_results
+
+import vitkit.viz.crossover_view as cv
 from vitkit.bench import rows as stream_run
+from vitkit.bench.crossover import crossover_figure, gains, summarize
 from vitkit.bench.rows import write_results
+from vitkit.costs import results as files
 from vitkit.costs.results import schema
 from vitkit.viz import bench_widget as bv
 from vitkit.viz.bench_widget import SMOKE_LABEL, BenchView, bench_view, speedup_rows, stored_results
@@ -135,6 +141,17 @@ def test_stored_sources_put_a_stream_file_first_then_the_newest_sweep(tmp_path):
                      "full-vitkit-bf16-20260301T000000Z.json", "full-vitkit-bf16-20260101T000000Z.json"]
 
 
+def test_a_newer_named_stream_file_is_offered_after_the_plain_ones(tmp_path):
+    """A named stream (scans, mixed) picks its items for another question: the view opens on the plain stream."""
+    (tmp_path / "stream-vitkit-20260201T000000Z.json").write_text(json.dumps(_stream("2026-02-01")))
+    named = _stream("2026-03-01")
+    named["settings"]["stream"]["name"] = "scans"
+    (tmp_path / "stream-scans-vitkit-20260301T000000Z.json").write_text(json.dumps(named))
+    names = [key.rsplit("/", 1)[-1] for key in bv.stored_sources(tmp_path)]
+    assert names == ["stream-vitkit-20260201T000000Z.json", "stream-scans-vitkit-20260301T000000Z.json"]
+    assert bench_view(run=False, folder=tmp_path).source.value.endswith("stream-vitkit-20260201T000000Z.json")
+
+
 def test_a_stream_file_is_selected_first_and_shown_with_its_own_figure(tmp_path):
     write_results(fake_bench_results(), tmp_path / "full-vitkit-bf16-20260101T000000Z.json")
     (tmp_path / "stream-vitkit-20260201T000000Z.json").write_text(json.dumps(_stream("2026-02-01")))
@@ -227,3 +244,142 @@ def test_notebook_02_quotes_the_smoke_runs_own_settings():
     text = " ".join(c.source for c in nbformat.read(bv.REPO / "notebooks" / "02_batched_vs_per_request.ipynb", 4).cells
                     if c.cell_type == "markdown").replace("\n", " ")
     assert f"warms up {cpu.warmup} steps and repeats {cpu.min_repeats} to {cpu.repeats}" in text
+
+
+# ---------------------------------------------------------------- the crossover: graphs against batching (issue 21)
+
+# A CPU smoke run of the two tiny towers at 360p/720p/1080p, 1-3 images a step, as the command wrote it:
+# python -m vitkit.bench crossover --device cpu --resolutions 360p,720p,1080p --images 1-3 --repeats 1 --warmup 1
+CROSSOVER = Path(__file__).parent / "fixtures" / "crossover-20261205T084120Z.json"
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def _crossover() -> dict:
+    return json.loads(CROSSOVER.read_text())
+
+
+def _as_gpu_file(folder: Path, stamp: str) -> Path:
+    """The fixture relabelled as a GPU run (a test double: only where the view looks and what it labels change)."""
+    data = _crossover() | {"kind": "gpu"}
+    data["machine"] = data["machine"] | {"device_name": H100, "slug": "h100"}
+    path = folder / f"crossover-{stamp}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_the_crossover_fixture_passes_the_readers():
+    data = files.read("crossover", CROSSOVER)
+    cv.check_crossover(data, CROSSOVER)
+    assert cv.read_crossover(CROSSOVER) == data and data["kind"] == "cpu-smoke"
+
+
+def test_the_crossover_view_draws_each_towers_figure_behind_a_drop_down():
+    data = cv.read_crossover(CROSSOVER)
+    towers = [t["preset"] for t in data["towers"]]
+    for preset in towers:  # three resolutions: throughput above, gains below
+        assert len(crossover_figure(data, preset).axes) == 6
+    view = cv.crossover_panel(path=CROSSOVER)
+    assert isinstance(view, cv.CrossoverView) and view.tower.options == tuple(towers) == ("qwen3-vl-tiny",
+                                                                                          "qwen2.5-vl-tiny")
+    assert view.tower.layout.display is None and SMOKE_LABEL in view.header.value
+    first_png, first_table = bytes(view.figure.value), view.table.value
+    assert first_png.startswith(b"\x89PNG") and ">360p<" in first_table
+    view.tower.value = towers[1]
+    assert bytes(view.figure.value).startswith(b"\x89PNG") and bytes(view.figure.value) != first_png
+    assert view.table.value != first_table
+
+
+def test_one_tower_needs_no_drop_down():
+    data = cv.read_crossover(CROSSOVER)
+    one = data | {"towers": data["towers"][:1]}
+    view = cv.CrossoverView(one, "one tower")
+    assert view.tower.layout.display == "none" and bytes(view.figure.value).startswith(b"\x89PNG")
+
+
+def test_the_crossover_tables_gains_are_those_of_the_fixtures_steps():
+    data = cv.read_crossover(CROSSOVER)
+    expected = {(g["preset"], g["resolution"], g["images_per_step"]): g for g in gains(summarize(data["steps"]))}
+    for preset in ("qwen3-vl-tiny", "qwen2.5-vl-tiny"):
+        rows = cv.gain_rows(data, preset)
+        assert [r["resolution"] for r in rows] == ["360p"] * 4 + ["720p"] * 4 + ["1080p"] * 4
+        assert [r["images a step"] for r in rows[:4]] == [1, 2, 3, "all (whole stream)"]
+        for row in rows:
+            count = "all" if row["images a step"] == "all (whole stream)" else row["images a step"]
+            g = expected[preset, row["resolution"], count]
+            for key, column in cv.GAIN_COLUMNS.items():
+                assert row[column] == round(100 * g[key], 1)
+            reference = cv.SGLANG_H200_REFERENCE.gains(row["resolution"])
+            shown = tuple(row[c] for c in cv.REFERENCE_COLUMNS)
+            assert shown == (tuple(round(100 * v, 1) for v in reference) if count == "all" else ("", ""))
+    with pytest.raises(ValueError, match="no tower 'qwen3-vl-8b'"):
+        cv.gain_rows(data, "qwen3-vl-8b")
+
+
+def test_the_reference_is_sglangs_h200_review_labelled_as_not_ours():
+    ref = cv.SGLANG_H200_REFERENCE
+    assert "sglang" in ref.source.lower() and "H200" in ref.setup and "Qwen3-VL-8B" in ref.setup
+    graph, batching = zip(*(ref.gains(r) for r in ("360p", "720p", "1080p")))
+    assert round(100 * graph[0]) == 29 and all(abs(g) < 0.03 for g in graph[1:])  # nothing at 720p and 1080p
+    assert [round(100 * b) for b in batching] == [9, 5, 12]
+    assert ref.gains("128x72") is None
+    assert all(c.startswith("SGLang H200 reference") for c in cv.REFERENCE_COLUMNS)
+    table = cv.crossover_panel(path=CROSSOVER).table.value
+    assert "not measured here" in table and "sgl-project/sglang#24013" in table
+    assert all(html_escaped in table for html_escaped in cv.REFERENCE_COLUMNS)
+
+
+def test_without_a_crossover_file_one_line_names_the_card_and_the_command(tmp_path, monkeypatch):
+    view = cv.crossover_panel(tmp_path / "h100")
+    assert view.value.count("<p>") == 1 and "for h100" in view.value
+    assert "<code>python -m vitkit.bench crossover</code>" in view.value and cv.CROSSOVER_COMMAND in view.value
+    (tmp_path / "h100").mkdir()
+    (tmp_path / "h100" / CROSSOVER.name).write_text(CROSSOVER.read_text())  # a CPU smoke run is no card's
+    assert "No crossover results stored for h100" in cv.crossover_panel(tmp_path / "h100").value
+    monkeypatch.setattr(files, "attached_card", lambda: None)
+    if cv.newest_crossover(files.models_folder().folder) is None:  # today: none stored for the stored card
+        assert f"for {files.STORED_CARD} (results/{files.STORED_CARD}/)" in cv.crossover_panel().value
+
+
+def test_the_newest_gpu_crossover_file_of_the_folder_is_shown(tmp_path):
+    folder = tmp_path / "h100"
+    _as_gpu_file(folder, "20270101T000000Z")
+    newest = _as_gpu_file(folder, "20270201T000000Z")
+    (folder / "crossover-20270301T000000Z.json").write_text(CROSSOVER.read_text())  # newer, but a smoke run
+    assert cv.newest_crossover(folder) == newest
+    view = cv.crossover_panel(folder)
+    assert f"GPU measurement</b> on {H100}" in view.header.value and newest.name in view.header.value
+    assert SMOKE_LABEL not in view.header.value
+
+
+def _drop_gain_key(data):
+    data["gains"][0].pop("graphs_batched")
+    return data
+
+
+def _drop_stream_rows(data):
+    data["gains"] = [g for g in data["gains"] if g["images_per_step"] != "all"]
+    return data
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda data: data | {"schema": "vitkit.bench.crossover/0"}, "field 'schema' must be 'vitkit.bench.crossover/1'"),
+    (lambda data: data | {"towers": {}}, "crossover field 'towers' must be a non-empty list of JSON objects, got dict"),
+    (lambda data: {k: v for k, v in data.items() if k != "summary"}, "crossover field 'summary' must be .* NoneType"),
+    (lambda data: data | {"settings": []}, "crossover field 'settings' must be a JSON object, got list"),
+    (lambda data: data | {"machine": {}}, r"crossover machine lacks \['device_name'\]"),
+    (_drop_gain_key, r"crossover gains\[0\] lacks \['graphs_batched'\]"),
+    (_drop_stream_rows, "no whole-stream row .* tower 'qwen3-vl-tiny' at resolution '360p'"),
+])
+def test_a_malformed_crossover_file_is_a_clear_error(tmp_path, spoil, message):
+    path = _as_gpu_file(tmp_path / "h100", "20270101T000000Z")
+    path.write_text(json.dumps(spoil(json.loads(path.read_text()))))
+    with pytest.raises(ValueError, match=message) as err:
+        cv.crossover_panel(tmp_path / "h100")
+    assert str(path) in str(err.value)
+
+
+def test_a_crossover_file_that_is_not_json_is_a_clear_error(tmp_path):
+    (tmp_path / "crossover-20270101T000000Z.json").write_text("{")
+    with pytest.raises(ValueError, match="crossover-20270101T000000Z.json: not a JSON results file"):
+        cv.crossover_panel(tmp_path)

@@ -41,6 +41,7 @@ from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_
                                   resolve_device, roomy_cache, table, timed_step)
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.costs import results as files
+from vitkit.costs.results import Refused
 from vitkit.embed import MODES
 from vitkit.encoders import build_encoder, get_preset
 from vitkit.item import MultimodalItem
@@ -50,10 +51,6 @@ RESOLUTIONS = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}  
 IMPLS = {"eager": "vitkit-eager", "graphs": "vitkit"}  # the crossover's names -> encoder impls
 GPU_PRESETS = ("qwen3-vl-8b", "qwen2.5-vl-7b")
 CPU_PRESETS = ("qwen3-vl-tiny", "qwen2.5-vl-tiny")  # the CPU smoke run's twins
-
-
-class Refusal(Exception):
-    """The run cannot measure what it is for on this machine (exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -292,7 +289,8 @@ def crossover_figure(results: Mapping[str, Any], preset: str) -> Figure:
                          label=f"{impl_label(results, preset, impl)}, {mode.replace('_', '-')}", **MODE_LINE[mode])
         pixels = f"{size['width']}x{size['height']} px"
         name = f"{size['label']} ({pixels})" if size["label"] in RESOLUTIONS else pixels
-        top.set(title=f"{name}: {size['grid'][1]}x{size['grid'][2]} patches, {size['rows']} rows an image",
+        # two lines: on one, three panels' titles run into each other
+        top.set(title=f"{name}\n{size['grid'][1]}x{size['grid'][2]} patches, {size['rows']} rows an image",
                 ylabel="throughput (images/s)")
         rows = sorted((g for g in results["gains"] if (g["preset"], g["resolution"]) == (preset, size["label"])
                        and g["images_per_step"] != "all"), key=lambda g: g["images_per_step"])
@@ -346,20 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> CrossoverSettings:
-    """The run's settings; ``Refusal`` where this machine cannot run it (no GPU, a full tower on CPU)."""
+    """The run's settings; ``Refused`` where this machine cannot run it (no GPU, a full tower on CPU)."""
     if args.device is None and not torch.cuda.is_available():
-        raise Refusal("it times CUDA graphs against eager runs on the attached GPU, and torch sees no CUDA device "
+        raise Refused("it times CUDA graphs against eager runs on the attached GPU, and torch sees no CUDA device "
                       f"(torch {torch.__version__}). The code path alone runs on CPU with the tiny towers: "
                       "python -m vitkit.bench crossover --device cpu")
     try:
         device = resolve_device(args.device)
     except ValueError as err:
-        raise Refusal(str(err)) from None
+        raise Refused(str(err)) from None
     gpu = on_gpu(device)
     presets = tuple(args.preset or (GPU_PRESETS if gpu else CPU_PRESETS))
     full = [name for name in presets if not get_preset(name).tiny]
     if not gpu and full:
-        raise Refusal(f"on CPU only tiny towers run ({', '.join(CPU_PRESETS)}); {full} would take hours there "
+        raise Refused(f"on CPU only tiny towers run ({', '.join(CPU_PRESETS)}); {full} would take hours there "
                       f"and measure no graphs")
     dtype = args.dtype or default_dtype(device)
     if gpu and dtype == "fp32":
@@ -377,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         settings = settings_from_args(args)
-    except Refusal as err:
+    except Refused as err:
         print(f"vitkit.bench crossover: refused: {err}", file=sys.stderr)
         return 2
     except ValueError as err:

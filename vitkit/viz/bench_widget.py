@@ -59,25 +59,27 @@ def stored_results(folder: str | Path | None = None) -> dict[str, dict[str, Any]
     """The valid GPU results files in ``folder`` (default: the attached card's results, else the stored card's),
     oldest first, loaded and keyed by path."""
     folder = files.models_folder(folder).folder
-    return {_relative(path): load_results(path) for path in find_results(folder, kind="gpu")}
+    return {repo_relative(path): load_results(path) for path in find_results(folder, kind="gpu")}
 
 
 def stored_sources(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """What notebook 02 offers from ``folder`` (default as ``stored_results``), keyed by path: GPU stream files,
-    then GPU sweep files, newest first."""
+    the plain ones first (the first is shown: a named stream's items are picked for another question), then GPU
+    sweep files, newest first."""
     folder = files.models_folder(folder).folder
+    plain = files.plain_streams(folder)
     streams = {}
-    for path in files.newest_first("stream", folder):
+    for path in plain + [p for p in files.newest_first("stream", folder) if p not in plain]:
         try:
             results = load_stream_results(path)
         except (OSError, ValueError):  # json's decode error is a ValueError too
             continue
         if results["kind"] == "gpu":
-            streams[_relative(path)] = results
+            streams[repo_relative(path)] = results
     return streams | dict(reversed(stored_results(folder).items()))
 
 
-def _relative(path: Path) -> str:
+def repo_relative(path: Path) -> str:
     """``path`` from the checkout's root when it lies inside it."""
     return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
 
@@ -97,7 +99,7 @@ def run_benchmark(sweep: str | None = None, *, sweeps: Sequence[str] | None = No
     results = run_sweeps(chosen, settings, progress=progress)
     if save if save is not None else settings.kind == "gpu":
         path = files.results_folder(results["machine"]["slug"]) / f"notebook-{preset}-{files.stamp()}.json"
-        results["saved_to"] = _relative(write_results(results, path))
+        results["saved_to"] = repo_relative(write_results(results, path))
     return results
 
 
@@ -300,7 +302,7 @@ def bench_view(sweep: str | None = None, *, run: bool | None = None, folder: str
         sources[label] = results
     models = files.models_folder(folder)
     sources.update(stored_sources(models.folder))
-    note = "" if sources else (f"<i>No stored results in {html.escape(_relative(models.folder))} and no GPU run: "
+    note = "" if sources else (f"<i>No stored results in {html.escape(repo_relative(models.folder))} and no GPU run: "
                                "press the button for a CPU smoke run.</i>")
     hint = f"<p><i>{html.escape(models.hint)}</i></p>" if models.hint else ""
     return BenchView(sources, note=note, hint=hint)
