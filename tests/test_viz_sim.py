@@ -288,3 +288,20 @@ def test_ttft_explorer_takes_a_trace_and_replays_it_around_its_own_rate():
     view.controls["workload"].value = "large-images"  # the stock workloads stay on offer, with their own rates
     assert view.controls["rate"].value == 4.0 and {p.workload for p in view.points} == {"large-images"}
     assert curve_rates(TTFTSettings()) == curve_rates(TTFTSettings(trace=trace))  # a trace not chosen changes nothing
+
+
+def test_the_cache_explorer_offers_the_traces_with_short_clips_and_counts_only_rows():
+    from vitkit.sim.trace import load_trace
+    from vitkit.viz.sim_widget import EXPLORER_VIDEO_ROWS, explorer_traces, video_rows
+
+    offered = explorer_traces()
+    assert {"mixed-chat", "doc-qa", "product-catalog", "chat-multiturn"} <= set(offered)
+    assert "video-qa" not in offered  # its long videos: the engine-policy view shows it, replayed once
+    clips = [s for s in load_trace("mixed-chat").images.values() if s.frames]
+    assert clips and max(video_rows(s) for s in clips) <= EXPLORER_VIDEO_ROWS
+    assert max(video_rows(s) for s in load_trace("video-qa").images.values()) > EXPLORER_VIDEO_ROWS
+    # modelled encoder time: counts-only rows, the same counts as the fake encoder's own rows
+    settings = replace(SMALL, trace="mixed-chat", pins=(True,), cache_tokens=(4096,))
+    modelled, fake = run_sim(settings), run_sim(replace(settings, encoder="fake"))
+    assert [r.summary.encoded_items for r in modelled] == [r.summary.encoded_items for r in fake]
+    assert [r.summary.re_encodings for r in modelled] == [r.summary.re_encodings for r in fake]

@@ -19,14 +19,14 @@ from vitkit.costs.clock import StepCosts
 from vitkit.costs.encoder import EncoderCost, load_encoder_cost, stream_bookkeeping_ms
 from vitkit.costs.prefill import load_prefill_cost
 from vitkit.sim.engine import ReplayConfig
-from vitkit.sim.fake import FakeEncoder
+from vitkit.sim.fake import FakeEncoder, fake_video_items
 from vitkit.sim.latency import DECODE_NOTE
 from vitkit.sim.plot import measured_points, plot_cache_memory, plot_over_steps, plot_ttft_vs_load
 from vitkit.sim.replay import LoadPoint, Run, compare, load_sweep, prepare, replay_stream
 from vitkit.sim.scheduler import SchedulerConfig
-from vitkit.sim.trace import Trace, example_traces, load_trace, mean_rate_per_s
+from vitkit.sim.trace import ImageSpec, Trace, example_traces, load_trace, mean_rate_per_s
 from vitkit.sim.workload import DEFAULT_RATES, TTFT_WORKLOADS, VALIDATION_SIZES, WorkloadParams, generate_workload
-from vitkit.viz.render import control, control_grid, figure_png, html_table, png_widget, scroll_html, slider
+from vitkit.viz.render import control, control_grid, figure_png, html_table, png_widget, slider
 
 FAKE_HIDDEN = 32
 FAKE_BYTES_PER_TOKEN = 4 * FAKE_HIDDEN  # float32 rows
@@ -39,6 +39,8 @@ IMAGE_MIXES: dict[str, tuple[tuple[int, int], ...]] = {  # (height, width) px
 }
 CACHE_CHOICES = (256, 1024, 4096, 16384, 65536)  # embedding tokens
 TTFT_CACHE_CHOICES = (2048, 4096, 8192, 16384, 65536)
+# the longest video (rows, whole) the cache explorer replays: one the largest cache it shows first holds
+EXPLORER_VIDEO_ROWS = 16384
 PINS = {"on and off": (True, False), "on": (True,), "off": (False,)}
 PANELS = {  # figure name -> per-step metrics it plots (two a figure keeps each panel readable)
     "hits and calls": ("hit_rate", "encoder_calls"),
@@ -69,7 +71,7 @@ def cost_models(folder: str | Path | None = None, problems: list[str] | None = N
     encoder's newest GPU stream file. A file that cannot be fitted raises ValueError, or is noted in ``problems``."""
     folder = results.models_folder(folder).folder
     models: dict[str, EncoderCost] = {}
-    for path in results.newest_first("stream", folder):
+    for path in results.plain_streams(folder):
         data = results.read("stream", path)
         gpu = data.get("kind", "gpu") == "gpu"
         encoders = {r["encoder"] for r in data["steps"] if r["impl"] == "vitkit"} if gpu else set()
@@ -119,8 +121,11 @@ def run_sim(settings: SimSettings, models: Mapping[str, Any] | None = None, prog
     scheduler = SchedulerConfig(settings.chunked_prefill_size, settings.long_prefill_token_threshold)
     configs = [ReplayConfig(scheduler, mode=m, pin=p, cache_tokens=t)
                for m in ("batched", "per_request") for t in settings.cache_tokens for p in settings.pins]
-    # a fixed step: every run replays the very same schedule, only the cache and the encoder differ
-    return compare(prepare(trace), configs, costs, step_ms=50.0, encoder=FakeEncoder(FAKE_HIDDEN), progress=progress)
+    # a fixed step: every run replays the very same schedule, only the cache and the encoder differ. With modelled
+    # encoder time nothing reads the rows' content (figures and table are counts): the counts-only fake skips
+    # making them; the "fake" encoder time is that encoder's own CPU time, so it makes them.
+    encoder = FakeEncoder(FAKE_HIDDEN, counts_only=costs is not None)
+    return compare(prepare(trace), configs, costs, step_ms=50.0, encoder=encoder, progress=progress)
 
 
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, object]]:
@@ -214,11 +219,19 @@ class SimExplorer(widgets.VBox):
             self.figure.value = figure_png(sim_figure(self.runs, self.panel.value, label))
 
 
-def image_traces() -> list[str]:
-    """The stored traces without videos: a video trace's dozen replays take minutes, not a widget's second
-    (``python -m vitkit.sim.policies TRACE`` compares the engines' policies on those)."""
+def explorer_traces() -> list[str]:
+    """The stored traces the cache explorer offers: those without videos longer than ``EXPLORER_VIDEO_ROWS``.
+    It replays a dozen runs at every control's change; video-qa's long videos make each run far longer than a
+    widget's second. The engine-policy view (``vitkit.viz.policy_widget``) shows every trace, videos included,
+    replayed once when its cell runs."""
     return [name for name in example_traces()
-            if all(spec.frames is None for spec in load_trace(name).images.values())]
+            if all(spec.frames is None or video_rows(spec) <= EXPLORER_VIDEO_ROWS
+                   for spec in load_trace(name).images.values())]
+
+
+def video_rows(spec: ImageSpec) -> int:
+    """Embedding rows of a trace's video, whole, as the replays build it."""
+    return sum(item.num_tokens for item in fake_video_items("rows", spec.frames, spec.height, spec.width))
 
 
 def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.ValueWidget]:
@@ -227,7 +240,7 @@ def _controls(s: SimSettings, models: Mapping[str, Any]) -> dict[str, widgets.Va
     pins, caches = next(k for k, v in PINS.items() if v == s.pins), sorted({*CACHE_CHOICES, *s.cache_tokens})
     rate, cap, chunk = int(w.arrival_rate_per_s or 0), s.long_prefill_token_threshold or 0, s.chunked_prefill_size
     return {
-        "trace": control(widgets.Dropdown, "workload", s.trace, *box, options=[GENERATED, *image_traces()]),
+        "trace": control(widgets.Dropdown, "workload", s.trace, *box, options=[GENERATED, *explorer_traces()]),
         "requests": slider(widgets.IntSlider, "requests", w.num_requests, 2, 64, 1, *box),
         "arrival_rate": slider(widgets.IntSlider, "arrivals / s (0: batch)", rate, 0, 200, 5, *box),
         "images_per_request": slider(widgets.IntRangeSlider, "images / request", w.images_per_request, 0, 6, 1, *box),
