@@ -14,7 +14,7 @@ from vitkit.costs.prefill import load_prefill_cost
 from vitkit.sim import ReplayConfig
 from vitkit.sim.__main__ import COLUMNS, main
 from vitkit.sim.replay import replay_at_rate, workload_trace
-from vitkit.sim.trace import ImageSpec, Trace, TraceRequest, save_trace, trace_to_json
+from vitkit.sim.trace import ImageSpec, Trace, TraceRequest, load_trace, save_trace, trace_to_json
 from vitkit.sim.workload import WorkloadParams, generate_workload
 
 STORED = results.results_folder()
@@ -147,3 +147,37 @@ def test_cache_table_for_both_modes_pinning_and_cache_sizes(capsys):
 def test_validate_points_to_the_bench(capsys):
     assert main(["validate", "--modelled-only"]) == 2
     assert "python -m vitkit.bench validate --modelled-only" in capsys.readouterr().err
+
+
+def test_generate_draws_a_new_trace_like_a_stock_workload(tmp_path, capsys):
+    out = tmp_path / "mine.json"
+    assert main(["generate", "--like", "product-catalog", "--seed", "41", "--requests", "30", "--rate", "12",
+                 "--out", str(out)]) == 0
+    mine = load_trace(out)
+    stock = load_trace("product-catalog")
+    assert len(mine.requests) == 30 and "seed 41" in mine.description and "Poisson at 12/s" in mine.description
+    assert [r.segments for r in mine.requests] != [r.segments for r in stock.requests[:30]]  # another draw
+    sizes = {(s.height, s.width) for s in stock.images.values()}
+    assert {(s.height, s.width) for s in mine.images.values()} <= sizes  # the same mix of sizes
+    again = tmp_path / "again.json"
+    main(["generate", "--like", "product-catalog", "--seed", "41", "--requests", "30", "--rate", "12",
+          "--out", str(again)])
+    assert again.read_text() == out.read_text()  # seeded
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--like", "nope", "--seed", "1"], "unknown workload 'nope' to draw a trace like; known: ["),
+    (["--like", "doc-qa", "--seed", "1", "--requests", "0"], "num_requests must be a positive int, got 0"),
+    (["--like", "doc-qa", "--seed", "1", "--rate", "-2"], "arrival_rate_per_s must be"),
+])
+def test_generate_names_bad_input(tmp_path, capsys, argv, message):
+    assert main(["generate", *argv, "--out", str(tmp_path / "t.json")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_generate_never_overwrites(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    out.write_text("mine")
+    assert main(["generate", "--like", "doc-qa", "--seed", "1", "--out", str(out)]) == 2
+    assert "exists; it is not overwritten" in capsys.readouterr().err and out.read_text() == "mine"

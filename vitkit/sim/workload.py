@@ -201,6 +201,26 @@ def example_trace(name: str) -> Trace:
     return Trace(name, trace.requests, trace.images, description)
 
 
+def trace_like(name: str, *, seed: int, num_requests: int | None = None,
+               arrival_rate_per_s: float | None = None) -> Trace:
+    """A new trace drawn like stock workload ``name`` (an example or a TTFT workload) with another ``seed`` and,
+    if given, another request count and Poisson rate: a trace none of the stored ones is, for ``advise``."""
+    stock = EXAMPLES | TTFT_WORKLOADS
+    if name not in stock:
+        raise ValueError(f"unknown workload {name!r} to draw a trace like; known: {sorted(stock)}")
+    params, description = stock[name]
+    changes: dict[str, object] = {"seed": seed}
+    if num_requests is not None:
+        changes["num_requests"] = positive_int("num_requests", num_requests)
+    if arrival_rate_per_s is not None:
+        changes["arrival_rate_per_s"] = positive_number("arrival_rate_per_s", arrival_rate_per_s)
+    params = replace(params, **changes)
+    rate = "all at t=0" if params.arrival_rate_per_s is None else f"Poisson at {params.arrival_rate_per_s:g}/s"
+    trace = generate_workload(params, f"{name}-seed{seed}")
+    return Trace(trace.name, trace.requests, trace.images,
+                 f"Drawn like {name} with seed {seed}: {params.num_requests} requests, {rate}. {description}")
+
+
 TTFT_WORKLOADS: dict[str, tuple[WorkloadParams, str]] = {
     "small-images": (
         WorkloadParams(num_requests=400, text_tokens=(16, 64), images_per_request=(1, 1),
