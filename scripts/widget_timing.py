@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import torch
 
 from vitkit.costs import results
-from vitkit.viz import bench_view, chunk_explorer, dp_panel, sim_explorer, ttft_explorer
+from vitkit.viz import bench_view, chunk_explorer, dp_panel, policy_view, sim_explorer, ttft_explorer, video_explorer
 
 
 def moved_value(control: widgets.ValueWidget) -> object:
@@ -48,12 +48,17 @@ def time_controls(view: str, controls: dict[str, widgets.ValueWidget]) -> list[d
     return rows
 
 
-def main(out: str | None = None) -> int:
-    rows = []
+def built_and_moved(view: str, build) -> list[dict[str, object]]:
+    """The view's build time (its replays included), then each control moved once."""
     start = time.perf_counter()
-    chunk = chunk_explorer()
-    rows.append({"view": "chunk", "control": "(build)", "ms": round((time.perf_counter() - start) * 1e3)})
-    rows += time_controls("chunk", chunk.controls)
+    built = build()
+    rows = [{"view": view, "control": "(build)", "ms": round((time.perf_counter() - start) * 1e3)}]
+    return rows + time_controls(view, built.controls)
+
+
+def main(out: str | None = None) -> int:
+    rows = built_and_moved("chunk", chunk_explorer)
+    rows += built_and_moved("video", video_explorer)
     bench = bench_view()
     sweep_file = next(label for label in bench.source.options if "full-" in label)
     rows += time_controls("bench", {"source": bench.source})
@@ -61,10 +66,8 @@ def main(out: str | None = None) -> int:
     rows += time_controls("bench", {"sweep": bench.sweep, "impl": bench.impl})
     dp = dp_panel()
     rows += time_controls("dp", {"tower": dp.children[0]})
-    start = time.perf_counter()
-    ttft = ttft_explorer()
-    rows.append({"view": "ttft", "control": "(build)", "ms": round((time.perf_counter() - start) * 1e3)})
-    rows += time_controls("ttft", ttft.controls)
+    rows += built_and_moved("ttft", ttft_explorer)
+    rows += built_and_moved("policies", policy_view)
     start = time.perf_counter()
     sim = sim_explorer()
     rows.append({"view": "cache", "control": "(build)", "ms": round((time.perf_counter() - start) * 1e3)})
