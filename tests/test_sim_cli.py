@@ -45,6 +45,18 @@ def test_ttft_cli_replays_a_users_trace_at_its_own_times(tmp_path, capsys):
                                                                          f"{result.stem}-load.png"]
 
 
+def test_ttft_cli_replays_a_video_trace_and_admits_videos_the_cache_holds(tmp_path):
+    """Videos longer than a step: cache-aware admission gets an encoder budget of at least the cache (as vLLM
+    raises its budget to the largest item), so a video the cache holds is admitted, never an error."""
+    assert main(["ttft", "--trace", "video-qa", "--cache-tokens", "262144", "--admission-cache-tokens", "262144",
+                 "--time-requests", "0", "--out", str(tmp_path)]) == 0
+    data = json.loads(next(tmp_path.glob("ttft-*.json")).read_text())
+    assert {r["workload"] for r in data["load"]} == {"video-qa"}
+    aware = [r for r in data["admission"] if r["policy"] == "cache-aware"]
+    assert len(aware) == 2 and all(r["refused_requests"] == 0 and r["finished"] == 16 for r in aware)
+    assert all(r["request_re_encodings"] == 0 and r["refused_puts"] == 0 for r in aware)
+
+
 def test_ttft_cli_replays_a_users_trace_at_poisson_rates(tmp_path):
     path = user_trace(tmp_path)
     assert main(["ttft", "--trace", str(path), "--rates", "2", "8", "--time-requests", "0",
