@@ -36,7 +36,7 @@ run_stage() {
     advise)
         # a trace none of the built-in workloads is (another seed; product-catalog's mix of sizes and repeats);
         # advise prints, last, the `validate --trace` line of its first setting the GPU replay can run
-        $python -m vitkit.sim generate --like product-catalog --seed 41 --requests 400 --rate 30 \
+        $python -m vitkit.sim generate --like product-catalog --seed 41 --requests 400 --rate 8 \
             --out "$work/trace-advise.json"
         $python -m vitkit.sim advise --trace "$work/trace-advise.json" --p99-ms "${P99_MS:-1500}" \
             --json "$work/advise.json" | tee "$work/advise.txt"
