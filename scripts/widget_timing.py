@@ -21,7 +21,7 @@ from vitkit.viz import bench_view, chunk_explorer, dp_panel, policy_view, sim_ex
 
 def moved_value(control: widgets.ValueWidget) -> object:
     """A value one step away from the control's, as a user would pick it."""
-    if isinstance(control, (widgets.Dropdown, widgets.ToggleButtons)):
+    if isinstance(control, (widgets.Dropdown, widgets.ToggleButtons, widgets.SelectionSlider)):
         options = [o[1] if isinstance(o, tuple) else o for o in control.options]
         return options[(options.index(control.value) + 1) % len(options)]
     if isinstance(control, widgets.SelectMultiple):
