@@ -14,9 +14,10 @@ import torch
 
 from vitkit.bench import __main__ as bench_main
 from vitkit.bench import video
-from vitkit.bench.video import (PATHS, VideoSettings, check_out, format_table, item_rows, main, planned_calls,
-                                run_video, summarize, video_figure, video_shape)
+from vitkit.bench.video import PATHS, VideoSettings, item_rows, main, planned_calls, run_video, summarize, video_shape
+from vitkit.bench.video_report import format_table, video_figure
 from vitkit.costs import results as files
+from vitkit.costs.results import check_out
 from vitkit.embed import MODES
 
 STORED_H100 = files.results_folder() / "prefill-20261127T060646Z.json"  # a file measured on an H100
