@@ -1,6 +1,7 @@
 """``python -m vitkit.bench crossover``: the whole code path on CPU with the tiny towers (JSON, figure,
 table), its refusal without a GPU, and the throughput and gain arithmetic."""
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from vitkit.bench import __main__ as bench_main
+from vitkit.bench import crossover
 from vitkit.bench.crossover import (IMPLS, CrossoverSettings, crossover_figure, gains, main, processed,
                                     resolution_size, summarize)
 from vitkit.costs import results as files

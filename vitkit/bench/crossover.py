@@ -28,6 +28,7 @@ import random
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,11 +38,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_dtype, default_dtype, free_memory,
-                                  int_range, layout_batch, list_of, on_gpu, out_folder, parser, provenance,
-                                  resolve_device, roomy_cache, table, timed_step)
+                                  int_range, layout_batch, list_of, on_gpu, parser, provenance, resolve_device,
+                                  roomy_cache, run_card, table, timed_step)
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.costs import results as files
-from vitkit.costs.results import Refused
+from vitkit.costs.results import Refused, check_out
 from vitkit.embed import MODES
 from vitkit.encoders import build_encoder, get_preset
 from vitkit.item import MultimodalItem
@@ -380,11 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValueError as err:
         p.error(str(err))
+    card = run_card(settings.device, settings.kind)
+    out = Path(args.out) if args.out else files.results_folder(card)
+    try:
+        check_out(out, card)  # before the run: a crossover never lands in another card's results
+    except Refused as err:
+        print(f"vitkit.bench crossover: refused: {err}", file=sys.stderr)
+        return 2
     steps = len(settings.resolutions) * len(settings.counts(0))
     print(f"vitkit.bench crossover: {', '.join(settings.presets)} on {settings.device} ({settings.dtype}): "
           f"{steps} steps a tower x {len(IMPLS) * len(MODES)} settings, after a cold pass and a warm-up", flush=True)
     results = run_crossover(settings, progress=not args.no_progress)
-    path = files.write("crossover", results, out_folder(args.out, results) / f"crossover-{files.stamp()}.json")
+    path = files.write("crossover", results, out / f"crossover-{files.stamp()}.json")
     print(f"wrote {path}")
     data = files.read("crossover", path)
     if not args.no_plots:

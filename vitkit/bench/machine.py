@@ -135,6 +135,13 @@ def provenance(device: torch.device | str, kind: str | None = None) -> dict[str,
     return {"kind": kind, "created": created, "machine": machine_info(device), "versions": versions()}
 
 
+def run_card(device: str | torch.device, kind: str) -> str:
+    """The folder name a run's results go under: the card's slug, or "cpu-smoke" for a smoke run."""
+    if kind == "cpu-smoke":
+        return "cpu-smoke"
+    return results.card_slug(torch.cuda.get_device_name(torch.device(device)))
+
+
 def out_folder(out: str | Path | None, data: dict[str, Any]) -> Path:
     """``out``, or the results folder of the device that measured ``data`` ("cpu-smoke" for a smoke run)."""
     if out is not None:

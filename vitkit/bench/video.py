@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from vitkit.bench.crossover import resolution_label, resolution_size
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_dtype, default_dtype, free_memory,
                                   list_of, on_gpu, parser, positive_int_arg, provenance, resolve_device, roomy_cache,
-                                  timed_step, timing_stats)
+                                  run_card, timed_step, timing_stats)
 from vitkit.bench.video_report import format_table, video_figure
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.costs import results as files
@@ -430,7 +430,7 @@ def run_video(settings: VideoSettings, *, progress: bool = True, plan: Estimate 
         checks += tower_checks
     bar.close()
     gpu = on_gpu(settings.device)
-    return {"schema": files.schema("video"), **provenance(settings.device, settings.kind), "card": card_of(settings),
+    return {"schema": files.schema("video"), **provenance(settings.device, settings.kind), "card": run_card(settings.device, settings.kind),
             "settings": asdict(settings) | {"video_items": settings.video_items},
             "memory": ("torch.cuda.max_memory_allocated over each encoder call minus what was allocated when it "
                        "began (bytes), the largest of a step's calls" if gpu else
@@ -598,13 +598,6 @@ def settings_from_args(args: argparse.Namespace) -> VideoSettings:
                          kind="gpu" if gpu else "cpu-smoke", **defaults | given)
 
 
-def card_of(settings: VideoSettings) -> str:
-    """The folder name the run's results go under: the card's slug, or "cpu-smoke"."""
-    if settings.kind == "cpu-smoke":
-        return "cpu-smoke"
-    return files.card_slug(torch.cuda.get_device_name(torch.device(settings.device)))
-
-
 def plan_lines(settings: VideoSettings, plan: Estimate) -> list[str]:
     points = settings.points()
     minutes = "not estimated" if plan.seconds is None else f"about {plan.seconds / 60:.1f} min"
@@ -629,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(plan_lines(settings, plan)), flush=True)
     if args.plan:
         return 0
-    card = card_of(settings)
+    card = run_card(settings.device, settings.kind)
     out = args.out or files.results_folder(card)
     path = out / f"video-{files.stamp()}.json"
     try:
