@@ -147,3 +147,19 @@ def test_bad_options_are_argument_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_never_writes_into_another_cards_folder(tmp_path, monkeypatch, capsys):
+    """Refused before anything runs: a folder holding another card's results, or named for another card."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "prefill-20990101T000000Z.json").write_text(json.dumps({"machine": {"slug": "h100"}}))
+    monkeypatch.setattr(crossover, "run_crossover", lambda *a, **k: pytest.fail("must not run"))
+    argv = ["--device", "cpu", "--resolutions", "128x72", "--images", "1-2", "--no-progress", "--no-plots"]
+    assert main([*argv, "--out", str(theirs)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "holds results of another card" in err and "(h100)" in err
+    monkeypatch.setattr(files, "RESULTS", tmp_path)
+    assert main([*argv, "--out", str(tmp_path / "h200")]) == 2
+    assert "is the results folder of card 'h200'; this is a cpu-smoke" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs"]
