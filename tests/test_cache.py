@@ -238,3 +238,31 @@ def test_rollback_then_further_use_is_consistent():
     cache.put("b", _emb(1))
     cache.put("c", _emb(1))
     assert cache.keys() == ["b", "c"] and cache.bytes == 2 * ROW
+
+
+def test_protected_entries_go_after_the_others_farthest_read_first():
+    cache = EmbeddingCache(4 * ROW)
+    for key in "abcd":
+        cache.put(key, _emb(1))
+    cache.protect({"a": 0, "b": 900, "c": 30})  # d: read by no running request
+    cache.put("e", _emb(1))
+    assert cache.keys() == ["a", "b", "c", "e"]  # d first, though a is older
+    cache.put("f", _emb(1))
+    assert cache.keys() == ["a", "b", "c", "f"]  # e, new but read by no one, before any protected entry
+    cache.protect({"a": 0, "b": 900, "c": 30, "f": 10})
+    cache.put("g", _emb(1))
+    assert cache.keys() == ["a", "c", "f", "g"]  # all protected: b, read farthest ahead, goes
+    cache.protect({"a": 0, "c": 0, "f": 0, "g": 0})
+    cache.put("h", _emb(1))
+    assert cache.keys() == ["c", "f", "g", "h"]  # all equally near: least recently used first
+
+
+def test_protection_never_refuses_a_put_nor_overrides_a_pin():
+    cache = EmbeddingCache(3 * ROW)
+    cache.put("a", _emb(1), pin_owner="r")
+    cache.put("b", _emb(1))
+    cache.protect({"b": 5, "c": 1})
+    assert cache.put("c", _emb(2))  # b goes though protected: a put never fails for a soft pin
+    assert cache.keys() == ["a", "c"] and cache.is_pinned("a")
+    assert not cache.put("d", _emb(3))  # only the pin refuses: 3 rows cannot fit beside a's pinned row
+    assert cache.stats().rejected == 1

@@ -567,3 +567,23 @@ def test_replay_at_rate_is_seeded():
     two = replay_at_rate(trace, 3.0, COSTS, ReplayConfig(), seed=1)
     assert one.summary == two.summary and one.latency == two.latency
     assert replay_at_rate(trace, 3.0, COSTS, ReplayConfig(), seed=2).latency != one.latency
+
+
+def test_reading_says_what_running_requests_read_and_how_far_ahead():
+    from vitkit.sim.engine import Reading
+    from vitkit.sim.fake import fake_item
+    from vitkit.sim.scheduler import Step, Window
+
+    a, b, c = (fake_item(name, 56, 56) for name in "abc")  # 4 rows each
+    requests = {"r": Request("r", (a, b), ((2, 6), (16, 20)), 20), "s": Request("s", (b, c), ((0, 4), (7, 11)), 11)}
+    reading = Reading(requests)
+    first = Step(0, 0.0, (Window("r", 0, 4),), ("r",), (), ())
+    assert reading.ahead(first) == {a.hash: 2, b.hash: 16}  # r reads a at 2, b at 16 tokens from its start
+    reading.ran(first)
+    second = Step(1, 50.0, (Window("r", 4, 12), Window("s", 0, 4)), ("s",), (), ())
+    assert reading.ahead(second) == {a.hash: 0, b.hash: 0, c.hash: 7}  # a begun; s reads b now
+    reading.ran(second)
+    third = Step(2, 100.0, (Window("s", 4, 11),), (), (), ("r",))  # r aborted: it reads nothing more
+    assert reading.ahead(third) == {c.hash: 3}
+    reading.ran(replace(third, finished=("s",)))
+    assert reading.done == {}

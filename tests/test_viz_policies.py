@@ -3,8 +3,6 @@ smallest_cache_without_re_encodes', its controls only select, and it says how TT
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 pytest.importorskip("ipywidgets", reason="widget tests need the notebooks extra: pip install -e '.[notebooks]'")
@@ -221,6 +219,8 @@ def test_notebook_03_policy_claims_hold_for_the_table_under_them(default_tables)
     # mixed chat: vLLM refuses requests at the smallest cache; vitkit refuses none and loses nothing in a request
     assert mixed["vllm"][0].refused_requests > 0
     assert all(r.refused_requests == 0 and r.request_re_encodings == 0 for r in mixed["vitkit"])
-    # on doc-qa (no videos) the vLLM and vitkit rows are the same, counts and TTFT
+    # on doc-qa (no videos) vitkit encodes no more than vLLM at any cache size, and its TTFT p99 is no higher
     doc = _by_policy(default_tables["doc-qa"])
-    assert [replace(r, policy="") for r in doc["vllm"]] == [replace(r, policy="") for r in doc["vitkit"]]
+    assert [r.cache_tokens for r in doc["vllm"]] == [r.cache_tokens for r in doc["vitkit"]]
+    assert all(v.encoded_items <= m.encoded_items and v.ttft_p99_ms <= m.ttft_p99_ms
+               for v, m in zip(doc["vitkit"], doc["vllm"]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -50,13 +50,16 @@ class EmbeddingCache:
     entries can be pinned by an owner (a request id): a pinned entry is never evicted, which
     keeps an image whose tokens straddle a chunk boundary until the request's next window has
     used it (vLLM's encoder cache manager keeps such entries by reference count). Pinned bytes
-    count toward the budget.
+    count toward the budget. ``protect`` adds soft pins: what a scheduler knows its running
+    requests will read goes last, farthest read first, but never makes a put fail.
     """
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = positive_int("EmbeddingCache capacity_bytes", capacity_bytes)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
         self._owned: dict[Hashable, set[str]] = {}
+        # key -> tokens until a running request reads it: evicted after every other unpinned entry, farthest first
+        self.protected: Mapping[str, int] = {}
         self.bytes = 0
         self.pinned_bytes = 0
         self.hits = self.misses = self.evictions = self.rejected = 0
@@ -107,12 +110,21 @@ class EmbeddingCache:
             self.pin(key, pin_owner)
         return True
 
+    def protect(self, reads_in: Mapping[str, int]) -> None:
+        """Soft pins for what a scheduler knows its running requests will read: ``reads_in`` maps a key to the
+        tokens until it is read (replacing the last map). Such an entry is evicted only when no other unpinned
+        one is left, and then the one read farthest ahead first (Belady's choice over the known reads). Unlike
+        a pin it never makes a put fail."""
+        self.protected = dict(reads_in)
+
     def _make_room(self, nbytes: int) -> bool:
         if nbytes > self.capacity_bytes - self.pinned_bytes:
             return False  # even evicting every unpinned entry would not do
-        # one oldest unpinned entry at a time, so a put skips only the pinned entries ahead of it
+        # one oldest unpinned entry at a time (unprotected ones first), so a put skips only what it must
         while self.bytes + nbytes > self.capacity_bytes:
-            oldest = next(k for k, e in self._entries.items() if not e.pins)
+            oldest = next((k for k, e in self._entries.items() if not e.pins and k not in self.protected), None)
+            if oldest is None:  # max keeps the first of equals: the least recently used
+                oldest = max((k for k, e in self._entries.items() if not e.pins), key=self.protected.__getitem__)
             self.bytes -= self._entries.pop(oldest).nbytes
             self.evictions += 1
         return True

@@ -37,6 +37,8 @@ class ReplayConfig:
     pin_recurring: bool = True
     grouping: str = "tower"
     per_request_modalities: tuple[str, ...] = ()
+    # evict what no running request will read again before what one will (``EmbeddingCache.protect``)
+    protect_ahead: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -56,7 +58,7 @@ class ReplayConfig:
                 "cache_tokens": self.cache_tokens, "pin": self.pin, "encoder_budget_tokens": s.encoder_budget_tokens,
                 "max_tokens_per_call": self.max_tokens_per_call, "pin_recurring": self.pin_recurring,
                 "grouping": self.grouping, "per_request_modalities": list(self.per_request_modalities),
-                "refuse_oversized": s.refuse_oversized}
+                "refuse_oversized": s.refuse_oversized, "protect_ahead": self.protect_ahead}
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,51 @@ def run_steps(requests: Mapping[Hashable, Request], policy: Policy, encoder: Enc
     Aborted and preempted requests' pins are released before their step, finished ones' after it."""
     timed = as_timed(encoder)
     view = SchedulerView(requests, cache)
+    reading = Reading(requests)
     first = policy.next_arrival_ms()
     now = 0.0 if first is None else first
     while not policy.idle:
         step = policy.schedule(now, view)
         if step is not None:
+            if config.protect_ahead:
+                cache.protect(reading.ahead(step))
             ran = _execute(step, requests, timed, cache, config, clock)
+            reading.ran(step)
             yield ran
             if step.windows:
                 now += ran.times.duration_ms
                 continue
         now = _wait(policy, now)
+
+
+class Reading:
+    """Where each running request has read its prompt to, from the steps' windows: what it will read later
+    (its items past that point) is what a cache that knows the schedule keeps longest."""
+
+    def __init__(self, requests: Mapping[Hashable, Request]) -> None:
+        self.requests = requests
+        self.done: dict[Hashable, int] = {}  # running rid -> tokens read
+
+    def ahead(self, step: Step) -> dict[str, int]:
+        """Hash -> tokens until it is read, of the items that the requests running into ``step`` (its windows
+        included) read from its windows on (0: in a window, or begun), the nearest read of any request."""
+        reading = self.done | {w.rid: w.start for w in step.windows}
+        for rid in (*step.aborted, *(w.rid for w in step.preempted)):
+            reading.pop(rid, None)
+        reads_in: dict[str, int] = {}
+        for rid, done in reading.items():
+            request = self.requests[rid]
+            for item, span in zip(request.items, request.spans):
+                if span.stop > done:
+                    distance = max(0, span.start - done)
+                    reads_in[item.hash] = min(distance, reads_in.get(item.hash, distance))
+        return reads_in
+
+    def ran(self, step: Step) -> None:
+        """``step`` ran: its windows moved their requests on; the finished, aborted and preempted stop reading."""
+        self.done.update({w.rid: w.stop for w in step.windows})
+        for rid in (*step.finished, *step.aborted, *(w.rid for w in step.preempted)):
+            self.done.pop(rid, None)
 
 
 def _wait(policy: Policy, now: float) -> float:

@@ -19,11 +19,13 @@ that compares them per cache size.
 - ``"vitkit"``: a video as frame-group items (``"frame-groups:g"``: g temporal patches an item, each its own
   span, hash and cache entry; for the Qwen2-VL towers the rows equal the whole video's), batched across
   requests in one call per tower, under cache-aware admission that also holds a request's repeated images
-  (``vitkit.sim.admission``). A group is held only while a window is inside it (vLLM's rule, per item), not
-  the groups ahead of a request: when a second request reads a video the cache has partly kept, the LRU
-  evicts the groups just ahead of it first (they are the least recently used) and it encodes them again,
-  where vLLM, holding a whole video from a viewer's first window, does not (the counts on video-qa:
-  ``results/README.md``, and a test pins them).
+  (``vitkit.sim.admission``). A group is pinned only while a window is inside it (vLLM's rule, per item);
+  the groups ahead of a running request are kept by eviction order instead (``protect_ahead``): the cache
+  evicts what no running request will read again first, then what is read farthest ahead. Pinning them
+  would hold a whole video, as vLLM does, and stall admission; plain LRU evicts the groups just ahead of a
+  second viewer of a video first (the least recently used) and it encodes them again. What no running
+  request has asked for yet (a later request's video) is still lost to a small cache (the counts on
+  video-qa: ``results/README.md``).
 
 ``compare_policies`` replays a trace under each policy and cache size; ``smallest_cache_without_re_encodes``
 reads the answer off its rows. ``python -m vitkit.sim.policies TRACE`` prints the table.
@@ -60,6 +62,7 @@ class EnginePolicy:
     pin: bool = True
     pin_recurring: bool = True
     refuse_oversized: bool = False
+    protect_ahead: bool = False  # ReplayConfig.protect_ahead: evict what no running request reads again first
 
     def replay_config(self, scheduler: SchedulerConfig, cache_tokens: int) -> ReplayConfig:
         """This policy on ``scheduler``'s steps with a cache of ``cache_tokens`` rows; under cache-aware
@@ -71,14 +74,14 @@ class EnginePolicy:
             settings = replace(settings, encoder_budget_tokens=max(budget, cache_tokens, 1))
         return ReplayConfig(settings, mode="batched", pin=self.pin, cache_tokens=cache_tokens,
                             pin_recurring=self.pin_recurring, grouping=self.grouping,
-                            per_request_modalities=self.per_request_modalities)
+                            per_request_modalities=self.per_request_modalities, protect_ahead=self.protect_ahead)
 
 
 ENGINE_POLICIES: dict[str, EnginePolicy] = {
     "sglang": EnginePolicy("sglang", "whole", "legacy", "modality", per_request_modalities=("video",), pin=False),
     "vllm": EnginePolicy("vllm", "whole", "cache-aware", "consecutive", pin_recurring=False, refuse_oversized=True),
     "vitkit": EnginePolicy("vitkit", f"frame-groups:{VITKIT_FRAME_GROUP}", "cache-aware", "tower",
-                           refuse_oversized=True),
+                           refuse_oversized=True, protect_ahead=True),
 }
 
 
