@@ -45,3 +45,23 @@ def test_a_bad_commit_is_refused_by_name(no_git, bad):
     no_git.setenv(GIT_COMMIT_ENV, bad)
     with pytest.raises(ValueError, match=f"{GIT_COMMIT_ENV} must be a git commit .* got '{bad.lower()}'"):
         versions()
+
+
+def test_out_for_decides_the_folder_before_a_run_and_refuses_another_cards(tmp_path, monkeypatch):
+    import json
+
+    from vitkit.bench.machine import out_for
+    from vitkit.costs import results
+
+    root = tmp_path / "results"
+    root.mkdir()
+    monkeypatch.setattr(results, "RESULTS", root)
+    assert out_for(None, "cpu", "cpu-smoke") == results.results_folder("cpu-smoke")  # a smoke run's own folder
+    assert out_for(tmp_path / "mine", "cpu", "cpu-smoke") == tmp_path / "mine"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "prefill-20990101T000000Z.json").write_text(json.dumps({"machine": {"slug": "h100"}}))
+    with pytest.raises(results.Refused, match="holds results of another card: prefill-20990101T000000Z.json"):
+        out_for(theirs, "cpu", "cpu-smoke")
+    with pytest.raises(results.Refused, match="is the results folder of card 'h200'"):
+        out_for(root / "h200", "cpu", "cpu-smoke")

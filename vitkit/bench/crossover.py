@@ -28,7 +28,6 @@ import random
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,10 +38,10 @@ from tqdm.auto import tqdm
 
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_dtype, default_dtype, free_memory,
                                   int_range, layout_batch, list_of, on_gpu, parser, provenance, resolve_device,
-                                  roomy_cache, run_card, table, timed_step)
+                                  out_for, roomy_cache, table, timed_step)
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.costs import results as files
-from vitkit.costs.results import Refused, check_out
+from vitkit.costs.results import Refused
 from vitkit.embed import MODES
 from vitkit.encoders import build_encoder, get_preset
 from vitkit.item import MultimodalItem
@@ -381,10 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValueError as err:
         p.error(str(err))
-    card = run_card(settings.device, settings.kind)
-    out = Path(args.out) if args.out else files.results_folder(card)
     try:
-        check_out(out, card)  # before the run: a crossover never lands in another card's results
+        out = out_for(args.out, settings.device, settings.kind)  # before the run, never after it
     except Refused as err:
         print(f"vitkit.bench crossover: refused: {err}", file=sys.stderr)
         return 2

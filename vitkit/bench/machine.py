@@ -142,11 +142,13 @@ def run_card(device: str | torch.device, kind: str) -> str:
     return results.card_slug(torch.cuda.get_device_name(torch.device(device)))
 
 
-def out_folder(out: str | Path | None, data: dict[str, Any]) -> Path:
-    """``out``, or the results folder of the device that measured ``data`` ("cpu-smoke" for a smoke run)."""
-    if out is not None:
-        return Path(out)
-    return results.results_folder("cpu-smoke" if data["kind"] == "cpu-smoke" else data["machine"]["slug"])
+def out_for(out: str | Path | None, device: str | torch.device, kind: str) -> Path:
+    """The folder a run writes to, decided before it runs: ``out``, or its card's ``results/<card>/``;
+    ``results.Refused`` when that folder holds another card's results or is named for another card."""
+    card = run_card(device, kind)
+    folder = Path(out) if out is not None else results.results_folder(card)
+    results.check_out(folder, card)
+    return folder
 
 
 def free_memory(device: torch.device | str) -> None:

@@ -8,6 +8,7 @@ MFU against the run's own matmul peak, FLOPs from the shapes. ``vitkit.costs.pre
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from vitkit.bench.machine import (Stopwatch, TimingStats, measure_matmul_peak, out_folder, parser, provenance,
+from vitkit.bench.machine import (Stopwatch, TimingStats, measure_matmul_peak, on_gpu, out_for, parser, provenance,
                                   resolve_device, synchronize, table, time_callable)
 from vitkit.costs import results as files
 from vitkit.lm.decoder import (GQA_EXPANDED_KV, QWEN2_5_VL_7B_TEXT, TINY_DECODER, VARLEN_CAUSAL_GQA, DecoderConfig,
@@ -207,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         config, dtype, points = QWEN2_5_VL_7B_TEXT, torch.bfloat16, grid_points()
     runner = PrefillRunner(config, dtype=dtype, compile=not args.eager and not args.smoke)
+    try:
+        out = out_for(args.out, runner.device, "gpu" if on_gpu(runner.device) else "cpu-smoke")
+    except files.Refused as err:
+        print(f"vitkit.bench prefill: refused: {err}", file=sys.stderr)
+        return 2
     check = attention_check(config, runner.device, dtype)
     if check > 2e-2:  # before spending minutes timing a wrong kernel
         raise RuntimeError(f"the step's attention differs from the float32 reference: relative error {check:.3g}")
@@ -227,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flop_formula": FLOP_FORMULA,
         "rows": rows,
     }
-    path = files.write("prefill", results, out_folder(args.out, results) / f"prefill-{files.stamp()}.json")
+    path = files.write("prefill", results, out / f"prefill-{files.stamp()}.json")
     plot_results(results, path.with_suffix(".png"))
     print(format_table(results))
     print(f"peak {peak.tflops:.0f} TFLOP/s ({peak.label}); wrote {path} and {path.with_suffix('.png').name}")

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_dtype, default_dtype, free_memory,
-                                  int_range, layout_batch, list_of, on_gpu, out_folder, parser, positive_int_arg,
+                                  int_range, layout_batch, list_of, on_gpu, out_for, parser, positive_int_arg,
                                   provenance, resolve_device, roomy_cache, table, timed_step)
 from vitkit.bench.rows import StreamRow, load_stream_results, write_stream_results
 from vitkit.bench.stream_items import (CPU_NAMED_BUCKETS, CPU_STREAMS, GPU_STREAMS, NAMED_STREAMS, TWINS, StreamSpec,
@@ -579,6 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs, settings = settings_from_args(args)
     except ValueError as err:
         p.error(str(err))
+    try:
+        out = out_for(args.out, settings.device, settings.kind)  # before the run, never after it
+    except files.Refused as err:
+        print(f"vitkit.bench stream: refused: {err}", file=sys.stderr)
+        return 2
     done: dict[str, dict[str, Any]] = {}  # named stream -> its results, for the twins' comparisons
     targets = []
     for spec in specs:
@@ -587,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_stream(spec, settings, progress=not args.no_progress, twin=done.get(TWINS.get(spec.name)))
         # A named stream's file leads with its name: "stream-<encoder>-*" stays the plain streams' (cost fits).
         name = f"stream-{spec.name + '-' if spec.name else ''}{spec.encoder}-{files.stamp()}.json"
-        path = write_stream_results(results, out_folder(args.out, results) / name)
+        path = write_stream_results(results, out / name)
         print(f"wrote {path}")
         data = load_stream_results(path)
         if not args.no_plots:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, MatmulPeak, Stopwatch, check_dtype,
                                   default_dtype, free_memory, layout_batch, list_of, measure_matmul_peak, number_arg,
-                                  on_gpu, out_folder, parser, positive_int_arg, provenance, resolve_device, roomy_cache,
+                                  on_gpu, out_for, parser, positive_int_arg, provenance, resolve_device, roomy_cache,
                                   synchronize, table, timed_step, timing_stats)
 from vitkit.bench.plot import save_figures
 from vitkit.bench.rows import BenchRow, write_results
@@ -573,12 +574,17 @@ def main(argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]
         sweeps = get_sweeps(sweep, overrides)
     except ValueError as err:
         p.error(str(err))
+    try:
+        out = out_for(args.out, settings.device, settings.kind)  # before the run, never after it
+    except files.Refused as err:
+        print(f"vitkit.bench: refused: {err}", file=sys.stderr)
+        return 2
     total = sum(len(s.points()) for s in sweeps) * len(settings.impls) * 2
     print(f"vitkit.bench: sweep {sweep!r} on {settings.device} ({settings.dtype}), {total} measurements "
           f"x {settings.repeats} repeats (+{settings.warmup} warm-up)", flush=True)
     results = run(sweeps, settings, progress=not args.no_progress)
     name = f"{sweep}-{'-'.join(settings.impls)}-{settings.dtype}-{files.stamp()}.json"
-    path = write_results(results, out_folder(args.out, results) / name)
+    path = write_results(results, out / name)
     print(f"wrote {path}")
     if not args.no_plots:
         for png in save_figures(results, path.parent, prefix=path.stem + "-"):

@@ -48,11 +48,11 @@ from tqdm.auto import tqdm
 from vitkit.bench.crossover import resolution_label, resolution_size
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_dtype, default_dtype, free_memory,
                                   list_of, on_gpu, parser, positive_int_arg, provenance, resolve_device, roomy_cache,
-                                  run_card, timed_step, timing_stats)
+                                  out_for, run_card, timed_step, timing_stats)
 from vitkit.bench.video_report import format_table, video_figure
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.costs import results as files
-from vitkit.costs.results import Refused, check_out
+from vitkit.costs.results import Refused
 from vitkit.costs.eager import load_eager_cost
 from vitkit.costs.encoder import DEFAULT_ENCODER, load_encoder_cost
 from vitkit.embed import MODES, plan_calls
@@ -622,11 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(plan_lines(settings, plan)), flush=True)
     if args.plan:
         return 0
-    card = run_card(settings.device, settings.kind)
-    out = args.out or files.results_folder(card)
-    path = out / f"video-{files.stamp()}.json"
     try:
-        check_out(out, card)
+        path = out_for(args.out, settings.device, settings.kind) / f"video-{files.stamp()}.json"
         if path.exists():
             raise Refused(f"{path} exists; it is not overwritten")
     except Refused as err:
