@@ -17,8 +17,9 @@ from vitkit.cache import EmbeddingCache
 from vitkit.embed import ENCODING_FATES, embed_chunks
 from vitkit.sim.policies import ENGINE_POLICIES
 from vitkit.viz.video_widget import draw_video_windows, video_explorer
-from vitkit.viz.plan import TOY_BYTES_PER_TOKEN
-from vitkit.viz.video_plan import (RowEncoder, VideoSettings, _run_engine, clip_frame_indices, clip_frames,
+from vitkit.sim.fake import FakeEncoder
+from vitkit.viz.plan import TOY_BYTES_PER_TOKEN, TOY_HIDDEN
+from vitkit.viz.video_plan import (VideoSettings, _run_engine, clip_frame_indices, clip_frames,
                                    video_plan, video_request)
 
 # the case: an 8,192-row video (32 frames of 896x448 px: 16 temporal patches of 32x64 patches, 4 to a
@@ -76,7 +77,8 @@ def test_window_rows_are_what_embed_chunks_returns_for_those_windows(target):
     run, policy = target.run("sglang"), ENGINE_POLICIES["sglang"]
     cache = EmbeddingCache(4096 * TOY_BYTES_PER_TOKEN)
     for w in run.windows:
-        result = embed_chunks([(run.request, w.window)], RowEncoder(), cache, pin=policy.pin,
+        encoder = FakeEncoder(TOY_HIDDEN, counts_only=True)
+        result = embed_chunks([(run.request, w.window)], encoder, cache, pin=policy.pin,
                               grouping=policy.grouping, per_request_modalities=policy.per_request_modalities)
         assert result.encoded_tokens == w.encoded_rows
         assert cache.bytes // TOY_BYTES_PER_TOKEN == w.cache_rows
@@ -125,7 +127,8 @@ def test_item_policy_overrides_every_engine():
 
 
 def test_bad_settings_raise_and_name_what_was_wrong():
-    with pytest.raises(ValueError, match=r"group_size \(temporal patches per frame group\) must be a positive int, got 0"):
+    message = r"group_size \(temporal patches per frame group\) must be a positive int, got 0"
+    with pytest.raises(ValueError, match=message):
         VideoSettings(group_size=0)
     with pytest.raises(ValueError, match="items must be one of"):
         VideoSettings(items="tiles")

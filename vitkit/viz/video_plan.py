@@ -9,7 +9,7 @@ count, a hash per item, no pixels: processing hundreds of real frames would hold
 Each engine takes the video as its items (``"whole"``: one item and span; ``"frame-groups:g"``: one per g
 temporal patches, each its own hash and cache entry) under its own admission, call grouping and pinning.
 One request alone: step ``s`` runs one window of at most ``chunk_size`` tokens (cache-aware admission may
-cut it before an item that does not fit). The encoder is a stand-in (``RowEncoder``, one float32 a row): the
+cut it before an item that does not fit). The encoder is a stand-in (``FakeEncoder`` with ``counts_only``): the
 counts are the real ``embed_chunks`` path's, the embeddings are not a ViT's.
 """
 
@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
 from PIL import Image
 
 from vitkit.checks import non_negative_int, positive_int
@@ -136,18 +135,6 @@ def _video_request(frames: int, height: int, width: int, clip: bool, video_items
     return make_request(0, [TEXT_BEFORE, *items, TEXT_AFTER], PRESET)
 
 
-class RowEncoder(FakeEncoder):
-    """``plan.toy_encoder``'s rows (one float32 a row, the item's hash as its value) as a broadcast view of
-    one row: a 184,320-row video costs no allocation, whatever the window count. A ``FakeEncoder``, so the
-    step loop skips the finiteness check, as for any fake encoder (its rows are finite by construction)."""
-
-    def __init__(self) -> None:
-        super().__init__(TOY_HIDDEN)
-
-    def embed(self, item: MultimodalItem) -> torch.Tensor:
-        return torch.full((1, TOY_HIDDEN), float(int(item.hash[:6], 16))).expand(item.num_tokens, TOY_HIDDEN)
-
-
 # --- one engine's run --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ItemMark:
@@ -224,7 +211,7 @@ def _run_engine(engine: str, video_items: str, video: tuple[int, int, int, bool]
     scheduler = SchedulerConfig(chunked_prefill_size=chunk_size)
     config = ENGINE_POLICIES[engine].replay_config(scheduler, cache_tokens)
     run = replay({request.rid: request}, [Arrival(request.rid, request.prompt_len)], config, StepClock(step_ms=1.0),
-                 RowEncoder(), row_bytes=TOY_BYTES_PER_TOKEN)
+                 FakeEncoder(TOY_HIDDEN, counts_only=True), row_bytes=TOY_BYTES_PER_TOKEN)
     return EngineRun(engine, video_items, request, _windows(run, request), run.refused.get(request.rid))
 
 
