@@ -139,3 +139,22 @@ class OnlyAlone:
 
     def preempt(self, rid):
         self.preempted.append(rid)
+
+
+class CountingGraphs:
+    """Stands in for an encoder's graph cache off CUDA: counts captures (one per new bucket), runs eagerly."""
+
+    def __init__(self):
+        self.keys, self.captures = set(), 0
+
+    def __len__(self):
+        return len(self.keys)
+
+    def capture(self, key, fn, args):
+        if key not in self.keys:
+            self.keys.add(key)
+            self.captures += 1
+
+    def run(self, key, fn, args):
+        self.capture(key, fn, args)
+        return fn(*args)

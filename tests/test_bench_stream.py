@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import CountingGraphs
 from vitkit.bench import stream
 from vitkit.bench.rows import StreamRow, load_stream_results, write_stream_results
 from vitkit.bench.stream import (StreamSettings, bucket_choice, fit_stream_bucket_cost, format_stream_table,
@@ -117,25 +118,6 @@ def test_stored_clip_stream_fits_images_as_bucket_units():
 TINY_MIXED = dict(encoder="qwen2.5-vl-tiny", steps=6, images_per_step=(1, 4), images_per_request=(1, 3),
                   sides=(56, 112), video_fraction=0.3, video_frames=(2, 6), scan_fraction=0.2, scan_sides=(168, 224))
 TINY_BUCKETS = dict(buckets=CPU_NAMED_BUCKETS[0], large_buckets=CPU_NAMED_BUCKETS[1])
-
-
-class CountingGraphs:
-    """Off CUDA, a stand-in for the encoder's graph cache that counts captures (one per new bucket)."""
-
-    def __init__(self):
-        self.keys, self.captures = set(), 0
-
-    def __len__(self):
-        return len(self.keys)
-
-    def capture(self, key, fn, args):
-        if key not in self.keys:
-            self.keys.add(key)
-            self.captures += 1
-
-    def run(self, key, fn, args):
-        self.capture(key, fn, args)
-        return fn(*args)
 
 
 @pytest.fixture

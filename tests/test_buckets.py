@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import CountingGraphs
 from vitkit.encoders import FIXED_BUCKETS, QWEN_BUCKETS, Buckets, build_encoder, default_buckets, pack
 from vitkit.encoders.buckets import geometric_sizes, padding_waste, video_pieces
 from vitkit.encoders.qwen import QWEN_LARGE_BUCKETS, padded_layout
@@ -224,30 +225,11 @@ def test_calls_split_over_max_items_restore_item_order():
     assert [r.items for r in enc.last_call] == [2, 2, 1]
 
 
-class _CountingGraphs:
-    """Stands in for GraphCache off CUDA: records captures, runs the forward eagerly."""
-
-    def __init__(self):
-        self.keys, self.captures = set(), 0
-
-    def __len__(self):
-        return len(self.keys)
-
-    def capture(self, key, fn, args):
-        if key not in self.keys:
-            self.keys.add(key)
-            self.captures += 1
-
-    def run(self, key, fn, args):
-        self.capture(key, fn, args)
-        return fn(*args)
-
-
 def test_warmup_reports_the_captures_it_made_not_the_graphs_held(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     enc = build_encoder("clip-tiny", buckets=Buckets((1, 2, 4), max_items=4))
-    enc.graphs = _CountingGraphs()
+    enc.graphs = CountingGraphs()
     enc(synthetic_items("clip-tiny", [(56, 56)] * 2, seed=1))  # a call captures bucket 2 first
     report = enc.warmup(progress=False)
     assert (report.buckets, report.captures, len(enc.graphs)) == (3, 2, 3)
@@ -258,7 +240,7 @@ def test_warmup_with_large_captures_the_large_buckets_too(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     enc = build_encoder("qwen2.5-vl-tiny", buckets=LARGE)
-    enc.graphs = _CountingGraphs()
+    enc.graphs = CountingGraphs()
     assert enc.warmup(progress=False).captures == 2  # the regular buckets
     enc(_qwen_items([(112, 112)]))  # the large bucket 64 is captured on first use
     assert enc.stats.captures == 1 and enc.last_call[0].bucket == 64
@@ -272,7 +254,7 @@ def test_a_mixed_stream_of_images_videos_and_large_images_captures_nothing_after
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     enc = build_encoder("qwen2.5-vl-tiny", buckets=Buckets((16, 32, 64, 128), 8, 4, large=(192, 256)))
     eager = enc.variant(impl="vitkit-eager")
-    enc.graphs = _CountingGraphs()
+    enc.graphs = CountingGraphs()
     assert enc.warmup(progress=False, large=True).captures == 6
     rng = random.Random(0)
     before = enc.stats.copy()

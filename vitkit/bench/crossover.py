@@ -375,16 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         settings = settings_from_args(args)
+        out = out_for(args.out, settings.device, settings.kind)  # before the run, never after it
     except Refused as err:
         print(f"vitkit.bench crossover: refused: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
         p.error(str(err))
-    try:
-        out = out_for(args.out, settings.device, settings.kind)  # before the run, never after it
-    except Refused as err:
-        print(f"vitkit.bench crossover: refused: {err}", file=sys.stderr)
-        return 2
     steps = len(settings.resolutions) * len(settings.counts(0))
     print(f"vitkit.bench crossover: {', '.join(settings.presets)} on {settings.device} ({settings.dtype}): "
           f"{steps} steps a tower x {len(IMPLS) * len(MODES)} settings, after a cold pass and a warm-up", flush=True)
