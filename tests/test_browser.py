@@ -221,8 +221,8 @@ def _save_timings(artifacts: Path, timings: dict) -> None:
 
 
 def test_notebook01_widgets_render_and_slider_redraws(lab, browser_page, artifacts):
-    page, timings, view = browser_page, {}, ".vitkit-chunk-explorer"
-    _run_all(page, lab, "01_chunk_windows.ipynb", view)
+    page, timings, view, video = browser_page, {}, ".vitkit-chunk-explorer", ".vitkit-video-explorer"
+    _run_all(page, lab, "01_chunk_windows.ipynb", view, video)
     explorer = page.locator(view)
     assert explorer.locator(".widget-slider").count() == 6
     explorer.evaluate("e => e.scrollIntoView({block: 'start'})")  # sliders at the top
@@ -236,6 +236,11 @@ def test_notebook01_widgets_render_and_slider_redraws(lab, browser_page, artifac
     page.screenshot(path=str(artifacts / "notebook01-page-after.png"))
     assert int(readout.inner_text()) == start_value + 4 * 64
     assert "windows over" in explorer.locator(".widget-html").first.inner_text()
+    # the video view opens on the real clip; two steps of the frames slider (24 frames) are more than it has
+    assert "the sample clip" in page.locator(video).inner_text()
+    frames = page.locator(video).locator(".widget-slider", has_text="frames").first
+    _moved(page, video, "notebook01-video-frames", lambda _: _press(page, frames, "ArrowRight", 2), artifacts, timings)
+    page.locator(video).get_by_text("a synthetic video: 24 frames").first.wait_for(timeout=60_000)
     _save_timings(artifacts, timings)
 
 
@@ -243,6 +248,8 @@ def test_notebook02_views_switch_results_tower_and_run_the_smoke_benchmark(lab, 
     page, timings = browser_page, {}
     bench, dp = ".vitkit-bench-view", ".vitkit-dp-panel"
     _run_all(page, lab, "02_batched_vs_per_request.ipynb", bench, dp)
+    # no crossover file is stored for the card: one line with the command, no empty axes
+    assert "python -m vitkit.bench crossover" in page.locator(".jp-Notebook").inner_text()
     view = page.locator(bench)
     assert "GPU measurement" in view.inner_text() and not view.locator(".widget-dropdown", has_text="sweep").is_visible()
     results = view.locator(".widget-dropdown", has_text="results").first
@@ -263,8 +270,11 @@ def test_notebook02_views_switch_results_tower_and_run_the_smoke_benchmark(lab, 
 
 def test_notebook03_views_redraw_on_a_rate_and_a_panel_change(lab, browser_page, artifacts):
     page, timings = browser_page, {}
-    ttft, sim = ".vitkit-ttft-explorer", ".vitkit-sim-explorer"
-    _run_all(page, lab, "03_cache_and_scheduler.ipynb", ttft, sim)
+    ttft, sim, policies = ".vitkit-ttft-explorer", ".vitkit-sim-explorer", ".vitkit-policy-view"
+    _run_all(page, lab, "03_cache_and_scheduler.ipynb", ttft, sim, policies)
+    workload = page.locator(policies).locator(".widget-dropdown", has_text="workload").first
+    _moved(page, policies, "notebook03-policy-workload", lambda _: _choose(workload, "mixed-chat"), artifacts, timings)
+    assert "mixed-chat" in page.locator(policies).inner_text()
     rate = page.locator(ttft).locator(".widget-slider", has_text="request rate").first
     _moved(page, ttft, "notebook03-ttft-rate", lambda _: _press(page, rate, "ArrowLeft", 5), artifacts, timings)
     memory = page.locator(sim).locator("button", has_text="cache memory").first

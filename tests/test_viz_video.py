@@ -227,3 +227,14 @@ def test_the_widget_answers_in_under_a_second_at_the_extremes(explorer):
     # medians, as test_viz_chunks: on 2 shared cores one redraw can wait on another process
     assert statistics.median(wall) < 1000, wall
     assert statistics.median(cpu) < 1000, cpu
+
+
+def test_the_frame_size_control_shows_the_clip_choice():
+    # a Dropdown shows a None value as no choice at all: the clip's own size needs a value of its own
+    explorer = video_explorer()
+    size = explorer.controls["size"]
+    assert size.index == 0 and size.label.startswith("the clip's")
+    size.value = (720, 1280)
+    assert explorer.current_settings().height == 720
+    size.index = 0
+    assert explorer.current_settings().height is None and explorer.plan.source == "clip"

@@ -193,6 +193,7 @@ def _rows_text(value: float) -> str:
 # windows from 1,024 tokens: shorter ones at 512 frames make many steps, each scanning every item (slow redraws)
 VIDEO_CHUNKS = tuple(2**k for k in range(10, 15))  # tokens
 VIDEO_CACHES = (0, *(2**k for k in range(8, 19)))  # rows; the largest holds a 512-frame 720p video whole
+CLIP_SIZE = "clip"  # the frame-size choice for the clip's own size (a Dropdown shows a None value as no choice)
 
 
 class VideoExplorer(widgets.VBox):
@@ -204,8 +205,8 @@ class VideoExplorer(widgets.VBox):
         s = self.settings
         self.controls: dict[str, widgets.ValueWidget] = {
             "frames": slider(widgets.IntSlider, "frames", s.frames, 4, 512, 2, "10em", "25em"),
-            "size": control(widgets.Dropdown, "frame size", None if s.height is None else (s.height, s.width), "10em",
-                            "25em", options=_size_options(s)),
+            "size": control(widgets.Dropdown, "frame size", CLIP_SIZE if s.height is None else (s.height, s.width),
+                            "10em", "25em", options=_size_options(s)),
             "chunk_size": control(widgets.SelectionSlider, "chunk size (tokens)", s.chunk_size, "10em", "25em",
                                   options=sorted({*VIDEO_CHUNKS, s.chunk_size}), continuous_update=False),
             "cache_tokens": control(widgets.SelectionSlider, "cache (rows)", s.cache_tokens, "10em", "25em",
@@ -226,7 +227,8 @@ class VideoExplorer(widgets.VBox):
 
     def current_settings(self) -> VideoSettings:
         size = self.controls["size"].value
-        return replace(self.settings, height=None if size is None else size[0], width=None if size is None else size[1],
+        clip = size == CLIP_SIZE
+        return replace(self.settings, height=None if clip else size[0], width=None if clip else size[1],
                        **{name: self.controls[name].value for name in ("frames", "chunk_size", "cache_tokens", "items",
                                                                        "group_size")})
 
@@ -250,9 +252,9 @@ class VideoExplorer(widgets.VBox):
             self.table.value = refused + table
 
 
-def _size_options(settings: VideoSettings) -> list[tuple[str, tuple[int, int] | None]]:
+def _size_options(settings: VideoSettings) -> list[tuple[str, tuple[int, int] | str]]:
     width, height = clip_frames()[0].size
-    options = [(f"the clip's ({width}x{height})", None)] + [(f"{name} ({w}x{h})", (h, w))
+    options = [(f"the clip's ({width}x{height})", CLIP_SIZE)] + [(f"{name} ({w}x{h})", (h, w))
                                                              for name, (h, w) in VIDEO_RESOLUTIONS.items()]
     if settings.height is not None and (settings.height, settings.width) not in VIDEO_RESOLUTIONS.values():
         options.append((f"{settings.width}x{settings.height}", (settings.height, settings.width)))
