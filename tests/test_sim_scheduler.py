@@ -203,3 +203,13 @@ def test_without_admission_nothing_is_preempted():
     arrivals = [Arrival(f"r{k}", 7 * k + 3, 5.0 * k) for k in range(6)]
     steps = plan_steps(arrivals, SchedulerConfig(8, long_prefill_token_threshold=3))
     assert all(s.preempted == () for s in steps)
+
+
+def test_budget_for_cache_raises_a_cache_aware_budget_to_the_cache_only():
+    aware = SchedulerConfig(4096, policy="cache-aware")
+    assert aware.budget_for_cache(2048).encoder_budget_tokens == 4096  # the step budget already covers it
+    assert aware.budget_for_cache(262144).encoder_budget_tokens == 262144  # a video the cache holds
+    assert SchedulerConfig(4096, policy="cache-aware", encoder_budget_tokens=9000).budget_for_cache(
+        2048).encoder_budget_tokens == 9000
+    legacy = SchedulerConfig(4096)
+    assert legacy.budget_for_cache(262144) is legacy  # legacy admission has no encoder budget

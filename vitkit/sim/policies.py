@@ -68,10 +68,8 @@ class EnginePolicy:
         """This policy on ``scheduler``'s steps with a cache of ``cache_tokens`` rows; under cache-aware
         admission the encoder budget is at least the cache, so an item the cache takes is never refused
         for the budget (vLLM raises both to its largest item)."""
-        settings = replace(scheduler, policy=self.admission, refuse_oversized=self.refuse_oversized)
-        if self.admission == "cache-aware":
-            budget = scheduler.encoder_budget_tokens or scheduler.chunked_prefill_size or cache_tokens
-            settings = replace(settings, encoder_budget_tokens=max(budget, cache_tokens, 1))
+        settings = replace(scheduler, policy=self.admission,
+                           refuse_oversized=self.refuse_oversized).budget_for_cache(cache_tokens)
         return ReplayConfig(settings, mode="batched", pin=self.pin, cache_tokens=cache_tokens,
                             pin_recurring=self.pin_recurring, grouping=self.grouping,
                             per_request_modalities=self.per_request_modalities, protect_ahead=self.protect_ahead)

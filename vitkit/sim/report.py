@@ -73,10 +73,8 @@ def _admission_rows(traces: Sequence[str | Trace], costs: StepCosts, cache_token
             print(f"admission comparison: caches of {sorted(set(cache_tokens) - set(holding))} rows cannot hold the "
                   f"largest image of trace {trace.name!r}; left out for it")
         for tokens, mode, policy in product(holding, MODES, ("legacy", "cache-aware")):
-            # cache-aware: an encoder budget of at least the cache, so an item the cache holds (a long video)
-            # is never refused for the budget (vLLM raises its budget to the largest item)
-            budget = max(scheduler.chunked_prefill_size, tokens) if policy == "cache-aware" else None
-            config = ReplayConfig(replace(scheduler, policy=policy, encoder_budget_tokens=budget), mode=mode,
+            # a long video the cache holds is never refused for the encoder budget
+            config = ReplayConfig(replace(scheduler, policy=policy).budget_for_cache(tokens), mode=mode,
                                   cache_tokens=tokens)
             rows.append({"trace": trace.name, **replay_stream(trace, config, costs).record(), "arrivals": arrivals})
     return rows

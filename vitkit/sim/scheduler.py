@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vitkit.cache import EmbeddingCache
@@ -316,6 +316,15 @@ class SchedulerConfig:
                 positive_int(name, getattr(self, name))
         if self.chunked_prefill_size is None and self.long_prefill_token_threshold is None:
             raise ValueError("a scheduler needs a step budget (chunked_prefill_size) or a per-request cap")
+
+    def budget_for_cache(self, cache_tokens: int) -> SchedulerConfig:
+        """These settings with an encoder budget of at least ``cache_tokens`` rows (and the step budget), so
+        cache-aware admission never refuses an item the cache could hold for the budget: vLLM raises its
+        budget to the largest item (``compute_mm_encoder_budget``). Legacy admission has no budget: unchanged."""
+        if self.policy != "cache-aware":
+            return self
+        budget = self.encoder_budget_tokens or self.chunked_prefill_size or cache_tokens
+        return replace(self, encoder_budget_tokens=max(budget, cache_tokens, 1))
 
     def build(self, requests: Mapping[Hashable, Request], cache: EmbeddingCache, row_bytes: int, *,
               hold_hits: bool = False, hold_recurring: bool = True) -> Scheduler:
