@@ -37,8 +37,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_dtype, default_dtype, free_memory,
-                                  int_range, layout_batch, list_of, on_gpu, parser, provenance, resolve_device,
-                                  out_for, roomy_cache, table, timed_step)
+                                  int_range, layout_batch, list_of, on_gpu, out_for, parser, provenance, resolve_device,
+                                  roomy_cache, save_tower_figures, table, timed_step)
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.costs import results as files
 from vitkit.costs.results import Refused
@@ -389,9 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}")
     data = files.read("crossover", path)
     if not args.no_plots:
-        for preset in settings.presets:
-            png = path.with_name(f"{path.stem}-{preset}.png")
-            crossover_figure(data, preset).savefig(png, dpi=110)
-            print(f"wrote {png}")
+        save_tower_figures(path, data, settings.presets, crossover_figure)
     print(format_table(data), flush=True)
     return 0

@@ -142,6 +142,15 @@ def run_card(device: str | torch.device, kind: str) -> str:
     return results.card_slug(torch.cuda.get_device_name(torch.device(device)))
 
 
+def save_tower_figures(path: Path, data: Mapping[str, Any], presets: Sequence[str],
+                       figure: Callable[[Mapping[str, Any], str], Any]) -> None:
+    """``figure(data, preset)`` for each tower, as ``<path's stem>-<preset>.png`` beside the results file."""
+    for preset in presets:
+        png = path.with_name(f"{path.stem}-{preset}.png")
+        figure(data, preset).savefig(png, dpi=110)
+        print(f"wrote {png}")
+
+
 def out_for(out: str | Path | None, device: str | torch.device, kind: str) -> Path:
     """The folder a run writes to, decided before it runs: ``out``, or its card's ``results/<card>/``;
     ``results.Refused`` when that folder holds another card's results or is named for another card."""

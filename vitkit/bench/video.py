@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 from vitkit.bench.crossover import resolution_label, resolution_size
 from vitkit.bench.machine import (DTYPES, RUN_OPTIONS, EventTimedEncoder, check_dtype, default_dtype, free_memory,
                                   list_of, on_gpu, parser, positive_int_arg, provenance, resolve_device, roomy_cache,
-                                  out_for, run_card, timed_step, timing_stats)
+                                  out_for, run_card, save_tower_figures, timed_step,
+                                  timing_stats)
 from vitkit.bench.video_report import format_table, video_figure
 from vitkit.checks import non_negative_int, positive_int
 from vitkit.costs import results as files
@@ -430,7 +431,8 @@ def run_video(settings: VideoSettings, *, progress: bool = True, plan: Estimate 
         checks += tower_checks
     bar.close()
     gpu = on_gpu(settings.device)
-    return {"schema": files.schema("video"), **provenance(settings.device, settings.kind), "card": run_card(settings.device, settings.kind),
+    return {"schema": files.schema("video"), **provenance(settings.device, settings.kind),
+            "card": run_card(settings.device, settings.kind),
             "settings": asdict(settings) | {"video_items": settings.video_items},
             "memory": ("torch.cuda.max_memory_allocated over each encoder call minus what was allocated when it "
                        "began (bytes), the largest of a step's calls" if gpu else
@@ -634,9 +636,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}")
     data = files.read("video", path)
     if not args.no_plots:
-        for preset in settings.presets:
-            png = path.with_name(f"{path.stem}-{preset}.png")
-            video_figure(data, preset).savefig(png, dpi=110)
-            print(f"wrote {png}")
+        save_tower_figures(path, data, settings.presets, video_figure)
     print(format_table(data), flush=True)
     return 0
